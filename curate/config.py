@@ -1,0 +1,218 @@
+"""Typed pipeline configuration, loaded from the YAML presets in ``pipelines/``.
+
+A config is a tree of dataclasses. ``load_config(path)`` reads a YAML file whose top-level
+sections (``read``, ``decode``, ``detect``, ``mask``, ``score``) mirror the dataclasses below;
+unknown keys raise ``ValueError`` so that a typo never passes silently. Resources (CPUs and
+GPUs per actor, pool sizes, batch sizes) live here and nowhere inside the stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ReadConfig:
+    """Shard reading (one Ray task per shard).
+
+    Attributes:
+        num_cpus: CPUs reserved per read task (fractions allowed).
+        batch_size: samples per output batch of a read task.
+    """
+
+    num_cpus: float = 0.25
+    batch_size: int = 64
+
+
+@dataclass
+class DecodeConfig:
+    """Image decoding (``curate.stages.decode.Decode``).
+
+    Attributes:
+        max_pixels: images with more than ``width * height`` pixels get status ``too_large``
+            without being decoded (decompression-bomb guard; Pillow's own default warning level
+            is 89,478,485 pixels, ``PIL.Image.MAX_IMAGE_PIXELS``).
+        background: RGB colour, 0-255, that transparent images are composited on.
+        num_cpus: CPUs per decode task.
+        batch_size: samples per decode batch.
+    """
+
+    max_pixels: int = 89_478_485
+    background: tuple[int, int, int] = (255, 255, 255)
+    num_cpus: float = 0.25
+    batch_size: int = 32
+
+
+@dataclass
+class DetectConfig:
+    """Text detection (``curate.stages.detect``).
+
+    Attributes:
+        detector: ``craft`` (EasyOCR's CRAFT, Baek et al. 2019).
+        long_side: the image is resized so its long side is this many pixels before detection
+            (T-MARS, Sec. 4: 512).
+        text_threshold, link_threshold, low_text: CRAFT score-map thresholds (EasyOCR defaults).
+        min_size: boxes whose longer side is at most this many pixels of the detector input are
+            dropped (EasyOCR ``Reader.detect(min_size=20)`` uses 20 at full resolution).
+        batch_size: images per detector forward pass.
+        num_actors: size of the detector actor pool (``ActorPoolStrategy(size=...)``).
+        num_gpus: GPUs per detector actor (0 on CPU machines; fractions allowed).
+        num_cpus: CPUs per detector actor.
+        torch_threads: intra-op threads for the detector (0 leaves torch's default).
+    """
+
+    detector: str = "craft"
+    long_side: int = 512
+    text_threshold: float = 0.7
+    link_threshold: float = 0.4
+    low_text: float = 0.4
+    min_size: int = 4
+    batch_size: int = 16
+    num_actors: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    torch_threads: int = 0
+
+
+@dataclass
+class MaskConfig:
+    """Text masking (``curate.stages.mask.Mask``).
+
+    Attributes:
+        method: ``mean`` fills each text polygon with the mean colour of the ring of pixels
+            around it (T-MARS, Sec. 4 "we in-paint ... with the average colour of the
+            surrounding pixels"); ``inpaint`` uses ``cv2.inpaint`` (Telea).
+        ring_px: width in pixels of the surrounding ring used by ``mean``.
+        inpaint_radius: radius in pixels for ``cv2.inpaint``.
+        num_cpus: CPUs per mask task.
+    """
+
+    method: str = "mean"
+    ring_px: int = 3
+    inpaint_radius: int = 3
+    num_cpus: float = 0.25
+
+
+@dataclass
+class ScoreConfig:
+    """CLIP scoring (``curate.stages.score.Score``).
+
+    Attributes:
+        clip_model: open_clip model name (``open_clip.list_models()``) or ``tiny``.
+        pretrained: open_clip pretrained tag, a local checkpoint path, or ``None`` for random
+            init. T-MARS and DataComp's CLIP-score filter use OpenAI ViT-L/14.
+        cache_dir: where open_clip / Hugging Face look for cached weights (``None``: defaults).
+        precision: ``fp32``, ``bf16`` or ``auto`` (bf16 autocast on CUDA, fp32 on CPU).
+        batch_size: images per CLIP forward pass (original and masked images are scored in the
+            same pass, so the tensor holds ``2 * batch_size`` images).
+        num_actors, num_gpus, num_cpus, torch_threads: as in ``DetectConfig``.
+    """
+
+    clip_model: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    cache_dir: str | None = None
+    precision: str = "auto"
+    batch_size: int = 32
+    num_actors: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    torch_threads: int = 0
+
+
+@dataclass
+class PipelineConfig:
+    """The whole ``curate score`` configuration."""
+
+    read: ReadConfig = field(default_factory=ReadConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where!r} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config section {where!r}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_SECTIONS = {
+    "read": ReadConfig,
+    "decode": DecodeConfig,
+    "detect": DetectConfig,
+    "mask": MaskConfig,
+    "score": ScoreConfig,
+}
+
+
+def config_from_dict(data: dict[str, Any] | None) -> PipelineConfig:
+    """Build a ``PipelineConfig`` from a nested mapping.
+
+    Raises:
+        ValueError: on an unknown section or key.
+    """
+    data = data or {}
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; known: {sorted(_SECTIONS)}")
+    cfg = PipelineConfig(**{k: _build(cls, data.get(k), k) for k, cls in _SECTIONS.items()})
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Load a YAML preset (e.g. ``pipelines/tmars.yaml``); ``None`` gives the defaults.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unknown sections or keys, or invalid values.
+    """
+    if path is None:
+        return config_from_dict({})
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    return config_from_dict(data)
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Check value ranges. Raises ``ValueError`` with the offending key."""
+    if cfg.detect.detector not in ("craft",):
+        raise ValueError(f"detect.detector must be 'craft', got {cfg.detect.detector!r}")
+    if cfg.mask.method not in ("mean", "inpaint"):
+        raise ValueError(f"mask.method must be 'mean' or 'inpaint', got {cfg.mask.method!r}")
+    if cfg.score.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"score.precision must be auto, fp32 or bf16, got {cfg.score.precision!r}")
+    for name in ("detect.long_side", "detect.batch_size", "score.batch_size", "decode.max_pixels",
+                 "read.batch_size", "decode.batch_size", "detect.num_actors", "score.num_actors"):
+        section, key = name.split(".")
+        if getattr(getattr(cfg, section), key) <= 0:
+            raise ValueError(f"{name} must be positive")
+    if cfg.detect.long_side % 32:
+        raise ValueError("detect.long_side must be a multiple of 32 (CRAFT's stride)")

@@ -1,0 +1,1 @@
+"""Shard listing and reading, and score-index files."""

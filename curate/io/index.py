@@ -1,0 +1,141 @@
+"""Score-index files: one Parquet file per input shard, written atomically.
+
+The file for shard ``.../name.tar`` is ``<out>/name.parquet``. It is written under a temporary
+name in the same folder and renamed into place (``os.replace``), so a reader never sees half a
+file and a killed job leaves no file that looks complete. Parquet key-value metadata records
+the schema and code versions, the models and settings that produced the scores, the shard URL
+and whether the whole shard was read (``curate.shard_status``: ``complete`` or ``truncated``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import __version__
+from curate import schema as S
+from curate.io.shards import SHARD_COMPLETE, shard_name
+
+INDEX_SUFFIX = ".parquet"
+
+
+def index_path(out_dir: str | Path, shard_url: str) -> Path:
+    """Path of the index file for a shard: ``out_dir / <shard name without .tar>.parquet``."""
+    name = shard_name(shard_url)
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return Path(out_dir) / (name + INDEX_SUFFIX)
+
+
+def records_to_table(columns: dict[str, Any]) -> pa.Table:
+    """Build a schema-conformant table from column arrays (numpy or lists).
+
+    Rows whose status is not ``ok`` get nulls in every measurement column; ``-1`` sizes and NaN
+    scores become nulls. Extra columns are ignored, missing measurement columns become nulls.
+
+    Raises:
+        KeyError: an identity column (uid, key, shard, status) is missing.
+    """
+    n = len(columns[S.STATUS])
+    status = np.asarray(columns[S.STATUS], dtype=object)
+    ok = status == S.STATUS_OK
+    arrays = []
+    for field in S.SCHEMA:
+        values = columns.get(field.name)
+        if values is None:
+            arrays.append(pa.nulls(n, field.type))
+            continue
+        if field.name in (S.WIDTH, S.HEIGHT):
+            v = np.asarray(values, dtype=np.int64)
+            arrays.append(pa.array(v.astype(np.int32), mask=v < 0, type=field.type))
+        elif field.name in (S.TEXT_AREA_FRAC, S.CLIP_SCORE, S.MASKED_CLIP_SCORE):
+            v = np.asarray(values, dtype=np.float32)
+            arrays.append(pa.array(v, mask=~ok | np.isnan(v), type=field.type))
+        elif field.name == S.NUM_TEXT_BOXES:
+            v = np.asarray(values, dtype=np.int64)
+            arrays.append(pa.array(v.astype(np.int32), mask=~ok | (v < 0), type=field.type))
+        elif field.name == S.TEXT_BOXES:
+            vals = [
+                np.asarray(boxes, dtype=np.float32).reshape(len(boxes), -1).tolist()
+                if (o and boxes is not None)
+                else None
+                for boxes, o in zip(values, ok)
+            ]
+            arrays.append(pa.array(vals, type=field.type))
+        else:
+            vals = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in values]
+            arrays.append(pa.array(vals, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=S.SCHEMA)
+
+
+def write_index_file(path: str | Path, table: pa.Table, metadata: dict[str, str]) -> None:
+    """Write ``table`` to ``path`` atomically with string key-value ``metadata``.
+
+    Raises:
+        ValueError: the table's schema is not ``curate.schema.SCHEMA``.
+    """
+    if not table.schema.equals(S.SCHEMA, check_metadata=False):
+        raise ValueError(f"table schema differs from the score-index schema:\n{table.schema}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {S.META_SCHEMA_VERSION: S.SCHEMA_VERSION, S.META_CODE_VERSION: __version__, **metadata}
+    table = table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in meta.items()})
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_index_metadata(path: str | Path) -> dict[str, str]:
+    """The ``curate.*`` key-value metadata of an index file (empty dict if none)."""
+    md = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in md.items() if k.decode().startswith(S.META_PREFIX)}
+
+
+def index_file_is_complete(path: str | Path) -> bool:
+    """True when ``path`` is a readable index file for a completely read shard whose row count
+    matches its recorded sample count and whose schema version is current."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        md = read_index_metadata(path)
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception:
+        return False
+    return (
+        md.get(S.META_SCHEMA_VERSION) == S.SCHEMA_VERSION
+        and md.get(S.META_SHARD_STATUS) == SHARD_COMPLETE
+        and md.get(S.META_NUM_SAMPLES) == str(rows)
+    )
+
+
+def read_index(path: str | Path) -> pa.Table:
+    """Read a score index: one file or a folder of ``*.parquet`` files, as one Arrow table.
+
+    Raises:
+        FileNotFoundError: no index file at ``path``.
+    """
+    path = Path(path)
+    files = sorted(path.glob("*" + INDEX_SUFFIX)) if path.is_dir() else [path]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise FileNotFoundError(f"no score-index files ({INDEX_SUFFIX}) in {path}")
+    return pa.concat_tables([pq.read_table(f, schema=S.SCHEMA) for f in files])
+
+
+def dumps_metadata_value(value: Any) -> str:
+    """JSON-encode a metadata value (strings are stored as they are)."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)

@@ -1,0 +1,146 @@
+"""open_clip models: our registered configs and offline resolution of pretrained weights.
+
+``register_configs()`` adds the JSON configs in ``curate/model_configs/`` (``tiny``: a small
+ViT, random init, for tests and offline demos) to open_clip's registry
+(``open_clip.add_model_config``). ``resolve_pretrained`` turns a pretrained tag or path into a
+local file *without touching the network*: a tag whose weights are not already in the local
+cache raises ``PretrainedNotAvailable`` before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+class PretrainedNotAvailable(RuntimeError):
+    """Pretrained CLIP weights were asked for but are not on this machine."""
+
+
+def register_configs() -> None:
+    """Add ``curate/model_configs/*.json`` to open_clip's model registry (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    import open_clip
+
+    open_clip.add_model_config(_CONFIG_DIR)
+    _registered = True
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a model's weights come from.
+
+    Attributes:
+        model: open_clip model name.
+        pretrained: what the user asked for (tag, path) or ``None``.
+        path: local checkpoint file to load, or ``None`` for random init.
+        is_pretrained: ``False`` for random init.
+    """
+
+    model: str
+    pretrained: str | None
+    path: str | None
+    is_pretrained: bool
+
+    def describe(self) -> str:
+        if not self.is_pretrained:
+            return "none (random init: scores are NOT meaningful CLIP scores)"
+        return f"{self.pretrained} ({self.path})" if self.path != self.pretrained else str(self.path)
+
+
+def _offline_message(model: str, tag: str, detail: str) -> str:
+    return (
+        f"pretrained weights {model}/{tag} are not in the local cache ({detail}) and curate never "
+        f"downloads at run time. Either pass a local checkpoint file: --pretrained "
+        f"/path/to/open_clip_pytorch_model.bin (any file open_clip.create_model_and_transforms("
+        f"'{model}', pretrained=PATH) loads), or fill the cache on a machine with network access "
+        f"(python -c \"import open_clip; open_clip.create_model_and_transforms('{model}', "
+        f"pretrained='{tag}')\") and copy it here (HF_HOME / --cache-dir)."
+    )
+
+
+def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None = None) -> ResolvedWeights:
+    """Resolve ``pretrained`` for ``model`` to a local file, offline.
+
+    Args:
+        model: open_clip model name (``open_clip.list_models()`` or ``tiny``).
+        pretrained: ``None`` / ``""`` / ``"none"`` for random init, a path to a checkpoint file,
+            or an open_clip pretrained tag (``open_clip.list_pretrained_tags_by_model(model)``).
+        cache_dir: open_clip / Hugging Face cache folder (``None``: their defaults).
+
+    Returns:
+        ``ResolvedWeights``.
+
+    Raises:
+        ValueError: unknown model name or unknown tag for the model.
+        PretrainedNotAvailable: a known tag whose weights are not cached locally.
+    """
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+
+    register_configs()
+    if model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models() (ours: tiny)")
+    if pretrained in (None, "", "none", "None"):
+        return ResolvedWeights(model, None, None, False)
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        path = os.path.abspath(os.path.expanduser(pretrained))
+        return ResolvedWeights(model, pretrained, path, True)
+    cfg = oc_pretrained.get_pretrained_cfg(model, pretrained)
+    if not cfg:
+        if "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise PretrainedNotAvailable(f"checkpoint file not found: {pretrained}")
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        raise ValueError(f"unknown pretrained tag {pretrained!r} for {model}; known tags: {tags or 'none'}")
+    if "file" in cfg and os.path.isfile(cfg["file"]):
+        return ResolvedWeights(model, pretrained, cfg["file"], True)
+    hf = cfg.get("hf_hub", "")
+    if hf:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(hf)
+        names = [filename] if filename else []
+        names = [n[:-4] + ".safetensors" for n in names if n.endswith((".bin", ".pth"))] + names
+        if not filename:
+            names = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for name in names:
+            hit = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return ResolvedWeights(model, pretrained, hit, True)
+        raise PretrainedNotAvailable(_offline_message(model, pretrained, f"Hugging Face repo {repo_id}"))
+    url = cfg.get("url", "")
+    if url:
+        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+        if os.path.isfile(target):
+            return ResolvedWeights(model, pretrained, target, True)
+        raise PretrainedNotAvailable(_offline_message(model, pretrained, f"looked for {target}"))
+    raise PretrainedNotAvailable(_offline_message(model, pretrained, "no download source known"))
+
+
+def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu"):
+    """Create an open_clip model in eval mode with its inference transform and tokenizer.
+
+    Args:
+        model: open_clip model name.
+        weights: from ``resolve_pretrained`` (the path, if any, is loaded; nothing is fetched).
+        device: torch device string.
+
+    Returns:
+        ``(model, preprocess, tokenizer)``: ``preprocess`` maps a PIL image to a
+        ``(3, S, S) float32`` tensor, ``tokenizer`` maps a list of strings to ``(B, L) int64``.
+    """
+    import open_clip
+
+    register_configs()
+    clip, _, preprocess = open_clip.create_model_and_transforms(
+        model, pretrained=weights.path, device=device, load_weights=weights.path is not None
+    )
+    clip.eval()
+    tokenizer = open_clip.get_tokenizer(model)
+    return clip, preprocess, tokenizer

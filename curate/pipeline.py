@@ -1,0 +1,465 @@
+"""``curate score`` on Ray Data: shards -> decode -> detect -> mask -> score -> score index.
+
+The plan (``build_dataset``)::
+
+    from_items(shard URLs)                       one row per shard
+      .flat_map(read)            Ray tasks       one record per sample (bytes, caption, uid)
+      .map_batches(Decode)       Ray tasks       RGB uint8 arrays
+      .map_batches(Detect)       actor pool      CRAFT polygons         (GPUs from config)
+      .map_batches(Mask)         Ray tasks       masked images
+      .map_batches(Score)        actor pool      CLIP scores            (GPUs from config)
+
+Ray Data streams blocks through these operators with back-pressure, so CPU decoding overlaps
+with model work. The driver collects the scored rows of each shard and writes the shard's index
+file once all of its samples have arrived (one Parquet file per input shard, atomically).
+Stages know nothing of Ray; resources come from ``PipelineConfig``.
+
+A shard that is empty or cannot be opened travels as one *shard record* (status
+``__shard__``) so the driver learns its fate; it never reaches an index file.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from curate import schema as S
+from curate.config import PipelineConfig
+from curate.io.index import index_file_is_complete, index_path, read_index_metadata, records_to_table, write_index_file
+from curate.io.samples import sample_to_record
+from curate.io.shards import SHARD_COMPLETE, SHARD_TRUNCATED, SHARD_UNREADABLE, expand_shards, read_shard
+from curate.models import ResolvedWeights, resolve_pretrained
+
+SHARD_RECORD = "__shard__"
+SHARD_SKIPPED = "skipped"  # index file already complete from an earlier run
+
+_SEQ, _N, _SHARD_STATUS, _SHARD_ERROR = "_seq", "_shard_n", "_shard_status", "_shard_error"
+
+log = logging.getLogger("curate")
+
+
+class IndexConfigMismatch(RuntimeError):
+    """The output folder holds index files produced with different scoring settings."""
+
+
+# --------------------------------------------------------------------------- read
+
+
+def read_shard_records(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ray ``flat_map`` function: one shard URL in, one record per sample out.
+
+    Every record also carries ``_seq`` (position in the shard), ``_shard_n`` (samples read from
+    the shard), ``_shard_status`` and ``_shard_error``. An empty or unreadable shard yields a
+    single shard record with status ``__shard__`` and ``_shard_n == 0``.
+    """
+    url = row["url"]
+    result = read_shard(url)
+    n = len(result.samples)
+    extra = {_N: n, _SHARD_STATUS: result.status, _SHARD_ERROR: result.error}
+    if n == 0:
+        return [
+            {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: None, "image_bytes": None,
+             S.STATUS: SHARD_RECORD, S.ERROR: result.error, _SEQ: -1, **extra}
+        ]
+    out = []
+    for seq, sample in enumerate(result.samples):
+        rec = sample_to_record(sample)
+        rec.update({_SEQ: seq, **extra})
+        out.append(rec)
+    return out
+
+
+# --------------------------------------------------------------------------- stage adapters
+
+
+def _decode_batch(batch: dict[str, np.ndarray], max_pixels: int, background) -> dict[str, np.ndarray]:
+    from curate.stages.decode import Decode
+
+    return Decode(max_pixels=max_pixels, background=tuple(background))(batch)
+
+
+def _mask_batch(batch: dict[str, np.ndarray], method: str, ring_px: int, inpaint_radius: int) -> dict[str, np.ndarray]:
+    from curate.stages.mask import Mask
+
+    return Mask(method=method, ring_px=ring_px, inpaint_radius=inpaint_radius)(batch)
+
+
+class DetectActor:
+    """Actor wrapper of ``curate.stages.detect.Detect`` built from a ``DetectConfig`` dict."""
+
+    def __init__(self, detect_cfg: dict[str, Any]):
+        from curate.stages.detect import Detect
+
+        c = dict(detect_cfg)
+        for k in ("num_actors", "num_gpus", "num_cpus"):
+            c.pop(k)
+        self.stage = Detect(**c)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.stage(batch)
+
+
+class ScoreActor:
+    """Actor wrapper of ``curate.stages.score.Score``; drops the image columns after scoring."""
+
+    def __init__(self, score_cfg: dict[str, Any], weights: ResolvedWeights):
+        from curate.stages.score import Score
+
+        c = dict(score_cfg)
+        for k in ("num_actors", "num_gpus", "num_cpus"):
+            c.pop(k)
+        self.stage = Score(weights=weights, **c)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = self.stage(batch)
+        batch.pop("image", None)
+        batch.pop("masked_image", None)
+        return batch
+
+
+def build_dataset(urls: list[str], cfg: PipelineConfig, weights: ResolvedWeights):
+    """The lazy Ray Data plan over ``urls`` (see the module docstring).
+
+    Returns:
+        ``ray.data.Dataset`` whose rows are index records plus ``_seq`` / ``_shard_*`` columns.
+    """
+    import ray
+
+    ds = ray.data.from_items([{"url": u} for u in urls], override_num_blocks=max(1, len(urls)))
+    ds = ds.flat_map(read_shard_records, num_cpus=cfg.read.num_cpus)
+    ds = ds.map_batches(
+        _decode_batch,
+        fn_kwargs={"max_pixels": cfg.decode.max_pixels, "background": list(cfg.decode.background)},
+        batch_size=cfg.decode.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.decode.num_cpus,
+    )
+    ds = ds.map_batches(
+        DetectActor,
+        fn_constructor_kwargs={"detect_cfg": dataclasses.asdict(cfg.detect)},
+        batch_size=cfg.detect.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.detect.num_actors),
+        num_cpus=cfg.detect.num_cpus,
+        num_gpus=cfg.detect.num_gpus or None,
+    )
+    ds = ds.map_batches(
+        _mask_batch,
+        fn_kwargs={"method": cfg.mask.method, "ring_px": cfg.mask.ring_px, "inpaint_radius": cfg.mask.inpaint_radius},
+        batch_size=cfg.detect.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.mask.num_cpus,
+    )
+    ds = ds.map_batches(
+        ScoreActor,
+        fn_constructor_kwargs={"score_cfg": dataclasses.asdict(cfg.score), "weights": weights},
+        batch_size=cfg.score.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.score.num_actors),
+        num_cpus=cfg.score.num_cpus,
+        num_gpus=cfg.score.num_gpus or None,
+    )
+    return ds
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+@dataclass
+class ShardResult:
+    """What happened to one shard.
+
+    Attributes:
+        url: shard URL.
+        status: ``complete``, ``truncated``, ``unreadable`` or ``skipped`` (already indexed).
+        error: why a shard is truncated or unreadable.
+        num_samples: samples (= index rows) of the shard.
+        statuses: row count per ``status`` value.
+        index_file: the index file written (or found, for ``skipped``), if any.
+    """
+
+    url: str
+    status: str
+    error: str | None = None
+    num_samples: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    index_file: str | None = None
+
+
+@dataclass
+class ScoreSummary:
+    """The outcome of ``run_score``; ``format()`` gives the table the CLI prints."""
+
+    shards: list[ShardResult]
+    wall_s: float
+    weights: ResolvedWeights
+    out_dir: str
+
+    @property
+    def processed(self) -> list[ShardResult]:
+        return [s for s in self.shards if s.status != SHARD_SKIPPED]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
+
+    def statuses(self, processed_only: bool = False) -> dict[str, int]:
+        c: collections.Counter = collections.Counter()
+        for s in self.processed if processed_only else self.shards:
+            c.update(s.statuses)
+        return dict(sorted(c.items()))
+
+    @property
+    def samples_per_s(self) -> float:
+        n = sum(s.num_samples for s in self.processed)
+        return n / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every shard was read (bad samples are not failures), 1 if any was unreadable."""
+        return 1 if any(s.status == SHARD_UNREADABLE for s in self.shards) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": self.out_dir,
+            "clip_model": self.weights.model,
+            "clip_pretrained": self.weights.describe(),
+            "clip_is_pretrained": self.weights.is_pretrained,
+            "num_shards": len(self.shards),
+            "shards_by_status": dict(collections.Counter(s.status for s in self.shards)),
+            "num_samples": self.num_samples,
+            "statuses": self.statuses(),
+            "wall_s": round(self.wall_s, 3),
+            "samples_per_s_processed": round(self.samples_per_s, 3),
+            "shards": [dataclasses.asdict(s) for s in self.shards],
+        }
+
+    def format(self) -> str:
+        by = collections.Counter(s.status for s in self.shards)
+        statuses = self.statuses()
+        ok = statuses.get(S.STATUS_OK, 0)
+        errors = {k: v for k, v in statuses.items() if k != S.STATUS_OK}
+        processed = sum(s.num_samples for s in self.processed)
+        lines = [
+            "curate score: summary",
+            f"  score index   {self.out_dir}",
+            f"  CLIP          {self.weights.model}, weights: {self.weights.describe()}",
+            f"  shards        {len(self.shards)} ("
+            + ", ".join(f"{k} {by[k]}" for k in (SHARD_COMPLETE, SHARD_TRUNCATED, SHARD_UNREADABLE, SHARD_SKIPPED) if by[k])
+            + ")",
+            f"  samples       {self.num_samples}",
+            f"  ok            {ok}",
+            "  errors        " + (", ".join(f"{k} {v}" for k, v in errors.items()) if errors else "none"),
+            f"  time          {self.wall_s:.1f} s, {self.samples_per_s:.2f} samples/s ({processed} samples scored this run)",
+        ]
+        bad = [s for s in self.shards if s.status in (SHARD_TRUNCATED, SHARD_UNREADABLE)]
+        for s in bad:
+            lines.append(f"  {s.status.upper():<13} {s.url}: {s.error}")
+        if not self.weights.is_pretrained:
+            lines.append("  WARNING       random-init CLIP: these are NOT meaningful CLIP scores (pass --pretrained)")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def scoring_fingerprint(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, Any]:
+    """The settings that change scores; index files from other settings are never mixed in."""
+    return {
+        "decode": {"max_pixels": cfg.decode.max_pixels, "background": list(cfg.decode.background)},
+        "detect": {k: v for k, v in dataclasses.asdict(cfg.detect).items()
+                   if k not in ("batch_size", "num_actors", "num_gpus", "num_cpus", "torch_threads")},
+        "mask": {k: v for k, v in dataclasses.asdict(cfg.mask).items() if k != "num_cpus"},
+        "clip_model": weights.model,
+        "clip_pretrained": weights.pretrained,
+    }
+
+
+def index_metadata(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, str]:
+    """Key-value metadata common to every index file of a run (see ``curate.schema``)."""
+    return {
+        S.META_CLIP_MODEL: weights.model,
+        S.META_CLIP_PRETRAINED: weights.describe(),
+        S.META_CLIP_IS_PRETRAINED: "true" if weights.is_pretrained else "false",
+        S.META_DETECTOR: f"{cfg.detect.detector} (easyocr craft_mlt_25k.pth)",
+        S.META_DETECT_SIZE: str(cfg.detect.long_side),
+        S.META_MASK_METHOD: cfg.mask.method,
+        S.META_CONFIG: json.dumps(scoring_fingerprint(cfg, weights), sort_keys=True),
+    }
+
+
+def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrite: bool = False):
+    """Split shards into those to process and those whose index file is already complete.
+
+    Raises:
+        ValueError: two shards would write the same index file (same file name).
+        IndexConfigMismatch: a complete index file was produced with other scoring settings
+            (and ``overwrite`` is false).
+    """
+    by_path: dict[Path, str] = {}
+    todo, skipped = [], []
+    for url in urls:
+        p = index_path(out_dir, url)
+        if p in by_path:
+            raise ValueError(f"shards {by_path[p]} and {url} would both write {p}; give them distinct file names")
+        by_path[p] = url
+        if not overwrite and index_file_is_complete(p):
+            md = read_index_metadata(p)
+            if md.get(S.META_CONFIG) != fingerprint:
+                raise IndexConfigMismatch(
+                    f"{p} was written with other scoring settings:\n  found:    {md.get(S.META_CONFIG)}\n"
+                    f"  expected: {fingerprint}\nuse another --out folder, or --overwrite to recompute"
+                )
+            rows = int(md[S.META_NUM_SAMPLES])
+            import pyarrow.parquet as pq
+
+            statuses = collections.Counter(pq.read_table(p, columns=[S.STATUS]).column(S.STATUS).to_pylist())
+            skipped.append(ShardResult(url, SHARD_SKIPPED, None, rows, dict(statuses), str(p)))
+        else:
+            todo.append(url)
+    return todo, skipped
+
+
+class _ShardCollector:
+    """Driver-side buffer: gathers rows per shard and writes each shard's file when complete."""
+
+    def __init__(self, out_dir: str | Path, metadata: dict[str, str], on_shard_done: Callable[[ShardResult], None]):
+        self.out_dir = out_dir
+        self.metadata = metadata
+        self.buffers: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
+        self.results: dict[str, ShardResult] = {}
+        self.on_shard_done = on_shard_done
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        shards = batch[S.SHARD]
+        for url in np.unique(shards):
+            sel = np.flatnonzero(shards == url)
+            buf = self.buffers[url]
+            for name, col in batch.items():
+                buf[name].extend(col[sel])
+            n = int(buf[_N][0])
+            if (n == 0 and len(buf[_N]) >= 1) or (n > 0 and len(buf[_SEQ]) >= n):
+                self._finish(url)
+
+    def _finish(self, url: str) -> None:
+        buf = self.buffers.pop(url)
+        shard_status, shard_error = buf[_SHARD_STATUS][0], buf[_SHARD_ERROR][0]
+        if shard_status == SHARD_UNREADABLE:
+            result = ShardResult(url, SHARD_UNREADABLE, shard_error)
+        else:
+            if buf[S.STATUS] and buf[S.STATUS][0] == SHARD_RECORD:
+                cols: dict[str, Any] = {k: [] for k in buf}
+            else:
+                order = np.argsort(np.asarray(buf[_SEQ]))
+                if len(order) != buf[_N][0] or (len(order) and not np.array_equal(np.sort(buf[_SEQ]), np.arange(len(order)))):
+                    raise RuntimeError(f"internal error: rows of {url} do not add up")
+                cols = {k: [v[i] for i in order] for k, v in buf.items()}
+            table = records_to_table(cols)
+            path = index_path(self.out_dir, url)
+            md = dict(self.metadata)
+            md.update({S.META_SHARD: url, S.META_SHARD_STATUS: shard_status, S.META_NUM_SAMPLES: str(table.num_rows)})
+            if shard_error:
+                md[S.META_SHARD_ERROR] = str(shard_error)
+            write_index_file(path, table, md)
+            statuses = collections.Counter(table.column(S.STATUS).to_pylist())
+            result = ShardResult(url, shard_status, shard_error, table.num_rows, dict(statuses), str(path))
+        self.results[url] = result
+        self.on_shard_done(result)
+
+
+def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+    """Start (or connect to) Ray quietly; a no-op when Ray is already initialised.
+
+    Args:
+        num_cpus: CPUs of a new local cluster (``None``: all cores). Ignored with ``address``.
+        address: an existing cluster (``auto``, ``ray://host:10001``); ``None`` starts a local one
+            unless ``RAY_ADDRESS`` is set.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def run_score(
+    shards: list[str] | str,
+    out_dir: str | Path,
+    cfg: PipelineConfig,
+    num_cpus: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ScoreSummary:
+    """Score shards into a score index (one Parquet file per shard in ``out_dir``).
+
+    Args:
+        shards: shard specs (brace ranges, globs, fsspec URLs).
+        out_dir: local folder for the index files.
+        cfg: pipeline configuration.
+        num_cpus: CPUs for a local Ray cluster (``None``: all).
+        address: Ray cluster address (``None``: local, or ``RAY_ADDRESS``).
+        progress: show a progress bar on stderr.
+        overwrite: recompute shards whose index file is already complete.
+
+    Returns:
+        ``ScoreSummary``; also written to ``out_dir/_summary.json``.
+
+    Raises:
+        PretrainedNotAvailable: weights asked for are not on this machine (before any shard
+            is read).
+        ValueError: bad shard specs or config.
+        FileNotFoundError: a glob matched nothing.
+        IndexConfigMismatch: see ``plan_shards``.
+    """
+    import ray
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    weights = resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained, cfg.score.cache_dir)
+    urls = expand_shards(shards)
+    if not urls:
+        raise ValueError("no shards given")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metadata = index_metadata(cfg, weights)
+    todo, skipped = plan_shards(urls, out_dir, metadata[S.META_CONFIG], overwrite=overwrite)
+
+    results: dict[str, ShardResult] = {s.url: s for s in skipped}
+    if todo:
+        init_ray(num_cpus=num_cpus, address=address)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        bar = tqdm(total=len(todo), unit="shard", desc="curate score", disable=not progress, dynamic_ncols=True)
+        samples_done = [0]
+
+        def on_done(r: ShardResult) -> None:
+            samples_done[0] += r.num_samples
+            rate = samples_done[0] / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(samples=samples_done[0], rate=f"{rate:.2f}/s", last=f"{Path(r.url).name}:{r.status}")
+            bar.update(1)
+
+        collector = _ShardCollector(out_dir, metadata, on_done)
+        ds = build_dataset(todo, cfg, weights)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            collector.add(batch)
+        bar.close()
+        if collector.buffers:
+            raise RuntimeError(f"internal error: shards not finished: {sorted(collector.buffers)}")
+        results.update(collector.results)
+    summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir))
+    (out_dir / "_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    return summary

@@ -1,0 +1,81 @@
+"""The score-index schema: column names, Arrow types and version, defined in one place.
+
+Every writer, filter, query and report imports the names from here. Schema v1 follows
+DESIGN.md ("The score index"). Columns may be added in later versions; none is ever renamed
+silently.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+# Column names.
+UID = "uid"
+KEY = "key"
+SHARD = "shard"
+TEXT = "text"
+WIDTH = "width"
+HEIGHT = "height"
+STATUS = "status"
+ERROR = "error"
+TEXT_BOXES = "text_boxes"
+NUM_TEXT_BOXES = "num_text_boxes"
+TEXT_AREA_FRAC = "text_area_frac"
+CLIP_SCORE = "clip_score"
+MASKED_CLIP_SCORE = "masked_clip_score"
+
+# Status values. `ok` is the only status whose scores are meaningful.
+STATUS_OK = "ok"
+STATUS_DECODE_ERROR = "decode_error"  # image bytes present but not decodable
+STATUS_MISSING_IMAGE = "missing_image"  # sample has no image member
+STATUS_MISSING_CAPTION = "missing_caption"  # no .txt and no caption in .json, or empty caption
+STATUS_TOO_LARGE = "too_large"  # more pixels than the decompression-bomb limit
+STATUS_TRUNCATED = "truncated"  # the shard ended inside this sample's members
+STATUS_DETECT_ERROR = "detect_error"  # text detector raised on this sample
+STATUS_SCORE_ERROR = "score_error"  # CLIP raised on this sample
+ERROR_STATUSES = (
+    STATUS_DECODE_ERROR,
+    STATUS_MISSING_IMAGE,
+    STATUS_MISSING_CAPTION,
+    STATUS_TOO_LARGE,
+    STATUS_TRUNCATED,
+    STATUS_DETECT_ERROR,
+    STATUS_SCORE_ERROR,
+)
+
+SCHEMA = pa.schema(
+    [
+        pa.field(UID, pa.string(), nullable=False),
+        pa.field(KEY, pa.string(), nullable=False),
+        pa.field(SHARD, pa.string(), nullable=False),
+        pa.field(TEXT, pa.string()),
+        pa.field(WIDTH, pa.int32()),
+        pa.field(HEIGHT, pa.int32()),
+        pa.field(STATUS, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string()),
+        pa.field(TEXT_BOXES, pa.list_(pa.list_(pa.float32()))),
+        pa.field(NUM_TEXT_BOXES, pa.int32()),
+        pa.field(TEXT_AREA_FRAC, pa.float32()),
+        pa.field(CLIP_SCORE, pa.float32()),
+        pa.field(MASKED_CLIP_SCORE, pa.float32()),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+
+# Parquet key-value metadata keys (all values are strings).
+META_PREFIX = "curate."
+META_SCHEMA_VERSION = META_PREFIX + "schema_version"
+META_CODE_VERSION = META_PREFIX + "code_version"
+META_CLIP_MODEL = META_PREFIX + "clip_model"
+META_CLIP_PRETRAINED = META_PREFIX + "clip_pretrained"  # tag, path, or "none (random init)"
+META_CLIP_IS_PRETRAINED = META_PREFIX + "clip_is_pretrained"  # "true" / "false"
+META_DETECTOR = META_PREFIX + "detector"
+META_DETECT_SIZE = META_PREFIX + "detect_long_side"
+META_MASK_METHOD = META_PREFIX + "mask_method"
+META_SHARD = META_PREFIX + "shard"
+META_SHARD_STATUS = META_PREFIX + "shard_status"  # "complete" or "truncated"
+META_SHARD_ERROR = META_PREFIX + "shard_error"
+META_NUM_SAMPLES = META_PREFIX + "num_samples"
+META_CONFIG = META_PREFIX + "config"  # the full pipeline config as JSON

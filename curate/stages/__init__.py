@@ -1,0 +1,14 @@
+"""Per-batch transforms with no Ray inside.
+
+Each stage is a plain class: ``__init__`` loads its model once, ``__call__(batch) -> batch``
+transforms one batch given as ``dict[str, np.ndarray]`` (Ray Data's ``batch_format="numpy"``).
+Every stage processes only the rows whose ``status`` is ``ok`` and passes the others through
+unchanged, so a failed sample keeps its row to the end of the pipeline.
+"""
+
+from curate.stages.decode import Decode, decode_image
+from curate.stages.detect import CraftDetector, Detect
+from curate.stages.mask import Mask, mask_text
+from curate.stages.score import Score
+
+__all__ = ["Decode", "decode_image", "CraftDetector", "Detect", "Mask", "mask_text", "Score"]

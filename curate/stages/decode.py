@@ -1,0 +1,134 @@
+"""Decode: image bytes to RGB ``uint8 (H, W, 3)`` arrays.
+
+Handles EXIF orientation (``PIL.ImageOps.exif_transpose``), grayscale, palette, CMYK,
+transparency (alpha-composited on a fixed background colour), and 16-bit images (rescaled by
+1/257 so 65535 maps to 255, never clamped). The pixel count is read from the header before any
+pixel is decoded, so a decompression bomb gets status ``too_large`` without being allocated.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from curate import schema as S
+from curate.stages.common import EMPTY_IMAGE, batch_len, object_array, ok_rows, set_error
+
+
+class DecodeError(Exception):
+    """Raised by ``decode_image``; ``status`` is the index status (``decode_error``, ``too_large``)."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+    mode = im.mode
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return np.asarray(Image.alpha_composite(base, rgba).convert("RGB"))
+    if mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(im).astype(np.float64)
+        # 16-bit range (PNG/TIFF 16-bit grey open as I;16 or I): 65535 -> 255.
+        gray = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(im).astype(np.float64)
+        scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
+        gray = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode != "RGB":
+        im = im.convert("RGB")  # 1, L, P, CMYK (Pillow un-inverts Adobe CMYK JPEGs), YCbCr, LAB, HSV
+    return np.asarray(im)
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int = 89_478_485,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """Decode one encoded image to RGB.
+
+    Args:
+        data: encoded bytes (any format Pillow reads: JPEG, PNG, WebP, TIFF, GIF, BMP, ...).
+        max_pixels: refuse images with more pixels than this (checked on the header).
+        background: RGB 0-255 colour that transparent pixels are composited on.
+
+    Returns:
+        ``(H, W, 3) uint8`` array, C-contiguous, after EXIF orientation.
+
+    Raises:
+        DecodeError: ``status='too_large'`` over ``max_pixels``; ``status='decode_error'`` for
+            anything Pillow cannot decode (truncated data, unknown format, ...).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise DecodeError(S.STATUS_TOO_LARGE, f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
+            if w <= 0 or h <= 0:
+                raise DecodeError(S.STATUS_DECODE_ERROR, f"invalid image size {w}x{h}")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            arr = _to_rgb(im, background)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DecodeError(S.STATUS_TOO_LARGE, str(e)) from None
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise DecodeError(S.STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}") from None
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+class Decode:
+    """Stage: decode the ``image_bytes`` column into ``image``, ``width`` and ``height``.
+
+    Input columns: ``image_bytes`` (object: ``bytes`` or ``None``), ``status``, ``error``.
+    Output: the same batch without ``image_bytes``, plus ``image`` (object: ``(H, W, 3) uint8``;
+    an empty ``(0, 0, 3)`` array for failed rows), ``width`` and ``height`` (int32, -1 when not
+    decoded). Failures set ``status`` to ``decode_error`` or ``too_large``.
+
+    Args:
+        max_pixels: decompression-bomb limit (see ``decode_image``).
+        background: RGB compositing colour for transparent images.
+    """
+
+    def __init__(self, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255)):
+        self.max_pixels = int(max_pixels)
+        self.background = tuple(int(c) for c in background)
+        # Our own header check enforces the limit; keep Pillow's from firing first.
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.max_pixels)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = batch_len(batch)
+        images = [EMPTY_IMAGE] * n
+        width = np.full(n, -1, dtype=np.int32)
+        height = np.full(n, -1, dtype=np.int32)
+        rows = ok_rows(batch)
+        data = batch.pop("image_bytes")
+        for i in rows:
+            try:
+                img = decode_image(data[i], self.max_pixels, self.background)
+            except DecodeError as e:
+                set_error(batch, i, e.status, str(e))
+                continue
+            images[i] = img
+            height[i], width[i] = img.shape[:2]
+        batch["image"] = object_array(images)
+        batch[S.WIDTH] = width
+        batch[S.HEIGHT] = height
+        return batch

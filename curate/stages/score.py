@@ -1,0 +1,134 @@
+"""Score: CLIP similarity of each caption with its original and its text-masked image.
+
+``clip_score`` is the cosine similarity of the L2-normalised image and caption embeddings of an
+open_clip model (the DataComp "CLIP score", Gadre et al. 2023, Sec. 3.4); ``masked_clip_score``
+is the same for the masked image (the T-MARS score, Maini et al. 2023). Original and masked
+images are embedded in one forward pass; a row without detected text has an unchanged image,
+so its masked score is its CLIP score and its masked image is not embedded twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from curate import schema as S
+from curate.models import ResolvedWeights, create_clip, resolve_pretrained
+from curate.stages.common import batch_len, ok_rows, set_error
+from curate.stages.detect import resolve_device
+
+
+class Score:
+    """Stage: add ``clip_score`` and ``masked_clip_score`` (float32; NaN for failed rows).
+
+    Input columns: ``image``, ``masked_image`` (object ``(H, W, 3) uint8``), ``text``
+    (caption), ``num_text_boxes``, ``status``.
+
+    Args:
+        clip_model: open_clip model name, or ``tiny``.
+        pretrained: tag, local checkpoint path, or ``None`` (random init). Resolved offline by
+            ``curate.models.resolve_pretrained``, which raises ``PretrainedNotAvailable`` when
+            the weights are not on this machine.
+        cache_dir: weights cache folder.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        batch_size: samples per forward pass.
+        device: ``cpu``, ``cuda`` or ``None`` (auto).
+        torch_threads: intra-op threads (0: torch's default).
+    """
+
+    def __init__(
+        self,
+        clip_model: str = "ViT-L-14",
+        pretrained: str | None = "openai",
+        cache_dir: str | None = None,
+        precision: str = "auto",
+        batch_size: int = 32,
+        device: str | None = None,
+        torch_threads: int = 0,
+        weights: ResolvedWeights | None = None,
+    ):
+        import torch
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        self.device = resolve_device(device)
+        self.weights = weights or resolve_pretrained(clip_model, pretrained, cache_dir)
+        self.model, self.preprocess, self.tokenizer = create_clip(clip_model, self.weights, self.device)
+        self.batch_size = int(batch_size)
+        if precision == "auto":
+            precision = "bf16" if self.device.startswith("cuda") else "fp32"
+        self.precision = precision
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def embed(self, images: list[np.ndarray], captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """L2-normalised embeddings.
+
+        Args:
+            images: ``(H, W, 3) uint8`` RGB arrays.
+            captions: strings.
+
+        Returns:
+            ``(image_emb (N, D) float32, text_emb (M, D) float32)``.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode(), self._autocast():
+            img_emb = txt_emb = None
+            if images:
+                x = torch.stack([self.preprocess(Image.fromarray(im)) for im in images]).to(self.device)
+                img_emb = F.normalize(self.model.encode_image(x).float(), dim=-1).cpu().numpy()
+            if captions:
+                t = self.tokenizer(list(captions)).to(self.device)
+                txt_emb = F.normalize(self.model.encode_text(t).float(), dim=-1).cpu().numpy()
+        return img_emb, txt_emb
+
+    def score(self, images, masked, captions, has_text) -> tuple[np.ndarray, np.ndarray]:
+        """CLIP and masked CLIP scores of aligned lists (one forward pass for all images).
+
+        Returns:
+            ``(clip_score (N,) float32, masked_clip_score (N,) float32)``, cosine similarities
+            in [-1, 1].
+        """
+        extra = [m for m, t in zip(masked, has_text) if t]
+        img_emb, txt_emb = self.embed(list(images) + extra, list(captions))
+        n = len(images)
+        orig = img_emb[:n]
+        clip = (orig * txt_emb).sum(axis=1)
+        masked_emb = orig.copy()
+        if extra:
+            masked_emb[np.flatnonzero(has_text)] = img_emb[n:]
+        masked_score = (masked_emb * txt_emb).sum(axis=1)
+        return clip.astype(np.float32), masked_score.astype(np.float32)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = batch_len(batch)
+        clip = np.full(n, np.nan, dtype=np.float32)
+        masked = np.full(n, np.nan, dtype=np.float32)
+        idx = ok_rows(batch)
+        for start in range(0, len(idx), self.batch_size):
+            chunk = idx[start : start + self.batch_size]
+            try:
+                c, m = self.score(
+                    [batch["image"][i] for i in chunk],
+                    [batch["masked_image"][i] for i in chunk],
+                    [str(batch[S.TEXT][i]) for i in chunk],
+                    np.asarray(batch[S.NUM_TEXT_BOXES])[chunk] > 0,
+                )
+            except Exception as e:
+                for i in chunk:
+                    set_error(batch, i, S.STATUS_SCORE_ERROR, f"{type(e).__name__}: {e}")
+                continue
+            clip[chunk] = c
+            masked[chunk] = m
+        batch[S.CLIP_SCORE] = clip
+        batch[S.MASKED_CLIP_SCORE] = masked
+        return batch
