@@ -443,6 +443,11 @@ def run_score(
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        try:
+            ctx.issue_detectors_config.detectors = []
+        except AttributeError:
+            pass
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         bar = tqdm(total=len(todo), unit="shard", desc="curate score", disable=not progress, dynamic_ncols=True)
         samples_done = [0]
 

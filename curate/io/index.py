@@ -65,7 +65,7 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
             arrays.append(pa.array(v.astype(np.int32), mask=~ok | (v < 0), type=field.type))
         elif field.name == S.TEXT_BOXES:
             vals = [
-                np.asarray(boxes, dtype=np.float32).reshape(len(boxes), -1).tolist()
+                _polygon_rows(boxes)
                 if (o and boxes is not None)
                 else None
                 for boxes, o in zip(values, ok)
@@ -75,6 +75,11 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
             vals = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in values]
             arrays.append(pa.array(vals, type=field.type))
     return pa.Table.from_arrays(arrays, schema=S.SCHEMA)
+
+
+def _polygon_rows(boxes) -> list[list[float]]:
+    arr = np.asarray(boxes, dtype=np.float32)
+    return arr.reshape(arr.shape[0], -1).tolist() if arr.size else []
 
 
 def write_index_file(path: str | Path, table: pa.Table, metadata: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ def expand_shards(specs: list[str] | str) -> list[str]:
         specs: one spec or a list; each may hold brace ranges, glob characters and a protocol.
 
     Returns:
-        URLs in the order given (globs sorted), duplicates removed.
+        URLs in the order given (globs sorted), duplicates removed; local paths absolute.
 
     Raises:
         FileNotFoundError: a glob matched nothing.
@@ -59,6 +60,8 @@ def expand_shards(specs: list[str] | str) -> list[str]:
                 urls = [m if not protocol or m.startswith(protocol) else protocol + m for m in matches]
             else:
                 urls = [url]
+            # Local paths are made absolute so an index written here can be used from anywhere.
+            urls = [u if "://" in u else os.path.abspath(u) for u in urls]
             for u in urls:
                 if u not in seen:
                     seen.add(u)

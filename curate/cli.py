@@ -1,0 +1,99 @@
+"""The ``curate`` command.
+
+    curate score SHARDS... --out DIR [--config pipelines/tmars.yaml] [--clip-model NAME]
+                 [--pretrained TAG_OR_PATH] [--num-cpus N] [--address ADDR] [--overwrite]
+
+Exit codes: 0 when every shard was read (bad samples are recorded, not failures); 1 when a
+shard could not be read at all; 2 for a usage or configuration error (unknown model, weights
+not available offline, bad config), reported before any shard is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from curate import __version__
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="detect text, mask it and CLIP-score every sample into a Parquet score index",
+        description="Stream webdataset shards through decode, CRAFT text detection, text masking and "
+        "CLIP re-scoring on Ray; write one Parquet index file per shard into --out.",
+    )
+    p.add_argument("shards", nargs="+", help="shard paths or URLs; brace ranges {000000..000009}, globs and fsspec URLs")
+    p.add_argument("--out", required=True, help="output folder of the score index (one .parquet per shard)")
+    p.add_argument("--config", help="pipeline YAML (e.g. pipelines/tmars.yaml); default: the T-MARS defaults")
+    p.add_argument("--clip-model", help="open_clip model name, or 'tiny' (random init, offline tests)")
+    p.add_argument(
+        "--pretrained",
+        help="open_clip pretrained tag (must already be in the local cache), a local checkpoint path, "
+        "or 'none' for random init. With --clip-model and no --pretrained: random init, as open_clip does",
+    )
+    p.add_argument("--cache-dir", help="open_clip / Hugging Face cache folder for pretrained weights")
+    p.add_argument("--detect-size", type=int, help="long side in pixels of the detector input (default 512)")
+    p.add_argument("--mask-method", choices=["mean", "inpaint"], help="text masking method (default mean)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    p.add_argument("--overwrite", action="store_true", help="recompute shards whose index file is already complete")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_score(args) -> int:
+    from curate.config import load_config, validate
+    from curate.models import PretrainedNotAvailable
+    from curate.pipeline import IndexConfigMismatch, run_score
+
+    try:
+        cfg = load_config(args.config)
+        if args.clip_model:
+            cfg.score.clip_model = args.clip_model
+            cfg.score.pretrained = None
+        if args.pretrained is not None:
+            cfg.score.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+        if args.cache_dir:
+            cfg.score.cache_dir = args.cache_dir
+        if args.detect_size:
+            cfg.detect.long_side = args.detect_size
+        if args.mask_method:
+            cfg.mask.method = args.mask_method
+        validate(cfg)
+        summary = run_score(
+            args.shards,
+            args.out,
+            cfg,
+            num_cpus=args.num_cpus,
+            address=args.address,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
+        )
+    except (PretrainedNotAvailable, IndexConfigMismatch, ValueError, FileNotFoundError) as e:
+        print(f"curate score: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return summary.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curate",
+        description="T-MARS-style data curation for CLIP pretraining: score once, filter many.",
+    )
+    parser.add_argument("--version", action="version", version=f"curate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_score(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``curate`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "score":
+        return _cmd_score(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
