@@ -52,8 +52,8 @@ def expand_shards(specs: list[str] | str) -> list[str]:
     for spec in specs:
         for url in braceexpand.braceexpand(spec):
             if _GLOB_CHARS.search(url.split("://", 1)[-1]):
-                fs, _, paths = fsspec.get_fs_token_paths(url)
-                matches = sorted(fs.glob(paths[0]))
+                fs, path = fsspec.core.url_to_fs(url)
+                matches = sorted(fs.glob(path))
                 if not matches:
                     raise FileNotFoundError(f"no shard matches {url!r}")
                 protocol = url.split("://", 1)[0] + "://" if "://" in url else ""

@@ -1,0 +1,140 @@
+"""Decode stage on real images and real format variants made from them."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curate import schema as S
+from curate.stages.decode import Decode, DecodeError, decode_image
+
+
+@pytest.fixture(scope="module")
+def photo(sources) -> np.ndarray:
+    """A real photo (clip-retrieval's 524x316 building photo) as RGB."""
+    return np.asarray(Image.open(io.BytesIO(sources["photos/524_316.jpg"]["image"])).convert("RGB"))
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_real_jpeg_and_png(sources):
+    arr = decode_image(sources["icdar2015_toy/img_1.jpg"]["image"])
+    assert arr.shape == (720, 1280, 3) and arr.dtype == np.uint8 and arr.flags.c_contiguous
+    png = decode_image(sources["dj_images/img1.png"]["image"])
+    assert png.shape == (336, 336, 3)
+
+
+def test_real_broken_jpeg_is_decode_error(sources):
+    with pytest.raises(DecodeError) as e:
+        decode_image(sources["bad/broken.jpg"]["image"])
+    assert e.value.status == S.STATUS_DECODE_ERROR
+
+
+def test_exif_orientation(photo):
+    im = Image.fromarray(photo)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    data = encode(im, "PNG", exif=exif)  # PNG is lossless: pixels can be compared exactly
+    out = decode_image(data)
+    assert out.shape == (photo.shape[1], photo.shape[0], 3)
+    np.testing.assert_array_equal(out, np.rot90(photo, k=-1))
+
+
+def test_grayscale_and_palette(photo):
+    gray = Image.fromarray(photo).convert("L")
+    out = decode_image(encode(gray, "PNG"))
+    assert out.shape == photo.shape
+    np.testing.assert_array_equal(out[..., 0], np.asarray(gray))
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+    pal = Image.fromarray(photo).convert("P", palette=Image.ADAPTIVE, colors=64)
+    np.testing.assert_array_equal(decode_image(encode(pal, "PNG")), np.asarray(pal.convert("RGB")))
+
+
+def test_transparency_composited_on_background(photo):
+    rgba = Image.fromarray(photo).convert("RGBA")
+    a = np.asarray(rgba).copy()
+    a[:10, :, 3] = 0  # fully transparent band
+    a[10:20, :, 3] = 128  # half transparent band
+    data = encode(Image.fromarray(a, "RGBA"), "PNG")
+    white = decode_image(data)
+    assert (white[:10] == 255).all()
+    np.testing.assert_array_equal(white[20:], photo[20:])
+    half = white[10:20].astype(int)
+    expected = (photo[10:20].astype(int) * 128 + 255 * 127) / 255
+    assert np.abs(half - expected).max() <= 1
+    black = decode_image(data, background=(0, 0, 0))
+    assert (black[:10] == 0).all()
+    la = Image.fromarray(a, "RGBA").convert("LA")
+    assert (decode_image(encode(la, "PNG"))[:10] == 255).all()
+    pal = Image.fromarray(photo).convert("P", palette=Image.ADAPTIVE, colors=32)
+    pal.info["transparency"] = int(np.asarray(pal)[0, 0])
+    out = decode_image(encode(pal, "PNG", transparency=pal.info["transparency"]))
+    assert tuple(out[0, 0]) == (255, 255, 255)
+
+
+def test_cmyk(photo):
+    cmyk = Image.fromarray(photo).convert("CMYK")
+    out = decode_image(encode(cmyk, "JPEG", quality=95))
+    assert out.shape == photo.shape
+    assert np.abs(out.astype(int) - photo.astype(int)).mean() < 6  # JPEG loss only, no inversion
+
+
+def test_sixteen_bit_is_rescaled_not_clamped():
+    ramp = (np.arange(256 * 64, dtype=np.uint32).reshape(64, 256) * 4).astype(np.uint16)  # 0 .. 65532
+    im = Image.fromarray(ramp)
+    assert im.mode.startswith("I;16")
+    out = decode_image(encode(im, "PNG"))
+    expected = np.rint(ramp / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(out[..., 0], expected)
+    assert out.max() == 255 and 120 <= np.median(out) <= 135  # clamping would give a median of 255
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares a huge size (a decompression bomb) with almost no data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_too_large_without_allocating():
+    bomb = _png_header_only(100_000, 100_000)  # 10 G pixels, 30 GB if decoded
+    with pytest.raises(DecodeError) as e:
+        decode_image(bomb)
+    assert e.value.status == S.STATUS_TOO_LARGE
+    with pytest.raises(DecodeError) as e:
+        decode_image(bomb, max_pixels=10**11)  # over Pillow's own bomb limit too
+    assert e.value.status in (S.STATUS_TOO_LARGE, S.STATUS_DECODE_ERROR)
+
+
+def test_max_pixels_on_real_image(sources):
+    data = sources["icdar2015_toy/img_1.jpg"]["image"]
+    with pytest.raises(DecodeError) as e:
+        decode_image(data, max_pixels=1280 * 720 - 1)
+    assert e.value.status == S.STATUS_TOO_LARGE
+    assert decode_image(data, max_pixels=1280 * 720).shape == (720, 1280, 3)
+
+
+def test_decode_stage_keeps_every_row(sources):
+    srcs = ["photos/389_535.jpg", "bad/broken.jpg", "icdar2015_toy/img_2.jpg"]
+    batch = {
+        "image_bytes": np.array([sources[s]["image"] for s in srcs] + [None], dtype=object),
+        S.STATUS: np.array(["ok", "ok", "ok", "missing_image"]),  # fixed-width <U13, as Ray may hand it over
+        S.ERROR: np.array([None] * 4, dtype=object),
+    }
+    out = Decode()(batch)
+    assert list(out[S.STATUS]) == ["ok", "decode_error", "ok", "missing_image"]
+    assert out["image"][0].shape == (535, 389, 3)
+    assert out["image"][1].shape == (0, 0, 3)
+    assert list(out[S.WIDTH]) == [389, -1, 1280, -1]
+    assert "image_bytes" not in out

@@ -1,0 +1,138 @@
+"""Shard listing, reading, truncation and sample records, on the real bundled shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from curate import schema as S
+from curate.io.samples import sample_to_record
+from curate.io.shards import (
+    SHARD_COMPLETE,
+    SHARD_TRUNCATED,
+    SHARD_UNREADABLE,
+    expand_shards,
+    read_shard,
+    stable_uid,
+)
+from tests.conftest import DATA, NEMO_SHARD, SHARD_SPEC, SHARDS, samples_per_shard
+
+
+def test_expand_brace_range_and_glob():
+    urls = expand_shards(SHARD_SPEC)
+    assert urls == [str(p.resolve()) for p in SHARDS]
+    assert expand_shards(str(DATA / "shards" / "*.tar")) == urls
+    assert expand_shards([SHARD_SPEC, str(SHARDS[0])]) == urls  # de-duplicated
+    assert expand_shards("file://" + str(DATA / "shards" / "sample-00000[01].tar")) == [
+        "file://" + str(p.resolve()) for p in SHARDS[:2]
+    ]
+    with pytest.raises(FileNotFoundError):
+        expand_shards(str(DATA / "shards" / "nothing-*.tar"))
+
+
+@pytest.mark.parametrize("shard", SHARDS, ids=lambda p: p.name)
+def test_read_bundled_shards(shard):
+    r = read_shard(str(shard))
+    assert r.status == SHARD_COMPLETE and r.error is None
+    assert len(r.samples) == samples_per_shard(shard)
+    for s in r.samples:
+        assert "json" in s and s["__url__"] == str(shard)
+
+
+def test_nemo_curator_shard_reads_as_it_is():
+    r = read_shard(str(NEMO_SHARD))
+    assert r.status == SHARD_COMPLETE
+    assert [s["__key__"] for s in r.samples] == ["0"]
+    rec = sample_to_record(r.samples[0])
+    assert rec[S.STATUS] == S.STATUS_OK
+    assert rec[S.TEXT].startswith("A wine bottle outfitted with two forks")
+    assert rec[S.UID] == stable_uid(str(NEMO_SHARD), "0")  # its json has no DataComp uid
+    assert len(rec[S.UID]) == 32
+    assert rec["image_bytes"][:2] == b"\xff\xd8"
+
+
+def test_records_use_datacomp_uid_and_flag_bad_samples():
+    recs = [sample_to_record(s) for shard in SHARDS for s in read_shard(str(shard)).samples]
+    assert len({r[S.UID] for r in recs}) == len(recs)
+    for r in recs:
+        assert len(r[S.UID]) == 32 and int(r[S.UID], 16) >= 0
+    by_status = {}
+    for r in recs:
+        by_status.setdefault(r[S.STATUS], []).append(r)
+    assert len(by_status[S.STATUS_MISSING_CAPTION]) == 1
+    assert set(by_status) == {S.STATUS_OK, S.STATUS_MISSING_CAPTION}  # broken JPEG fails later, at decode
+
+
+def test_caption_from_json_when_no_txt_and_missing_image():
+    sample = {"__key__": "k", "__url__": "x.tar", "json": json.dumps({"caption": " a dog "}).encode(), "jpg": b"..."}
+    assert sample_to_record(sample)[S.TEXT] == "a dog"
+    rec = sample_to_record({"__key__": "k", "__url__": "x.tar", "txt": b"a cat"})
+    assert rec[S.STATUS] == S.STATUS_MISSING_IMAGE and "txt" in rec[S.ERROR]
+    rec = sample_to_record({"__key__": "k", "__url__": "x.tar", "jpg": b"...", "json": b"{not json"})
+    assert rec[S.STATUS] == S.STATUS_MISSING_CAPTION
+
+
+def _cut(src, dst, nbytes):
+    data = open(src, "rb").read()
+    with open(dst, "wb") as f:
+        f.write(data[:nbytes])
+    return data
+
+
+def test_truncated_inside_member(tmp_path):
+    shard = SHARDS[1]
+    offsets = []
+    with tarfile.open(shard) as tf:
+        for m in tf.getmembers():
+            offsets.append((m.name, m.offset_data, m.size))
+    # Cut in the middle of the 4th sample's image.
+    name, off, size = next(o for o in offsets if o[0].startswith("000010003.") and o[0].endswith(".jpg"))
+    cut = tmp_path / "cut.tar"
+    _cut(shard, cut, off + size // 2)
+    r = read_shard(str(cut))
+    assert r.status == SHARD_TRUNCATED and r.error
+    assert [s["__key__"] for s in r.samples] == ["000010000", "000010001", "000010002", "000010003"]
+    assert r.samples[-1].get("__truncated__") is True
+    assert not any(s.get("__truncated__") for s in r.samples[:-1])
+    assert sample_to_record(r.samples[-1])[S.STATUS] == S.STATUS_TRUNCATED
+
+
+def test_truncated_at_header_boundary(tmp_path):
+    shard = SHARDS[1]
+    with tarfile.open(shard) as tf:
+        m = [m for m in tf.getmembers() if m.name.startswith("000010005.")][0]
+    cut = tmp_path / "cut.tar"
+    _cut(shard, cut, m.offset)  # ends exactly before a header: tarfile alone would not notice
+    r = read_shard(str(cut))
+    assert r.status == SHARD_TRUNCATED
+    assert len(r.samples) == 5
+
+
+def test_empty_zero_byte_and_garbage_shards(tmp_path):
+    empty = tmp_path / "empty.tar"
+    with tarfile.open(empty, "w"):
+        pass
+    r = read_shard(str(empty))
+    assert r.status == SHARD_COMPLETE and r.samples == []
+    zero = tmp_path / "zero.tar"
+    zero.write_bytes(b"")
+    assert read_shard(str(zero)).status == SHARD_UNREADABLE
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(os.urandom(3000))
+    assert read_shard(str(garbage)).status == SHARD_UNREADABLE
+    r = read_shard(str(tmp_path / "missing.tar"))
+    assert r.status == SHARD_UNREADABLE and "missing.tar" in r.error
+
+
+def test_webdataset_agrees_on_keys():
+    """Our reader groups members exactly as webdataset's own tar iterator does."""
+    import webdataset as wds
+
+    for shard in SHARDS:
+        theirs = [s["__key__"] for s in wds.WebDataset(str(shard), shardshuffle=False)]
+        ours = [s["__key__"] for s in read_shard(str(shard)).samples]
+        assert ours == theirs
