@@ -41,3 +41,12 @@ def set_error(batch: dict[str, np.ndarray], i: int, status: str, message: str) -
     """Mark row ``i`` as failed with ``status`` and ``message`` (in place)."""
     batch[S.STATUS][i] = status
     batch[S.ERROR][i] = message[:1000]
+
+
+def image_at(images, i: int) -> np.ndarray:
+    """Row ``i`` of an image column as ``(H, W, 3) uint8`` (Ray hands equal-shaped images over as
+    one ``(B, H, W, 3)`` array and ragged ones as an object array; both work)."""
+    img = images[i]
+    if img.dtype != np.uint8:
+        img = np.asarray(img, dtype=np.uint8)
+    return img

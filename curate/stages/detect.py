@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import BOX_DIMS, EMPTY_BOXES, batch_len, object_array, ok_rows, set_error
+from curate.stages.common import BOX_DIMS, EMPTY_BOXES, batch_len, image_at, object_array, ok_rows, set_error
 
 # ImageNet mean / std in 0-255 units, as easyocr.imgproc.normalizeMeanVariance uses them.
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
@@ -116,6 +116,7 @@ class CraftDetector:
             detector=True,
             recognizer=False,
             verbose=False,
+            quantize=False,  # dynamic int8 quantisation only touches nn.Linear; CRAFT is all convolutions
         )
         self.net = reader.detector
         self.net.eval()
@@ -209,12 +210,12 @@ class Detect:
         for start in range(0, len(idx), self.batch_size):
             chunk = idx[start : start + self.batch_size]
             try:
-                results = self.detector([images[i] for i in chunk])
+                results = self.detector([image_at(images, i) for i in chunk])
             except Exception:
                 results = []
                 for i in chunk:
                     try:
-                        results.append(self.detector([images[i]])[0])
+                        results.append(self.detector([image_at(images, i)])[0])
                     except Exception as e:
                         set_error(batch, i, S.STATUS_DETECT_ERROR, f"{type(e).__name__}: {e}")
                         results.append(None)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import batch_len, object_array, ok_rows
+from curate.stages.common import batch_len, image_at, object_array, ok_rows
 
 
 def polygons_to_pixels(text_boxes, width: int, height: int) -> list[np.ndarray]:
@@ -122,7 +122,7 @@ class Mask:
         masked = list(images)
         frac = np.full(n, np.nan, dtype=np.float32)
         for i in ok_rows(batch):
-            img = images[i]
+            img = image_at(images, i)
             h, w = img.shape[:2]
             polys = polygons_to_pixels(batch[S.TEXT_BOXES][i], w, h)
             masked[i], mask = mask_text(img, polys, self.method, self.ring_px, self.inpaint_radius)

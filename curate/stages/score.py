@@ -14,7 +14,7 @@ from PIL import Image
 
 from curate import schema as S
 from curate.models import ResolvedWeights, create_clip, resolve_pretrained
-from curate.stages.common import batch_len, ok_rows, set_error
+from curate.stages.common import batch_len, image_at, ok_rows, set_error
 from curate.stages.detect import resolve_device
 
 
@@ -118,8 +118,8 @@ class Score:
             chunk = idx[start : start + self.batch_size]
             try:
                 c, m = self.score(
-                    [batch["image"][i] for i in chunk],
-                    [batch["masked_image"][i] for i in chunk],
+                    [image_at(batch["image"], i) for i in chunk],
+                    [image_at(batch["masked_image"], i) for i in chunk],
                     [str(batch[S.TEXT][i]) for i in chunk],
                     np.asarray(batch[S.NUM_TEXT_BOXES])[chunk] > 0,
                 )
