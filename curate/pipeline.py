@@ -63,15 +63,20 @@ def read_shard_records(row: dict[str, Any]) -> list[dict[str, Any]]:
     url = row["url"]
     result = read_shard(url)
     n = len(result.samples)
-    extra = {_N: n, _SHARD_STATUS: result.status, _SHARD_ERROR: result.error}
+    extra = {_N: n, _SHARD_STATUS: result.status, _SHARD_ERROR: result.error or ""}
     if n == 0:
         return [
-            {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: None, "image_bytes": None,
-             S.STATUS: SHARD_RECORD, S.ERROR: result.error, _SEQ: -1, **extra}
+            {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: "", "image_bytes": b"",
+             S.STATUS: SHARD_RECORD, S.ERROR: result.error or "", _SEQ: -1, **extra}
         ]
     out = []
     for seq, sample in enumerate(result.samples):
         rec = sample_to_record(sample)
+        # Inside Ray, "no value" is an empty string / bytes: a block of only None would become a
+        # null or float column that Arrow cannot merge with strings. The writer maps "" to null.
+        rec[S.TEXT] = rec[S.TEXT] or ""
+        rec[S.ERROR] = rec[S.ERROR] or ""
+        rec["image_bytes"] = rec["image_bytes"] or b""
         rec.update({_SEQ: seq, **extra})
         out.append(rec)
     return out
@@ -351,7 +356,7 @@ class _ShardCollector:
 
     def _finish(self, url: str) -> None:
         buf = self.buffers.pop(url)
-        shard_status, shard_error = buf[_SHARD_STATUS][0], buf[_SHARD_ERROR][0]
+        shard_status, shard_error = buf[_SHARD_STATUS][0], buf[_SHARD_ERROR][0] or None
         if shard_status == SHARD_UNREADABLE:
             result = ShardResult(url, SHARD_UNREADABLE, shard_error)
         else:

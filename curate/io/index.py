@@ -39,8 +39,8 @@ def index_path(out_dir: str | Path, shard_url: str) -> Path:
 def records_to_table(columns: dict[str, Any]) -> pa.Table:
     """Build a schema-conformant table from column arrays (numpy or lists).
 
-    Rows whose status is not ``ok`` get nulls in every measurement column; ``-1`` sizes and NaN
-    scores become nulls. Extra columns are ignored, missing measurement columns become nulls.
+    Rows whose status is not ``ok`` get nulls in every measurement column; ``-1`` sizes, NaN
+    scores and empty ``text`` / ``error`` strings become nulls. Extra columns are ignored, missing measurement columns become nulls.
 
     Raises:
         KeyError: an identity column (uid, key, shard, status) is missing.
@@ -73,6 +73,8 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
             arrays.append(pa.array(vals, type=field.type))
         else:
             vals = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in values]
+            if field.name in (S.TEXT, S.ERROR):
+                vals = [v or None for v in vals]  # "" means no value
             arrays.append(pa.array(vals, type=field.type))
     return pa.Table.from_arrays(arrays, schema=S.SCHEMA)
 

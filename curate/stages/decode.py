@@ -97,7 +97,8 @@ def decode_image(
 class Decode:
     """Stage: decode the ``image_bytes`` column into ``image``, ``width`` and ``height``.
 
-    Input columns: ``image_bytes`` (object: ``bytes`` or ``None``), ``status``, ``error``.
+    Input columns: ``image_bytes`` (object: ``bytes``; ``None`` or empty when missing), ``status``,
+    ``error``.
     Output: the same batch without ``image_bytes``, plus ``image`` (object: ``(H, W, 3) uint8``;
     an empty ``(0, 0, 3)`` array for failed rows), ``width`` and ``height`` (int32, -1 when not
     decoded). Failures set ``status`` to ``decode_error`` or ``too_large``.

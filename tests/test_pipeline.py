@@ -1,0 +1,184 @@
+"""`curate score` end to end on a real local Ray cluster, real shards, real CRAFT weights."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from curate import schema as S
+from curate.cli import main
+from curate.config import PipelineConfig, load_config
+from curate.io.index import index_path, read_index, read_index_metadata
+from curate.pipeline import IndexConfigMismatch, run_score
+from tests.conftest import NEMO_SHARD, SHARDS, samples_per_shard
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "pipelines" / "tiny_cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """The 3 sample shards plus a truncated, an empty and an unreadable shard."""
+    d = tmp_path_factory.mktemp("pool")
+    for s in SHARDS:
+        shutil.copy(s, d / s.name)
+    with tarfile.open(SHARDS[1]) as tf:
+        m = [m for m in tf.getmembers() if m.name == "000010001.jpg"][0]
+    data = SHARDS[1].read_bytes()
+    (d / "cut-000000.tar").write_bytes(data[: m.offset_data + m.size // 2])  # cut inside a member
+    with tarfile.open(d / "empty-000000.tar", "w"):
+        pass
+    (d / "zzz-broken.tar").write_bytes(b"this is not a tar file" * 100)
+    return d
+
+
+@pytest.fixture(scope="module")
+def scored(pool, tmp_path_factory, ray_cluster):
+    out = tmp_path_factory.mktemp("index")
+    cfg = load_config(TINY)
+    summary = run_score([str(pool / "*.tar")], out, cfg, progress=False)
+    return out, cfg, summary
+
+
+def test_summary_and_exit_code(scored, pool):
+    out, _, summary = scored
+    by = {Path(s.url).name: s for s in summary.shards}
+    assert by["zzz-broken.tar"].status == "unreadable"
+    assert by["cut-000000.tar"].status == "truncated"
+    assert by["empty-000000.tar"].status == "complete" and by["empty-000000.tar"].num_samples == 0
+    assert summary.exit_code == 1  # a shard could not be read at all
+    text = summary.format()
+    assert "zzz-broken.tar" in text and "cut-000000.tar" in text and "NOT meaningful" in text
+    assert not index_path(out, str(pool / "zzz-broken.tar")).exists()
+    assert (out / "_summary.json").exists()
+
+
+@pytest.mark.parametrize("shard", SHARDS, ids=lambda p: p.name)
+def test_rows_per_shard_equal_samples_per_shard(scored, pool, shard):
+    out, _, _ = scored
+    path = index_path(out, str(pool / shard.name))
+    t = pq.read_table(path)
+    assert t.schema.equals(S.SCHEMA, check_metadata=False)
+    assert t.num_rows == samples_per_shard(shard)
+    assert len(set(t.column(S.UID).to_pylist())) == t.num_rows
+    md = read_index_metadata(path)
+    assert md[S.META_SHARD_STATUS] == "complete" and md[S.META_NUM_SAMPLES] == str(t.num_rows)
+    assert md[S.META_CLIP_MODEL] == "tiny" and md[S.META_CLIP_IS_PRETRAINED] == "false"
+    assert md[S.META_SCHEMA_VERSION] == S.SCHEMA_VERSION and md[S.META_DETECT_SIZE] == "512"
+    ok = t.filter(np.asarray(t.column(S.STATUS).to_pylist()) == "ok").to_pydict()
+    for col in (S.CLIP_SCORE, S.MASKED_CLIP_SCORE, S.WIDTH, S.HEIGHT, S.NUM_TEXT_BOXES, S.TEXT_AREA_FRAC):
+        assert None not in ok[col], col
+    for boxes, n, frac in zip(ok[S.TEXT_BOXES], ok[S.NUM_TEXT_BOXES], ok[S.TEXT_AREA_FRAC]):
+        assert len(boxes) == n and (frac > 0) == (n > 0)
+        assert all(len(p) == 8 and all(0 <= c <= 1 for c in p) for p in boxes)
+
+
+def test_bad_samples_carry_their_status(scored, sources):
+    out, _, _ = scored
+    t = read_index(out).to_pylist()
+    by_key = {r[S.KEY]: r for r in t}
+    broken = by_key[sources["bad/broken.jpg"]["key"]]
+    assert broken[S.STATUS] == S.STATUS_DECODE_ERROR and broken[S.ERROR]
+    assert broken[S.WIDTH] is None and broken[S.CLIP_SCORE] is None
+    nocap = [r for r in t if r[S.STATUS] == S.STATUS_MISSING_CAPTION]
+    assert len(nocap) == 1 and nocap[0][S.TEXT] is None and nocap[0][S.CLIP_SCORE] is None
+
+
+def test_truncated_and_empty_shards(scored, pool):
+    out, _, _ = scored
+    p = index_path(out, str(pool / "cut-000000.tar"))
+    t = pq.read_table(p).to_pylist()
+    assert [r[S.KEY] for r in t] == ["000010000", "000010001"]
+    assert t[0][S.STATUS] == "ok" and t[1][S.STATUS] == S.STATUS_TRUNCATED
+    assert read_index_metadata(p)[S.META_SHARD_STATUS] == "truncated"
+    e = index_path(out, str(pool / "empty-000000.tar"))
+    assert pq.read_table(e).num_rows == 0 and read_index_metadata(e)[S.META_SHARD_STATUS] == "complete"
+
+
+def test_pipeline_boxes_match_the_stage(scored, pool, craft, sources):
+    """The Ray plan wires the stages correctly: same boxes as CRAFT called directly."""
+    from curate.stages.decode import decode_image
+
+    out, _, _ = scored
+    t = pq.read_table(index_path(out, str(pool / SHARDS[1].name))).to_pylist()
+    imgs = {v["key"]: decode_image(v["image"]) for v in sources.values() if v["shard"] == str(SHARDS[1])}
+    direct = craft([imgs[r[S.KEY]] for r in t])
+    for r, b in zip(t, direct):
+        assert r[S.NUM_TEXT_BOXES] == len(b)
+        h, w = imgs[r[S.KEY]].shape[:2]
+        if len(b):
+            np.testing.assert_allclose(np.array(r[S.TEXT_BOXES]), (b / [w, h]).reshape(len(b), 8), atol=1e-6)
+
+
+def test_resume_skips_complete_shards_and_recomputes_deleted(scored, pool):
+    out, cfg, first = scored
+    complete = [index_path(out, str(pool / s.name)) for s in SHARDS]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in complete}
+    again = run_score([str(pool / "*.tar")], out, cfg, progress=False)
+    by = {Path(s.url).name: s.status for s in again.shards}
+    assert all(by[s.name] == "skipped" for s in SHARDS) and by["empty-000000.tar"] == "skipped"
+    assert by["cut-000000.tar"] == "truncated"  # never complete: read again on every run
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in complete} == before
+    assert again.statuses() == first.statuses()
+
+    old = pq.read_table(complete[0])
+    complete[0].unlink()
+    third = run_score([str(pool / "*.tar")], out, cfg, progress=False)
+    by = {Path(s.url).name: s.status for s in third.shards}
+    assert by[SHARDS[0].name] == "complete" and by[SHARDS[1].name] == "skipped" and by[SHARDS[2].name] == "skipped"
+    assert {p: p.stat().st_mtime_ns for p in complete[1:]} == {p: before[p][0] for p in complete[1:]}
+    new = pq.read_table(complete[0])
+    for col in S.COLUMNS:
+        if col in (S.CLIP_SCORE, S.MASKED_CLIP_SCORE, S.TEXT_AREA_FRAC):
+            np.testing.assert_allclose(new.column(col).to_numpy(zero_copy_only=False),
+                                       old.column(col).to_numpy(zero_copy_only=False), atol=1e-5)
+        else:
+            assert new.column(col).to_pylist() == old.column(col).to_pylist(), col
+    assert not list(out.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_other_settings_never_mix_into_an_index(scored, pool):
+    out, cfg, _ = scored
+    other = load_config(TINY)
+    other.mask.method = "inpaint"
+    with pytest.raises(IndexConfigMismatch, match="other scoring settings"):
+        run_score([str(SHARDS[0])], out, other, progress=False)
+
+
+def test_cli_fails_fast_without_weights(tmp_path, capsys):
+    out = tmp_path / "idx"
+    code = main(["score", str(tmp_path / "never-read-{0..9}.tar"), "--out", str(out), "--clip-model", "ViT-B-32",
+                 "--pretrained", "laion2b_s34b_b79k", "--cache-dir", str(tmp_path / "cache")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not in the local cache" in err and "--pretrained /path/to" in err
+    assert not out.exists()
+
+
+def test_cli_end_to_end_on_the_nemo_curator_shard(tmp_path):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    proc = subprocess.run(
+        [sys.executable, "-m", "curate.cli", "score", str(NEMO_SHARD), "--out", str(tmp_path / "idx"),
+         "--config", str(TINY), "--num-cpus", "2", "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "samples       1" in proc.stdout and "ok            1" in proc.stdout
+    t = read_index(tmp_path / "idx")
+    assert t.num_rows == 1 and t.column(S.STATUS)[0].as_py() == "ok"
+
+
+def test_tmars_preset_is_the_default_config():
+    assert load_config(REPO / "pipelines" / "tmars.yaml") == PipelineConfig()
+    with pytest.raises(ValueError, match="unknown key"):
+        from curate.config import config_from_dict
+
+        config_from_dict({"detect": {"long_sid": 512}})
