@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
+RANDOM_INIT_SEED = 0
 _registered = False
 
 
@@ -50,7 +51,7 @@ class ResolvedWeights:
 
     def describe(self) -> str:
         if not self.is_pretrained:
-            return "none (random init: scores are NOT meaningful CLIP scores)"
+            return f"none (random init, seed {RANDOM_INIT_SEED}: scores are NOT meaningful CLIP scores)"
         return f"{self.pretrained} ({self.path})" if self.path != self.pretrained else str(self.path)
 
 
@@ -129,6 +130,7 @@ def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu"):
     Args:
         model: open_clip model name.
         weights: from ``resolve_pretrained`` (the path, if any, is loaded; nothing is fetched).
+            Without weights the model is initialised with seed ``RANDOM_INIT_SEED``.
         device: torch device string.
 
     Returns:
@@ -136,11 +138,16 @@ def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu"):
         ``(3, S, S) float32`` tensor, ``tokenizer`` maps a list of strings to ``(B, L) int64``.
     """
     import open_clip
+    import torch
 
     register_configs()
-    clip, _, preprocess = open_clip.create_model_and_transforms(
-        model, pretrained=weights.path, device=device, load_weights=weights.path is not None
-    )
+    # Random init is seeded (RANDOM_INIT_SEED) so that every actor, and every rerun of a job,
+    # builds the same model: a resumed index never mixes scores of two random models.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        clip, _, preprocess = open_clip.create_model_and_transforms(
+            model, pretrained=weights.path, device=device, load_weights=weights.path is not None
+        )
     clip.eval()
     tokenizer = open_clip.get_tokenizer(model)
     return clip, preprocess, tokenizer

@@ -118,3 +118,10 @@ def test_unknown_model_tag_or_missing_file(tmp_path):
 def test_local_checkpoint_path(checkpoint):
     w = resolve_pretrained("tiny", checkpoint)
     assert w.is_pretrained and w.path == checkpoint
+
+
+def test_random_init_is_reproducible(data):
+    images, captions = data
+    a = Score(clip_model="tiny", pretrained=None).score(images[:2], images[:2], captions[:2], np.zeros(2, bool))
+    b = Score(clip_model="tiny", pretrained=None).score(images[:2], images[:2], captions[:2], np.zeros(2, bool))
+    np.testing.assert_array_equal(a[0], b[0])
