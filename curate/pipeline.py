@@ -453,18 +453,17 @@ def run_score(
         except AttributeError:
             pass
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        bar = tqdm(total=len(todo), unit="shard", desc="curate score", disable=not progress, dynamic_ncols=True)
-        samples_done = [0]
+        bar = tqdm(unit="sample", desc="curate score", disable=not progress, dynamic_ncols=True)
+        shards_done = [0]
 
         def on_done(r: ShardResult) -> None:
-            samples_done[0] += r.num_samples
-            rate = samples_done[0] / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(samples=samples_done[0], rate=f"{rate:.2f}/s", last=f"{Path(r.url).name}:{r.status}")
-            bar.update(1)
+            shards_done[0] += 1
+            bar.set_postfix(shards=f"{shards_done[0]}/{len(todo)}", last=f"{Path(r.url).name}:{r.status}")
 
         collector = _ShardCollector(out_dir, metadata, on_done)
         ds = build_dataset(todo, cfg, weights)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            bar.update(int(np.count_nonzero(batch[S.STATUS] != SHARD_RECORD)))
             collector.add(batch)
         bar.close()
         if collector.buffers:

@@ -34,6 +34,7 @@ STATUS_MISSING_CAPTION = "missing_caption"  # no .txt and no caption in .json, o
 STATUS_TOO_LARGE = "too_large"  # more pixels than the decompression-bomb limit
 STATUS_TRUNCATED = "truncated"  # the shard ended inside this sample's members
 STATUS_DETECT_ERROR = "detect_error"  # text detector raised on this sample
+STATUS_MASK_ERROR = "mask_error"  # masking raised on this sample
 STATUS_SCORE_ERROR = "score_error"  # CLIP raised on this sample
 ERROR_STATUSES = (
     STATUS_DECODE_ERROR,
@@ -42,6 +43,7 @@ ERROR_STATUSES = (
     STATUS_TOO_LARGE,
     STATUS_TRUNCATED,
     STATUS_DETECT_ERROR,
+    STATUS_MASK_ERROR,
     STATUS_SCORE_ERROR,
 )
 

@@ -157,3 +157,15 @@ def test_mask_stage_clips_polygons_and_reports_area():
     # Ray hands equal-shaped images over as one (B, H, W, 3) array: same result.
     batch2 = dict(batch, image=np.stack([img, img]))
     np.testing.assert_array_equal(Mask()(batch2)["masked_image"][0], out["masked_image"][0])
+
+
+def test_mask_error_keeps_the_row():
+    img = np.full((20, 20, 3), 7, np.uint8)
+    batch = {
+        "image": object_array([img, img]),
+        S.TEXT_BOXES: object_array([np.zeros((1, 5), np.float32), np.zeros((0, 8), np.float32)]),  # 5 coords: broken
+        S.STATUS: np.array(["ok", "ok"], dtype=object),
+        S.ERROR: np.array(["", ""], dtype=object),
+    }
+    out = Mask()(batch)
+    assert list(out[S.STATUS]) == ["mask_error", "ok"] and "reshape" in out[S.ERROR][0]

@@ -125,3 +125,21 @@ def test_random_init_is_reproducible(data):
     a = Score(clip_model="tiny", pretrained=None).score(images[:2], images[:2], captions[:2], np.zeros(2, bool))
     b = Score(clip_model="tiny", pretrained=None).score(images[:2], images[:2], captions[:2], np.zeros(2, bool))
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_one_bad_sample_fails_alone(scorer, data):
+    images, captions = data
+    bad = np.zeros((0, 5, 3), np.uint8)  # cannot be resized: the whole batch raises, then row by row
+    imgs = images[:2] + [bad] + images[2:4]
+    batch = {
+        "image": object_array(imgs),
+        "masked_image": object_array(imgs),
+        S.TEXT: np.array(captions[:2] + ["x"] + captions[2:4], dtype=object),
+        S.NUM_TEXT_BOXES: np.zeros(5, np.int32),
+        S.STATUS: np.array(["ok"] * 5, dtype=object),
+        S.ERROR: np.array([""] * 5, dtype=object),
+    }
+    out = scorer(batch)
+    assert list(out[S.STATUS]) == ["ok", "ok", "score_error", "ok", "ok"]
+    assert out[S.ERROR][2] and np.isnan(out[S.CLIP_SCORE][2])
+    assert np.isfinite(np.delete(out[S.CLIP_SCORE], 2)).all()

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import batch_len, image_at, object_array, ok_rows
+from curate.stages.common import EMPTY_IMAGE, batch_len, image_at, object_array, ok_rows, set_error
 
 
 def polygons_to_pixels(text_boxes, width: int, height: int) -> list[np.ndarray]:
@@ -103,7 +103,7 @@ class Mask:
     Output columns added: ``masked_image`` (object: ``(H, W, 3) uint8``, the same object as
     ``image`` when no text was found; empty for failed rows) and ``text_area_frac`` (float32,
     the fraction of image pixels inside the union of text polygons, in [0, 1]; NaN for failed
-    rows).
+    rows). A row whose masking raises gets status ``mask_error``.
 
     Args:
         method, ring_px, inpaint_radius: see ``mask_text``.
@@ -124,8 +124,13 @@ class Mask:
         for i in ok_rows(batch):
             img = image_at(images, i)
             h, w = img.shape[:2]
-            polys = polygons_to_pixels(batch[S.TEXT_BOXES][i], w, h)
-            masked[i], mask = mask_text(img, polys, self.method, self.ring_px, self.inpaint_radius)
+            try:
+                polys = polygons_to_pixels(batch[S.TEXT_BOXES][i], w, h)
+                masked[i], mask = mask_text(img, polys, self.method, self.ring_px, self.inpaint_radius)
+            except Exception as e:  # never lose the row: record why
+                set_error(batch, i, S.STATUS_MASK_ERROR, f"{type(e).__name__}: {e}")
+                masked[i] = EMPTY_IMAGE
+                continue
             frac[i] = np.count_nonzero(mask) / float(h * w)
         batch["masked_image"] = object_array(masked)
         batch[S.TEXT_AREA_FRAC] = frac

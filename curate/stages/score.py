@@ -21,6 +21,9 @@ from curate.stages.detect import resolve_device
 class Score:
     """Stage: add ``clip_score`` and ``masked_clip_score`` (float32; NaN for failed rows).
 
+    A batch whose forward pass raises is retried sample by sample; a sample that still fails
+    gets status ``score_error``.
+
     Input columns: ``image``, ``masked_image`` (object ``(H, W, 3) uint8``), ``text``
     (caption), ``num_text_boxes``, ``status``.
 
@@ -116,19 +119,24 @@ class Score:
         idx = ok_rows(batch)
         for start in range(0, len(idx), self.batch_size):
             chunk = idx[start : start + self.batch_size]
-            try:
-                c, m = self.score(
-                    [image_at(batch["image"], i) for i in chunk],
-                    [image_at(batch["masked_image"], i) for i in chunk],
-                    [str(batch[S.TEXT][i]) for i in chunk],
-                    np.asarray(batch[S.NUM_TEXT_BOXES])[chunk] > 0,
-                )
-            except Exception as e:
-                for i in chunk:
-                    set_error(batch, i, S.STATUS_SCORE_ERROR, f"{type(e).__name__}: {e}")
-                continue
-            clip[chunk] = c
-            masked[chunk] = m
+            # A chunk that raises is retried row by row, so one bad sample fails alone.
+            for part in [chunk] if len(chunk) == 1 else [chunk, *([i] for i in chunk)]:
+                part = np.asarray(part)
+                try:
+                    c, m = self.score(
+                        [image_at(batch["image"], i) for i in part],
+                        [image_at(batch["masked_image"], i) for i in part],
+                        [str(batch[S.TEXT][i]) for i in part],
+                        np.asarray(batch[S.NUM_TEXT_BOXES])[part] > 0,
+                    )
+                except Exception as e:
+                    if len(part) == 1:
+                        set_error(batch, int(part[0]), S.STATUS_SCORE_ERROR, f"{type(e).__name__}: {e}")
+                    continue
+                clip[part] = c
+                masked[part] = m
+                if len(part) == len(chunk):
+                    break
         batch[S.CLIP_SCORE] = clip
         batch[S.MASKED_CLIP_SCORE] = masked
         return batch
