@@ -453,6 +453,8 @@ def run_score(
         except AttributeError:
             pass
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # We draw our own per-sample bar; Ray would warn that its own bars are off.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         bar = tqdm(unit="sample", desc="curate score", disable=not progress, dynamic_ncols=True)
         shards_done = [0]
 
