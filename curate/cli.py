@@ -16,6 +16,16 @@ import sys
 from curate import __version__
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_score(sub) -> None:
     p = sub.add_parser(
         "score",
@@ -35,7 +45,7 @@ def _add_score(sub) -> None:
     p.add_argument("--cache-dir", help="open_clip / Hugging Face cache folder for pretrained weights")
     p.add_argument("--detect-size", type=int, help="long side in pixels of the detector input (default 512)")
     p.add_argument("--mask-method", choices=["mean", "inpaint"], help="text masking method (default mean)")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     p.add_argument("--overwrite", action="store_true", help="recompute shards whose index file is already complete")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,7 +65,7 @@ def _cmd_score(args) -> int:
             cfg.score.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
         if args.cache_dir:
             cfg.score.cache_dir = args.cache_dir
-        if args.detect_size:
+        if args.detect_size is not None:
             cfg.detect.long_side = args.detect_size
         if args.mask_method:
             cfg.mask.method = args.mask_method

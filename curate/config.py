@@ -152,12 +152,41 @@ def _build(cls, data: dict[str, Any], where: str):
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in config section {where!r}; known: {sorted(known)}")
     kwargs = {}
+    defaults = cls()
     for name, value in data.items():
-        default = getattr(cls(), name)
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
+        kwargs[name] = _check_type(f"{where}.{name}", value, getattr(defaults, name), known[name].type)
     return cls(**kwargs)
+
+
+def _check_type(key: str, value: Any, default: Any, annotation: str) -> Any:
+    """Coerce ``value`` to the type of the field's default; raise ``ValueError`` when it cannot be."""
+    optional = "None" in str(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config key {key} may not be empty")
+    if isinstance(default, bool) or (default is None and "bool" in str(annotation)):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, tuple):
+        if isinstance(value, (list, tuple)) and len(value) == len(default) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            return tuple(value)
+        raise ValueError(f"config key {key} must be a list of {len(default)} integers, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, str) or "str" in str(annotation):
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    expected = type(default).__name__ if default is not None else str(annotation)
+    raise ValueError(f"config key {key} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
 _SECTIONS = {
@@ -196,8 +225,16 @@ def load_config(path: str | Path | None) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f)
+    if not path.is_file():
+        raise ValueError(f"config {path} is not a file")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"config {path} is not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"config {path} must be a mapping of sections (read, decode, detect, mask, score), "
+                         f"got {type(data).__name__}")
     return config_from_dict(data)
 
 
@@ -210,9 +247,17 @@ def validate(cfg: PipelineConfig) -> None:
     if cfg.score.precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"score.precision must be auto, fp32 or bf16, got {cfg.score.precision!r}")
     for name in ("detect.long_side", "detect.batch_size", "score.batch_size", "decode.max_pixels",
-                 "read.batch_size", "decode.batch_size", "detect.num_actors", "score.num_actors"):
+                 "read.batch_size", "decode.batch_size", "detect.num_actors", "score.num_actors",
+                 "read.num_cpus", "decode.num_cpus", "mask.num_cpus", "detect.num_cpus", "score.num_cpus"):
         section, key = name.split(".")
-        if getattr(getattr(cfg, section), key) <= 0:
-            raise ValueError(f"{name} must be positive")
+        value = getattr(getattr(cfg, section), key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    for name in ("detect.num_gpus", "score.num_gpus", "detect.torch_threads", "score.torch_threads",
+                 "detect.min_size", "mask.ring_px", "mask.inpaint_radius"):
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     if cfg.detect.long_side % 32:
         raise ValueError("detect.long_side must be a multiple of 32 (CRAFT's stride)")

@@ -90,8 +90,14 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
         raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models() (ours: tiny)")
     if pretrained in (None, "", "none", "None"):
         return ResolvedWeights(model, None, None, False)
+    if os.path.isdir(os.path.expanduser(pretrained)):
+        raise PretrainedNotAvailable(
+            f"--pretrained {pretrained} is a folder; give the checkpoint file inside it "
+            f"(e.g. open_clip_pytorch_model.bin or open_clip_model.safetensors)"
+        )
     if os.path.isfile(os.path.expanduser(pretrained)):
         path = os.path.abspath(os.path.expanduser(pretrained))
+        check_checkpoint(path)
         return ResolvedWeights(model, pretrained, path, True)
     cfg = oc_pretrained.get_pretrained_cfg(model, pretrained)
     if not cfg:
@@ -122,6 +128,38 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
             return ResolvedWeights(model, pretrained, target, True)
         raise PretrainedNotAvailable(_offline_message(model, pretrained, f"looked for {target}"))
     raise PretrainedNotAvailable(_offline_message(model, pretrained, "no download source known"))
+
+
+def check_checkpoint(path: str) -> None:
+    """Check that ``path`` is a loadable checkpoint without reading its tensors.
+
+    ``.safetensors`` files are opened with ``safetensors.safe_open``; anything else with
+    ``torch.load(mmap=True, weights_only=True)``, which maps the file instead of reading it.
+
+    Raises:
+        PretrainedNotAvailable: the file is not a checkpoint torch or safetensors can load.
+    """
+    import torch
+
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                f.keys()
+        else:
+            try:
+                torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PretrainedNotAvailable(
+            f"--pretrained {path} is not a checkpoint torch can load ({type(e).__name__}: {msg}); "
+            f"give an open_clip checkpoint (a state dict, or {{'state_dict': ...}}) or a .safetensors file"
+        ) from None
 
 
 def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu"):

@@ -24,6 +24,7 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +36,22 @@ from curate import schema as S
 from curate.config import PipelineConfig
 from curate.io.index import index_file_is_complete, index_path, read_index_metadata, records_to_table, write_index_file
 from curate.io.samples import sample_to_record
-from curate.io.shards import SHARD_COMPLETE, SHARD_TRUNCATED, SHARD_UNREADABLE, expand_shards, read_shard
+from curate.io.shards import (
+    SHARD_COMPLETE,
+    SHARD_DAMAGED,
+    SHARD_TRUNCATED,
+    SHARD_UNREADABLE,
+    expand_shards,
+    read_shard,
+)
 from curate.models import ResolvedWeights, resolve_pretrained
 
 SHARD_RECORD = "__shard__"
 SHARD_SKIPPED = "skipped"  # index file already complete from an earlier run
+SHARD_FAILED = "failed"  # the job stopped (internal error) before this shard was written
 
 _SEQ, _N, _SHARD_STATUS, _SHARD_ERROR = "_seq", "_shard_n", "_shard_status", "_shard_error"
+_IGNORED = "_shard_ignored"
 
 log = logging.getLogger("curate")
 
@@ -63,7 +73,7 @@ def read_shard_records(row: dict[str, Any]) -> list[dict[str, Any]]:
     url = row["url"]
     result = read_shard(url)
     n = len(result.samples)
-    extra = {_N: n, _SHARD_STATUS: result.status, _SHARD_ERROR: result.error or ""}
+    extra = {_N: n, _SHARD_STATUS: result.status, _SHARD_ERROR: result.error or "", _IGNORED: result.ignored_members}
     if n == 0:
         return [
             {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: "", "image_bytes": b"",
@@ -184,11 +194,13 @@ class ShardResult:
 
     Attributes:
         url: shard URL.
-        status: ``complete``, ``truncated``, ``unreadable`` or ``skipped`` (already indexed).
-        error: why a shard is truncated or unreadable.
+        status: ``complete``, ``truncated``, ``damaged``, ``unreadable``, ``skipped`` (already
+            indexed) or ``failed`` (the job stopped before the shard was written).
+        error: why a shard is not complete.
         num_samples: samples (= index rows) of the shard.
         statuses: row count per ``status`` value.
         index_file: the index file written (or found, for ``skipped``), if any.
+        ignored_members: tar members that belong to no sample (no extension).
     """
 
     url: str
@@ -197,6 +209,10 @@ class ShardResult:
     num_samples: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     index_file: str | None = None
+    ignored_members: int = 0
+
+
+_SHARD_ORDER = (SHARD_COMPLETE, SHARD_TRUNCATED, SHARD_DAMAGED, SHARD_UNREADABLE, SHARD_FAILED, SHARD_SKIPPED)
 
 
 @dataclass
@@ -229,8 +245,9 @@ class ScoreSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 when every shard was read (bad samples are not failures), 1 if any was unreadable."""
-        return 1 if any(s.status == SHARD_UNREADABLE for s in self.shards) else 0
+        """0 when every shard was read (bad samples are not failures); 1 if a shard was
+        unreadable or the job failed before writing it."""
+        return 1 if any(s.status in (SHARD_UNREADABLE, SHARD_FAILED) for s in self.shards) else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -258,14 +275,17 @@ class ScoreSummary:
             f"  score index   {self.out_dir}",
             f"  CLIP          {self.weights.model}, weights: {self.weights.describe()}",
             f"  shards        {len(self.shards)} ("
-            + ", ".join(f"{k} {by[k]}" for k in (SHARD_COMPLETE, SHARD_TRUNCATED, SHARD_UNREADABLE, SHARD_SKIPPED) if by[k])
+            + ", ".join(f"{k} {by[k]}" for k in _SHARD_ORDER if by[k])
             + ")",
             f"  samples       {self.num_samples}",
             f"  ok            {ok}",
             "  errors        " + (", ".join(f"{k} {v}" for k, v in errors.items()) if errors else "none"),
             f"  time          {self.wall_s:.1f} s, {self.samples_per_s:.2f} samples/s ({processed} samples scored this run)",
         ]
-        bad = [s for s in self.shards if s.status in (SHARD_TRUNCATED, SHARD_UNREADABLE)]
+        ignored = sum(s.ignored_members for s in self.shards)
+        if ignored:
+            lines.append(f"  ignored       {ignored} tar member(s) with no extension (not part of any sample)")
+        bad = [s for s in self.shards if s.status in (SHARD_TRUNCATED, SHARD_DAMAGED, SHARD_UNREADABLE, SHARD_FAILED)]
         for s in bad:
             lines.append(f"  {s.status.upper():<13} {s.url}: {s.error}")
         if not self.weights.is_pretrained:
@@ -316,13 +336,13 @@ def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrit
         if p in by_path:
             raise ValueError(f"shards {by_path[p]} and {url} would both write {p}; give them distinct file names")
         by_path[p] = url
-        if not overwrite and index_file_is_complete(p):
-            md = read_index_metadata(p)
-            if md.get(S.META_CONFIG) != fingerprint:
-                raise IndexConfigMismatch(
-                    f"{p} was written with other scoring settings:\n  found:    {md.get(S.META_CONFIG)}\n"
-                    f"  expected: {fingerprint}\nuse another --out folder, or --overwrite to recompute"
-                )
+        md = read_index_metadata(p) if (not overwrite and index_file_is_complete(p)) else {}
+        if md and md.get(S.META_CONFIG) != fingerprint:
+            raise IndexConfigMismatch(
+                f"{p} was written with other scoring settings:\n  found:    {md.get(S.META_CONFIG)}\n"
+                f"  expected: {fingerprint}\nuse another --out folder, or --overwrite to recompute"
+            )
+        if md.get(S.META_SHARD) == url:  # a file written from another shard of the same name is redone
             rows = int(md[S.META_NUM_SAMPLES])
             import pyarrow.parquet as pq
 
@@ -357,6 +377,7 @@ class _ShardCollector:
     def _finish(self, url: str) -> None:
         buf = self.buffers.pop(url)
         shard_status, shard_error = buf[_SHARD_STATUS][0], buf[_SHARD_ERROR][0] or None
+        ignored = int(buf[_IGNORED][0])
         if shard_status == SHARD_UNREADABLE:
             result = ShardResult(url, SHARD_UNREADABLE, shard_error)
         else:
@@ -370,12 +391,13 @@ class _ShardCollector:
             table = records_to_table(cols)
             path = index_path(self.out_dir, url)
             md = dict(self.metadata)
-            md.update({S.META_SHARD: url, S.META_SHARD_STATUS: shard_status, S.META_NUM_SAMPLES: str(table.num_rows)})
+            md.update({S.META_SHARD: url, S.META_SHARD_STATUS: shard_status, S.META_NUM_SAMPLES: str(table.num_rows),
+                       S.META_IGNORED_MEMBERS: str(ignored)})
             if shard_error:
                 md[S.META_SHARD_ERROR] = str(shard_error)
             write_index_file(path, table, md)
             statuses = collections.Counter(table.column(S.STATUS).to_pylist())
-            result = ShardResult(url, shard_status, shard_error, table.num_rows, dict(statuses), str(path))
+            result = ShardResult(url, shard_status, shard_error, table.num_rows, dict(statuses), str(path), ignored)
         self.results[url] = result
         self.on_shard_done(result)
 
@@ -397,6 +419,37 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def check_resources(cfg: PipelineConfig, strict: bool = True) -> None:
+    """Refuse a plan the cluster can never schedule (Ray would wait forever).
+
+    Args:
+        cfg: the pipeline config (actor pool sizes and per-actor CPUs / GPUs).
+        strict: raise (a fixed local cluster); otherwise only log a warning (an autoscaling
+            cluster may add nodes).
+
+    Raises:
+        ValueError: the actor pools need more CPUs or GPUs than the cluster has.
+    """
+    import ray
+
+    have = ray.cluster_resources()
+    need_cpu = (cfg.detect.num_actors * cfg.detect.num_cpus + cfg.score.num_actors * cfg.score.num_cpus
+                + max(cfg.read.num_cpus, cfg.decode.num_cpus, cfg.mask.num_cpus))
+    need_gpu = cfg.detect.num_actors * cfg.detect.num_gpus + cfg.score.num_actors * cfg.score.num_gpus
+    problems = []
+    if need_cpu > have.get("CPU", 0) + 1e-9:
+        problems.append(f"{need_cpu:g} CPUs (detect and score actor pools plus one task) but the cluster has "
+                        f"{have.get('CPU', 0):g}; lower *.num_cpus / *.num_actors in the config or raise --num-cpus")
+    if need_gpu > have.get("GPU", 0) + 1e-9:
+        problems.append(f"{need_gpu:g} GPUs but the cluster has {have.get('GPU', 0):g}; set detect.num_gpus and "
+                        f"score.num_gpus to 0 in the config to run on CPUs")
+    if problems:
+        msg = "the pipeline needs " + "; and ".join(problems)
+        if strict:
+            raise ValueError(msg)
+        log.warning("%s (continuing: the cluster may autoscale)", msg)
 
 
 def run_score(
@@ -438,13 +491,19 @@ def run_score(
     if not urls:
         raise ValueError("no shards given")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the index folder {out_dir}: {e}") from None
     metadata = index_metadata(cfg, weights)
     todo, skipped = plan_shards(urls, out_dir, metadata[S.META_CONFIG], overwrite=overwrite)
 
     results: dict[str, ShardResult] = {s.url: s for s in skipped}
     if todo:
         init_ray(num_cpus=num_cpus, address=address)
+        check_resources(cfg, strict=not (address or os.environ.get("RAY_ADDRESS")))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -464,13 +523,19 @@ def run_score(
 
         collector = _ShardCollector(out_dir, metadata, on_done)
         ds = build_dataset(todo, cfg, weights)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            bar.update(int(np.count_nonzero(batch[S.STATUS] != SHARD_RECORD)))
-            collector.add(batch)
+        failure = None
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                bar.update(int(np.count_nonzero(batch[S.STATUS] != SHARD_RECORD)))
+                collector.add(batch)
+        except Exception as e:  # keep what was written; report the rest as failed, by name
+            failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            log.error("curate score stopped: %s", e)
         bar.close()
-        if collector.buffers:
-            raise RuntimeError(f"internal error: shards not finished: {sorted(collector.buffers)}")
         results.update(collector.results)
+        for url in todo:
+            if url not in results:
+                results[url] = ShardResult(url, SHARD_FAILED, failure or "internal error: rows missing")
     summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir))
     (out_dir / "_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     return summary

@@ -32,7 +32,8 @@ STATUS_DECODE_ERROR = "decode_error"  # image bytes present but not decodable
 STATUS_MISSING_IMAGE = "missing_image"  # sample has no image member
 STATUS_MISSING_CAPTION = "missing_caption"  # no .txt and no caption in .json, or empty caption
 STATUS_TOO_LARGE = "too_large"  # more pixels than the decompression-bomb limit
-STATUS_TRUNCATED = "truncated"  # the shard ended inside this sample's members
+STATUS_TRUNCATED = "truncated"  # the shard ended (or is damaged) inside this sample's members
+STATUS_INVALID_SAMPLE = "invalid_sample"  # duplicate member, reused key, unparseable sample
 STATUS_DETECT_ERROR = "detect_error"  # text detector raised on this sample
 STATUS_MASK_ERROR = "mask_error"  # masking raised on this sample
 STATUS_SCORE_ERROR = "score_error"  # CLIP raised on this sample
@@ -42,6 +43,7 @@ ERROR_STATUSES = (
     STATUS_MISSING_CAPTION,
     STATUS_TOO_LARGE,
     STATUS_TRUNCATED,
+    STATUS_INVALID_SAMPLE,
     STATUS_DETECT_ERROR,
     STATUS_MASK_ERROR,
     STATUS_SCORE_ERROR,
@@ -77,7 +79,8 @@ META_DETECTOR = META_PREFIX + "detector"
 META_DETECT_SIZE = META_PREFIX + "detect_long_side"
 META_MASK_METHOD = META_PREFIX + "mask_method"
 META_SHARD = META_PREFIX + "shard"
-META_SHARD_STATUS = META_PREFIX + "shard_status"  # "complete" or "truncated"
+META_SHARD_STATUS = META_PREFIX + "shard_status"  # "complete", "truncated" or "damaged"
+META_IGNORED_MEMBERS = META_PREFIX + "ignored_members"  # tar members with no extension
 META_SHARD_ERROR = META_PREFIX + "shard_error"
 META_NUM_SAMPLES = META_PREFIX + "num_samples"
 META_CONFIG = META_PREFIX + "config"  # the full pipeline config as JSON

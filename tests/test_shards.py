@@ -13,6 +13,7 @@ from curate import schema as S
 from curate.io.samples import sample_to_record
 from curate.io.shards import (
     SHARD_COMPLETE,
+    SHARD_DAMAGED,
     SHARD_TRUNCATED,
     SHARD_UNREADABLE,
     expand_shards,
@@ -136,3 +137,107 @@ def test_webdataset_agrees_on_keys():
         theirs = [s["__key__"] for s in wds.WebDataset(str(shard), shardshuffle=False)]
         ours = [s["__key__"] for s in read_shard(str(shard)).samples]
         assert ours == theirs
+
+
+def _tar(members, fmt=tarfile.USTAR_FORMAT, encoding="utf-8") -> bytes:
+    """A tar built from ``(name, bytes | None, type)`` members (type: REGTYPE / LNKTYPE / DIRTYPE)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding=encoding) as tf:
+        for m in members:
+            name, data = m[0], m[1]
+            info = tarfile.TarInfo(name)
+            info.type = m[2] if len(m) > 2 else tarfile.REGTYPE
+            if info.type == tarfile.LNKTYPE:
+                info.linkname = "s0.jpg"
+            if data is not None:
+                info.size = len(data)
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _six_samples() -> bytes:
+    return _tar([(f"m{i}.{ext}", f"{ext}{i}".encode() * 300) for i in range(6) for ext in ("jpg", "txt")])
+
+
+def test_corrupt_header_mid_shard_is_damaged_not_silent(tmp_path):
+    data = bytearray(_six_samples())
+    off = data.find(b"m2.jpg")
+    data[off : off + 512] = b"X" * 512
+    p = tmp_path / "d.tar"
+    p.write_bytes(bytes(data))
+    r = read_shard(str(p))
+    assert r.status == SHARD_DAMAGED and "invalid tar header" in r.error
+    keys = [s["__key__"] for s in r.samples]
+    assert keys[:2] == ["m0", "m1"] and keys[-3:] == ["m3", "m4", "m5"]  # read through the damage
+    m2 = [s for s in r.samples if s["__key__"] == "m2"]
+    assert all(s.get("__truncated__") for s in m2) and "jpg" not in m2[0]
+    assert sample_to_record(m2[0])[S.STATUS] == S.STATUS_TRUNCATED
+
+
+def test_corrupt_gzip_shard_is_reported(tmp_path):
+    import gzip
+
+    data = bytearray(gzip.compress(_six_samples()))
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+    p = tmp_path / "c.tar.gz"
+    p.write_bytes(bytes(data))
+    r = read_shard(str(p))
+    assert r.status in (SHARD_TRUNCATED, SHARD_DAMAGED) and r.error
+
+
+def test_concatenated_tars_are_read_through(tmp_path):
+    p = tmp_path / "cat.tar"
+    p.write_bytes(_tar([("a.jpg", b"1"), ("a.txt", b"x")]) + _tar([("b.jpg", b"2"), ("b.txt", b"y")]))
+    r = read_shard(str(p))
+    assert r.status == SHARD_COMPLETE and [s["__key__"] for s in r.samples] == ["a", "b"]
+
+
+def test_cut_inside_a_header_flags_the_last_sample(tmp_path):
+    data = _six_samples()
+    off = data.find(b"m2.txt")  # header of the second member of sample m2
+    p = tmp_path / "h.tar"
+    p.write_bytes(data[: off + 100])
+    r = read_shard(str(p))
+    assert r.status == SHARD_TRUNCATED and "header" in r.error
+    assert r.samples[-1]["__key__"] == "m2" and r.samples[-1]["__truncated__"]
+
+
+def test_odd_members_and_keys(tmp_path):
+    members = [
+        ("s0.jpg", b"img0"), ("s0.txt", b"\xef\xbb\xbf"),  # caption is only a byte-order mark
+        ("s1.jpg", b"img1"), ("s1.txt", b""), ("s1.json", json.dumps({"caption": "from json"}).encode()),
+        ("s2.jpg", b"img2"), ("s2.jpg", b"again"), ("s2.txt", b"dup"),  # duplicate member
+        ("s3.jpg", b"img3"), ("s3.txt", b"ok"),
+        ("s2.txt", b"reused key"),  # key s2 again, not adjacent
+        ("s4.jpg", None, tarfile.LNKTYPE), ("s4.txt", b"link"),  # hard link: cannot be read in a stream
+        ("README", b"no extension"), ("dir", None, tarfile.DIRTYPE),
+        ("s5.json", b"[" * 100000 + b"]" * 100000), ("s5.jpg", b"img5"), ("s5.txt", b"deep json"),
+    ]
+    p = tmp_path / "odd.tar"
+    p.write_bytes(_tar(members))
+    r = read_shard(str(p))
+    assert r.status == SHARD_COMPLETE and r.ignored_members == 1
+    recs = {(i, s["__key__"]): sample_to_record(s) for i, s in enumerate(r.samples)}
+    by = [(k[1], v[S.STATUS]) for k, v in recs.items()]
+    assert by == [("s0", "missing_caption"), ("s1", "ok"), ("s2", "invalid_sample"), ("s3", "ok"),
+                  ("s2", "invalid_sample"), ("s4", "missing_image"), ("s5", "ok")]
+    assert recs[(1, "s1")][S.TEXT] == "from json"
+    assert "duplicate member" in recs[(2, "s2")][S.ERROR] and "position 2" in recs[(4, "s2")][S.ERROR]
+    assert "not a regular file" in recs[(5, "s4")][S.ERROR]
+    assert recs[(6, "s5")][S.UID] == stable_uid(str(p), "s5")
+
+
+def test_non_utf8_member_names(tmp_path):
+    p = tmp_path / "latin.tar"
+    p.write_bytes(_tar([("caf\xe9.jpg", b"x"), ("caf\xe9.txt", b"y")], fmt=tarfile.GNU_FORMAT, encoding="latin-1"))
+    r = read_shard(str(p))
+    rec = sample_to_record(r.samples[0])
+    assert rec[S.STATUS] == S.STATUS_OK and rec[S.KEY] == "caf\\xe9" and len(rec[S.UID]) == 32
+    rec[S.KEY].encode("utf-8")  # storable
+
+
+def test_glob_characters_in_an_existing_name(tmp_path):
+    p = tmp_path / "shard[1].tar"
+    p.write_bytes(_tar([("a.jpg", b"1")]))
+    assert expand_shards(str(p)) == [str(p)]

@@ -8,7 +8,8 @@ file name, the extension is the rest), so a shard reads here exactly as webdatas
 
 Reading never raises for a bad shard: ``read_shard`` returns a ``ShardRead`` whose ``status``
 is ``complete``, ``truncated`` (some samples read, then the data ended inside a member or
-header) or ``unreadable`` (not a tar, missing, permission denied, ...).
+header), ``damaged`` (invalid headers skipped) or ``unreadable`` (not a tar, missing,
+permission denied, ...).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from webdataset.tariterators import base_plus_ext
 
 SHARD_COMPLETE = "complete"
 SHARD_TRUNCATED = "truncated"
+SHARD_DAMAGED = "damaged"
 SHARD_UNREADABLE = "unreadable"
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -51,7 +53,7 @@ def expand_shards(specs: list[str] | str) -> list[str]:
     seen: set[str] = set()
     for spec in specs:
         for url in braceexpand.braceexpand(spec):
-            if _GLOB_CHARS.search(url.split("://", 1)[-1]):
+            if _GLOB_CHARS.search(url.split("://", 1)[-1]) and not _exists(url):
                 fs, path = fsspec.core.url_to_fs(url)
                 matches = sorted(fs.glob(path))
                 if not matches:
@@ -69,6 +71,15 @@ def expand_shards(specs: list[str] | str) -> list[str]:
     return out
 
 
+def _exists(url: str) -> bool:
+    """True when ``url`` names an existing file literally (so ``[1]`` in a name is not a glob)."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.exists(path)
+    except Exception:
+        return False
+
+
 def shard_name(url: str) -> str:
     """The shard's file name without directories or protocol, e.g. ``sample-000001.tar``."""
     return url.rstrip("/").rsplit("/", 1)[-1]
@@ -80,7 +91,7 @@ def stable_uid(url: str, key: str) -> str:
     The shard's file name (not its full URL) is hashed so that a pool keeps its uids when it
     moves between storage locations.
     """
-    return hashlib.md5(f"{shard_name(url)}/{key}".encode("utf-8")).hexdigest()
+    return hashlib.md5(f"{shard_name(url)}/{key}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def is_datacomp_uid(value: Any) -> bool:
@@ -94,99 +105,157 @@ class ShardRead:
 
     Attributes:
         url: the shard URL.
-        status: ``complete``, ``truncated`` or ``unreadable``.
+        status: ``complete``; ``truncated`` (the data ends before an end-of-archive block, or
+            inside a member); ``damaged`` (invalid tar headers were skipped, so members there
+            are lost; the samples after the damage are still read); or ``unreadable``.
         error: the reason for a non-complete status.
         samples: samples in shard order; each is a dict with ``__key__``, ``__url__`` and one
             ``bytes`` value per member extension (lower-case, e.g. ``"jpg"``, ``"txt"``).
-            ``__truncated__`` is set on a sample whose members were cut short.
+            Problems are flagged on the sample: ``__truncated__`` (members may be missing),
+            ``__invalid__`` (a message: duplicate member, key reused), ``__notes__`` (members
+            that were skipped, e.g. links).
+        ignored_members: regular members that belong to no sample (no extension), skipped as
+            webdataset skips them.
     """
 
     url: str
     status: str
     error: str | None = None
     samples: list[dict[str, Any]] = field(default_factory=list)
+    ignored_members: int = 0
 
 
-class _TailTracker(io.RawIOBase):
-    """A read-through wrapper that remembers whether EOF was hit and the last bytes read.
+class _HeaderLog:
+    """What ``tarfile`` met while looking for headers (it hides most of it)."""
 
-    ``tarfile`` in stream mode ends silently when the data stops at a header boundary; the
-    tracker lets ``read_shard`` tell a clean end-of-archive (zero blocks) from a cut.
+    def __init__(self):
+        self.zero_blocks_since_member = 0
+        self.invalid_offsets: list[int] = []
+        self.end: str | None = None  # "eof" (clean block boundary) or "truncated_header"
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """A ``TarInfo`` that records header errors on the archive before ``tarfile`` swallows them.
+
+    In stream mode ``tarfile`` stops silently at a bad or cut header after the first member;
+    with ``ignore_zeros`` it skips invalid blocks. Recording them lets ``read_shard`` report a
+    truncated or damaged shard instead of losing its tail without a word.
     """
 
-    def __init__(self, raw):
-        self.raw = raw
-        self.total = 0
-        self.eof = False
-        self.tail = b""
+    @classmethod
+    def fromtarfile(cls, tf):
+        log = tf.__dict__.setdefault("_curate_log", _HeaderLog())
+        offset = tf.offset
+        try:
+            info = super().fromtarfile(tf)
+        except tarfile.EOFHeaderError:
+            log.zero_blocks_since_member += 1
+            raise
+        except tarfile.InvalidHeaderError:
+            log.invalid_offsets.append(offset)
+            raise
+        except tarfile.EmptyHeaderError:
+            log.end = "eof"
+            raise
+        except tarfile.TruncatedHeaderError:
+            log.end = "truncated_header"
+            raise
+        log.zero_blocks_since_member = 0
+        return info
 
-    def readable(self) -> bool:
-        return True
 
-    def readinto(self, b) -> int:
-        data = self.raw.read(len(b))
-        n = len(data)
-        b[:n] = data
-        if n == 0:
-            self.eof = True
-        else:
-            self.total += n
-            self.tail = (self.tail + data)[-1024:]
-        return n
-
-
-def _ended_cleanly(tracker: _TailTracker) -> bool:
-    if not tracker.eof:
-        return True  # tarfile stopped at an end-of-archive block before the end of the data
-    return tracker.total % 512 == 0 and tracker.tail[-512:] == b"\0" * 512
+def _readable_name(name: str) -> str:
+    """Member names that are not UTF-8 (tarfile keeps the bytes as surrogates) made printable."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_shard(url: str) -> ShardRead:
     """Read all samples of one shard, never raising for bad data.
 
+    Concatenated archives are read through (zero blocks are skipped, as ``tar -i`` does).
+
     Args:
-        url: local path or fsspec URL of a ``.tar`` shard.
+        url: local path or fsspec URL of a ``.tar`` (or compressed ``.tar.gz``) shard.
 
     Returns:
-        A ``ShardRead``. Samples before a cut are kept; the sample being read when the data
-        ended is kept with ``__truncated__`` set so it still gets an index row.
+        A ``ShardRead``. Samples before a cut or damage are kept; a sample that may have lost
+        members is flagged so it still gets an index row with status ``truncated``.
     """
     result = ShardRead(url=url, status=SHARD_COMPLETE)
     current: dict[str, Any] | None = None
-    try:
-        with fsspec.open(url, "rb") as raw:
-            tracker = _TailTracker(raw)
-            with tarfile.open(fileobj=tracker, mode="r|*") as tf:
-                for member in tf:
-                    if not member.isfile():
-                        continue
-                    key, ext = base_plus_ext(member.name) if "." in member.name.rsplit("/", 1)[-1] else (None, None)
-                    if key is None or ext is None:
-                        continue
-                    if current is None or current["__key__"] != key:
-                        if current is not None:
-                            result.samples.append(current)
-                        current = {"__key__": key, "__url__": url}
-                    # Mark the sample before reading, so a cut inside the member is attributed to it.
-                    current["__truncated__"] = True
-                    data = tf.extractfile(member).read()
-                    del current["__truncated__"]
-                    current[ext.lower()] = data
-            if current is not None:
-                result.samples.append(current)
-                current = None
-            if not _ended_cleanly(tracker):
-                result.status = SHARD_TRUNCATED
-                result.error = f"shard ends without an end-of-archive block after {tracker.total} bytes"
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+    seen_keys: dict[str, int] = {}
+    log = _HeaderLog()
+
+    def close_current():
+        nonlocal current
         if current is not None:
             result.samples.append(current)
+            current = None
+
+    try:
+        with fsspec.open(url, "rb") as raw:
+            with tarfile.open(fileobj=raw, mode="r|*", ignore_zeros=True, tarinfo=_CheckedTarInfo) as tf:
+                log = tf.__dict__.setdefault("_curate_log", log)
+                damage_seen = 0
+                for member in tf:
+                    # Members lost in a damaged stretch may belong to the sample before it or to
+                    # the one after it: both are flagged.
+                    damaged_before = len(log.invalid_offsets) > damage_seen
+                    if damaged_before:
+                        damage_seen = len(log.invalid_offsets)
+                        if current is not None:
+                            current["__truncated__"] = True
+                    if member.isdir():
+                        continue
+                    name = _readable_name(member.name)
+                    base = name.rsplit("/", 1)[-1]
+                    key, ext = base_plus_ext(name) if "." in base.lstrip(".") else (None, None)
+                    if key is None or ext is None:
+                        result.ignored_members += 1
+                        continue
+                    ext = ext.lower()
+                    if current is None or current["__key__"] != key:
+                        close_current()
+                        current = {"__key__": key, "__url__": url}
+                        if key in seen_keys:
+                            current["__invalid__"] = (
+                                f"key {key!r} is also used by the sample at position {seen_keys[key]} of this shard"
+                            )
+                        else:
+                            seen_keys[key] = len(result.samples)
+                    if damaged_before:
+                        current["__truncated__"] = True
+                    if not member.isfile():
+                        current.setdefault("__notes__", []).append(f"skipped {name!r}: not a regular file (link or device)")
+                        continue
+                    if ext in current:
+                        current["__invalid__"] = f"duplicate member {name!r} in one sample"
+                    # A cut inside this member raises here; the handler below flags this sample.
+                    current[ext] = tf.extractfile(member).read()
+            if len(log.invalid_offsets) > damage_seen and current is not None:
+                current["__truncated__"] = True
+            if log.invalid_offsets:
+                result.status = SHARD_DAMAGED
+                result.error = (
+                    f"{len(log.invalid_offsets)} invalid tar header block(s) skipped, first at byte "
+                    f"{log.invalid_offsets[0]}; members stored there are lost"
+                )
+            elif log.end != "eof" or log.zero_blocks_since_member == 0:
+                result.status = SHARD_TRUNCATED
+                where = "inside a header" if log.end == "truncated_header" else "without an end-of-archive block"
+                result.error = f"the shard ends {where}"
+                if current is not None:
+                    current["__truncated__"] = True
+            close_current()
+    except Exception as e:  # tarfile.ReadError, zlib / gzip errors, OSError from fsspec, ...
+        close_current()
+        result.error = f"{type(e).__name__}: {e}"
+        result.status = SHARD_TRUNCATED if result.samples else SHARD_UNREADABLE
         if result.samples:
-            result.status = SHARD_TRUNCATED
-            result.error = f"{type(e).__name__}: {e}"
-        else:
-            result.status = SHARD_UNREADABLE
-            result.error = f"{type(e).__name__}: {e}"
+            result.samples[-1]["__truncated__"] = True
+    if result.status == SHARD_DAMAGED and not result.samples:
+        result.status = SHARD_UNREADABLE
+        result.error = "not a tar archive: " + result.error
     return result
 
 

@@ -12,7 +12,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from curate import schema as S
 from curate.stages.common import EMPTY_IMAGE, batch_len, object_array, ok_rows, set_error
@@ -87,8 +87,13 @@ def decode_image(
             arr = _to_rgb(im, background)
     except DecodeError:
         raise
-    except Image.DecompressionBombError as e:
-        raise DecodeError(S.STATUS_TOO_LARGE, str(e)) from None
+    except Image.DecompressionBombError:
+        raise DecodeError(
+            S.STATUS_TOO_LARGE, f"over Pillow's decompression-bomb limit (more than max_pixels {max_pixels})"
+        ) from None
+    except UnidentifiedImageError:
+        what = "empty image member (0 bytes)" if not data else f"not an image format Pillow reads ({len(data)} bytes, starting {data[:8]!r})"
+        raise DecodeError(S.STATUS_DECODE_ERROR, what) from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
         raise DecodeError(S.STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}") from None
     return np.ascontiguousarray(arr, dtype=np.uint8)

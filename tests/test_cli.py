@@ -1,0 +1,105 @@
+"""Usage errors: every one is a clear message and exit code 2, before any shard is read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from curate.cli import main
+from curate.config import PipelineConfig, config_from_dict, load_config
+from tests.conftest import SHARDS, TESTS
+
+TINY = TESTS.parent / "pipelines" / "tiny_cpu.yaml"
+
+
+def run(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("score: [unclosed", "not valid YAML"),
+        ("42", "must be a mapping"),
+        ("tiny", "must be a mapping"),
+        ("detect: {long_side: '512'}", "detect.long_side must be int"),
+        ("detect: {long_side: 500}", "multiple of 32"),
+        ("detect: {long_sid: 512}", "unknown key"),
+        ("mask: {method: blur}", "mask.method"),
+        ("score: {num_cpus: 0}", "score.num_cpus must be a positive number"),
+        ("decode: {background: [1, 2]}", "list of 3 integers"),
+        ("nonsense: {}", "unknown config section"),
+    ],
+)
+def test_bad_configs(tmp_path, capsys, yaml_text, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml_text)
+    code, err = run(["score", str(SHARDS[0]), "--out", str(tmp_path / "o"), "--config", str(cfg)], capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_coercion():
+    cfg = config_from_dict({"detect": {"num_gpus": 1}, "decode": {"background": [0, 0, 0]}})
+    assert cfg.detect.num_gpus == 1.0 and cfg.decode.background == (0, 0, 0)
+    assert config_from_dict({"score": {"pretrained": None}}).score.pretrained is None
+    assert load_config(None) == PipelineConfig()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-cpus", "0"], "must be at least 1"),
+        (["--detect-size", "0"], "detect.long_side must be a positive number"),
+        (["--config", "/tmp"], "is not a file"),
+        (["--config", "/nonexistent.yaml"], "config file not found"),
+        (["--clip-model", "ViT-Nope"], "unknown open_clip model"),
+        (["--clip-model", "tiny", "--pretrained", "/tmp"], "is a folder"),
+    ],
+)
+def test_bad_arguments(tmp_path, capsys, extra, message):
+    code, err = run(["score", str(SHARDS[0]), "--out", str(tmp_path / "o")] + extra, capsys)
+    assert code == 2 and message in err, err
+
+
+def test_out_is_a_file(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    code, err = run(["score", str(SHARDS[0]), "--out", str(f), "--clip-model", "tiny"], capsys)
+    assert code == 2 and "not a folder" in err
+    code, err = run(["score", str(SHARDS[0]), "--out", str(f / "sub"), "--clip-model", "tiny"], capsys)
+    assert code == 2 and "cannot create" in err
+
+
+def test_pretrained_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    junk = tmp_path / "r.pt"
+    junk.write_bytes(bytes(range(256)) * 20)
+    code, err = run(["score", str(SHARDS[0]), "--out", str(tmp_path / "o"), "--clip-model", "tiny",
+                     "--pretrained", str(junk)], capsys)
+    assert code == 2 and "not a checkpoint torch can load" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_legacy_checkpoint_format_is_accepted(tmp_path):
+    from curate.models import resolve_pretrained
+
+    path = tmp_path / "legacy.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path, _use_new_zipfile_serialization=False)
+    assert resolve_pretrained("tiny", str(path)).path == str(path)
+
+
+def test_resources_the_cluster_cannot_give(ray_cluster):
+    from curate.pipeline import check_resources
+
+    check_resources(load_config(TINY))  # fits 2 CPUs
+    with pytest.raises(ValueError, match="CPUs"):
+        check_resources(PipelineConfig())  # T-MARS defaults: 1 CPU per actor + tasks > 2 CPUs
+    gpu = load_config(TINY)
+    gpu.score.num_gpus = 1
+    with pytest.raises(ValueError, match="GPUs"):
+        check_resources(gpu)
+    check_resources(gpu, strict=False)  # an autoscaling cluster: warn only
