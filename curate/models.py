@@ -97,7 +97,7 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
         )
     if os.path.isfile(os.path.expanduser(pretrained)):
         path = os.path.abspath(os.path.expanduser(pretrained))
-        check_checkpoint(path)
+        check_checkpoint(path, model)
         return ResolvedWeights(model, pretrained, path, True)
     cfg = oc_pretrained.get_pretrained_cfg(model, pretrained)
     if not cfg:
@@ -130,35 +130,42 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
     raise PretrainedNotAvailable(_offline_message(model, pretrained, "no download source known"))
 
 
-def check_checkpoint(path: str) -> None:
-    """Check that ``path`` is a loadable checkpoint without reading its tensors.
+def check_checkpoint(path: str, model: str) -> None:
+    """Check that the checkpoint at ``path`` loads into ``model`` without building the model.
 
-    ``.safetensors`` files are opened with ``safetensors.safe_open``; anything else with
-    ``torch.load(mmap=True, weights_only=True)``, which maps the file instead of reading it.
+    The model is created on PyTorch's ``meta`` device (no memory, no init cost) and the file is
+    loaded with ``open_clip.load_checkpoint``, so key mismatches, a wrong architecture or a file
+    that is not a checkpoint at all are found in the driver, before any shard is read.
 
     Raises:
-        PretrainedNotAvailable: the file is not a checkpoint torch or safetensors can load.
+        PretrainedNotAvailable: the file cannot be loaded into ``model``.
     """
+    import logging
+    import warnings
+
+    import open_clip
     import torch
 
+    register_configs()
     try:
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                f.keys()
-        else:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            logging.disable(logging.WARNING)  # open_clip logs "no pretrained weights loaded"
             try:
-                torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):
-                    raise
-                torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+                meta = open_clip.create_model(model, device="meta")
+            finally:
+                logging.disable(logging.NOTSET)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "copying from a non-meta parameter ... is a no-op"
+            open_clip.load_checkpoint(meta, path)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(e).__name__]
+        detail = " ".join(lines[:2])[:400]
         raise PretrainedNotAvailable(
-            f"--pretrained {path} is not a checkpoint torch can load ({type(e).__name__}: {msg}); "
-            f"give an open_clip checkpoint (a state dict, or {{'state_dict': ...}}) or a .safetensors file"
+            f"--pretrained {path} does not load into open_clip model {model!r} ({type(e).__name__}: {detail}); "
+            f"give an open_clip checkpoint of that architecture (a state dict, {{'state_dict': ...}}, "
+            f"or a .safetensors file)"
         ) from None
 
 

@@ -80,15 +80,26 @@ def test_pretrained_file_that_is_not_a_checkpoint(tmp_path, capsys):
     junk.write_bytes(bytes(range(256)) * 20)
     code, err = run(["score", str(SHARDS[0]), "--out", str(tmp_path / "o"), "--clip-model", "tiny",
                      "--pretrained", str(junk)], capsys)
-    assert code == 2 and "not a checkpoint torch can load" in err
+    assert code == 2 and "does not load into open_clip model 'tiny'" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_legacy_checkpoint_format_is_accepted(tmp_path):
-    from curate.models import resolve_pretrained
+def test_checkpoint_of_another_architecture(tmp_path, capsys):
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, wrong)
+    code, err = run(["score", str(SHARDS[0]), "--out", str(tmp_path / "o"), "--clip-model", "tiny",
+                     "--pretrained", str(wrong)], capsys)
+    assert code == 2 and "Missing key(s)" in err
 
+
+def test_legacy_checkpoint_format_is_accepted(tmp_path):
+    import open_clip
+
+    from curate.models import register_configs, resolve_pretrained
+
+    register_configs()
     path = tmp_path / "legacy.pt"
-    torch.save({"state_dict": {"w": torch.zeros(2)}}, path, _use_new_zipfile_serialization=False)
+    torch.save({"state_dict": open_clip.create_model("tiny").state_dict()}, path, _use_new_zipfile_serialization=False)
     assert resolve_pretrained("tiny", str(path)).path == str(path)
 
 
