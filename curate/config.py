@@ -50,7 +50,33 @@ class DecodeConfig:
 
 
 @dataclass
-class DetectConfig:
+class ActorPoolConfig:
+    """Resources of a stage that runs in a Ray actor pool (the executor places it, not the stage).
+
+    Attributes:
+        batch_size: samples per batch handed to the stage.
+        num_actors: size of the actor pool (``ray.data.ActorPoolStrategy(size=...)``).
+        num_gpus: GPUs per actor (0 on CPU machines; fractions share a GPU).
+        num_cpus: CPUs per actor (fractions allowed).
+        torch_threads: intra-op threads for torch in the actor (0 leaves torch's default; Ray
+            sets one thread per reserved CPU).
+    """
+
+    batch_size: int = 32
+    num_actors: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    torch_threads: int = 0
+
+    RESOURCE_FIELDS = ("num_actors", "num_gpus", "num_cpus")
+
+    def stage_kwargs(self) -> dict[str, Any]:
+        """The fields the stage itself takes (everything but the pool's resources)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESOURCE_FIELDS}
+
+
+@dataclass
+class DetectConfig(ActorPoolConfig):
     """Text detection (``curate.stages.detect``).
 
     Attributes:
@@ -60,11 +86,7 @@ class DetectConfig:
         text_threshold, link_threshold, low_text: CRAFT score-map thresholds (EasyOCR defaults).
         min_size: boxes whose longer side is at most this many pixels of the detector input are
             dropped (EasyOCR ``Reader.detect(min_size=20)`` uses 20 at full resolution).
-        batch_size: images per detector forward pass.
-        num_actors: size of the detector actor pool (``ActorPoolStrategy(size=...)``).
-        num_gpus: GPUs per detector actor (0 on CPU machines; fractions allowed).
-        num_cpus: CPUs per detector actor.
-        torch_threads: intra-op threads for the detector (0 leaves torch's default).
+        batch_size, num_actors, num_gpus, num_cpus, torch_threads: see ``ActorPoolConfig``.
     """
 
     detector: str = "craft"
@@ -74,10 +96,6 @@ class DetectConfig:
     low_text: float = 0.4
     min_size: int = 4
     batch_size: int = 16
-    num_actors: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
-    torch_threads: int = 0
 
 
 @dataclass
@@ -100,7 +118,7 @@ class MaskConfig:
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(ActorPoolConfig):
     """CLIP scoring (``curate.stages.score.Score``).
 
     Attributes:
@@ -109,20 +127,15 @@ class ScoreConfig:
             init. T-MARS and DataComp's CLIP-score filter use OpenAI ViT-L/14.
         cache_dir: where open_clip / Hugging Face look for cached weights (``None``: defaults).
         precision: ``fp32``, ``bf16`` or ``auto`` (bf16 autocast on CUDA, fp32 on CPU).
-        batch_size: images per CLIP forward pass (original and masked images are scored in the
-            same pass, so the tensor holds ``2 * batch_size`` images).
-        num_actors, num_gpus, num_cpus, torch_threads: as in ``DetectConfig``.
+        batch_size: samples per CLIP forward pass (original and masked images are scored in
+            the same pass, so the tensor holds up to ``2 * batch_size`` images).
+        num_actors, num_gpus, num_cpus, torch_threads: see ``ActorPoolConfig``.
     """
 
     clip_model: str = "ViT-L-14"
     pretrained: str | None = "openai"
     cache_dir: str | None = None
     precision: str = "auto"
-    batch_size: int = 32
-    num_actors: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
-    torch_threads: int = 0
 
 
 @dataclass

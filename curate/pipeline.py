@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from curate import schema as S
-from curate.config import PipelineConfig
+from curate.config import DetectConfig, PipelineConfig, ScoreConfig
 from curate.io.index import index_file_is_complete, index_path, read_index_metadata, records_to_table, write_index_file
 from curate.io.samples import sample_to_record
 from curate.io.shards import (
@@ -108,15 +108,12 @@ def _mask_batch(batch: dict[str, np.ndarray], method: str, ring_px: int, inpaint
 
 
 class DetectActor:
-    """Actor wrapper of ``curate.stages.detect.Detect`` built from a ``DetectConfig`` dict."""
+    """Actor wrapper of ``curate.stages.detect.Detect`` built from a ``DetectConfig``."""
 
-    def __init__(self, detect_cfg: dict[str, Any]):
+    def __init__(self, detect_cfg: DetectConfig):
         from curate.stages.detect import Detect
 
-        c = dict(detect_cfg)
-        for k in ("num_actors", "num_gpus", "num_cpus"):
-            c.pop(k)
-        self.stage = Detect(**c)
+        self.stage = Detect(**detect_cfg.stage_kwargs())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.stage(batch)
@@ -125,13 +122,10 @@ class DetectActor:
 class ScoreActor:
     """Actor wrapper of ``curate.stages.score.Score``; drops the image columns after scoring."""
 
-    def __init__(self, score_cfg: dict[str, Any], weights: ResolvedWeights):
+    def __init__(self, score_cfg: ScoreConfig, weights: ResolvedWeights):
         from curate.stages.score import Score
 
-        c = dict(score_cfg)
-        for k in ("num_actors", "num_gpus", "num_cpus"):
-            c.pop(k)
-        self.stage = Score(weights=weights, **c)
+        self.stage = Score(weights=weights, **score_cfg.stage_kwargs())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = self.stage(batch)
@@ -159,7 +153,7 @@ def build_dataset(urls: list[str], cfg: PipelineConfig, weights: ResolvedWeights
     )
     ds = ds.map_batches(
         DetectActor,
-        fn_constructor_kwargs={"detect_cfg": dataclasses.asdict(cfg.detect)},
+        fn_constructor_kwargs={"detect_cfg": cfg.detect},
         batch_size=cfg.detect.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.detect.num_actors),
@@ -175,7 +169,7 @@ def build_dataset(urls: list[str], cfg: PipelineConfig, weights: ResolvedWeights
     )
     ds = ds.map_batches(
         ScoreActor,
-        fn_constructor_kwargs={"score_cfg": dataclasses.asdict(cfg.score), "weights": weights},
+        fn_constructor_kwargs={"score_cfg": cfg.score, "weights": weights},
         batch_size=cfg.score.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.score.num_actors),
@@ -300,8 +294,7 @@ def scoring_fingerprint(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[s
     """The settings that change scores; index files from other settings are never mixed in."""
     return {
         "decode": {"max_pixels": cfg.decode.max_pixels, "background": list(cfg.decode.background)},
-        "detect": {k: v for k, v in dataclasses.asdict(cfg.detect).items()
-                   if k not in ("batch_size", "num_actors", "num_gpus", "num_cpus", "torch_threads")},
+        "detect": {k: v for k, v in cfg.detect.stage_kwargs().items() if k not in ("batch_size", "torch_threads")},
         "mask": {k: v for k, v in dataclasses.asdict(cfg.mask).items() if k != "num_cpus"},
         "clip_model": weights.model,
         "clip_pretrained": weights.pretrained,
