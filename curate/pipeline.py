@@ -34,7 +34,14 @@ import numpy as np
 
 from curate import schema as S
 from curate.config import DetectConfig, PipelineConfig, ScoreConfig
-from curate.io.index import index_file_is_complete, index_path, read_index_metadata, records_to_table, write_index_file
+from curate.io.index import (
+    index_file_is_complete,
+    index_path,
+    read_index_metadata,
+    records_to_table,
+    remove_stale_temporaries,
+    write_index_file,
+)
 from curate.io.samples import sample_to_record
 from curate.io.shards import (
     SHARD_COMPLETE,
@@ -342,6 +349,7 @@ def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrit
             statuses = collections.Counter(pq.read_table(p, columns=[S.STATUS]).column(S.STATUS).to_pylist())
             skipped.append(ShardResult(url, SHARD_SKIPPED, None, rows, dict(statuses), str(p)))
         else:
+            remove_stale_temporaries(p)
             todo.append(url)
     return todo, skipped
 

@@ -131,6 +131,7 @@ def test_resume_skips_complete_shards_and_recomputes_deleted(scored, pool):
 
     old = pq.read_table(complete[0])
     complete[0].unlink()
+    (out / f".{complete[0].name}.tmp-deadbeef").write_bytes(b"left by a killed writer")
     third = run_score([str(pool / "*.tar")], out, cfg, progress=False)
     by = {Path(s.url).name: s.status for s in third.shards}
     assert by[SHARDS[0].name] == "complete" and by[SHARDS[1].name] == "skipped" and by[SHARDS[2].name] == "skipped"

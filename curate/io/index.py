@@ -105,6 +105,15 @@ def write_index_file(path: str | Path, table: pa.Table, metadata: dict[str, str]
             tmp.unlink()
 
 
+def remove_stale_temporaries(path: str | Path) -> int:
+    """Delete temporary files that a killed writer of ``path`` left behind; returns how many."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.tmp-*"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return len(stale)
+
+
 def read_index_metadata(path: str | Path) -> dict[str, str]:
     """The ``curate.*`` key-value metadata of an index file (empty dict if none)."""
     md = pq.read_schema(path).metadata or {}
