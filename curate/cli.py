@@ -2,6 +2,8 @@
 
     curate score SHARDS... --out DIR [--config pipelines/tmars.yaml] [--clip-model NAME]
                  [--pretrained TAG_OR_PATH] [--num-cpus N] [--address ADDR] [--overwrite]
+    curate filter --index DIR --rule "tmars(fraction=0.5) & basic()" [--where SQL] --out DIR
+    curate query "SELECT ... FROM scores" --index DIR [--output result.csv|.parquet|.json]
 
 Exit codes: 0 when every shard was read (bad samples are recorded, not failures); 1 when a
 shard could not be read at all; 2 for a usage or configuration error (unknown model, weights
@@ -86,6 +88,64 @@ def _cmd_score(args) -> int:
     return summary.exit_code
 
 
+def _add_filter(sub) -> None:
+    p = sub.add_parser(
+        "filter",
+        help="select a subset of the pool by rules over the score index (no image is re-read)",
+        description="Rules: tmars(threshold=|fraction=), clip_score(threshold=|fraction=), basic(), "
+        "laion(), text_area(max=); combine with & | ~ and parentheses. Fractions are pool-wide.",
+    )
+    p.add_argument("--index", required=True, help="score-index folder written by `curate score`")
+    p.add_argument("--rule", help='e.g. "tmars(fraction=0.5) & basic()"')
+    p.add_argument("--where", help="an extra SQL predicate over the index columns, e.g. \"num_text_boxes = 0\"")
+    p.add_argument("--out", required=True, help="output folder: subset.parquet, subset.npy (DataComp), filter_summary.json")
+
+
+def _add_query(sub) -> None:
+    p = sub.add_parser(
+        "query",
+        help="read-only DuckDB SQL over the score index (a view named `scores`)",
+        description="Example: curate query \"SELECT status, count(*) FROM scores GROUP BY status\" --index out/index",
+    )
+    p.add_argument("sql", help="one SELECT statement over the view `scores`")
+    p.add_argument("--index", required=True, help="score-index folder written by `curate score`")
+    p.add_argument("--output", help="write the result to a .csv, .parquet, .json or .jsonl file instead of printing")
+    p.add_argument("--max-rows", type=_positive_int, default=40, help="rows to print (default 40)")
+
+
+def _cmd_filter(args) -> int:
+    from curate.filters import RuleError
+    from curate.query import run_filter
+
+    try:
+        summary = run_filter(args.index, args.rule, args.out, where=args.where)
+    except (RuleError, FileNotFoundError, ValueError) as e:
+        print(f"curate filter: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0
+
+
+def _cmd_query(args) -> int:
+    from curate.query import QueryError, query, write_table
+
+    try:
+        table = query(args.sql, args.index)
+        if args.output:
+            write_table(table, args.output)
+            print(f"{table.num_rows} rows written to {args.output}")
+        else:
+            import duckdb
+
+            rel = duckdb.from_arrow(table)
+            rel.show(max_rows=args.max_rows, max_width=200)
+            print(f"({table.num_rows} rows)")
+    except (QueryError, FileNotFoundError, ValueError) as e:
+        print(f"curate query: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="curate",
@@ -94,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"curate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_score(sub)
+    _add_filter(sub)
+    _add_query(sub)
     return parser
 
 
@@ -102,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "score":
         return _cmd_score(args)
+    if args.command == "filter":
+        return _cmd_filter(args)
+    if args.command == "query":
+        return _cmd_query(args)
     raise AssertionError(args.command)
 
 

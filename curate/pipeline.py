@@ -4,7 +4,7 @@ The plan (``build_dataset``)::
 
     from_items(shard URLs)                       one row per shard
       .flat_map(read)            Ray tasks       one record per sample (bytes, caption, uid)
-      .map_batches(Decode)       Ray tasks       RGB uint8 arrays
+      .map_batches(Decode)       Ray tasks       caption language, RGB uint8 arrays
       .map_batches(Detect)       actor pool      CRAFT polygons         (GPUs from config)
       .map_batches(Mask)         Ray tasks       masked images
       .map_batches(Score)        actor pool      CLIP scores            (GPUs from config)
@@ -104,7 +104,9 @@ def read_shard_records(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _decode_batch(batch: dict[str, np.ndarray], max_pixels: int, background) -> dict[str, np.ndarray]:
     from curate.stages.decode import Decode
+    from curate.stages.language import CaptionLanguage
 
+    batch = CaptionLanguage()(batch)
     return Decode(max_pixels=max_pixels, background=tuple(background))(batch)
 
 
@@ -408,18 +410,24 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
 
     Args:
         num_cpus: CPUs of a new local cluster (``None``: all cores). Ignored with ``address``.
-        address: an existing cluster (``auto``, ``ray://host:10001``); ``None`` starts a local one
-            unless ``RAY_ADDRESS`` is set.
+        address: an existing cluster (``auto`` for one started with ``ray start`` on this machine,
+            ``ray://host:10001``); ``None`` starts a new local one unless ``RAY_ADDRESS`` is set (as ``ray job submit`` does), in which case ``num_cpus``
+            is ignored with a warning.
     """
     import ray
 
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        if num_cpus is not None:
+            log.warning("--num-cpus is ignored: connecting to the existing Ray cluster at %s", address)
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # "local": always a new local cluster, never one found through /tmp/ray/ray_current_cluster
+        # (which `ray start` leaves behind, and a killed cluster leaves stale).
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 def check_resources(cfg: PipelineConfig, strict: bool = True) -> None:

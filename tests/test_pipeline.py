@@ -74,7 +74,8 @@ def test_rows_per_shard_equal_samples_per_shard(scored, pool, shard):
     assert md[S.META_CLIP_MODEL] == "tiny" and md[S.META_CLIP_IS_PRETRAINED] == "false"
     assert md[S.META_SCHEMA_VERSION] == S.SCHEMA_VERSION and md[S.META_DETECT_SIZE] == "512"
     ok = t.filter(np.asarray(t.column(S.STATUS).to_pylist()) == "ok").to_pydict()
-    for col in (S.CLIP_SCORE, S.MASKED_CLIP_SCORE, S.WIDTH, S.HEIGHT, S.NUM_TEXT_BOXES, S.TEXT_AREA_FRAC):
+    for col in (S.CLIP_SCORE, S.MASKED_CLIP_SCORE, S.WIDTH, S.HEIGHT, S.NUM_TEXT_BOXES, S.TEXT_AREA_FRAC,
+                S.CAPTION_LANG, S.CAPTION_LANG_SCORE):
         assert None not in ok[col], col
     for boxes, n, frac in zip(ok[S.TEXT_BOXES], ok[S.NUM_TEXT_BOXES], ok[S.TEXT_AREA_FRAC]):
         assert len(boxes) == n and (frac > 0) == (n > 0)
@@ -90,6 +91,17 @@ def test_bad_samples_carry_their_status(scored, sources):
     assert broken[S.WIDTH] is None and broken[S.CLIP_SCORE] is None
     nocap = [r for r in t if r[S.STATUS] == S.STATUS_MISSING_CAPTION]
     assert len(nocap) == 1 and nocap[0][S.TEXT] is None and nocap[0][S.CLIP_SCORE] is None
+
+
+def test_caption_language_and_filter_on_the_real_index(scored, tmp_path):
+    from curate.query import query, run_filter
+
+    out, _, _ = scored
+    langs = query("SELECT caption_lang, count(*) AS n FROM scores WHERE status = 'ok' GROUP BY ALL", out)
+    counts = dict(zip(langs.column("caption_lang").to_pylist(), langs.column("n").to_pylist()))
+    assert counts["en"] >= 25  # the sample captions are English, bar some ICDAR text-spotting ones
+    s = run_filter(out, "tmars(fraction=0.5) & basic()", tmp_path / "subset")
+    assert 0 < s.kept < s.pool_ok and (tmp_path / "subset" / "subset.npy").exists()
 
 
 def test_truncated_and_empty_shards(scored, pool):
@@ -166,6 +178,7 @@ def test_cli_fails_fast_without_weights(tmp_path, capsys):
 
 def test_cli_end_to_end_on_the_nemo_curator_shard(tmp_path):
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)  # this process's cluster: the CLI should start its own
     proc = subprocess.run(
         [sys.executable, "-m", "curate.cli", "score", str(NEMO_SHARD), "--out", str(tmp_path / "idx"),
          "--config", str(TINY), "--num-cpus", "2", "--no-progress"],

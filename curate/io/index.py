@@ -57,6 +57,9 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
         if field.name in (S.WIDTH, S.HEIGHT):
             v = np.asarray(values, dtype=np.int64)
             arrays.append(pa.array(v.astype(np.int32), mask=v < 0, type=field.type))
+        elif field.name == S.CAPTION_LANG_SCORE:  # known whenever there is a caption, even if the image failed
+            v = np.asarray(values, dtype=np.float32)
+            arrays.append(pa.array(v, mask=np.isnan(v), type=field.type))
         elif field.name in (S.TEXT_AREA_FRAC, S.CLIP_SCORE, S.MASKED_CLIP_SCORE):
             v = np.asarray(values, dtype=np.float32)
             arrays.append(pa.array(v, mask=~ok | np.isnan(v), type=field.type))
@@ -73,7 +76,7 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
             arrays.append(pa.array(vals, type=field.type))
         else:
             vals = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in values]
-            if field.name in (S.TEXT, S.ERROR):
+            if field.name in (S.TEXT, S.ERROR, S.CAPTION_LANG):
                 vals = [v or None for v in vals]  # "" means no value
             arrays.append(pa.array(vals, type=field.type))
     return pa.Table.from_arrays(arrays, schema=S.SCHEMA)
@@ -122,17 +125,20 @@ def read_index_metadata(path: str | Path) -> dict[str, str]:
 
 def index_file_is_complete(path: str | Path) -> bool:
     """True when ``path`` is a readable index file for a completely read shard whose row count
-    matches its recorded sample count and whose schema version is current."""
+    matches its recorded sample count, whose schema version is current and that has every
+    column of the current schema."""
     path = Path(path)
     if not path.is_file():
         return False
     try:
         md = read_index_metadata(path)
         rows = pq.ParquetFile(path).metadata.num_rows
+        names = set(pq.read_schema(path).names)
     except Exception:
         return False
     return (
         md.get(S.META_SCHEMA_VERSION) == S.SCHEMA_VERSION
+        and set(S.COLUMNS) <= names
         and md.get(S.META_SHARD_STATUS) == SHARD_COMPLETE
         and md.get(S.META_NUM_SAMPLES) == str(rows)
     )

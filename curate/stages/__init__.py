@@ -8,7 +8,8 @@ unchanged, so a failed sample keeps its row to the end of the pipeline.
 
 from curate.stages.decode import Decode, decode_image
 from curate.stages.detect import CraftDetector, Detect
+from curate.stages.language import CaptionLanguage, detect_language
 from curate.stages.mask import Mask, mask_text
 from curate.stages.score import Score
 
-__all__ = ["Decode", "decode_image", "CraftDetector", "Detect", "Mask", "mask_text", "Score"]
+__all__ = ["CaptionLanguage", "detect_language", "Decode", "decode_image", "CraftDetector", "Detect", "Mask", "mask_text", "Score"]

