@@ -4,6 +4,7 @@
                  [--pretrained TAG_OR_PATH] [--num-cpus N] [--address ADDR] [--overwrite]
     curate filter --index DIR --rule "tmars(fraction=0.5) & basic()" [--where SQL] --out DIR
     curate query "SELECT ... FROM scores" --index DIR [--output result.csv|.parquet|.json]
+    curate reshard SHARDS... --subset subset.npy|subset.parquet --out DIR [--shard-size N]
 
 Exit codes: 0 when every shard was read (bad samples are recorded, not failures); 1 when a
 shard could not be read at all; 2 for a usage or configuration error (unknown model, weights
@@ -113,6 +114,30 @@ def _add_query(sub) -> None:
     p.add_argument("--max-rows", type=_positive_int, default=40, help="rows to print (default 40)")
 
 
+def _add_reshard(sub) -> None:
+    p = sub.add_parser(
+        "reshard",
+        help="write the samples of a subset into new shards (DataComp's resharder)",
+        description="Streams the input shards once; a uid that appears k times in the subset is written k times.",
+    )
+    p.add_argument("shards", nargs="+", help="input shards (brace ranges, globs, fsspec URLs)")
+    p.add_argument("--subset", required=True, help="subset.npy (DataComp u8,u8) or subset.parquet with a uid column")
+    p.add_argument("--out", required=True, help="output folder for {:08d}.tar shards and their stats")
+    p.add_argument("--shard-size", type=_positive_int, default=10_000, help="samples per output shard (default 10000)")
+
+
+def _cmd_reshard(args) -> int:
+    from curate.io.reshard import reshard
+
+    try:
+        summary = reshard(args.subset, args.shards, args.out, shard_size=args.shard_size)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"curate reshard: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0
+
+
 def _cmd_filter(args) -> int:
     from curate.filters import RuleError
     from curate.query import run_filter
@@ -156,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_filter(sub)
     _add_query(sub)
+    _add_reshard(sub)
     return parser
 
 
@@ -168,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_filter(args)
     if args.command == "query":
         return _cmd_query(args)
+    if args.command == "reshard":
+        return _cmd_reshard(args)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,144 @@
+"""``curate reshard``: write the samples of a subset into new shards, as DataComp's resharder.
+
+The subset is a DataComp ``.npy`` (structured ``u8,u8`` uid halves) or a ``subset.parquet``
+with a ``uid`` column. Every input shard is streamed once; a sample whose uid is in the subset
+is written with all of its members, their bytes unchanged, as many times as its uid appears in
+the subset (upweighting, as DataComp's resharder does). Output shards are ``{:08d}.tar`` of
+``shard_size`` samples each, with a ``{:08d}_stats.json`` beside each and
+``reshard_summary.json`` for the whole run. Output keys are new and sequential (``{:09d}``):
+an input key may repeat across shards, and a repeated uid needs distinct keys.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from curate import schema as S
+from curate.io.samples import sample_to_record
+from curate.io.shards import SHARD_COMPLETE, expand_shards, read_shard
+
+
+def load_subset(path: str | Path) -> collections.Counter:
+    """Uid multiplicities of a subset file (``.npy`` DataComp format or ``.parquet``).
+
+    Raises:
+        ValueError: unknown file type, or a Parquet file without a ``uid`` column.
+    """
+    from curate.query import datacomp_to_uids
+
+    path = Path(path)
+    if path.suffix == ".npy":
+        return collections.Counter(datacomp_to_uids(np.load(path)))
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        if S.UID not in table.column_names:
+            raise ValueError(f"{path} has no '{S.UID}' column")
+        return collections.Counter(table.column(S.UID).to_pylist())
+    raise ValueError(f"--subset must be a .npy (DataComp) or .parquet file, got {path.name}")
+
+
+@dataclass
+class ReshardSummary:
+    """Counts of a reshard run; ``format()`` is the printed summary."""
+
+    requested_uids: int
+    requested_samples: int
+    found_uids: int = 0
+    written_samples: int = 0
+    output_shards: list[str] = field(default_factory=list)
+    input_problems: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def missing_uids(self) -> int:
+        return self.requested_uids - self.found_uids
+
+    def format(self) -> str:
+        lines = [
+            "curate reshard: summary",
+            f"  subset        {self.requested_uids} uids ({self.requested_samples} with repeats)",
+            f"  found         {self.found_uids} uids; {self.missing_uids} asked for but not found in the shards",
+            f"  written       {self.written_samples} samples in {len(self.output_shards)} shards",
+        ]
+        for url, problem in self.input_problems.items():
+            lines.append(f"  INPUT         {url}: {problem}")
+        return "\n".join(lines)
+
+
+class _Writer:
+    def __init__(self, out: Path, shard_size: int):
+        self.out, self.shard_size = out, shard_size
+        self.index, self.count, self.tar, self.total = -1, 0, None, 0
+        self.names: list[str] = []
+
+    def _roll(self):
+        self.close()
+        self.index += 1
+        name = f"{self.index:08d}.tar"
+        self.tar = tarfile.open(self.out / name, "w", format=tarfile.GNU_FORMAT)
+        self.names.append(name)
+
+    def write(self, sample: dict):
+        if self.tar is None or self.count == self.shard_size:
+            self._roll()
+        key = f"{self.total:09d}"
+        for ext, data in sample.items():
+            if ext.startswith("__"):
+                continue
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            self.tar.addfile(info, io.BytesIO(data))
+        self.count += 1
+        self.total += 1
+
+    def close(self):
+        if self.tar is not None:
+            self.tar.close()
+            stats = {"count": self.count, "shard": self.names[-1]}
+            (self.out / f"{self.index:08d}_stats.json").write_text(json.dumps(stats))
+            self.tar, self.count = None, 0
+
+
+def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_size: int = 10_000) -> ReshardSummary:
+    """Write the subset's samples into new shards (see the module docstring).
+
+    Args:
+        subset: ``subset.npy`` or ``subset.parquet`` from ``curate filter``.
+        shards: input shard specs (brace ranges, globs, fsspec URLs).
+        out: output folder (created).
+        shard_size: samples per output shard.
+
+    Raises:
+        ValueError: bad subset file or ``shard_size``.
+    """
+    if shard_size < 1:
+        raise ValueError("--shard-size must be at least 1")
+    wanted = load_subset(subset)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = ReshardSummary(len(wanted), sum(wanted.values()))
+    found: set[str] = set()
+    writer = _Writer(out, shard_size)
+    for url in expand_shards(shards):
+        result = read_shard(url)
+        if result.status != SHARD_COMPLETE:
+            summary.input_problems[url] = f"{result.status}: {result.error}"
+        for sample in result.samples:
+            uid = sample_to_record(sample)[S.UID]
+            if uid in wanted and uid not in found:
+                found.add(uid)
+                for _ in range(wanted[uid]):
+                    writer.write(sample)
+    writer.close()
+    summary.found_uids = len(found)
+    summary.written_samples = writer.total
+    summary.output_shards = writer.names
+    (out / "reshard_summary.json").write_text(json.dumps(summary.__dict__ | {"missing_uids": summary.missing_uids}, indent=2))
+    return summary
