@@ -68,8 +68,11 @@ class Node:
     children: list
 
 
-def _word_count(col: str) -> str:
-    return f"len(string_split_regex(trim({col}), '\\s+'))"
+def _more_than_two_words(col: str) -> str:
+    """At least 3 tokens separated by ASCII whitespace (fastText's tokenizer, which DataComp's
+    basic filter counts words with), as one regular-expression test: no list is built."""
+    token, space = "[^[:space:]]+", "[[:space:]]+"
+    return f"regexp_matches({col}, '{token}{space}{token}{space}[^[:space:]]')"
 
 
 def _score_rule(column: str) -> Callable:
@@ -93,7 +96,7 @@ def _score_rule(column: str) -> Callable:
 def _basic(leaf: Leaf, threshold_of) -> None:
     w, h, t = S.WIDTH, S.HEIGHT, S.TEXT
     leaf.sql = (
-        f"({S.CAPTION_LANG} = 'en' AND {_word_count(t)} > 2 AND length({t}) > 5 "
+        f"({S.CAPTION_LANG} = 'en' AND length({t}) > 5 AND {_more_than_two_words(t)} "
         f"AND least({w}, {h}) >= 200 AND greatest({w}, {h}) <= 3 * least({w}, {h}))"
     )
     leaf.columns = (S.CAPTION_LANG, S.TEXT, S.WIDTH, S.HEIGHT)
