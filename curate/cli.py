@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``curate`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print(f"curate {args.command}: interrupted; finished index files are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
     if args.command == "score":
         return _cmd_score(args)
     if args.command == "filter":

@@ -23,11 +23,9 @@ class ReadConfig:
 
     Attributes:
         num_cpus: CPUs reserved per read task (fractions allowed).
-        batch_size: samples per output batch of a read task.
     """
 
     num_cpus: float = 0.25
-    batch_size: int = 64
 
 
 @dataclass
@@ -260,7 +258,7 @@ def validate(cfg: PipelineConfig) -> None:
     if cfg.score.precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"score.precision must be auto, fp32 or bf16, got {cfg.score.precision!r}")
     for name in ("detect.long_side", "detect.batch_size", "score.batch_size", "decode.max_pixels",
-                 "read.batch_size", "decode.batch_size", "detect.num_actors", "score.num_actors",
+                 "decode.batch_size", "detect.num_actors", "score.num_actors",
                  "read.num_cpus", "decode.num_cpus", "mask.num_cpus", "detect.num_cpus", "score.num_cpus"):
         section, key = name.split(".")
         value = getattr(getattr(cfg, section), key)

@@ -35,6 +35,7 @@ import numpy as np
 from curate import schema as S
 from curate.config import DetectConfig, PipelineConfig, ScoreConfig
 from curate.io.index import (
+    INDEX_SUFFIX,
     index_file_is_complete,
     index_path,
     read_index_metadata,
@@ -306,8 +307,19 @@ def scoring_fingerprint(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[s
         "detect": {k: v for k, v in cfg.detect.stage_kwargs().items() if k not in ("batch_size", "torch_threads")},
         "mask": {k: v for k, v in dataclasses.asdict(cfg.mask).items() if k != "num_cpus"},
         "clip_model": weights.model,
-        "clip_pretrained": weights.pretrained,
+        "clip_weights": _weights_identity(weights),
+        "precision": cfg.score.precision,
     }
+
+
+def _weights_identity(weights: ResolvedWeights) -> str | None:
+    """A tag as given; a local file by absolute path and size (the same file typed two ways is
+    one file, and a file overwritten with other weights is another)."""
+    if weights.path is None:
+        return None
+    if weights.pretrained and not os.path.isfile(os.path.expanduser(weights.pretrained)):
+        return f"tag:{weights.pretrained}"
+    return f"file:{os.path.abspath(weights.path)}:{os.path.getsize(weights.path)}"
 
 
 def index_metadata(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, str]:
@@ -333,6 +345,16 @@ def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrit
     """
     by_path: dict[Path, str] = {}
     todo, skipped = [], []
+    if not overwrite:
+        # Every index file already in the folder, not only those of these shards: one folder
+        # never holds scores made with two settings.
+        for other in sorted(Path(out_dir).glob("*" + INDEX_SUFFIX)):
+            md = read_index_metadata(other) if index_file_is_complete(other) else {}
+            if md and md.get(S.META_CONFIG) != fingerprint:
+                raise IndexConfigMismatch(
+                    f"{other} was written with other scoring settings:\n  found:    {md.get(S.META_CONFIG)}\n"
+                    f"  expected: {fingerprint}\nuse another --out folder, or --overwrite to recompute"
+                )
     for url in urls:
         p = index_path(out_dir, url)
         if p in by_path:
@@ -499,6 +521,8 @@ def run_score(
     urls = expand_shards(shards)
     if not urls:
         raise ValueError("no shards given")
+    if "://" in str(out_dir):
+        raise ValueError(f"--out must be a local folder (or a mounted shared filesystem), got {out_dir}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} exists and is not a folder")
@@ -511,7 +535,10 @@ def run_score(
 
     results: dict[str, ShardResult] = {s.url: s for s in skipped}
     if todo:
-        init_ray(num_cpus=num_cpus, address=address)
+        try:
+            init_ray(num_cpus=num_cpus, address=address)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ValueError(f"cannot start or reach the Ray cluster ({address or 'local'}): {e}") from None
         check_resources(cfg, strict=not (address or os.environ.get("RAY_ADDRESS")))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False

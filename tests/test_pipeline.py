@@ -164,6 +164,35 @@ def test_other_settings_never_mix_into_an_index(scored, pool):
     other.mask.method = "inpaint"
     with pytest.raises(IndexConfigMismatch, match="other scoring settings"):
         run_score([str(SHARDS[0])], out, other, progress=False)
+    # A shard the folder does not hold yet is refused too: the folder is one set of settings.
+    other = load_config(TINY)
+    other.detect.long_side = 256
+    with pytest.raises(IndexConfigMismatch):
+        run_score([str(NEMO_SHARD)], out, other, progress=False)
+
+
+def test_same_checkpoint_typed_two_ways_is_one_setting(tmp_path, monkeypatch):
+    import open_clip
+    import torch
+
+    from curate.models import register_configs, resolve_pretrained
+    from curate.pipeline import scoring_fingerprint
+
+    register_configs()
+    (tmp_path / "ck").mkdir()
+    torch.save({"state_dict": open_clip.create_model("tiny").state_dict()}, tmp_path / "ck" / "tiny.pt")
+    cfg = load_config(TINY)
+    monkeypatch.chdir(tmp_path)
+    a = scoring_fingerprint(cfg, resolve_pretrained("tiny", "ck/tiny.pt"))
+    b = scoring_fingerprint(cfg, resolve_pretrained("tiny", str(tmp_path / "ck" / "tiny.pt")))
+    assert a == b
+    cfg.score.precision = "bf16"
+    assert scoring_fingerprint(cfg, resolve_pretrained("tiny", "ck/tiny.pt")) != a
+
+
+def test_out_must_be_local(tmp_path, capsys):
+    code = main(["score", str(SHARDS[0]), "--out", "s3://bucket/index", "--clip-model", "tiny"])
+    assert code == 2 and "local folder" in capsys.readouterr().err
 
 
 def test_cli_fails_fast_without_weights(tmp_path, capsys):

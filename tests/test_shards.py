@@ -29,8 +29,11 @@ def test_expand_brace_range_and_glob():
     assert expand_shards(str(DATA / "shards" / "*.tar")) == urls
     assert expand_shards([SHARD_SPEC, str(SHARDS[0])]) == urls  # de-duplicated
     assert expand_shards("file://" + str(DATA / "shards" / "sample-00000[01].tar")) == [
-        "file://" + str(p.resolve()) for p in SHARDS[:2]
+        str(p.resolve()) for p in SHARDS[:2]
     ]
+    # One shard, three spellings: one shard.
+    rel = os.path.relpath(SHARDS[0])
+    assert expand_shards([rel, str(SHARDS[0].resolve()), "file://" + str(SHARDS[0].resolve())]) == urls[:1]
     with pytest.raises(FileNotFoundError):
         expand_shards(str(DATA / "shards" / "nothing-*.tar"))
 

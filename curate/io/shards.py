@@ -63,12 +63,19 @@ def expand_shards(specs: list[str] | str) -> list[str]:
             else:
                 urls = [url]
             # Local paths are made absolute so an index written here can be used from anywhere.
-            urls = [u if "://" in u else os.path.abspath(u) for u in urls]
+            urls = [_local_or_url(u) for u in urls]
             for u in urls:
                 if u not in seen:
                     seen.add(u)
                     out.append(u)
     return out
+
+
+def _local_or_url(url: str) -> str:
+    """Local files as absolute paths (``file://`` stripped), so one shard has one spelling."""
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    return url if "://" in url else os.path.abspath(url)
 
 
 def _exists(url: str) -> bool:
