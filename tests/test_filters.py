@@ -204,3 +204,19 @@ def test_composition_properties(tmp_path_factory, a, b):
     assert keys(f"~({a})") | keys(a) == pool
     assert not (keys(f"~({a})") & keys(a))
     assert keys(f"({a}) | ({b})") == keys(a) | keys(b)
+
+
+def test_basic_counts_on_real_captions(tmp_path):
+    """Word and character counts of `basic()` on the 1000 real LAION captions, against a count
+    done in Python: words split on ASCII whitespace (fastText's tokenizer, which DataComp uses),
+    characters as code points."""
+    import re
+
+    captions = [t for t in pq.read_table(DATA / "captions" / "laion_sample_1000.parquet").column("TEXT").to_pylist() if t]
+    rows = [(f"{i:04d}", "ok", t, "en", 400, 400, 0.0, 0.3, 0.3) for i, t in enumerate(captions)]
+    idx = make_index(tmp_path / "laion", rows)
+    keys, _ = kept_keys(idx, "basic()", tmp_path)
+    expected = [f"{i:04d}" for i, t in enumerate(captions)
+                if len([w for w in re.split(r"[ \t\n\v\f\r]+", t) if w]) > 2 and len(t) > 5]
+    assert keys == expected
+    assert 0 < len(expected) < len(captions)
