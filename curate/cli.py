@@ -126,29 +126,28 @@ def _add_reshard(sub) -> None:
     p.add_argument("--shard-size", type=_positive_int, default=10_000, help="samples per output shard (default 10000)")
 
 
+def _report(command: str, call, *errors: type[Exception]) -> int:
+    """Run ``call``; print its summary (exit code: the summary's, else 0), or a usage error (2)."""
+    try:
+        summary = call()
+    except (ValueError, FileNotFoundError, *errors) as e:
+        print(f"curate {command}: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return getattr(summary, "exit_code", 0)
+
+
 def _cmd_reshard(args) -> int:
     from curate.io.reshard import reshard
 
-    try:
-        summary = reshard(args.subset, args.shards, args.out, shard_size=args.shard_size)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"curate reshard: error: {e}", file=sys.stderr)
-        return 2
-    print(summary.format())
-    return 0
+    return _report("reshard", lambda: reshard(args.subset, args.shards, args.out, shard_size=args.shard_size))
 
 
 def _cmd_filter(args) -> int:
     from curate.filters import RuleError
     from curate.query import run_filter
 
-    try:
-        summary = run_filter(args.index, args.rule, args.out, where=args.where)
-    except (RuleError, FileNotFoundError, ValueError) as e:
-        print(f"curate filter: error: {e}", file=sys.stderr)
-        return 2
-    print(summary.format())
-    return 0
+    return _report("filter", lambda: run_filter(args.index, args.rule, args.out, where=args.where), RuleError)
 
 
 def _cmd_query(args) -> int:
