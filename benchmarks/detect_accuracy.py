@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Text-detection accuracy on ICDAR 2015 (the 10-image toy split): precision, recall, H-mean.
 
-    python benchmarks/detect_accuracy.py [--sizes 512 768 1280] [--data tests/data]
+    python benchmarks/detect_accuracy.py [--detectors craft dbnet] [--sizes 512 768 1280] [--data tests/data]
 
 Protocol (ICDAR 2015 incidental text, Karatzas et al. 2015, task 4.1 "IoU" evaluation): a
 detection matches a ground-truth region when their polygon IoU is at least 0.5, one-to-one
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from curate.io.shards import read_shard  # noqa: E402
 from curate.stages.decode import decode_image  # noqa: E402
-from curate.stages.detect import CraftDetector  # noqa: E402
+from curate.stages.detect import DETECTORS  # noqa: E402
 
 
 def load(data: Path):
@@ -86,13 +86,14 @@ def evaluate(dets: list[np.ndarray], gts: list[tuple[np.ndarray, bool]]) -> tupl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 768, 1280])
+    ap.add_argument("--detectors", nargs="+", default=["craft", "dbnet"], choices=sorted(DETECTORS))
     ap.add_argument("--data", type=Path, default=REPO / "tests" / "data")
     args = ap.parse_args()
     data = load(args.data)
     images = [img for img, _ in data]
     print(f"{'detector':10}{'long side':>10}{'precision':>11}{'recall':>8}{'H-mean':>8}{'s/image':>9}")
-    for size in args.sizes:
-        det = CraftDetector(long_side=size)
+    for name, size in [(n, s) for n in args.detectors for s in args.sizes]:
+        det = DETECTORS[name](long_side=size)
         t0 = time.perf_counter()
         boxes = [det([img])[0] for img in images]
         per_image = (time.perf_counter() - t0) / len(images)
@@ -103,7 +104,7 @@ def main() -> None:
         p = m / d if d else 0.0
         r = m / g if g else 0.0
         h = 2 * p * r / (p + r) if p + r else 0.0
-        print(f"{'craft':10}{size:>10}{p:>11.3f}{r:>8.3f}{h:>8.3f}{per_image:>9.2f}")
+        print(f"{name:10}{size:>10}{p:>11.3f}{r:>8.3f}{h:>8.3f}{per_image:>9.2f}")
 
 
 if __name__ == "__main__":

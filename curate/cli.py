@@ -46,6 +46,7 @@ def _add_score(sub) -> None:
         "or 'none' for random init. With --clip-model and no --pretrained: random init, as open_clip does",
     )
     p.add_argument("--cache-dir", help="open_clip / Hugging Face cache folder for pretrained weights")
+    p.add_argument("--detector", choices=["craft", "dbnet"], help="text detector (default craft; dbnet is PP-OCRv4 on onnxruntime)")
     p.add_argument("--detect-size", type=int, help="long side in pixels of the detector input (default 512)")
     p.add_argument("--mask-method", choices=["mean", "inpaint"], help="text masking method (default mean)")
     p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray cluster (default: all)")
@@ -68,6 +69,8 @@ def _cmd_score(args) -> int:
             cfg.score.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
         if args.cache_dir:
             cfg.score.cache_dir = args.cache_dir
+        if args.detector:
+            cfg.detect.detector = args.detector
         if args.detect_size is not None:
             cfg.detect.long_side = args.detect_size
         if args.mask_method:

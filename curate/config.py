@@ -78,7 +78,8 @@ class DetectConfig(ActorPoolConfig):
     """Text detection (``curate.stages.detect``).
 
     Attributes:
-        detector: ``craft`` (EasyOCR's CRAFT, Baek et al. 2019).
+        detector: ``craft`` (EasyOCR's CRAFT, Baek et al. 2019) or ``dbnet`` (PP-OCRv4 DBNet,
+            ONNX, from rapidocr-onnxruntime).
         long_side: the image is resized so its long side is this many pixels before detection
             (T-MARS, Sec. 4: 512).
         text_threshold, link_threshold, low_text: CRAFT score-map thresholds (EasyOCR defaults).
@@ -251,8 +252,8 @@ def load_config(path: str | Path | None) -> PipelineConfig:
 
 def validate(cfg: PipelineConfig) -> None:
     """Check value ranges. Raises ``ValueError`` with the offending key."""
-    if cfg.detect.detector not in ("craft",):
-        raise ValueError(f"detect.detector must be 'craft', got {cfg.detect.detector!r}")
+    if cfg.detect.detector not in ("craft", "dbnet"):
+        raise ValueError(f"detect.detector must be 'craft' or 'dbnet', got {cfg.detect.detector!r}")
     if cfg.mask.method not in ("mean", "inpaint"):
         raise ValueError(f"mask.method must be 'mean' or 'inpaint', got {cfg.mask.method!r}")
     if cfg.score.precision not in ("auto", "fp32", "bf16"):

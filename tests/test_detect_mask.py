@@ -169,3 +169,35 @@ def test_mask_error_keeps_the_row():
     }
     out = Mask()(batch)
     assert list(out[S.STATUS]) == ["mask_error", "ok"] and "reshape" in out[S.ERROR][0]
+
+
+@pytest.fixture(scope="module")
+def dbnet():
+    from curate.stages.detect import DBNetDetector
+
+    return DBNetDetector(long_side=512)
+
+
+def test_dbnet_finds_the_motel_sign_not_plain_photos(dbnet, images):
+    assert len(dbnet([images[MOTEL]])[0]) >= 1
+    counts = [len(b) for b in dbnet([images[k] for k in PLAIN_PHOTOS])]
+    assert max(counts) <= 1 and sum(counts) <= 2, counts
+
+
+def test_dbnet_batched_equals_one_by_one_and_boxes_are_clipped(dbnet, images):
+    keys = ICDAR[:4] + [MOTEL, "text_images/example3.png", "text_images/width_ths.png"]
+    batched = dbnet([images[k] for k in keys])
+    for k, b in zip(keys, batched):
+        np.testing.assert_array_equal(b, dbnet([images[k]])[0])
+        h, w = images[k].shape[:2]
+        assert b.shape[1:] == (4, 2) and (b[..., 0] <= w).all() and (b[..., 1] <= h).all() and (b >= 0).all()
+    assert sum(len(b) > 0 for b in dbnet([images[k] for k in ICDAR])) >= 5
+
+
+def test_detect_stage_with_dbnet_extreme_aspect_ratio(images):
+    """A 20:1 strip of real text (cut from an ICDAR image) is still searched for text."""
+    stage = Detect(detector="dbnet", long_side=512)
+    strip = np.ascontiguousarray(images["text_images/width_ths.png"][:40])  # 300x40: wide text strip
+    wide = np.concatenate([strip] * 4, axis=1)  # 1200 x 40
+    batch = {"image": object_array([wide]), S.STATUS: np.array(["ok"], dtype=object), S.ERROR: np.array([""], dtype=object)}
+    assert stage(batch)[S.NUM_TEXT_BOXES][0] > 0

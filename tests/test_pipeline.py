@@ -171,6 +171,17 @@ def test_other_settings_never_mix_into_an_index(scored, pool):
         run_score([str(NEMO_SHARD)], out, other, progress=False)
 
 
+def test_dbnet_end_to_end(ray_cluster, tmp_path):
+    cfg = load_config(TINY)
+    cfg.detect.detector = "dbnet"
+    summary = run_score([str(SHARDS[1])], tmp_path / "idx", cfg, progress=False)
+    assert summary.exit_code == 0 and summary.num_samples == 10
+    path = index_path(tmp_path / "idx", str(SHARDS[1]))
+    assert "PP-OCRv4" in read_index_metadata(path)[S.META_DETECTOR]
+    t = pq.read_table(path)
+    assert sum(n > 0 for n in t.column(S.NUM_TEXT_BOXES).to_pylist()) >= 5
+
+
 def test_same_checkpoint_typed_two_ways_is_one_setting(tmp_path, monkeypatch):
     import open_clip
     import torch

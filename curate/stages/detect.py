@@ -14,6 +14,8 @@ original-image pixels and clipped to the image.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -23,6 +25,7 @@ from curate.stages.common import BOX_DIMS, EMPTY_BOXES, batch_len, image_at, obj
 # ImageNet mean / std in 0-255 units, as easyocr.imgproc.normalizeMeanVariance uses them.
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+MIN_SHORT_SIDE = 64  # pixels
 
 
 def resolve_device(device: str | None = None) -> str:
@@ -32,6 +35,34 @@ def resolve_device(device: str | None = None) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def resize_pad(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Resize so the long side is ``long_side`` pixels and pad (bottom, right) to a multiple of 32.
+
+    ``cv2.INTER_AREA`` when shrinking, ``cv2.INTER_LINEAR`` when enlarging. The short side is
+    never shrunk below ``MIN_SHORT_SIDE`` pixels (extreme aspect ratios), at the cost of a long
+    side of up to ``4 * long_side``.
+
+    Returns:
+        ``(canvas (H32, W32, 3) float32 in 0-255, scale, (resized height, resized width))``.
+    """
+    h, w = image.shape[:2]
+    scale = long_side / max(h, w)
+    # Extreme aspect ratios (a 20:1 banner) would shrink the short side, and the text on it,
+    # to a few pixels: keep the short side at MIN_SHORT_SIDE pixels (or its own size, if
+    # smaller), letting the long side grow up to 4 * long_side.
+    short = min(h, w)
+    floor = min(short, MIN_SHORT_SIDE)
+    if short * scale < floor:
+        scale = min(floor / short, 4 * long_side / max(h, w))
+    tw = max(1, round(w * scale))
+    th = max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (tw, th), interpolation=interp)
+    canvas = np.zeros((-(-th // 32) * 32, -(-tw // 32) * 32, 3), dtype=np.float32)
+    canvas[:th, :tw] = resized
+    return canvas, scale, (th, tw)
 
 
 def clip_polygons(polys: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -122,15 +153,8 @@ class CraftDetector:
         self.net.eval()
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Resize to ``long_side`` and pad to a multiple of 32: ``((H32, W32, 3) float32, scale)``."""
-        h, w = image.shape[:2]
-        scale = self.long_side / max(h, w)
-        tw = max(1, min(self.long_side, round(w * scale)))
-        th = max(1, min(self.long_side, round(h * scale)))
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (tw, th), interpolation=interp)
-        canvas = np.zeros((-(-th // 32) * 32, -(-tw // 32) * 32, 3), dtype=np.float32)
-        canvas[:th, :tw] = resized
+        """Resize to ``long_side``, pad to a multiple of 32, normalise: ``((H32, W32, 3) float32, scale)``."""
+        canvas, scale, _ = resize_pad(image, self.long_side)
         canvas -= _MEAN
         canvas /= _STD
         return canvas, scale
@@ -179,6 +203,75 @@ class CraftDetector:
         return out
 
 
+class DBNetDetector:
+    """PP-OCRv4 DBNet text detector (Liao et al., AAAI 2020), the ONNX model shipped in
+    ``rapidocr-onnxruntime``, run with onnxruntime (CUDA execution provider when available).
+
+    Same contract as ``CraftDetector``: images resized so the long side is ``long_side`` pixels,
+    padded to a multiple of 32, grouped by canvas shape into one forward pass each; boxes from
+    rapidocr's own DB post-processing (``DBPostProcess``: binarise at ``thresh``, keep boxes whose
+    mean score is at least ``box_thresh``, expand by ``unclip_ratio``), mapped to original-image
+    pixels and clipped to the image.
+
+    Args:
+        long_side: detector input size in pixels (multiple of 32).
+        thresh, box_thresh, unclip_ratio: DB post-processing (rapidocr's defaults).
+        device: ``cpu``, ``cuda`` or ``None`` (auto).
+        torch_threads: onnxruntime intra-op threads (0: its default).
+        model_path: the ``.onnx`` file; default: the one inside ``rapidocr_onnxruntime``.
+    """
+
+    name = "dbnet"
+
+    def __init__(self, long_side: int = 512, thresh: float = 0.3, box_thresh: float = 0.5, unclip_ratio: float = 1.6,
+                 device: str | None = None, torch_threads: int = 0, model_path: str | None = None, **_ignored):
+        import onnxruntime as ort
+        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
+
+        if long_side % 32:
+            raise ValueError(f"long_side must be a multiple of 32, got {long_side}")
+        if model_path is None:
+            import rapidocr_onnxruntime
+
+            model_path = str(Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_det_infer.onnx")
+        self.long_side = int(long_side)
+        opts = ort.SessionOptions()
+        if torch_threads:
+            opts.intra_op_num_threads = int(torch_threads)
+        providers = ["CPUExecutionProvider"]
+        if resolve_device(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(model_path, sess_options=opts, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.post = DBPostProcess(thresh=thresh, box_thresh=box_thresh, max_candidates=1000,
+                                  unclip_ratio=unclip_ratio, use_dilation=True, score_mode="fast")
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Detect text: one ``(N_i, 4, 2) float32`` array of quadrilaterals per image, in
+        original-image pixels, clipped to the image."""
+        prepared = []
+        for img in images:
+            canvas, _, valid = resize_pad(img[..., ::-1], self.long_side)  # PP-OCR models take BGR
+            prepared.append(((canvas / 255.0 - 0.5) / 0.5, valid))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (canvas, _) in enumerate(prepared):
+            groups.setdefault(canvas.shape[:2], []).append(i)
+        out: list = [None] * len(images)
+        for members in groups.values():
+            x = np.stack([prepared[i][0] for i in members]).transpose(0, 3, 1, 2).astype(np.float32)
+            maps = self.session.run(None, {self.input_name: x})[0]  # (B, 1, H32, W32) probabilities
+            for i, m in zip(members, maps):
+                th, tw = prepared[i][1]
+                h, w = images[i].shape[:2]
+                boxes, _ = self.post(m[None, :, :th, :tw], (h, w))
+                quads = np.asarray(boxes, dtype=np.float32).reshape(-1, 4, 2)
+                out[i] = clip_polygons(quads, w, h)
+        return out
+
+
+DETECTORS = {"craft": CraftDetector, "dbnet": DBNetDetector}
+
+
 class Detect:
     """Stage: add ``text_boxes`` (normalised polygons) and ``num_text_boxes`` to a batch.
 
@@ -190,15 +283,18 @@ class Detect:
     gets status ``detect_error``.
 
     Args:
-        detector: ``craft``.
+        detector: ``craft`` (``CraftDetector``) or ``dbnet`` (``DBNetDetector``).
         batch_size: images per forward pass.
-        **kwargs: passed to ``CraftDetector``.
+        **kwargs: passed to the detector.
     """
 
     def __init__(self, detector: str = "craft", batch_size: int = 16, **kwargs):
-        if detector != "craft":
-            raise ValueError(f"unknown detector {detector!r}; available: craft")
-        self.detector = CraftDetector(**kwargs)
+        if detector not in DETECTORS:
+            raise ValueError(f"unknown detector {detector!r}; available: {sorted(DETECTORS)}")
+        if detector == "dbnet":  # CRAFT's score-map thresholds do not apply to DBNet
+            for k in ("text_threshold", "link_threshold", "low_text", "min_size"):
+                kwargs.pop(k, None)
+        self.detector = DETECTORS[detector](**kwargs)
         self.batch_size = int(batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
