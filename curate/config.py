@@ -177,10 +177,7 @@ def _check_type(key: str, value: Any, default: Any, annotation: str) -> Any:
         if optional:
             return None
         raise ValueError(f"config key {key} may not be empty")
-    if isinstance(default, bool) or (default is None and "bool" in str(annotation)):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, tuple):
+    if isinstance(default, tuple):
         if isinstance(value, (list, tuple)) and len(value) == len(default) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):

@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.config import DetectConfig, PipelineConfig, ScoreConfig
 from curate.io.index import (
     INDEX_SUFFIX,
-    index_file_is_complete,
+    complete_index_metadata,
     index_path,
-    read_index_metadata,
     records_to_table,
     remove_stale_temporaries,
     write_index_file,
@@ -349,35 +349,31 @@ def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrit
         IndexConfigMismatch: a complete index file was produced with other scoring settings
             (and ``overwrite`` is false).
     """
-    by_path: dict[Path, str] = {}
-    todo, skipped = [], []
+    # Every complete index file already in the folder, not only those of these shards: one
+    # folder never holds scores made with two settings.
+    complete: dict[Path, dict[str, str]] = {}
     if not overwrite:
-        # Every index file already in the folder, not only those of these shards: one folder
-        # never holds scores made with two settings.
-        for other in sorted(Path(out_dir).glob("*" + INDEX_SUFFIX)):
-            md = read_index_metadata(other) if index_file_is_complete(other) else {}
-            if md and md.get(S.META_CONFIG) != fingerprint:
+        for path in sorted(Path(out_dir).glob("*" + INDEX_SUFFIX)):
+            md = complete_index_metadata(path)
+            if md is None:
+                continue
+            if md.get(S.META_CONFIG) != fingerprint:
                 raise IndexConfigMismatch(
-                    f"{other} was written with other scoring settings:\n  found:    {md.get(S.META_CONFIG)}\n"
+                    f"{path} was written with other scoring settings:\n  found:    {md.get(S.META_CONFIG)}\n"
                     f"  expected: {fingerprint}\nuse another --out folder, or --overwrite to recompute"
                 )
+            complete[path] = md
+    by_path: dict[Path, str] = {}
+    todo, skipped = [], []
     for url in urls:
         p = index_path(out_dir, url)
         if p in by_path:
             raise ValueError(f"shards {by_path[p]} and {url} would both write {p}; give them distinct file names")
         by_path[p] = url
-        md = read_index_metadata(p) if (not overwrite and index_file_is_complete(p)) else {}
-        if md and md.get(S.META_CONFIG) != fingerprint:
-            raise IndexConfigMismatch(
-                f"{p} was written with other scoring settings:\n  found:    {md.get(S.META_CONFIG)}\n"
-                f"  expected: {fingerprint}\nuse another --out folder, or --overwrite to recompute"
-            )
+        md = complete.get(p, {})
         if md.get(S.META_SHARD) == url:  # a file written from another shard of the same name is redone
-            rows = int(md[S.META_NUM_SAMPLES])
-            import pyarrow.parquet as pq
-
             statuses = collections.Counter(pq.read_table(p, columns=[S.STATUS]).column(S.STATUS).to_pylist())
-            skipped.append(ShardResult(url, SHARD_SKIPPED, None, rows, dict(statuses), str(p)))
+            skipped.append(ShardResult(url, SHARD_SKIPPED, None, int(md[S.META_NUM_SAMPLES]), dict(statuses), str(p)))
         else:
             remove_stale_temporaries(p)
             todo.append(url)

@@ -18,26 +18,13 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.filters import OK, RuleError, leaves, parse_rule, resolve
-from curate.io.index import INDEX_SUFFIX
+from curate.io.index import index_files
 
 VIEW = "scores"
 
 
 class QueryError(ValueError):
     """A query that is not a single read-only statement, or that DuckDB rejects."""
-
-
-def index_files(index: str | Path) -> list[Path]:
-    """The index files of a folder (or the one file given).
-
-    Raises:
-        FileNotFoundError: none found.
-    """
-    p = Path(index)
-    files = sorted(p.glob("*" + INDEX_SUFFIX)) if p.is_dir() else ([p] if p.is_file() else [])
-    if not files:
-        raise FileNotFoundError(f"no score-index files (*{INDEX_SUFFIX}) in {index}")
-    return files
 
 
 def connect(index: str | Path) -> duckdb.DuckDBPyConnection:

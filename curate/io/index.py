@@ -9,12 +9,10 @@ and whether the whole shard was read (``curate.shard_status``: ``complete`` or `
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
 from typing import Any
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -123,25 +121,44 @@ def read_index_metadata(path: str | Path) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in md.items() if k.decode().startswith(S.META_PREFIX)}
 
 
-def index_file_is_complete(path: str | Path) -> bool:
-    """True when ``path`` is a readable index file for a completely read shard whose row count
-    matches its recorded sample count, whose schema version is current and that has every
-    column of the current schema."""
+def complete_index_metadata(path: str | Path) -> dict[str, str] | None:
+    """The ``curate.*`` metadata of ``path`` when it is a readable index file for a completely
+    read shard, whose row count matches its recorded sample count, whose schema version is
+    current and that has every column of the current schema; else ``None``. One footer read."""
     path = Path(path)
     if not path.is_file():
-        return False
+        return None
     try:
-        md = read_index_metadata(path)
-        rows = pq.ParquetFile(path).metadata.num_rows
-        names = set(pq.read_schema(path).names)
+        meta = pq.ParquetFile(path).metadata
+        schema = meta.schema.to_arrow_schema()
     except Exception:
-        return False
-    return (
+        return None
+    md = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items() if k.decode().startswith(S.META_PREFIX)}
+    complete = (
         md.get(S.META_SCHEMA_VERSION) == S.SCHEMA_VERSION
-        and set(S.COLUMNS) <= names
+        and set(S.COLUMNS) <= set(schema.names)
         and md.get(S.META_SHARD_STATUS) == SHARD_COMPLETE
-        and md.get(S.META_NUM_SAMPLES) == str(rows)
+        and md.get(S.META_NUM_SAMPLES) == str(meta.num_rows)
     )
+    return md if complete else None
+
+
+def index_file_is_complete(path: str | Path) -> bool:
+    """True when ``complete_index_metadata(path)`` finds a complete index file."""
+    return complete_index_metadata(path) is not None
+
+
+def index_files(index: str | Path) -> list[Path]:
+    """The index files of a folder (or the one file given), sorted.
+
+    Raises:
+        FileNotFoundError: none found.
+    """
+    p = Path(index)
+    files = sorted(p.glob("*" + INDEX_SUFFIX)) if p.is_dir() else ([p] if p.is_file() else [])
+    if not files:
+        raise FileNotFoundError(f"no score-index files (*{INDEX_SUFFIX}) in {index}")
+    return files
 
 
 def read_index(path: str | Path) -> pa.Table:
@@ -150,14 +167,4 @@ def read_index(path: str | Path) -> pa.Table:
     Raises:
         FileNotFoundError: no index file at ``path``.
     """
-    path = Path(path)
-    files = sorted(path.glob("*" + INDEX_SUFFIX)) if path.is_dir() else [path]
-    files = [f for f in files if f.is_file()]
-    if not files:
-        raise FileNotFoundError(f"no score-index files ({INDEX_SUFFIX}) in {path}")
-    return pa.concat_tables([pq.read_table(f, schema=S.SCHEMA) for f in files])
-
-
-def dumps_metadata_value(value: Any) -> str:
-    """JSON-encode a metadata value (strings are stored as they are)."""
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return pa.concat_tables([pq.read_table(f, schema=S.SCHEMA) for f in index_files(path)])

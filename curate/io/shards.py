@@ -15,12 +15,11 @@ permission denied, ...).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import braceexpand
 import fsspec
@@ -264,8 +263,3 @@ def read_shard(url: str) -> ShardRead:
         result.status = SHARD_UNREADABLE
         result.error = "not a tar archive: " + result.error
     return result
-
-
-def iter_samples(url: str) -> Iterator[dict[str, Any]]:
-    """Iterate the samples of one shard (see ``read_shard``); bad shards yield what was read."""
-    yield from read_shard(url).samples
