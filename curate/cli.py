@@ -5,6 +5,9 @@
     curate filter --index DIR --rule "tmars(fraction=0.5) & basic()" [--where SQL] --out DIR
     curate query "SELECT ... FROM scores" --index DIR [--output result.csv|.parquet|.json]
     curate reshard SHARDS... --subset subset.npy|subset.parquet --out DIR [--shard-size N]
+    curate train SHARDS... [--subset subset.npy|subset.parquet] --scale tiny|small|medium|large|xlarge
+                 --out DIR [--config pipelines/train_tiny.yaml] [--num-workers N] [--resume latest|PATH]
+                 [--<any TrainConfig field> VALUE]
 
 Exit codes: 0 when every shard was read (bad samples are recorded, not failures); 1 when a
 shard could not be read at all; 2 for a usage or configuration error (unknown model, weights
@@ -129,6 +132,73 @@ def _add_reshard(sub) -> None:
     p.add_argument("--shard-size", type=_positive_int, default=10_000, help="samples per output shard (default 10000)")
 
 
+def _add_train(sub) -> None:
+    import dataclasses
+
+    from curate.train.config import SCALES, TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train an open_clip model contrastively on a subset (DataComp recipe, Ray Train)",
+        description="Streams the shards and keeps the subset's uids; DataComp's recipe per --scale; every "
+        "field of the recipe can be set from --config YAML or from its own flag below. Checkpoints are "
+        "open_clip files in OUT/checkpoints.",
+    )
+    p.add_argument("shards", nargs="+", help="the pool's shards (or shards written by `curate reshard`)")
+    p.add_argument("--subset", help="subset.npy (DataComp) or subset.parquet from `curate filter`; "
+                   "omit to train on every sample (e.g. resharded shards)")
+    p.add_argument("--scale", default="tiny", choices=list(SCALES), help="recipe (default tiny: CPU, the tiny model)")
+    p.add_argument("--out", required=True, help="output folder: checkpoints/, train_log.jsonl, train_summary.json")
+    p.add_argument("--config", help="YAML of recipe fields applied over the scale (e.g. pipelines/train_tiny.yaml)")
+    p.add_argument("--resume", help="'latest' (newest checkpoint in --out) or a checkpoint path")
+    p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    recipe = p.add_argument_group("recipe fields (override the scale and --config)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            recipe.add_argument(flag, dest=f"set_{f.name}", default=None, action=argparse.BooleanOptionalAction)
+        else:
+            kind = type(f.default)
+            recipe.add_argument(flag, dest=f"set_{f.name}", type=_number(kind), metavar=kind.__name__.upper())
+
+
+def _number(kind: type):
+    """argparse type for a recipe field: ``int`` also takes ``1.28e9``, ``float`` takes ``5e-4``."""
+    def parse(text: str):
+        try:
+            if kind is int:
+                value = float(text)
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__}") from None
+
+    return parse
+
+
+def _cmd_train(args) -> int:
+    from curate.train.config import train_config
+    from curate.train.data import NoTrainingData
+    from curate.train.run import TrainFailed, run_train
+
+    overrides = {k.removeprefix("set_"): v for k, v in vars(args).items() if k.startswith("set_")}
+
+    def call():
+        cfg = train_config(args.scale, args.config, overrides)
+        return run_train(args.shards, args.out, cfg, subset=args.subset, resume=args.resume,
+                         num_cpus=args.num_cpus, address=args.address, progress=not args.no_progress)
+
+    try:
+        return _report("train", call)
+    except (TrainFailed, NoTrainingData) as e:
+        print(f"curate train: failed: {e}", file=sys.stderr)
+        return 1
+
+
 def _report(command: str, call, *errors: type[Exception]) -> int:
     """Run ``call``; print its summary (exit code: the summary's, else 0), or a usage error (2)."""
     try:
@@ -184,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filter(sub)
     _add_query(sub)
     _add_reshard(sub)
+    _add_train(sub)
     return parser
 
 
@@ -206,6 +277,8 @@ def _dispatch(args) -> int:
         return _cmd_query(args)
     if args.command == "reshard":
         return _cmd_reshard(args)
+    if args.command == "train":
+        return _cmd_train(args)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,347 @@
+"""The contrastive training loop that runs in every Ray Train worker, and its checkpoints.
+
+The loop follows ``open_clip_train``: an open_clip model built from its config (random init,
+seeded), ``open_clip.loss.ClipLoss`` with ``local_loss`` and ``gather_with_grad`` under data
+parallelism, AdamW without weight decay on gains, biases and ``logit_scale``, the cosine schedule
+with linear warm-up of ``open_clip_train.scheduler.cosine_lr``, the learnable logit scale clamped
+to ``[0, ln 100]`` after each step (CLIP, Radford et al. 2021, section 2.5), and bf16 autocast on
+GPU.
+
+Checkpoints are open_clip's format (``{"state_dict": ..., "optimizer": ..., ...}``, what
+``open_clip_train`` writes), so ``open_clip.create_model_and_transforms(model, pretrained=PATH)``
+and ``curate score --pretrained PATH`` load them; the extra ``curate`` entry holds the step,
+samples seen, the data streams' cursors and the config needed to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from curate.train.config import TrainConfig
+
+CHECKPOINT_DIR = "checkpoints"
+LOG_FILE = "train_log.jsonl"
+SUMMARY_FILE = "train_summary.json"
+_CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
+
+# Config fields that fix the schedule and the data order: a resumed run must keep them.
+RESUME_FIELDS = ("model", "batch_size", "lr", "warmup", "samples_seen", "weight_decay", "beta1", "beta2", "eps",
+                 "seed", "shuffle_buffer", "data_workers", "num_workers")
+
+
+def build_model(cfg: TrainConfig, device: torch.device | str = "cpu"):
+    """open_clip model (random init, seeded with ``cfg.seed``), train transform and tokenizer.
+
+    Returns:
+        ``(model, preprocess_train, tokenizer)``; ``preprocess_train`` maps a PIL image to
+        ``(3, S, S) float32``, ``tokenizer`` a list of str to ``(B, L) int64``.
+    """
+    import open_clip
+
+    from curate.models import register_configs
+
+    register_configs()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model, preprocess_train, _ = open_clip.create_model_and_transforms(cfg.model, pretrained=None, device=device,
+                                                                            output_dict=True)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model, preprocess_train, open_clip.get_tokenizer(cfg.model)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; parameters with fewer than 2 dims, biases, norms and ``logit_scale`` get no weight
+    decay (the grouping ``open_clip_train.main`` uses)."""
+    def no_decay(name: str, p: torch.nn.Parameter) -> bool:
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": cfg.weight_decay},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast on GPU (``precision: auto`` or ``bf16``) or when asked for on CPU; else none."""
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def train_step(model, loss_fn, optimizer, images: torch.Tensor, texts: torch.Tensor, cfg: TrainConfig,
+               autocast=None) -> float:
+    """One optimizer step on one batch.
+
+    Args:
+        model: open_clip CLIP (possibly DDP-wrapped), in train mode.
+        loss_fn: ``open_clip.loss.ClipLoss``.
+        images: ``(B, 3, S, S) float32``; texts: ``(B, L) int64``; both on the model's device.
+
+    Returns:
+        The loss (float, this worker's).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast or nullcontext():
+        out = model(images, texts)
+        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+    loss.backward()
+    if cfg.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+    optimizer.step()
+    with torch.no_grad():
+        unwrap(model).logit_scale.clamp_(0, math.log(100))
+    return float(loss.detach())
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def checkpoint_path(out: str | Path, step: int) -> Path:
+    return Path(out) / CHECKPOINT_DIR / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the checkpoints in ``out/checkpoints``, oldest first."""
+    folder = Path(out) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    """The newest checkpoint of a ``curate train`` output folder, or ``None``."""
+    found = list_checkpoints(out)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(out: str | Path, state: dict[str, Any], keep: int) -> Path:
+    """Write ``state`` atomically to ``out/checkpoints/step_{step:08d}.pt`` and prune old ones.
+
+    Args:
+        state: open_clip checkpoint dict with ``state["curate"]["step"]``.
+        keep: newest checkpoints to keep (0: all).
+    """
+    path = checkpoint_path(out, state["curate"]["step"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    if keep > 0:
+        for _, old in list_checkpoints(out)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a ``curate train`` checkpoint (CPU tensors).
+
+    Raises:
+        ValueError: the file is not a checkpoint written by ``curate train``.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "curate" not in state or "state_dict" not in state:
+        raise ValueError(f"{path} is not a curate train checkpoint (no 'curate' entry); to start from "
+                         f"other weights, train from scratch instead of --resume")
+    return state
+
+
+def resume_mismatches(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Fields in ``RESUME_FIELDS`` where the checkpoint's config and ``cfg`` differ."""
+    now = cfg.to_dict()
+    return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in RESUME_FIELDS if saved.get(k) != now[k]]
+
+
+# -- the Ray Train worker ---------------------------------------------------------------------
+def _all_gather(obj: Any, world_size: int) -> list[Any]:
+    if world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _make_log_writer(out: Path):
+    """TensorBoard writer when a TensorBoard writer package is installed, else ``None``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs (``TorchTrainer(train_loop_per_worker=...)``).
+
+    Args:
+        config: ``{"train": TrainConfig fields, "shards": [url], "subset": path | None,
+            "out": folder, "run_id": str, "resume": checkpoint path | None}``.
+
+    Writes (rank 0): checkpoints, ``train_log.jsonl`` (one JSON object per ``log_every`` steps:
+    step, samples_seen, loss, lr, logit_scale, samples_per_s, epoch, skipped), TensorBoard events
+    when available, and ``train_summary.json`` at the end.
+    """
+    import open_clip
+    import ray.train
+    import ray.train.torch
+
+    from curate.train.data import SubsetStream, collate_one, load_subset_counts
+
+    cfg = TrainConfig(**config["train"])
+    out = Path(config["out"])
+    ctx = ray.train.get_context()
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    num_streams = max(1, cfg.data_workers)
+
+    model, preprocess, tokenizer = build_model(cfg, device="cpu")
+    resume = config.get("resume")
+    # A restarted attempt of this very run (Ray Train's FailureConfig) resumes from its own checkpoint.
+    own = latest_checkpoint(out)
+    if resume is None and own is not None:
+        probe = torch.load(own, map_location="cpu", weights_only=True)
+        if probe.get("curate", {}).get("run_id") == config["run_id"]:
+            resume = str(own)
+    state = load_checkpoint(resume) if resume else None
+    start_step, cursors = 0, None
+    if state is not None:
+        unwrap(model).load_state_dict(state["state_dict"])
+        start_step = int(state["curate"]["step"])
+        cursors = state["curate"]["cursors"][rank]
+    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world_size > 1 else None)
+    model.train()
+    optimizer = build_optimizer(unwrap(model), cfg)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        del state
+    from open_clip_train.scheduler import cosine_lr
+
+    schedule = cosine_lr(optimizer, cfg.lr, cfg.warmup, cfg.steps)
+    loss_fn = open_clip.loss.ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True,
+                                      rank=rank, world_size=world_size)
+    autocast = autocast_for(cfg, device)
+
+    stream = SubsetStream(config["shards"], load_subset_counts(config["subset"]), preprocess, tokenizer,
+                          cfg.local_batch_size, rank=rank, world_size=world_size, num_streams=num_streams,
+                          seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, start_step=start_step,
+                          start_cursors=cursors)
+    torch.manual_seed(cfg.seed + 7919 * rank)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=collate_one,
+                                         num_workers=cfg.data_workers, prefetch_factor=4 if cfg.data_workers else None)
+    cursors = list(cursors or [0] * num_streams)
+    skipped: dict[str, int] = {}
+    problems: list[str] = []
+    epoch = 0
+    writer = None
+    log_file = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = open(out / LOG_FILE, "a")
+        writer = _make_log_writer(out)
+    step = start_step
+    t_last, step_last, t_start = time.perf_counter(), step, time.perf_counter()
+    loss_value = float("nan")
+    trained = 0  # samples this worker actually trained on in this attempt
+    batches = iter(loader)
+    try:
+        while step < cfg.steps:
+            batch = next(batches)
+            cursors[batch["stream"]] = batch["cursor"]
+            epoch = max(epoch, batch["epoch"])
+            for k, v in batch["skipped"].items():
+                skipped[k] = skipped.get(k, 0) + v
+            problems.extend(p for p in batch["problems"] if p not in problems)
+            schedule(step)
+            images = batch["images"].to(device, non_blocking=True)
+            texts = batch["texts"].to(device, non_blocking=True)
+            loss_value = train_step(model, loss_fn, optimizer, images, texts, cfg, autocast)
+            trained += images.shape[0]
+            step += 1
+            last = step == cfg.steps
+            if step % cfg.log_every == 0 or last:
+                losses = _all_gather((loss_value, skipped, problems), world_size)
+                if rank == 0:
+                    now = time.perf_counter()
+                    all_skipped: dict[str, int] = {}
+                    for _, sk, _ in losses:
+                        for k, v in sk.items():
+                            all_skipped[k] = all_skipped.get(k, 0) + v
+                    record = {
+                        "step": step,
+                        "samples_seen": step * cfg.batch_size,
+                        "loss": sum(x[0] for x in losses) / len(losses),
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "logit_scale": float(unwrap(model).logit_scale.exp()),
+                        "samples_per_s": (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9),
+                        "epoch": epoch,
+                        "skipped": all_skipped,
+                        "shard_problems": sorted({p for _, _, ps in losses for p in ps}),
+                        "time": time.time(),
+                    }
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    if writer is not None:
+                        for key in ("loss", "lr", "logit_scale", "samples_per_s"):
+                            writer.add_scalar(f"train/{key}", record[key], step)
+                    t_last, step_last = now, step
+            if step % cfg.save_every == 0 or last:
+                all_cursors = _all_gather(list(cursors), world_size)
+                if rank == 0:
+                    state = {
+                        "epoch": epoch,
+                        "name": config["run_id"],
+                        "state_dict": unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "curate": {"step": step, "samples_seen": step * cfg.batch_size, "cursors": all_cursors,
+                                   "run_id": config["run_id"], "config": cfg.to_dict(), "model": cfg.model},
+                    }
+                    save_checkpoint(out, state, cfg.keep_checkpoints)
+                ray.train.report({"step": step, "samples_seen": step * cfg.batch_size})
+    finally:
+        if log_file is not None:
+            log_file.close()
+        if writer is not None:
+            writer.close()
+    final = _all_gather((skipped, problems, trained), world_size)
+    if rank == 0:
+        all_skipped = {}
+        for sk, _, _ in final:
+            for k, v in sk.items():
+                all_skipped[k] = all_skipped.get(k, 0) + v
+        summary = {
+            "run_id": config["run_id"],
+            "model": cfg.model,
+            "steps": step,
+            "start_step": start_step,
+            "samples_seen": step * cfg.batch_size,
+            "batch_size": cfg.batch_size,
+            "num_workers": world_size,
+            "final_loss": loss_value,
+            "skipped": all_skipped,
+            "samples_trained": sum(n for _, _, n in final),
+            "shard_problems": sorted({p for _, ps, _ in final for p in ps}),
+            "checkpoint": str(latest_checkpoint(out)),
+            "seconds": time.perf_counter() - t_start,
+        }
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))

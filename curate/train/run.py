@@ -1,0 +1,226 @@
+"""``curate train``: the driver. Checks everything it can before any worker starts, then runs
+``worker_loop`` under Ray Train's ``TorchTrainer`` (gloo on CPU, NCCL on GPU) and follows the
+JSONL log with a progress bar.
+
+The output folder must be reachable by rank 0 and by the driver (local disk on one machine, a
+shared file system on a cluster): it holds ``checkpoints/``, ``train_log.jsonl``,
+``train_summary.json``, ``train_config.json`` and ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.train.config import TrainConfig
+from curate.train.loop import (
+    LOG_FILE,
+    SUMMARY_FILE,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    resume_mismatches,
+    worker_loop,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainFailed(RuntimeError):
+    """The Ray Train run ended with an error (the message holds the worker's error)."""
+
+
+@dataclass
+class TrainSummary:
+    """What ``run_train`` did; ``format()`` is the printed summary."""
+
+    out: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    resumed_from: str | None = None
+    exit_code: int = 0
+
+    def format(self) -> str:
+        s = self.summary
+        lines = ["curate train: summary"]
+        if self.resumed_from:
+            lines.append(f"  resumed from  {self.resumed_from} (step {s.get('start_step')})")
+        lines += [
+            f"  model         {s.get('model')}, {s.get('num_workers')} worker(s), global batch {s.get('batch_size')}",
+            f"  steps         {s.get('steps')}  samples seen {s.get('samples_seen')}",
+            f"  final loss    {s.get('final_loss', float('nan')):.4f}",
+            f"  skipped       {sum(s.get('skipped', {}).values())} samples this run "
+            f"{dict(sorted(s.get('skipped', {}).items())) or ''}".rstrip(),
+            f"  checkpoint    {s.get('checkpoint')}",
+            f"  log           {Path(self.out) / LOG_FILE}",
+            f"  time          {s.get('seconds', 0):.1f} s",
+        ]
+        for problem in s.get("shard_problems", []):
+            lines.append(f"  SHARD         {problem}")
+        return "\n".join(lines)
+
+
+def resolve_resume(out: Path, resume: str | None) -> Path | None:
+    """``--resume`` to a checkpoint file: ``latest`` (newest in ``out/checkpoints``) or a path.
+
+    Raises:
+        ValueError: ``out`` already holds checkpoints and no ``--resume`` was given, or
+            ``latest`` finds none. FileNotFoundError: a path that does not exist.
+    """
+    if resume is None:
+        if list_checkpoints(out):
+            raise ValueError(f"{out} already holds checkpoints of an earlier run; pass --resume latest to continue "
+                             f"it, or give a new --out")
+        return None
+    if resume == "latest":
+        path = latest_checkpoint(out)
+        if path is None:
+            raise ValueError(f"--resume latest: no checkpoint in {out / 'checkpoints'}")
+        return path
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
+    return path
+
+
+def _check_cluster(cfg: TrainConfig, strict: bool) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    problems = []
+    if cfg.num_workers * cfg.cpus_per_worker > have.get("CPU", 0) + 1e-9:
+        problems.append(f"{cfg.num_workers} workers x {cfg.cpus_per_worker:g} CPUs but the cluster has "
+                        f"{have.get('CPU', 0):g} CPUs; lower --num-workers / --cpus-per-worker")
+    if cfg.use_gpu and cfg.num_workers > have.get("GPU", 0):
+        problems.append(f"{cfg.num_workers} GPU workers but the cluster has {have.get('GPU', 0):g} GPUs; "
+                        f"drop --use-gpu to train on CPUs")
+    if problems:
+        msg = "curate train needs " + "; and ".join(problems)
+        if strict:
+            raise ValueError(msg)
+        log.warning("%s (continuing: the cluster may autoscale)", msg)
+
+
+def _follow(path: Path, total: int, initial: int, stop: threading.Event) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="step", desc="curate train", dynamic_ncols=True)
+    offset = 0
+    try:
+        while True:
+            done = stop.wait(1.0)
+            if path.exists():
+                with open(path) as f:
+                    f.seek(offset)
+                    for line in f:
+                        if not line.endswith("\n"):
+                            break
+                        offset += len(line)
+                        rec = json.loads(line)
+                        bar.update(max(0, rec["step"] - bar.n))
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", sps=f"{rec['samples_per_s']:.0f}")
+            if done:
+                break
+    finally:
+        bar.close()
+
+
+def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset: str | None = None,
+              resume: str | None = None, num_cpus: int | None = None, address: str | None = None,
+              progress: bool = True) -> TrainSummary:
+    """Train ``cfg.model`` on the subset of ``shards`` (see ``curate.train``).
+
+    Args:
+        shards: shard specs (brace ranges, globs, fsspec URLs): the pool, or resharded shards.
+        out: output folder.
+        cfg: the run's ``TrainConfig`` (``train_config``).
+        subset: ``subset.npy`` / ``subset.parquet`` from ``curate filter``; ``None`` trains on
+            every sample of ``shards`` (e.g. shards written by ``curate reshard``).
+        resume: ``None``, ``latest`` or a checkpoint path.
+        num_cpus, address: the local Ray cluster's CPUs, or an existing cluster's address.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError, FileNotFoundError: bad arguments, found before any worker starts.
+        TrainFailed: a worker raised (its message is included).
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from curate.io.shards import expand_shards
+    from curate.models import register_configs
+    from curate.pipeline import init_ray
+    from curate.train.data import load_subset_counts
+
+    import open_clip
+
+    register_configs()
+    if cfg.model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {cfg.model!r}; see open_clip.list_models() (ours: tiny)")
+    urls = expand_shards(shards)
+    load_subset_counts(subset)  # fail fast on a bad subset file
+    subset = str(Path(subset).absolute()) if subset is not None else None  # workers run elsewhere
+    out = Path(out).absolute()
+    resume_path = resolve_resume(out, resume)
+    if resume_path is not None:
+        saved = load_checkpoint(resume_path)["curate"]
+        bad = resume_mismatches(saved["config"], cfg)
+        if bad:
+            raise ValueError(f"cannot resume {resume_path}: the schedule or data order would change ({'; '.join(bad)})")
+        if saved["step"] >= cfg.steps:
+            raise ValueError(f"{resume_path} is at step {saved['step']}, the end of this run ({cfg.steps} steps)")
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex[:12]
+    (out / "train_config.json").write_text(json.dumps(
+        {"run_id": run_id, "config": cfg.to_dict(), "shards": urls, "subset": subset,
+         "resume": str(resume_path) if resume_path else None}, indent=2))
+    summary_file = out / SUMMARY_FILE
+    summary_file.unlink(missing_ok=True)
+
+    init_ray(num_cpus=num_cpus, address=address)
+    _check_cluster(cfg, strict=address is None)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"train": cfg.to_dict(), "shards": urls, "subset": subset, "out": str(out),
+                           "run_id": run_id, "resume": str(resume_path) if resume_path else None},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(name=f"curate-train-{run_id}", storage_path=str(out / "ray_train"),
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+    )
+    start = 0
+    if resume_path is not None:
+        start = int(load_checkpoint(resume_path)["curate"]["step"])
+    stop = threading.Event()
+    follower = None
+    if progress:
+        follower = threading.Thread(target=_follow, args=(out / LOG_FILE, cfg.steps, start, stop), daemon=True)
+        follower.start()
+    try:
+        trainer.fit()
+    except Exception as e:  # ray.train.TrainingFailedError and friends carry the worker's traceback
+        raise TrainFailed(_worker_error(e)) from None
+    finally:
+        stop.set()
+        if follower is not None:
+            follower.join(timeout=5)
+    if not summary_file.exists():
+        raise TrainFailed(f"the run ended without writing {summary_file}")
+    return TrainSummary(str(out), json.loads(summary_file.read_text()),
+                        resumed_from=str(resume_path) if resume_path else None)
+
+
+def _worker_error(e: BaseException) -> str:
+    text = str(e)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # The last line of a worker traceback names the exception; keep it and a little context.
+    tail = [ln for ln in lines if not ln.startswith(" ")][-3:]
+    where = [ln.strip() for ln in lines if ln.strip().startswith("File ")][-1:]
+    tail = where + tail
+    return f"{type(e).__name__}: " + (" | ".join(tail) if tail else text)[:2000]

@@ -1,0 +1,311 @@
+"""curate train: recipes, the subset stream (real shards), the loop (real tiny CLIP), Ray Train runs."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import SHARD_SPEC, SHARDS
+
+from curate import schema as S
+from curate.io.samples import sample_to_record
+from curate.io.shards import read_shard
+from curate.query import uids_to_datacomp
+from curate.train.config import SCALES, TrainConfig, train_config
+from curate.train.data import SubsetStream, UidCounts, load_subset_counts
+from curate.train.loop import build_model, build_optimizer, train_step
+
+REPO = Path(__file__).parents[1]
+URLS = [str(p) for p in SHARDS]
+
+
+def shard_records() -> list[dict]:
+    """Records of the sample shards; ``usable``: a caption and an image that decodes."""
+    from curate.stages.decode import DecodeError, decode_image
+
+    out = []
+    for url in URLS:
+        for sample in read_shard(url).samples:
+            rec = sample_to_record(sample)
+            rec["usable"] = rec[S.STATUS] == S.STATUS_OK
+            if rec["usable"]:
+                try:
+                    decode_image(rec["image_bytes"])
+                except DecodeError:
+                    rec["usable"] = False
+            out.append(rec)
+    return out
+
+
+@pytest.fixture(scope="module")
+def records():
+    return shard_records()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_model(train_config("tiny"))
+
+
+@pytest.fixture(scope="module")
+def subset_file(tmp_path_factory, records):
+    """Every other usable sample, and the first one twice (upweighting), as curate filter writes it."""
+    ok = [r[S.UID] for r in records if r["usable"]]
+    uids = ok[::2] + [ok[0]]
+    path = tmp_path_factory.mktemp("subset") / "subset.parquet"
+    pq.write_table(pa.table({S.UID: uids}), path)
+    return path
+
+
+# -- recipes --------------------------------------------------------------------------------------
+def test_datacomp_scales_and_overrides(tmp_path):
+    small = train_config("small")
+    assert (small.model, small.batch_size, small.lr, small.warmup, small.samples_seen) == (
+        "ViT-B-32", 4096, 5e-4, 500, 12_800_000)
+    assert (small.weight_decay, small.beta2, small.eps) == (0.2, 0.98, 1e-6)
+    assert train_config("xlarge").beta2 == 0.95 and train_config("large").model == "ViT-B-16"
+    assert small.steps == 3125
+    yaml_file = tmp_path / "r.yaml"
+    yaml_file.write_text("batch_size: 64\nsamples_seen: 1.28e4\nlr: 1e-3\n")
+    cfg = train_config("tiny", yaml_file, {"lr": 2e-3, "num_workers": 2})
+    assert (cfg.batch_size, cfg.samples_seen, cfg.lr, cfg.num_workers, cfg.local_batch_size) == (64, 12800, 2e-3, 2, 32)
+    with pytest.raises(ValueError, match="unknown train config key"):
+        train_config("tiny", overrides={"batchsize": 3})
+    with pytest.raises(ValueError, match="not divisible"):
+        train_config("tiny", overrides={"num_workers": 3})
+    with pytest.raises(ValueError, match="must be int"):
+        train_config("tiny", overrides={"batch_size": "big"})
+    with pytest.raises(ValueError, match="unknown scale"):
+        train_config("huge")
+    assert set(SCALES) == {"tiny", "small", "medium", "large", "xlarge"}
+
+
+def test_uid_counts_match_a_counter(tmp_path, records):
+    uids = [r[S.UID] for r in records]
+    many = uids + uids[:5] + uids[:2]
+    counts = UidCounts(uids_to_datacomp(many))
+    expected = collections.Counter(many)
+    assert len(counts) == len(expected) and counts.total == len(many)
+    for uid in expected:
+        assert counts.get(uid) == expected[uid]
+    assert counts.get("0" * 32) == 0 and counts.get("not-a-uid") == 0
+    np.save(tmp_path / "s.npy", uids_to_datacomp(many))
+    from_npy = load_subset_counts(str(tmp_path / "s.npy"))
+    assert all(from_npy.get(u) == expected[u] for u in expected)
+    with pytest.raises(ValueError, match="empty"):
+        UidCounts(uids_to_datacomp([]))
+    with pytest.raises(FileNotFoundError):
+        load_subset_counts(str(tmp_path / "missing.parquet"))
+
+
+# -- the subset stream ----------------------------------------------------------------------------
+def _stream(tiny, subset=None, batch=4, **kw):
+    _, preprocess, tokenizer = tiny
+    return SubsetStream(URLS, subset, preprocess, tokenizer, batch, **kw)
+
+
+def test_stream_keeps_subset_uids_with_repeats_and_counts_skips(tiny, records, subset_file):
+    subset = load_subset_counts(str(subset_file))
+    total = subset.total
+    # With no shuffling and one stream, one epoch is exactly the subset with repeats, in shard order.
+    stream = iter(_stream(tiny, subset, batch=1, shuffle_buffer=0))
+    seen = [next(stream) for _ in range(total)]
+    assert all(b["epoch"] == 0 for b in seen) and next(stream)["epoch"] == 1
+    assert seen[-1]["cursor"] == total
+    # Every sample of the pool, no subset: the broken JPEG and the caption-less sample are
+    # skipped and counted, never raised.
+    usable = sum(r["usable"] for r in records)
+    skipped: collections.Counter = collections.Counter()
+    stream = iter(_stream(tiny, None, batch=1, shuffle_buffer=0))
+    for _ in range(usable):
+        skipped.update(next(stream)["skipped"])
+    assert skipped == {"decode_error": 1, "missing_caption": 1}
+
+
+def test_stream_texts_are_the_subset_captions(tiny, records, subset_file):
+    _, _, tokenizer = tiny
+    subset = load_subset_counts(str(subset_file))
+    want = collections.Counter()
+    for r in records:
+        for _ in range(subset.get(r[S.UID])):
+            want[tuple(tokenizer([r[S.TEXT]])[0].tolist())] += 1
+    got = collections.Counter()
+    for batch in _take(_stream(tiny, subset, batch=1, shuffle_buffer=0), subset.total):
+        got[tuple(batch["texts"][0].tolist())] += 1
+    assert got == want
+
+
+def _take(stream, n):
+    it = iter(stream)
+    return [next(it) for _ in range(n)]
+
+
+def test_stream_resumes_at_the_same_batch(tiny, subset_file):
+    subset = load_subset_counts(str(subset_file))
+    full = _take(_stream(tiny, subset, batch=4, shuffle_buffer=8, seed=3), 9)
+    cut = full[4]
+    resumed = _take(_stream(tiny, subset, batch=4, shuffle_buffer=8, seed=3, start_step=5,
+                            start_cursors=[cut["cursor"]]), 4)
+    for a, b in zip(full[5:], resumed):
+        assert torch.equal(a["texts"], b["texts"])
+        assert torch.equal(a["images"], b["images"])  # augmentation is seeded by (stream, cursor)
+    other_seed = _take(_stream(tiny, subset, batch=4, shuffle_buffer=8, seed=4), 3)
+    assert not all(torch.equal(a["texts"], b["texts"]) for a, b in zip(full, other_seed))
+
+
+def test_stream_with_two_loader_workers_resumes_in_turn(tiny, subset_file):
+    subset = load_subset_counts(str(subset_file))
+
+    def run(start_step=0, cursors=None, n=6):
+        ds = _stream(tiny, subset, batch=2, shuffle_buffer=4, num_streams=2, start_step=start_step,
+                     start_cursors=cursors)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+        return _take(loader, n)
+
+    full = run(n=7)
+    assert [b["stream"] for b in full] == [0, 1, 0, 1, 0, 1, 0]
+    cursors = [0, 0]
+    for b in full[:3]:
+        cursors[b["stream"]] = b["cursor"]
+    resumed = run(start_step=3, cursors=cursors, n=4)
+    assert [b["stream"] for b in resumed] == [1, 0, 1, 0]
+    for a, b in zip(full[3:], resumed):
+        assert torch.equal(a["texts"], b["texts"]) and torch.equal(a["images"], b["images"])
+
+
+def test_stream_without_subset_samples_fails_clearly(tiny):
+    from curate.train.data import NoTrainingData
+
+    absent = UidCounts(uids_to_datacomp(["f" * 32]))
+    with pytest.raises(NoTrainingData, match="no sample of the subset"):
+        next(iter(_stream(tiny, absent)))
+
+
+# -- the loop -----------------------------------------------------------------------------------
+def test_tiny_model_overfits_a_fixed_batch(tiny, subset_file):
+    import open_clip
+
+    cfg = train_config("tiny", overrides={"lr": 1e-3, "warmup": 0})
+    model, preprocess, tokenizer = build_model(cfg)
+    model.train()
+    batch = _take(_stream((model, preprocess, tokenizer), None, batch=16, shuffle_buffer=0), 1)[0]
+    optimizer = build_optimizer(model, cfg)
+    loss_fn = open_clip.loss.ClipLoss()
+    losses = [train_step(model, loss_fn, optimizer, batch["images"], batch["texts"], cfg) for _ in range(60)]
+    assert losses[0] > 2.0  # ln(16) = 2.77 for an untrained model
+    assert losses[-1] < 0.2 * losses[0], losses[::10]
+    assert float(model.logit_scale.detach()) <= np.log(100) + 1e-6
+    # Weight decay skips gains, biases and logit_scale (open_clip_train's grouping).
+    no_decay = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert id(model.logit_scale) in no_decay and id(model.visual.conv1.weight) not in no_decay
+
+
+# -- Ray Train runs -------------------------------------------------------------------------------
+def _train(out, *extra, subset=None):
+    from curate.cli import main
+
+    args = ["train", SHARD_SPEC, "--out", str(out), "--scale", "tiny", "--batch-size", "8", "--samples-seen", "160",
+            "--save-every", "10", "--log-every", "5", "--data-workers", "0", "--shuffle-buffer", "16",
+            "--no-progress", *extra]
+    if subset is not None:
+        args += ["--subset", str(subset)]
+    return main(args)
+
+
+@pytest.mark.slow
+def test_train_on_subset_writes_checkpoints_open_clip_and_score_load(ray_cluster, tmp_path, subset_file, capsys):
+    import open_clip
+
+    out = tmp_path / "run"
+    assert _train(out, subset=subset_file) == 0
+    printed = capsys.readouterr().out
+    assert "steps         20  samples seen 160" in printed
+    ckpts = sorted((out / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in ckpts] == ["step_00000010.pt", "step_00000020.pt"]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20]
+    assert [r["samples_seen"] for r in log] == [40, 80, 120, 160]
+    assert all(np.isfinite(r["loss"]) and r["lr"] > 0 and r["samples_per_s"] > 0 for r in log)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["samples_trained"] == 160
+    # open_clip loads the checkpoint as pretrained weights, and they are the trained ones.
+    model, _, _ = open_clip.create_model_and_transforms("tiny", pretrained=str(ckpts[-1]))
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(model.visual.conv1.weight, state["visual.conv1.weight"])
+    untrained, _, _ = build_model(train_config("tiny"))
+    assert not torch.equal(untrained.visual.conv1.weight, state["visual.conv1.weight"])
+    # A second run into the same folder without --resume is refused.
+    assert _train(out, subset=subset_file) == 2
+    # curate score takes it as --pretrained.
+    from curate.cli import main
+
+    index = tmp_path / "index"
+    code = main(["score", str(SHARDS[0]), "--out", str(index), "--config", str(REPO / "pipelines/tiny_cpu.yaml"),
+                 "--detector", "dbnet", "--pretrained", str(ckpts[-1]), "--no-progress"])
+    assert code == 0
+    meta = pq.read_table(next(index.glob("*.parquet")))
+    assert meta.num_rows == 11 and pc_ok(meta) > 0
+
+
+def pc_ok(table) -> int:
+    return sum(s == S.STATUS_OK for s in table.column(S.STATUS).to_pylist())
+
+
+@pytest.mark.slow
+def test_two_workers_see_the_same_samples_as_one(ray_cluster, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _train(one) == 0
+    assert _train(two, "--num-workers", "2") == 0
+    s1 = json.loads((one / "train_summary.json").read_text())
+    s2 = json.loads((two / "train_summary.json").read_text())
+    assert (s1["num_workers"], s2["num_workers"]) == (1, 2)
+    assert s1["steps"] == s2["steps"] == 20
+    assert s1["samples_seen"] == s2["samples_seen"] == s1["samples_trained"] == s2["samples_trained"] == 160
+    # Every bad sample of the pool is skipped and counted, with one worker and with two.
+    assert s1["skipped"]["decode_error"] >= 1 and s2["skipped"]["decode_error"] >= 1
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    common = ["--scale", "tiny", "--batch-size", "8", "--samples-seen", "240", "--save-every", "5",
+              "--log-every", "5", "--data-workers", "0", "--shuffle-buffer", "16", "--num-cpus", "2", "--no-progress"]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    cmd = [sys.executable, "-m", "curate.cli", "train", SHARD_SPEC, *common]
+    whole = tmp_path / "whole"
+    subprocess.run(cmd + ["--out", str(whole)], check=True, env=env, capture_output=True, timeout=600)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(cmd + ["--out", str(cut)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (cut / "checkpoints" / "step_00000010.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads((cut / "train_log.jsonl").read_text().splitlines()[-1])["step"]
+    assert done < 30, "killed too late to test anything"
+    resumed = subprocess.run(cmd + ["--out", str(cut), "--resume", "latest"], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    summary = json.loads((cut / "train_summary.json").read_text())
+    assert summary["steps"] == 30 and summary["samples_seen"] == 240
+    assert summary["samples_trained"] == (30 - summary["start_step"]) * 8
+    a = torch.load(whole / "checkpoints" / "step_00000030.pt", weights_only=True)
+    b = torch.load(cut / "checkpoints" / "step_00000030.pt", weights_only=True)
+    for name, tensor in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert a["curate"]["cursors"] == b["curate"]["cursors"]
