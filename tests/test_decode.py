@@ -138,3 +138,31 @@ def test_decode_stage_keeps_every_row(sources):
     assert out["image"][1].shape == (0, 0, 3)
     assert list(out[S.WIDTH]) == [389, -1, 1280, -1]
     assert "image_bytes" not in out
+
+
+def test_draft_decode_keeps_min_side_and_matches_full_decode(sources):
+    """JPEG draft mode (DCT scaling) shrinks large JPEGs, never below min_side, and the result
+    resized to the model's input is close to the fully decoded image resized the same way."""
+    from PIL import Image
+
+    from curate.stages.decode import decode_image, decode_pil
+
+    jpegs = [s["image"] for s in sources.values() if s["image"][:2] == b"\xff\xd8"]
+    checked = 0
+    for data in jpegs:
+        try:
+            full = decode_image(data)
+        except Exception:
+            continue  # the broken JPEG
+        small = decode_image(data, min_side=128)
+        assert min(small.shape[:2]) >= min(128, min(full.shape[:2]))
+        if min(full.shape[:2]) >= 256:
+            assert small.shape[0] < full.shape[0] and small.shape[1] < full.shape[1]
+            a = np.asarray(Image.fromarray(full).resize((64, 64), Image.BICUBIC), dtype=np.float32)
+            b = np.asarray(Image.fromarray(small).resize((64, 64), Image.BICUBIC), dtype=np.float32)
+            assert np.abs(a - b).mean() < 4.0  # of 255
+            checked += 1
+        assert decode_pil(data, min_side=128).mode == "RGB"
+    assert checked >= 5
+    png = next(s["image"] for s in sources.values() if s["image"][:4] == b"\x89PNG")
+    assert decode_image(png, min_side=8).shape == decode_image(png).shape  # only JPEG has draft mode

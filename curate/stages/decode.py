@@ -9,6 +9,7 @@ pixel is decoded, so a decompression bomb gets status ``too_large`` without bein
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -30,7 +31,7 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
-def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image | np.ndarray:
     mode = im.mode
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
@@ -38,7 +39,7 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
     if mode in _ALPHA_MODES:
         rgba = im.convert("RGBA")
         base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
-        return np.asarray(Image.alpha_composite(base, rgba).convert("RGB"))
+        return Image.alpha_composite(base, rgba).convert("RGB")
     if mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(im).astype(np.float64)
         # 16-bit range (PNG/TIFF 16-bit grey open as I;16 or I): 65535 -> 255.
@@ -51,23 +52,37 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
         return np.repeat(gray[..., None], 3, axis=2)
     if mode != "RGB":
         im = im.convert("RGB")  # 1, L, P, CMYK (Pillow un-inverts Adobe CMYK JPEGs), YCbCr, LAB, HSV
-    return np.asarray(im)
+    return im
 
 
-def decode_image(
+def decode_image(data: bytes, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
+                 min_side: int | None = None) -> np.ndarray:
+    """Decode one encoded image to an ``(H, W, 3) uint8`` C-contiguous RGB array.
+
+    The same as ``decode_pil`` (see there for the arguments and errors), as a NumPy array.
+    """
+    return np.ascontiguousarray(decode_pil(data, max_pixels, background, min_side), dtype=np.uint8)
+
+
+def decode_pil(
     data: bytes,
     max_pixels: int = 89_478_485,
     background: tuple[int, int, int] = (255, 255, 255),
-) -> np.ndarray:
-    """Decode one encoded image to RGB.
+    min_side: int | None = None,
+) -> Image.Image:
+    """Decode one encoded image to an RGB ``PIL.Image`` (what open_clip's transforms take).
 
     Args:
         data: encoded bytes (any format Pillow reads: JPEG, PNG, WebP, TIFF, GIF, BMP, ...).
         max_pixels: refuse images with more pixels than this (checked on the header).
         background: RGB 0-255 colour that transparent pixels are composited on.
+        min_side: when set, a JPEG whose shorter side is at least twice this many pixels is
+            decoded at a reduced scale (1/2, 1/4 or 1/8, in the DCT domain: Pillow's
+            ``Image.draft``), keeping the shorter side at least ``min_side``. Other formats
+            decode in full. For consumers that resize to ``min_side`` anyway.
 
     Returns:
-        ``(H, W, 3) uint8`` array, C-contiguous, after EXIF orientation.
+        A mode ``RGB`` image, after EXIF orientation.
 
     Raises:
         DecodeError: ``status='too_large'`` over ``max_pixels``; ``status='decode_error'`` for
@@ -82,9 +97,12 @@ def decode_image(
                 raise DecodeError(S.STATUS_TOO_LARGE, f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
             if w <= 0 or h <= 0:
                 raise DecodeError(S.STATUS_DECODE_ERROR, f"invalid image size {w}x{h}")
+            if min_side and im.format == "JPEG" and min(w, h) >= 2 * min_side:
+                factor = min_side / min(w, h)
+                im.draft(im.mode, (max(1, math.ceil(w * factor)), max(1, math.ceil(h * factor))))
             im.load()
             im = ImageOps.exif_transpose(im)
-            arr = _to_rgb(im, background)
+            rgb = _to_rgb(im, background)
     except DecodeError:
         raise
     except Image.DecompressionBombError:
@@ -96,7 +114,7 @@ def decode_image(
         raise DecodeError(S.STATUS_DECODE_ERROR, what) from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
         raise DecodeError(S.STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}") from None
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+    return Image.fromarray(rgb, "RGB") if isinstance(rgb, np.ndarray) else rgb
 
 
 class Decode:

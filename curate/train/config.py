@@ -43,6 +43,8 @@ class TrainConfig:
         seed: seeds model init, shard order, shuffle buffer and augmentation.
         shuffle_buffer: samples held per data stream for shuffling (webdataset's ``shuffle(n)``).
         data_workers: DataLoader worker processes per training worker (0: load in the worker).
+        draft_decode: decode JPEGs larger than twice the model input at a reduced scale (Pillow
+            ``Image.draft``, DCT scaling); ``false`` decodes every image in full, as open_clip does.
         num_workers: Ray Train workers (data-parallel processes).
         use_gpu: one GPU per worker, NCCL; otherwise CPU and gloo.
         cpus_per_worker: CPUs reserved per Ray Train worker.
@@ -69,6 +71,7 @@ class TrainConfig:
     seed: int = 0
     shuffle_buffer: int = 5000
     data_workers: int = 4
+    draft_decode: bool = True
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0

@@ -8,7 +8,8 @@ Each training worker (rank ``r`` of ``R``) runs ``W`` data streams (DataLoader w
 2. each sample whose uid is in the subset, as many times as the uid appears there (upweighting,
    as DataComp's resharder does); with no subset, every sample;
 3. through a shuffle buffer (webdataset's ``shuffle(n)`` scheme, seeded per stream);
-4. decoded (``curate.stages.decode.decode_image``), transformed with open_clip's train transform
+4. decoded (``curate.stages.decode.decode_pil``; large JPEGs in draft mode at twice the
+   model's input size, since the transform shrinks them anyway), transformed with open_clip's train transform
    and tokenised, into full batches of ``local_batch_size``.
 
 A sample that cannot be used (no caption, no image, broken image, cut shard) is skipped and
@@ -31,7 +32,7 @@ import torch
 from curate import schema as S
 from curate.io.samples import sample_to_record
 from curate.io.shards import SHARD_COMPLETE, read_shard
-from curate.stages.decode import DecodeError, decode_image
+from curate.stages.decode import DecodeError, decode_pil
 
 # Consecutive epochs in which a stream finds no sample of the subset before it gives up.
 MAX_EMPTY_EPOCHS = 3
@@ -61,6 +62,8 @@ class SubsetStream(torch.utils.data.IterableDataset):
         start_step: the step the run starts at (DataLoader workers take batches in turn, so the
             stream that delivers step ``s`` is ``s % num_streams``).
         start_cursors: per-stream cursors from a checkpoint, or ``None`` at the start.
+        decode_min_side: decode JPEGs at a reduced scale keeping the shorter side at least this
+            many pixels (``decode_pil(min_side=...)``); ``None`` decodes in full.
 
     Yields:
         ``{"images": (B, 3, S, S) float32, "texts": (B, L) int64, "stream": int, "cursor": int,
@@ -73,7 +76,8 @@ class SubsetStream(torch.utils.data.IterableDataset):
 
     def __init__(self, shards: list[str], subset: dict[str, int] | None, preprocess, tokenizer,
                  local_batch_size: int, rank: int = 0, world_size: int = 1, num_streams: int = 1, seed: int = 0,
-                 shuffle_buffer: int = 1000, start_step: int = 0, start_cursors: list[int] | None = None):
+                 shuffle_buffer: int = 1000, start_step: int = 0, start_cursors: list[int] | None = None,
+                 decode_min_side: int | None = None):
         super().__init__()
         if not shards:
             raise ValueError("no shards to train on")
@@ -81,7 +85,7 @@ class SubsetStream(torch.utils.data.IterableDataset):
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.local_batch_size, self.rank, self.world_size = local_batch_size, rank, world_size
         self.num_streams, self.seed, self.shuffle_buffer = num_streams, seed, shuffle_buffer
-        self.start_step = start_step
+        self.start_step, self.decode_min_side = start_step, decode_min_side
         self.start_cursors = list(start_cursors) if start_cursors else [0] * num_streams
         if len(self.start_cursors) != num_streams:
             raise ValueError(f"checkpoint has {len(self.start_cursors)} data streams per worker, this run {num_streams}")
@@ -141,8 +145,6 @@ class SubsetStream(torch.utils.data.IterableDataset):
         return (worker + self.start_step) % self.num_streams
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from PIL import Image
-
         slot = self._slot()
         stream = self.rank * self.num_streams + slot
         problems: list[str] = []
@@ -163,8 +165,7 @@ class SubsetStream(torch.utils.data.IterableDataset):
                 skipped[rec[S.STATUS]] += 1
                 continue
             try:
-                array = decode_image(rec["image_bytes"])
-                image = self.preprocess(Image.fromarray(array))
+                image = self.preprocess(decode_pil(rec["image_bytes"], min_side=self.decode_min_side))
             except DecodeError as e:
                 skipped[e.status] += 1
                 continue
