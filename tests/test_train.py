@@ -147,6 +147,22 @@ def test_stream_texts_are_the_subset_captions(tiny, records, subset_file):
     assert got == want
 
 
+def test_stream_reads_resharded_shards_without_a_subset(tiny, subset_file, tmp_path):
+    """Training on `curate reshard` output (no --subset) sees what training on the pool with the
+    subset sees: the same samples, with the same repeats."""
+    from curate.io.reshard import reshard
+
+    reshard(subset_file, URLS, tmp_path, shard_size=4)
+    subset = load_subset_counts(str(subset_file))
+    _, preprocess, tokenizer = tiny
+    resharded = sorted(str(p) for p in tmp_path.glob("*.tar"))
+    a = _take(SubsetStream(resharded, None, preprocess, tokenizer, 1, shuffle_buffer=0), subset.total)
+    b = _take(_stream(tiny, subset, batch=1, shuffle_buffer=0), subset.total)
+    texts = lambda batches: collections.Counter(tuple(x["texts"][0].tolist()) for x in batches)  # noqa: E731
+    assert texts(a) == texts(b)
+    assert sum(sum(x["skipped"].values()) for x in a) == 0
+
+
 def _take(stream, n):
     it = iter(stream)
     return [next(it) for _ in range(n)]
@@ -231,7 +247,7 @@ def test_train_on_subset_writes_checkpoints_open_clip_and_score_load(ray_cluster
     out = tmp_path / "run"
     assert _train(out, subset=subset_file) == 0
     printed = capsys.readouterr().out
-    assert "steps         20  samples seen 160" in printed
+    assert "steps         20  samples seen 160 (160 trained this run)" in printed
     ckpts = sorted((out / "checkpoints").glob("step_*.pt"))
     assert [p.name for p in ckpts] == ["step_00000010.pt", "step_00000020.pt"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -309,3 +325,20 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     for name, tensor in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
     assert a["curate"]["cursors"] == b["curate"]["cursors"]
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny):
+    import open_clip
+
+    batch = _take(_stream(tiny, None, batch=8, shuffle_buffer=0), 1)[0]
+    results = []
+    for ckpt in (False, True):
+        cfg = train_config("tiny", overrides={"grad_checkpointing": ckpt, "warmup": 0})
+        model, _, _ = build_model(cfg)
+        model.train()
+        optimizer = build_optimizer(model, cfg)
+        loss_fn = open_clip.loss.ClipLoss()
+        losses = [train_step(model, loss_fn, optimizer, batch["images"], batch["texts"], cfg) for _ in range(2)]
+        results.append((losses, model.visual.conv1.weight.detach().clone()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)

@@ -43,6 +43,7 @@ class TrainSummary:
     out: str
     summary: dict[str, Any] = field(default_factory=dict)
     resumed_from: str | None = None
+    subset: str = "none: every sample of the shards"
     exit_code: int = 0
 
     def format(self) -> str:
@@ -52,7 +53,9 @@ class TrainSummary:
             lines.append(f"  resumed from  {self.resumed_from} (step {s.get('start_step')})")
         lines += [
             f"  model         {s.get('model')}, {s.get('num_workers')} worker(s), global batch {s.get('batch_size')}",
-            f"  steps         {s.get('steps')}  samples seen {s.get('samples_seen')}",
+            f"  subset        {self.subset}",
+            f"  steps         {s.get('steps')}  samples seen {s.get('samples_seen')} "
+            f"({s.get('samples_trained')} trained this run)",
             f"  final loss    {s.get('final_loss', float('nan')):.4f}",
             f"  skipped       {sum(s.get('skipped', {}).values())} samples this run "
             f"{dict(sorted(s.get('skipped', {}).items())) or ''}".rstrip(),
@@ -163,7 +166,7 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
     if cfg.model not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {cfg.model!r}; see open_clip.list_models() (ours: tiny)")
     urls = expand_shards(shards)
-    load_subset_counts(subset)  # fail fast on a bad subset file
+    counts = load_subset_counts(subset)  # fail fast on a bad subset file
     subset = str(Path(subset).absolute()) if subset is not None else None  # workers run elsewhere
     out = Path(out).absolute()
     resume_path = resolve_resume(out, resume)
@@ -212,8 +215,11 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
             follower.join(timeout=5)
     if not summary_file.exists():
         raise TrainFailed(f"the run ended without writing {summary_file}")
-    return TrainSummary(str(out), json.loads(summary_file.read_text()),
-                        resumed_from=str(resume_path) if resume_path else None)
+    result = TrainSummary(str(out), json.loads(summary_file.read_text()),
+                          resumed_from=str(resume_path) if resume_path else None)
+    if counts is not None:
+        result.subset = f"{subset}: {len(counts)} uids ({counts.total} samples with repeats)"
+    return result
 
 
 def _worker_error(e: BaseException) -> str:
