@@ -23,7 +23,7 @@ from curate import schema as S
 from curate.io.samples import sample_to_record
 from curate.io.shards import read_shard
 from curate.query import uids_to_datacomp
-from curate.train.config import SCALES, TrainConfig, train_config
+from curate.train.config import SCALES, train_config
 from curate.train.data import SubsetStream, UidCounts, load_subset_counts
 from curate.train.loop import build_model, build_optimizer, train_step
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +186,7 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
     summary_file.unlink(missing_ok=True)
 
     init_ray(num_cpus=num_cpus, address=address)
-    _check_cluster(cfg, strict=address is None)
+    _check_cluster(cfg, strict=not (address or os.environ.get("RAY_ADDRESS")))
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"train": cfg.to_dict(), "shards": urls, "subset": subset, "out": str(out),
