@@ -8,6 +8,9 @@
     curate train SHARDS... [--subset subset.npy|subset.parquet] --scale tiny|small|medium|large|xlarge
                  --out DIR [--config pipelines/train_tiny.yaml] [--num-workers N] [--resume latest|PATH]
                  [--<any TrainConfig field> VALUE]
+    curate evaluate (--model ARCH --pretrained TAG_OR_PATH | --train-dir DIR) --tasks TASKS
+                    --data-dir DIR --out DIR
+    curate make-evalset (--imagefolder DIR_OR_TAR | --captions FILE.jsonl --image-root DIR) --name NAME --out DIR
 
 Exit codes: 0 when every shard was read (bad samples are recorded, not failures); 1 when a
 shard could not be read at all; 2 for a usage or configuration error (unknown model, weights
@@ -199,6 +202,71 @@ def _cmd_train(args) -> int:
         return 1
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="DataComp-style zero-shot classification and retrieval from local test sets",
+        description="Reads DataComp / clip_benchmark webdataset folders (wds_<task>_test/) or ImageFolder trees "
+        "from --data-dir; never downloads. Appends one JSON line per task to OUT/eval_results.jsonl and "
+        "skips tasks already there for the same weights.",
+    )
+    p.add_argument("--model", help="open_clip model name (e.g. ViT-B-32, tiny)")
+    p.add_argument("--pretrained", help="pretrained tag already in the local cache, or a checkpoint path")
+    p.add_argument("--train-dir", help="a `curate train` output folder: its model and newest checkpoint")
+    p.add_argument("--tasks", default="datacomp", help="comma-separated DataComp task names (cifar10, imagenet1k, "
+                   "vtab/cifar100, flickr30k, mscoco, ...), 'datacomp' (all 40), 'datacomp38', or a YAML task list")
+    p.add_argument("--data-dir", required=True, help="folder holding the test sets")
+    p.add_argument("--out", required=True, help="output folder: eval_results.jsonl, eval_summary.json")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--cache-dir", help="open_clip / Hugging Face cache folder for pretrained tags")
+
+
+def _add_make_evalset(sub) -> None:
+    p = sub.add_parser(
+        "make-evalset",
+        help="turn a class-folder tree or a caption file into a DataComp-format webdataset test folder",
+        description="Writes OUT/wds_NAME_test/ (test/*.tar, nshards.txt, classnames.txt and templates, or "
+        "dataset_type.txt for retrieval).",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--imagefolder", help="class-folder tree: a directory, or a tar of one (classification)")
+    src.add_argument("--captions", help="JSONL of {\"image\": path, \"captions\": [...]} (retrieval)")
+    p.add_argument("--image-root", help="folder the --captions image paths are relative to")
+    p.add_argument("--name", required=True, help="task name, e.g. cifar10 (known names get default class names "
+                   "and templates)")
+    p.add_argument("--out", required=True, help="data folder to write wds_NAME_test/ into")
+    p.add_argument("--classnames", help="file of class names, one per line, in sorted folder order")
+    p.add_argument("--templates", help="file of zero-shot templates with {c}, one per line")
+    p.add_argument("--shard-size", type=_positive_int, default=10_000, help="samples per tar (default 10000)")
+
+
+def _cmd_evaluate(args) -> int:
+    from curate.evaluate.run import run_evaluate
+    from curate.evaluate.tasks import parse_tasks
+    from curate.models import PretrainedNotAvailable
+
+    return _report("evaluate", lambda: run_evaluate(
+        parse_tasks(args.tasks), args.data_dir, args.out, model=args.model, pretrained=args.pretrained,
+        train_dir=args.train_dir, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+        cache_dir=args.cache_dir), PretrainedNotAvailable)
+
+
+def _cmd_make_evalset(args) -> int:
+    from curate.evaluate.make_evalset import make_classification_set, make_retrieval_set
+
+    def call():
+        if args.imagefolder:
+            return make_classification_set(args.imagefolder, args.name, args.out, classnames=args.classnames,
+                                           templates=args.templates, shard_size=args.shard_size)
+        if not args.image_root:
+            raise ValueError("--captions needs --image-root")
+        return make_retrieval_set(args.captions, args.image_root, args.name, args.out, shard_size=args.shard_size)
+
+    return _report("make-evalset", call)
+
+
 def _report(command: str, call, *errors: type[Exception]) -> int:
     """Run ``call``; print its summary (exit code: the summary's, else 0), or a usage error (2)."""
     try:
@@ -255,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_query(sub)
     _add_reshard(sub)
     _add_train(sub)
+    _add_evaluate(sub)
+    _add_make_evalset(sub)
     return parser
 
 
@@ -279,6 +349,10 @@ def _dispatch(args) -> int:
         return _cmd_reshard(args)
     if args.command == "train":
         return _cmd_train(args)
+    if args.command == "evaluate":
+        return _cmd_evaluate(args)
+    if args.command == "make-evalset":
+        return _cmd_make_evalset(args)
     raise AssertionError(args.command)
 
 

@@ -1,0 +1,164 @@
+"""``curate make-evalset``: turn local data into a DataComp-format webdataset test folder.
+
+Output ``OUT/wds_<name>_test/`` (what ``curate evaluate``, clip_benchmark's ``wds/<name>`` and
+DataComp's evaluation read): ``test/{0..n-1}.tar`` written with ``webdataset.ShardWriter``,
+``test/nshards.txt``, and for classification ``classnames.txt`` and
+``zeroshot_classification_templates.txt``, for retrieval ``dataset_type.txt`` (``retrieval``).
+
+- Classification from a class-folder tree (a directory, or a ``.tar`` of one, e.g.
+  ``cifar10/test.tar`` holding ``test/<class>/*.jpg``): a sample is the image's bytes unchanged
+  (``.jpg``/``.png``/``.webp``) and its label (``.cls``, index in sorted folder order, as
+  ``torchvision.datasets.ImageFolder`` numbers classes). Class names: ``--classnames`` file,
+  else the known names for ``--name`` (CIFAR-10's from torchvision, others from clip_benchmark)
+  when they match the folders, else the folder names. Templates: ``--templates`` file, else
+  clip_benchmark's for ``--name``, else ``"a photo of a {c}."``.
+- Retrieval from a JSONL file of ``{"image": path, "captions": [str, ...]}`` (paths relative to
+  ``--image-root``): a sample is the image and ``.txt`` with one caption per line.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from curate.evaluate.datasets import IMAGE_SUFFIXES, default_classnames, default_templates
+
+
+@dataclass
+class EvalsetSummary:
+    """What ``make_evalset`` wrote; ``format()`` is the printed summary."""
+
+    path: str
+    kind: str
+    samples: int
+    shards: int
+    classes: int = 0
+    captions: int = 0
+    templates_source: str = ""
+
+    def format(self) -> str:
+        lines = ["curate make-evalset: summary", f"  folder        {self.path}", f"  kind          {self.kind}",
+                 f"  samples       {self.samples} in {self.shards} shard(s)"]
+        if self.kind == "classification":
+            lines.append(f"  classes       {self.classes}; templates from {self.templates_source}")
+        else:
+            lines.append(f"  captions      {self.captions}")
+        return "\n".join(lines)
+
+
+def _iter_tree(source: Path):
+    """``(relative posix path, bytes)`` of every image in a directory or a tar of one, sorted."""
+    if source.is_dir():
+        for p in sorted(source.rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                yield p.relative_to(source).as_posix(), p.read_bytes()
+    elif source.is_file() and tarfile.is_tarfile(source):
+        with tarfile.open(source) as tf:
+            members = sorted((m for m in tf.getmembers() if m.isfile()
+                              and PurePosixPath(m.name).suffix.lower() in IMAGE_SUFFIXES), key=lambda m: m.name)
+            for m in members:
+                yield m.name, tf.extractfile(m).read()
+    else:
+        raise ValueError(f"--imagefolder {source} is neither a folder nor a tar archive")
+
+
+def _writer(folder: Path, shard_size: int):
+    import webdataset as wds
+
+    (folder / "test").mkdir(parents=True, exist_ok=True)
+    return wds.ShardWriter(str(folder / "test" / "%d.tar"), maxcount=shard_size, verbose=0)
+
+
+def _finish(folder: Path, writer) -> int:
+    writer.close()
+    shards = len(list((folder / "test").glob("*.tar")))
+    (folder / "test" / "nshards.txt").write_text(f"{shards}\n")
+    return shards
+
+
+def _prepare(out: str | Path, name: str) -> Path:
+    if not name or "/" in name:
+        raise ValueError(f"--name must be a plain task name (no '/'), got {name!r}")
+    folder = Path(out) / f"wds_{name}_test"
+    if (folder / "test" / "nshards.txt").exists():
+        raise ValueError(f"{folder} already exists; remove it or choose another --out")
+    return folder
+
+
+def make_classification_set(imagefolder: str | Path, name: str, out: str | Path, classnames: str | None = None,
+                            templates: str | None = None, shard_size: int = 10_000) -> EvalsetSummary:
+    """Write a classification test folder from a class-folder tree (see the module docstring).
+
+    Raises:
+        ValueError: no images, images not all at the same depth, or a class-name file whose
+            length differs from the number of class folders.
+    """
+    source = Path(imagefolder)
+    folder = _prepare(out, name)
+    items = list(_iter_tree(source))
+    if not items:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
+    depths = {len(PurePosixPath(p).parts) for p, _ in items}
+    if len(depths) != 1 or depths.pop() < 2:
+        raise ValueError(f"{source}: every image must sit in a class folder, all at the same depth")
+    classes = sorted({PurePosixPath(p).parent.name for p, _ in items})
+    if classnames:
+        names = [ln.strip() for ln in Path(classnames).read_text().splitlines() if ln.strip()]
+        if len(names) != len(classes):
+            raise ValueError(f"{classnames} lists {len(names)} class names for {len(classes)} class folders")
+    else:
+        known = default_classnames(name)
+        norm = lambda s: s.replace("_", " ").lower()  # noqa: E731
+        if known and sorted(map(norm, known)) == sorted(map(norm, classes)):
+            by_norm = {norm(n): n for n in known}
+            names = [by_norm[norm(c)] for c in classes]
+        else:
+            names = [c.replace("_", " ") for c in classes]
+    if templates:
+        tmpl = [ln.strip() for ln in Path(templates).read_text().splitlines() if ln.strip()]
+        source_of_templates = str(templates)
+    else:
+        tmpl, source_of_templates = default_templates(name)
+    index = {c: i for i, c in enumerate(classes)}
+    writer = _writer(folder, shard_size)
+    for n, (rel, data) in enumerate(items):
+        path = PurePosixPath(rel)
+        ext = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
+        writer.write({"__key__": f"s{n:07d}", ext: data, "cls": str(index[path.parent.name]).encode()})
+    shards = _finish(folder, writer)
+    (folder / "classnames.txt").write_text("\n".join(names) + "\n")
+    (folder / "zeroshot_classification_templates.txt").write_text("\n".join(tmpl) + "\n")
+    return EvalsetSummary(str(folder), "classification", len(items), shards, classes=len(classes),
+                          templates_source=source_of_templates)
+
+
+def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, out: str | Path,
+                       shard_size: int = 10_000) -> EvalsetSummary:
+    """Write a retrieval test folder from a JSONL of images and captions (see the module docstring).
+
+    Raises:
+        ValueError: a line without ``image`` or with no caption; FileNotFoundError: a missing image.
+    """
+    folder = _prepare(out, name)
+    root = Path(image_root)
+    rows = [json.loads(ln) for ln in Path(captions).read_text().splitlines() if ln.strip()]
+    if not rows:
+        raise ValueError(f"{captions} holds no line")
+    writer = _writer(folder, shard_size)
+    total = 0
+    for n, row in enumerate(rows):
+        caps = [c.strip() for c in row.get("captions", []) if isinstance(c, str) and c.strip()]
+        if "image" not in row or not caps:
+            raise ValueError(f"{captions} line {n + 1}: needs 'image' and at least one caption")
+        image = root / row["image"]
+        if not image.is_file():
+            raise FileNotFoundError(f"{captions} line {n + 1}: image not found: {image}")
+        ext = image.suffix.lower().lstrip(".").replace("jpeg", "jpg")
+        writer.write({"__key__": f"s{n:07d}", ext: image.read_bytes(), "txt": "\n".join(caps).encode()})
+        total += len(caps)
+    shards = _finish(folder, writer)
+    (folder / "dataset_type.txt").write_text("retrieval\n")
+    return EvalsetSummary(str(folder), "retrieval", len(rows), shards, captions=total)
+

@@ -1,0 +1,219 @@
+"""curate evaluate / make-evalset: real CIFAR-10 test images, real Flickr30k captions, real models."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import SHARD_SPEC
+
+from curate.cli import main
+from curate.evaluate.datasets import open_evalset
+from curate.evaluate.make_evalset import make_classification_set, make_retrieval_set
+from curate.evaluate.run import RESULTS_FILE, classification_metrics, retrieval_metrics
+from curate.evaluate.tasks import DATACOMP_TASKS, NUM_AVERAGED, parse_tasks
+from curate.models import create_clip, resolve_pretrained
+
+REPO = Path(__file__).parents[1]
+SHARED = REPO.parent / "shared" / "data"
+CIFAR_TEST = SHARED / "cifar10" / "test.tar"
+FLICKR = SHARED / "flickr30k_snli"
+FLICKR_CAPTIONS = REPO / "tests" / "data" / "eval" / "flickr30k_captions.jsonl"
+PER_CLASS = 12
+
+
+@pytest.fixture(scope="module")
+def cifar_tree(tmp_path_factory) -> Path:
+    """The first PER_CLASS images of every class of CIFAR-10's real test split, as a class-folder tree."""
+    root = tmp_path_factory.mktemp("cifar_tree") / "cifar10"
+    taken: dict[str, int] = {}
+    with tarfile.open(CIFAR_TEST) as tf:
+        for m in sorted((m for m in tf.getmembers() if m.isfile()), key=lambda m: m.name):
+            cls = Path(m.name).parent.name
+            if taken.get(cls, 0) < PER_CLASS:
+                (root / cls).mkdir(parents=True, exist_ok=True)
+                (root / cls / Path(m.name).name).write_bytes(tf.extractfile(m).read())
+                taken[cls] = taken.get(cls, 0) + 1
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, cifar_tree) -> Path:
+    d = tmp_path_factory.mktemp("evaldata")
+    make_classification_set(cifar_tree, "cifar10", d)
+    make_retrieval_set(FLICKR_CAPTIONS, FLICKR, "flickr30k_mini", d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return create_clip("tiny", resolve_pretrained("tiny", None))
+
+
+def test_task_lists():
+    assert len(DATACOMP_TASKS) == 40 and NUM_AVERAGED == 38
+    assert len(parse_tasks("datacomp")) == 40 and len(parse_tasks("datacomp38")) == 38
+    assert parse_tasks("cifar10, flickr30k,mscoco,cifar10") == [
+        "cifar10", "retrieval/flickr_1k_test_image_text_retrieval", "retrieval/mscoco_2014_5k_test_image_text_retrieval"]
+    assert DATACOMP_TASKS["vtab/pets"].main_metric == "mean_per_class_recall"
+
+
+def test_make_evalset_from_the_real_cifar10_test_tar(tmp_path):
+    summary = make_classification_set(CIFAR_TEST, "cifar10", tmp_path, shard_size=4000)
+    assert (summary.samples, summary.classes, summary.shards) == (10_000, 10, 3)
+    folder = tmp_path / "wds_cifar10_test"
+    assert (folder / "test" / "nshards.txt").read_text().strip() == "3"
+    assert (folder / "classnames.txt").read_text().split("\n")[:3] == ["airplane", "automobile", "bird"]
+    templates = (folder / "zeroshot_classification_templates.txt").read_text().splitlines()
+    assert len(templates) == 18 and all("{c}" in t for t in templates)  # clip_benchmark's CIFAR templates
+    labels = []
+    with tarfile.open(folder / "test" / "0.tar") as tf:
+        for m in tf.getmembers():
+            if m.name.endswith(".cls"):
+                labels.append(int(tf.extractfile(m).read()))
+    # Samples are in sorted class-folder order, labelled as torchvision's ImageFolder numbers them.
+    assert np.bincount(labels).tolist() == [1000, 1000, 1000, 1000]
+    with pytest.raises(ValueError, match="already exists"):
+        make_classification_set(CIFAR_TEST, "cifar10", tmp_path)
+
+
+def _direct_predictions(clip, transform, tokenizer, images, classnames, templates):
+    """Zero-shot predictions computed by hand: normalised image embeddings against the mean of the
+    normalised template embeddings of each class (CLIP, Radford et al. 2021, section 3.1.4)."""
+    with torch.no_grad():
+        x = torch.stack([transform(im) for im in images])
+        feats = torch.nn.functional.normalize(clip.encode_image(x), dim=-1)
+        weights = []
+        for c in classnames:
+            t = torch.nn.functional.normalize(clip.encode_text(tokenizer([tp.format(c=c) for tp in templates])), dim=-1)
+            w = t.mean(0)
+            weights.append(w / w.norm())
+        return (feats @ torch.stack(weights, 1)).argmax(1).numpy()
+
+
+def _tree_images(tree: Path):
+    classes = sorted(p.name for p in tree.iterdir())
+    images, labels = [], []
+    for i, c in enumerate(classes):
+        for f in sorted((tree / c).iterdir()):
+            images.append(Image.open(f).convert("RGB"))
+            labels.append(i)
+    return images, np.array(labels)
+
+
+def test_accuracy_equals_a_direct_computation_on_both_layouts(tiny_clip, data_dir, cifar_tree):
+    clip, transform, tokenizer = tiny_clip
+    images, labels = _tree_images(cifar_tree)
+    wds_set = open_evalset("cifar10", data_dir / "wds_cifar10_test")
+    tree_set = open_evalset("cifar10", cifar_tree)
+    assert (wds_set.layout, tree_set.layout) == ("wds", "imagefolder")
+    assert wds_set.classnames == tree_set.classnames
+    pred = _direct_predictions(clip, transform, tokenizer, images, wds_set.classnames, wds_set.templates)
+    want_acc1 = float((pred == labels).mean())
+    want_recall = float(np.mean([(pred[labels == c] == c).mean() for c in range(10)]))
+    for evalset in (wds_set, tree_set):
+        got = classification_metrics(clip, evalset, transform, tokenizer, "cpu", 32, 0)
+        assert got["num_samples"] == 10 * PER_CLASS
+        assert got["acc1"] == pytest.approx(want_acc1, abs=1e-9)
+        assert got["mean_per_class_recall"] == pytest.approx(want_recall, abs=1e-9)
+        assert 0 <= got["acc1"] <= got["acc5"] <= 1
+
+
+def test_a_dataset_is_evaluated_with_its_own_templates(tiny_clip, cifar_tree, tmp_path):
+    clip, transform, tokenizer = tiny_clip
+    own = tmp_path / "templates.txt"
+    own.write_text("a crayon drawing of the {c}.\n")
+    make_classification_set(cifar_tree, "cifar10", tmp_path, templates=str(own))
+    evalset = open_evalset("cifar10", tmp_path / "wds_cifar10_test")
+    assert evalset.templates == ["a crayon drawing of the {c}."] and evalset.templates_source == "dataset"
+    images, labels = _tree_images(cifar_tree)
+    own_pred = _direct_predictions(clip, transform, tokenizer, images, evalset.classnames, evalset.templates)
+    got = classification_metrics(clip, evalset, transform, tokenizer, "cpu", 64, 0)
+    assert got["acc1"] == pytest.approx(float((own_pred == labels).mean()), abs=1e-9)
+    # A folder without its own templates falls back to clip_benchmark's packaged ones.
+    assert open_evalset("cifar10", cifar_tree).templates_source == "clip_benchmark"
+
+
+def test_retrieval_recall_equals_a_direct_computation(tiny_clip, data_dir):
+    clip, transform, tokenizer = tiny_clip
+    evalset = open_evalset("flickr30k_mini", data_dir / "wds_flickr30k_mini_test")
+    assert evalset.kind == "retrieval" and evalset.count() == 4
+    got = retrieval_metrics(clip, evalset, transform, tokenizer, "cpu", 2, 0)
+    rows = [json.loads(line) for line in FLICKR_CAPTIONS.read_text().splitlines()]
+    rows.sort(key=lambda r: r["image"])  # make_retrieval_set keeps file order; the file is sorted
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(clip.encode_image(torch.stack(
+            [transform(Image.open(FLICKR / r["image"]).convert("RGB")) for r in rows])), dim=-1)
+        caps = [c for r in rows for c in r["captions"]]
+        owner = np.array([i for i, r in enumerate(rows) for _ in r["captions"]])
+        txt = torch.nn.functional.normalize(clip.encode_text(tokenizer(caps)), dim=-1)
+    scores = (txt @ img.T).numpy()
+    image_r1 = float((scores.argmax(1) == owner).mean())  # text -> image
+    text_r1 = float(np.mean([owner[scores[:, i].argmax()] == i for i in range(len(rows))]))  # image -> text
+    assert got["num_samples"] == 4 and got["num_captions"] == len(caps) == 16
+    assert got["image_retrieval_recall@1"] == pytest.approx(image_r1)
+    assert got["text_retrieval_recall@1"] == pytest.approx(text_r1)
+    assert got["mean_recall@1"] == pytest.approx((image_r1 + text_r1) / 2)
+
+
+def test_cli_reports_missing_tasks_resumes_and_the_table_matches_the_jsonl(data_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", "tiny", "--tasks", "cifar10,imagenet1k,flickr30k_mini,wilds/fmow",
+            "--data-dir", str(data_dir), "--out", str(out), "--batch-size", "64"]
+    (data_dir / "wds_wilds-fmow_test").mkdir(exist_ok=True)
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    lines = [json.loads(x) for x in (out / RESULTS_FILE).read_text().splitlines()]
+    assert [r["task"] for r in lines] == ["cifar10", "flickr30k_mini"]
+    for r in lines:
+        assert f"{r['score']:>8.4f}" in printed and r["task"] in printed
+    assert lines[0]["templates_source"] == "dataset" and lines[0]["num_samples"] == 10 * PER_CLASS
+    assert f"MISSING      imagenet1k: looked for {data_dir / 'wds_imagenet1k_test'}" in printed
+    assert "UNSUPPORTED  wilds/fmow" in printed
+    assert f"1 of {NUM_AVERAGED} DataComp tasks present" in printed
+    assert f"{'Average':<48}{'1 of 38 tasks':<24}{lines[0]['score']:>8.4f}" in printed
+    summary = json.loads((out / "eval_summary.json").read_text())
+    assert summary["missing"]["imagenet1k"][0].endswith("wds_imagenet1k_test")
+    # A rerun skips what is done and appends nothing.
+    assert main(args) == 0
+    assert "already done 2 task(s)" in capsys.readouterr().out
+    assert len((out / RESULTS_FILE).read_text().splitlines()) == 2
+
+
+def test_bad_arguments_fail_before_any_task(data_dir, tmp_path, capsys):
+    assert main(["evaluate", "--model", "tiny", "--pretrained", str(tmp_path / "nope.pt"), "--tasks", "cifar10",
+                 "--data-dir", str(data_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "checkpoint file not found" in capsys.readouterr().err
+    assert main(["evaluate", "--train-dir", str(tmp_path), "--tasks", "cifar10", "--data-dir", str(data_dir),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "not a curate train output folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_curate_train_evaluates_end_to_end(ray_cluster, data_dir, tmp_path, capsys):
+    run = tmp_path / "train"
+    assert main(["train", SHARD_SPEC, "--out", str(run), "--scale", "tiny", "--batch-size", "8", "--samples-seen", "64",
+                 "--data-workers", "0", "--no-progress"]) == 0
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--train-dir", str(run), "--tasks", "cifar10", "--data-dir", str(data_dir),
+                 "--out", str(out)]) == 0
+    rec = json.loads((out / RESULTS_FILE).read_text())
+    assert rec["model"] == "tiny" and rec["pretrained"].endswith("step_00000008.pt")
+    assert rec["num_samples"] == 10 * PER_CLASS and 0 <= rec["score"] <= 1
+    assert "tiny, weights" in capsys.readouterr().out
+
+
+def test_image_bytes_are_kept_unchanged(cifar_tree, data_dir):
+    first_class = sorted(p.name for p in cifar_tree.iterdir())[0]
+    first = sorted((cifar_tree / first_class).iterdir())[0].read_bytes()
+    with tarfile.open(data_dir / "wds_cifar10_test" / "test" / "0.tar") as tf:
+        member = next(m for m in tf.getmembers() if m.name.endswith(".jpg"))
+        assert tf.extractfile(member).read() == first
+    assert Image.open(io.BytesIO(first)).size == (32, 32)
