@@ -132,8 +132,13 @@ class EvalSummary:
     def format(self) -> str:
         lines = [f"curate evaluate: {self.model}, weights {self.pretrained}", ""]
         lines.append(f"{'task':<48}{'metric':<24}{'score':>8}{'samples':>10}")
+        own = False
         for r in self.results:
-            lines.append(f"{r['task']:<48}{r['main_metric']:<24}{r['score']:>8.4f}{r['num_samples']:>10}")
+            name = r["task"] if r.get("in_datacomp_average", True) else r["task"] + " *"
+            own = own or not r.get("in_datacomp_average", True)
+            lines.append(f"{name:<48}{r['main_metric']:<24}{r['score']:>8.4f}{r['num_samples']:>10}")
+        if own:
+            lines.append("* not one of DataComp's 38 tasks: shown, not in the groups or the average")
         lines.append("")
         agg = self.aggregates()
         for group, a in agg.items():
