@@ -30,3 +30,4 @@ def test_matching_rules():
     assert (matched, counted_dets, counted_gt) == (1, 3, 2)
     assert bench.intersection(box(0, 0, 10, 10), box(5, 5, 15, 15)) == 25
     assert bench.area(box(0, 0, 10, 4)) == 40
+
