@@ -151,6 +151,10 @@ class CraftDetector:
         )
         self.net = reader.detector
         self.net.eval()
+        if self.device.startswith("cuda"):
+            # Canvases come in a few fixed shapes (multiples of 32): let cuDNN pick the fastest
+            # kernels once per shape.
+            torch.backends.cudnn.benchmark = True
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         """Resize to ``long_side``, pad to a multiple of 32, normalise: ``((H32, W32, 3) float32, scale)``."""

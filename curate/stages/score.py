@@ -57,6 +57,10 @@ class Score:
         self.device = resolve_device(device)
         self.weights = weights or resolve_pretrained(clip_model, pretrained, cache_dir)
         self.model, self.preprocess, self.tokenizer = create_clip(clip_model, self.weights, self.device)
+        # On GPUs the patch-embedding convolution runs faster in channels_last (NHWC).
+        self.channels_last = self.device.startswith("cuda")
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.batch_size = int(batch_size)
         if precision == "auto":
             precision = "bf16" if self.device.startswith("cuda") else "fp32"
@@ -88,6 +92,8 @@ class Score:
             img_emb = txt_emb = None
             if images:
                 x = torch.stack([self.preprocess(Image.fromarray(im)) for im in images]).to(self.device)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 img_emb = F.normalize(self.model.encode_image(x).float(), dim=-1).cpu().numpy()
             if captions:
                 t = self.tokenizer(list(captions)).to(self.device)
