@@ -465,21 +465,35 @@ def check_resources(cfg: PipelineConfig, strict: bool = True) -> None:
     Raises:
         ValueError: the actor pools need more CPUs or GPUs than the cluster has.
     """
-    import ray
-
-    have = ray.cluster_resources()
     need_cpu = (cfg.detect.num_actors * cfg.detect.num_cpus + cfg.score.num_actors * cfg.score.num_cpus
                 + max(cfg.read.num_cpus, cfg.decode.num_cpus, cfg.mask.num_cpus))
     need_gpu = cfg.detect.num_actors * cfg.detect.num_gpus + cfg.score.num_actors * cfg.score.num_gpus
+    require_resources(
+        "the pipeline", need_cpu, need_gpu, strict,
+        cpu_what="detect and score actor pools plus one task",
+        cpu_fix="lower *.num_cpus / *.num_actors in the config or raise --num-cpus",
+        gpu_fix="set detect.num_gpus and score.num_gpus to 0 in the config to run on CPUs",
+    )
+
+
+def require_resources(who: str, need_cpu: float, need_gpu: float, strict: bool, cpu_what: str, cpu_fix: str,
+                      gpu_fix: str) -> None:
+    """Raise (or, not ``strict``, warn) when the Ray cluster has fewer CPUs or GPUs than needed.
+
+    Raises:
+        ValueError: ``who needs N CPUs (cpu_what) but the cluster has M; cpu_fix`` (and the GPU
+            counterpart), when ``strict``.
+    """
+    import ray
+
+    have = ray.cluster_resources()
     problems = []
     if need_cpu > have.get("CPU", 0) + 1e-9:
-        problems.append(f"{need_cpu:g} CPUs (detect and score actor pools plus one task) but the cluster has "
-                        f"{have.get('CPU', 0):g}; lower *.num_cpus / *.num_actors in the config or raise --num-cpus")
+        problems.append(f"{need_cpu:g} CPUs ({cpu_what}) but the cluster has {have.get('CPU', 0):g}; {cpu_fix}")
     if need_gpu > have.get("GPU", 0) + 1e-9:
-        problems.append(f"{need_gpu:g} GPUs but the cluster has {have.get('GPU', 0):g}; set detect.num_gpus and "
-                        f"score.num_gpus to 0 in the config to run on CPUs")
+        problems.append(f"{need_gpu:g} GPUs but the cluster has {have.get('GPU', 0):g}; {gpu_fix}")
     if problems:
-        msg = "the pipeline needs " + "; and ".join(problems)
+        msg = f"{who} needs " + "; and ".join(problems)
         if strict:
             raise ValueError(msg)
         log.warning("%s (continuing: the cluster may autoscale)", msg)

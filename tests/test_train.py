@@ -342,3 +342,11 @@ def test_gradient_checkpointing_gives_the_same_step(tiny):
         results.append((losses, model.visual.conv1.weight.detach().clone()))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_the_cluster_cannot_place_is_refused(ray_cluster, tmp_path, capsys):
+    assert _train(tmp_path / "big", "--num-workers", "4") == 2  # 4 workers x 1 CPU on a 2-CPU cluster
+    assert "curate train needs 4 CPUs" in capsys.readouterr().err
+    assert _train(tmp_path / "gpu", "--use-gpu") == 2
+    assert "drop --use-gpu" in capsys.readouterr().err
+    assert _train(tmp_path / "none", "--model", "nosuchmodel") == 2

@@ -92,21 +92,14 @@ def resolve_resume(out: Path, resume: str | None) -> Path | None:
 
 
 def _check_cluster(cfg: TrainConfig, strict: bool) -> None:
-    import ray
+    from curate.pipeline import require_resources
 
-    have = ray.cluster_resources()
-    problems = []
-    if cfg.num_workers * cfg.cpus_per_worker > have.get("CPU", 0) + 1e-9:
-        problems.append(f"{cfg.num_workers} workers x {cfg.cpus_per_worker:g} CPUs but the cluster has "
-                        f"{have.get('CPU', 0):g} CPUs; lower --num-workers / --cpus-per-worker")
-    if cfg.use_gpu and cfg.num_workers > have.get("GPU", 0):
-        problems.append(f"{cfg.num_workers} GPU workers but the cluster has {have.get('GPU', 0):g} GPUs; "
-                        f"drop --use-gpu to train on CPUs")
-    if problems:
-        msg = "curate train needs " + "; and ".join(problems)
-        if strict:
-            raise ValueError(msg)
-        log.warning("%s (continuing: the cluster may autoscale)", msg)
+    require_resources(
+        "curate train", cfg.num_workers * cfg.cpus_per_worker, cfg.num_workers if cfg.use_gpu else 0, strict,
+        cpu_what=f"{cfg.num_workers} workers x {cfg.cpus_per_worker:g}",
+        cpu_fix="lower --num-workers / --cpus-per-worker or raise --num-cpus",
+        gpu_fix="drop --use-gpu to train on CPUs",
+    )
 
 
 def _follow(path: Path, total: int, initial: int, stop: threading.Event) -> None:
