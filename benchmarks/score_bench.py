@@ -19,7 +19,8 @@ the masked score is compared on the images whose boxes all match.
     .venv/bin/python benchmarks/score_bench.py                  # 205 samples, 2 threads, CPU
     .venv/bin/python benchmarks/score_bench.py --copies 1 --skip-dbnet
 
-Per-stage times come from running curate's stages in one process over the same pool.
+Per-stage times come from running curate's stages in one process over the same pool; decode is
+timed in full and with reduced-size JPEG decoding (``decode.draft``, the default).
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def stage_times(records: list[dict], long_side: int, threads: int) -> dict[str, 
     from curate.stages.score import Score
 
     torch.set_num_threads(threads)
-    stages = {"decode": Decode(), "detect (craft)": Detect("craft", long_side=long_side),
+    stages = {"decode (full)": Decode(), "decode": Decode(min_side=64, min_long_side=2 * long_side),
+              "detect (craft)": Detect("craft", long_side=long_side),
               "detect (dbnet)": Detect("dbnet", long_side=long_side), "mask": Mask(),
               "score (tiny CLIP)": Score("tiny", None, batch_size=16)}
     times = dict.fromkeys(stages, 0.0)
@@ -156,7 +158,7 @@ def stage_times(records: list[dict], long_side: int, threads: int) -> dict[str, 
         chunk = records[start:start + 16]
         batch = {k: np.array([r[k] for r in chunk], dtype=object) for k in cols}
         for name, stage in stages.items():
-            if name == "detect (dbnet)":
+            if name in ("detect (dbnet)", "decode (full)"):  # timed side by side, output not used
                 t0 = time.perf_counter()
                 stage({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in batch.items()})
                 times[name] += time.perf_counter() - t0
@@ -174,6 +176,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-dbnet", action="store_true")
     p.add_argument("--skip-stages", action="store_true")
+    p.add_argument("--stages-only", action="store_true", help="only the per-stage times")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -181,6 +184,10 @@ def main() -> None:
         records = pool_samples(shards)
         print(f"pool: {len(shards)} shards, {len(records)} samples; tiny CLIP, detector input {args.long_side} px, "
               f"{args.threads} threads", flush=True)
+        if args.stages_only:
+            for name, secs in stage_times(records, args.long_side, args.threads).items():
+                print(f"  {name:<22}{secs:>8.1f} s  {len(records) / secs:>8.1f} samples/s")
+            return
         rows = []
         base_s, base = run_baseline(records, args.long_side, args.threads)
         rows.append(("naive loop (Reader.detect + 2x encode_image)", base_s))

@@ -37,12 +37,17 @@ class DecodeConfig:
             without being decoded (decompression-bomb guard; Pillow's own default warning level
             is 89,478,485 pixels, ``PIL.Image.MAX_IMAGE_PIXELS``).
         background: RGB colour, 0-255, that transparent images are composited on.
+        draft: decode large JPEGs at a reduced scale (Pillow ``Image.draft``: 1/2, 1/4 or 1/8 in
+            the DCT domain) that keeps the longer side at least twice ``detect.long_side`` and
+            the shorter side at least the CLIP model's input size: the detector and CLIP shrink
+            the image to those sizes anyway. ``false`` decodes every image in full.
         num_cpus: CPUs per decode task.
         batch_size: samples per decode batch.
     """
 
     max_pixels: int = 89_478_485
     background: tuple[int, int, int] = (255, 255, 255)
+    draft: bool = True
     num_cpus: float = 0.25
     batch_size: int = 32
 

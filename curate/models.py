@@ -169,6 +169,23 @@ def check_checkpoint(path: str, model: str) -> None:
         ) from None
 
 
+def clip_input_size(model: str) -> int:
+    """The image input side in pixels of an open_clip model config (``vision_cfg.image_size``;
+    the larger side when it is a pair; 224 when the config does not say).
+
+    Raises:
+        ValueError: unknown model name.
+    """
+    import open_clip
+
+    register_configs()
+    cfg = open_clip.get_model_config(model)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models() (ours: tiny)")
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(max(size)) if isinstance(size, (list, tuple)) else int(size)
+
+
 def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu"):
     """Create an open_clip model in eval mode with its inference transform and tokenizer.
 

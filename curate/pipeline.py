@@ -103,12 +103,26 @@ def read_shard_records(row: dict[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- stage adapters
 
 
-def _decode_batch(batch: dict[str, np.ndarray], max_pixels: int, background) -> dict[str, np.ndarray]:
+def _decode_batch(batch: dict[str, np.ndarray], max_pixels: int, background, min_side: int | None = None,
+                  min_long_side: int | None = None) -> dict[str, np.ndarray]:
     from curate.stages.decode import Decode
     from curate.stages.language import CaptionLanguage
 
     batch = CaptionLanguage()(batch)
-    return Decode(max_pixels=max_pixels, background=tuple(background))(batch)
+    return Decode(max_pixels=max_pixels, background=tuple(background), min_side=min_side,
+                  min_long_side=min_long_side)(batch)
+
+
+def draft_sizes(cfg: PipelineConfig) -> dict[str, int | None]:
+    """``min_side`` / ``min_long_side`` of the decode stage when ``decode.draft`` is on (else
+    ``None``: full decode): the CLIP model's input size, and twice the detector's long side (the
+    detector then still shrinks from at least 2x with ``INTER_AREA``; decoding right at its size,
+    DCT scaling alone, lost a detection on an ICDAR 2015 image with DBNet)."""
+    if not cfg.decode.draft:
+        return {"min_side": None, "min_long_side": None}
+    from curate.models import clip_input_size
+
+    return {"min_side": clip_input_size(cfg.score.clip_model), "min_long_side": 2 * cfg.detect.long_side}
 
 
 def _mask_batch(batch: dict[str, np.ndarray], method: str, ring_px: int, inpaint_radius: int) -> dict[str, np.ndarray]:
@@ -156,7 +170,8 @@ def build_dataset(urls: list[str], cfg: PipelineConfig, weights: ResolvedWeights
     ds = ds.flat_map(read_shard_records, num_cpus=cfg.read.num_cpus)
     ds = ds.map_batches(
         _decode_batch,
-        fn_kwargs={"max_pixels": cfg.decode.max_pixels, "background": list(cfg.decode.background)},
+        fn_kwargs={"max_pixels": cfg.decode.max_pixels, "background": list(cfg.decode.background),
+                   **draft_sizes(cfg)},
         batch_size=cfg.decode.batch_size,
         batch_format="numpy",
         num_cpus=cfg.decode.num_cpus,
@@ -303,7 +318,8 @@ class ScoreSummary:
 def scoring_fingerprint(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, Any]:
     """The settings that change scores; index files from other settings are never mixed in."""
     return {
-        "decode": {"max_pixels": cfg.decode.max_pixels, "background": list(cfg.decode.background)},
+        "decode": {"max_pixels": cfg.decode.max_pixels, "background": list(cfg.decode.background),
+                   **({"draft": draft_sizes(cfg)} if cfg.decode.draft else {})},
         "detect": {k: v for k, v in cfg.detect.stage_kwargs().items() if k not in ("batch_size", "torch_threads")},
         "mask": {k: v for k, v in dataclasses.asdict(cfg.mask).items() if k != "num_cpus"},
         "clip_model": weights.model,

@@ -166,3 +166,24 @@ def test_draft_decode_keeps_min_side_and_matches_full_decode(sources):
     assert checked >= 5
     png = next(s["image"] for s in sources.values() if s["image"][:4] == b"\x89PNG")
     assert decode_image(png, min_side=8).shape == decode_image(png).shape  # only JPEG has draft mode
+
+
+def test_decode_stage_in_draft_mode_keeps_the_full_size_in_the_index(sources):
+    """The Decode stage with reduced-size decoding: width/height stay the full image size, the
+    array shrinks but keeps the detector's long side and CLIP's short side."""
+    from curate.stages.decode import Decode
+
+    big = [s["image"] for name, s in sources.items() if name.startswith("dj_images/img1")]
+    big += [s["image"] for name, s in sources.items() if name.startswith("icdar2015_toy/img_1.")]
+    n = len(big)
+    batch = {"image_bytes": np.array(big, dtype=object), "status": np.array(["ok"] * n, dtype=object),
+             "error": np.array([""] * n, dtype=object)}
+    full = Decode()(dict(batch))
+    draft = Decode(min_side=64, min_long_side=512)(dict(batch))
+    assert draft["width"].tolist() == full["width"].tolist()
+    assert draft["height"].tolist() == full["height"].tolist()
+    shrunk = 0
+    for a, b in zip(full["image"], draft["image"]):
+        assert max(b.shape[:2]) >= min(512, max(a.shape[:2])) and min(b.shape[:2]) >= min(64, min(a.shape[:2]))
+        shrunk += b.shape[0] < a.shape[0]
+    assert shrunk >= 1  # the 2048 px photo is decoded at 1/2 or 1/4; a 1280x720 one stays in full

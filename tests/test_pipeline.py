@@ -116,12 +116,16 @@ def test_truncated_and_empty_shards(scored, pool):
 
 
 def test_pipeline_boxes_match_the_stage(scored, pool, craft, sources):
-    """The Ray plan wires the stages correctly: same boxes as CRAFT called directly."""
+    """The Ray plan wires the stages correctly: same boxes as CRAFT called directly on the image
+    decoded as the pipeline decodes it (reduced-size JPEG decoding, ``decode.draft``)."""
+    from curate.pipeline import draft_sizes
     from curate.stages.decode import decode_image
 
-    out, _, _ = scored
+    out, cfg, _ = scored
     t = pq.read_table(index_path(out, str(pool / SHARDS[1].name))).to_pylist()
-    imgs = {v["key"]: decode_image(v["image"]) for v in sources.values() if v["shard"] == str(SHARDS[1])}
+    sizes = draft_sizes(cfg)
+    assert sizes["min_long_side"] == 2 * cfg.detect.long_side
+    imgs = {v["key"]: decode_image(v["image"], **sizes) for v in sources.values() if v["shard"] == str(SHARDS[1])}
     direct = craft([imgs[r[S.KEY]] for r in t])
     for r, b in zip(t, direct):
         assert r[S.NUM_TEXT_BOXES] == len(b)

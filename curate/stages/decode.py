@@ -9,7 +9,6 @@ pixel is decoded, so a decompression bomb gets status ``too_large`` without bein
 from __future__ import annotations
 
 import io
-import math
 import warnings
 
 import numpy as np
@@ -56,12 +55,12 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image | 
 
 
 def decode_image(data: bytes, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
-                 min_side: int | None = None) -> np.ndarray:
+                 min_side: int | None = None, min_long_side: int | None = None) -> np.ndarray:
     """Decode one encoded image to an ``(H, W, 3) uint8`` C-contiguous RGB array.
 
-    The same as ``decode_pil`` (see there for the arguments and errors), as a NumPy array.
+    The same as ``decode_sized`` (see there for the arguments and errors), as a NumPy array.
     """
-    return np.ascontiguousarray(decode_pil(data, max_pixels, background, min_side), dtype=np.uint8)
+    return np.ascontiguousarray(decode_pil(data, max_pixels, background, min_side, min_long_side), dtype=np.uint8)
 
 
 def decode_pil(
@@ -69,8 +68,23 @@ def decode_pil(
     max_pixels: int = 89_478_485,
     background: tuple[int, int, int] = (255, 255, 255),
     min_side: int | None = None,
+    min_long_side: int | None = None,
 ) -> Image.Image:
     """Decode one encoded image to an RGB ``PIL.Image`` (what open_clip's transforms take).
+
+    The same as ``decode_sized`` without the original size.
+    """
+    return decode_sized(data, max_pixels, background, min_side, min_long_side)[0]
+
+
+def decode_sized(
+    data: bytes,
+    max_pixels: int = 89_478_485,
+    background: tuple[int, int, int] = (255, 255, 255),
+    min_side: int | None = None,
+    min_long_side: int | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode one encoded image to an RGB ``PIL.Image``, possibly at a reduced size.
 
     Args:
         data: encoded bytes (any format Pillow reads: JPEG, PNG, WebP, TIFF, GIF, BMP, ...).
@@ -80,9 +94,13 @@ def decode_pil(
             decoded at a reduced scale (1/2, 1/4 or 1/8, in the DCT domain: Pillow's
             ``Image.draft``), keeping the shorter side at least ``min_side``. Other formats
             decode in full. For consumers that resize to ``min_side`` anyway.
+        min_long_side: likewise for the longer side (a text detector that resizes the long side).
+            With both, the reduction keeps both bounds.
 
     Returns:
-        A mode ``RGB`` image, after EXIF orientation.
+        ``(image, (width, height))``: a mode ``RGB`` image after EXIF orientation, and the
+        image's full size in pixels after EXIF orientation (what the index records, whatever
+        size it was decoded at).
 
     Raises:
         DecodeError: ``status='too_large'`` over ``max_pixels``; ``status='decode_error'`` for
@@ -97,9 +115,15 @@ def decode_pil(
                 raise DecodeError(S.STATUS_TOO_LARGE, f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
             if w <= 0 or h <= 0:
                 raise DecodeError(S.STATUS_DECODE_ERROR, f"invalid image size {w}x{h}")
-            if min_side and im.format == "JPEG" and min(w, h) >= 2 * min_side:
-                factor = min_side / min(w, h)
-                im.draft(im.mode, (max(1, math.ceil(w * factor)), max(1, math.ceil(h * factor))))
+            if im.format == "JPEG" and (min_side or min_long_side):
+                # The largest DCT scale 1/s that keeps both bounds; Pillow picks s itself from the
+                # requested size as min(w // rw, h // rh), so ask for (w // s, h // s).
+                s = next((s for s in (8, 4, 2) if min(w, h) / s >= (min_side or 0)
+                          and max(w, h) / s >= (min_long_side or 0)), 1)
+                if s > 1:
+                    im.draft(im.mode, (w // s, h // s))
+            # EXIF orientations 5-8 swap width and height.
+            size = (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
             im.load()
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb(im, background)
@@ -114,7 +138,7 @@ def decode_pil(
         raise DecodeError(S.STATUS_DECODE_ERROR, what) from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
         raise DecodeError(S.STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}") from None
-    return Image.fromarray(rgb, "RGB") if isinstance(rgb, np.ndarray) else rgb
+    return (Image.fromarray(rgb, "RGB") if isinstance(rgb, np.ndarray) else rgb), size
 
 
 class Decode:
@@ -124,16 +148,22 @@ class Decode:
     ``error``.
     Output: the same batch without ``image_bytes``, plus ``image`` (object: ``(H, W, 3) uint8``;
     an empty ``(0, 0, 3)`` array for failed rows), ``width`` and ``height`` (int32, -1 when not
-    decoded). Failures set ``status`` to ``decode_error`` or ``too_large``.
+    decoded). Failures set ``status`` to ``decode_error`` or ``too_large``. ``width`` and
+    ``height`` are the full image size even when the image is decoded at a reduced size.
 
     Args:
-        max_pixels: decompression-bomb limit (see ``decode_image``).
+        max_pixels: decompression-bomb limit (see ``decode_sized``).
         background: RGB compositing colour for transparent images.
+        min_side, min_long_side: decode large JPEGs at a reduced scale that keeps the shorter
+            side at least ``min_side`` and the longer side at least ``min_long_side`` pixels
+            (``decode_sized``); ``None``: decode in full.
     """
 
-    def __init__(self, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255)):
+    def __init__(self, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
+                 min_side: int | None = None, min_long_side: int | None = None):
         self.max_pixels = int(max_pixels)
         self.background = tuple(int(c) for c in background)
+        self.min_side, self.min_long_side = min_side, min_long_side
         # Our own header check enforces the limit; keep Pillow's from firing first.
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.max_pixels)
 
@@ -146,12 +176,12 @@ class Decode:
         data = batch.pop("image_bytes")
         for i in rows:
             try:
-                img = decode_image(data[i], self.max_pixels, self.background)
+                im, (w, h) = decode_sized(data[i], self.max_pixels, self.background, self.min_side, self.min_long_side)
             except DecodeError as e:
                 set_error(batch, i, e.status, str(e))
                 continue
-            images[i] = img
-            height[i], width[i] = img.shape[:2]
+            images[i] = np.ascontiguousarray(im, dtype=np.uint8)
+            height[i], width[i] = h, w
         batch["image"] = object_array(images)
         batch[S.WIDTH] = width
         batch[S.HEIGHT] = height

@@ -168,12 +168,6 @@ def resume_mismatches(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
 
 
 # -- the Ray Train worker ---------------------------------------------------------------------
-def _input_size(model) -> int:
-    """The model's image input side in pixels (``model.visual.image_size``, int or pair)."""
-    size = getattr(model.visual, "image_size", 224)
-    return int(max(size)) if isinstance(size, (tuple, list)) else int(size)
-
-
 def _all_gather(obj: Any, world_size: int) -> list[Any]:
     if world_size == 1:
         return [obj]
@@ -211,6 +205,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from curate.models import clip_input_size
     from curate.train.data import SubsetStream, collate_one, load_subset_counts
 
     cfg = TrainConfig(**config["train"])
@@ -251,7 +246,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     stream = SubsetStream(config["shards"], load_subset_counts(config["subset"]), preprocess, tokenizer,
                           cfg.local_batch_size, rank=rank, world_size=world_size, num_streams=num_streams,
                           seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, start_step=start_step,
-                          start_cursors=cursors, decode_min_side=2 * _input_size(unwrap(model)) if cfg.draft_decode else None)
+                          start_cursors=cursors, decode_min_side=2 * clip_input_size(cfg.model) if cfg.draft_decode else None)
     torch.manual_seed(cfg.seed + 7919 * rank)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=collate_one,
                                          num_workers=cfg.data_workers, prefetch_factor=4 if cfg.data_workers else None)
