@@ -217,3 +217,33 @@ def test_image_bytes_are_kept_unchanged(cifar_tree, data_dir):
         member = next(m for m in tf.getmembers() if m.name.endswith(".jpg"))
         assert tf.extractfile(member).read() == first
     assert Image.open(io.BytesIO(first)).size == (32, 32)
+
+
+def test_make_evalset_refuses_bad_caption_files_and_templates(tmp_path, cifar_tree):
+    def write(lines):
+        path = tmp_path / "caps.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    ok = json.dumps({"image": "402978771.jpg", "captions": ["A woman sits on a bench."]})
+    cases = {
+        "must be a list of strings": [ok, json.dumps({"image": "2248275918.jpg", "captions": "one string"})],
+        "line 2: not valid JSON": [ok, "{not json"],
+        "listed more than once": [ok, ok],
+        "at least one non-empty caption": [json.dumps({"image": "402978771.jpg", "captions": [" "]})],
+    }
+    for message, lines in cases.items():
+        with pytest.raises(ValueError, match=message):
+            make_retrieval_set(write(lines), FLICKR, "r", tmp_path / "out")
+    bad = tmp_path / "t.txt"
+    bad.write_text("no placeholder here\n")
+    with pytest.raises(ValueError, match=r"placeholder \{c\}"):
+        make_classification_set(cifar_tree, "c", tmp_path / "out", templates=str(bad))
+    with pytest.raises(ValueError, match="non-empty task name"):
+        make_classification_set(cifar_tree, "", tmp_path / "out")
+
+
+def test_evaluate_with_no_task_found_is_not_a_success(data_dir, tmp_path, capsys):
+    assert main(["evaluate", "--model", "tiny", "--tasks", "nosuchtask", "--data-dir", str(data_dir),
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "NOTHING EVALUATED" in capsys.readouterr().out

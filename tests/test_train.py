@@ -350,3 +350,39 @@ def test_a_run_the_cluster_cannot_place_is_refused(ray_cluster, tmp_path, capsys
     assert _train(tmp_path / "gpu", "--use-gpu") == 2
     assert "drop --use-gpu" in capsys.readouterr().err
     assert _train(tmp_path / "none", "--model", "nosuchmodel") == 2
+
+
+def test_bad_subsets_checkpoints_and_values_fail_before_any_worker(tmp_path, subset_file):
+    from curate.train.loop import load_checkpoint
+    from curate.train.run import data_identity, run_train
+
+    nulls = tmp_path / "null.parquet"
+    pq.write_table(pa.table({S.UID: ["a" * 32, None]}), nulls)
+    with pytest.raises(ValueError, match="1 null uid"):
+        load_subset_counts(str(nulls))
+    corrupt = tmp_path / "corrupt.npy"
+    corrupt.write_bytes(b"\x93NUMPYgarbage")
+    with pytest.raises(ValueError, match="corrupt.npy is not a readable .npy"):
+        load_subset_counts(str(corrupt))
+    junk = tmp_path / "junk.pt"
+    junk.write_text("junk")
+    with pytest.raises(ValueError, match="not a curate train checkpoint"):
+        load_checkpoint(junk)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        train_config("tiny", overrides={"lr": float("nan")})
+    with pytest.raises(FileNotFoundError, match="1 of 1 shards do not exist"):
+        run_train([str(tmp_path / "nosuch.tar")], tmp_path / "o", train_config("tiny"))
+    # Resuming with another subset would change the batches: refused before Ray starts.
+    cfg = train_config("tiny", overrides={"batch_size": 8, "samples_seen": 64})
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    model, _, _ = build_model(cfg)
+    torch.save({"state_dict": model.state_dict(), "curate": {
+        "step": 4, "config": cfg.to_dict(), "cursors": [[0]], "run_id": "x",
+        "data": data_identity(URLS, str(subset_file))}}, out / "checkpoints" / "step_00000004.pt")
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({S.UID: pq.read_table(subset_file).column(S.UID).to_pylist()[:3]}), other)
+    with pytest.raises(ValueError, match="subset: another file or other contents"):
+        run_train(URLS, out, cfg, subset=str(other), resume="latest")
+    with pytest.raises(ValueError, match="shards: checkpoint 3"):
+        run_train(URLS[:2], out, cfg, subset=str(subset_file), resume="latest")

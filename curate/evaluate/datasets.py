@@ -155,6 +155,9 @@ def open_evalset(key: str, path: Path) -> EvalSet:
             ev.notes.append("class names from clip_benchmark's defaults")
     templates = _read_lines(path / "zeroshot_classification_templates.txt")
     if templates:
+        bad = [t for t in templates if "{c}" not in t]
+        if bad:
+            raise ValueError(f"{path / 'zeroshot_classification_templates.txt'}: template {bad[0]!r} has no {{c}}")
         ev.templates, ev.templates_source = templates, "dataset"
     else:
         ev.templates, ev.templates_source = default_templates(key)

@@ -79,8 +79,8 @@ def _finish(folder: Path, writer) -> int:
 
 
 def _prepare(out: str | Path, name: str) -> Path:
-    if not name or "/" in name:
-        raise ValueError(f"--name must be a plain task name (no '/'), got {name!r}")
+    if not name or "/" in name or name.strip() != name:
+        raise ValueError(f"--name must be a non-empty task name without '/' or spaces around it, got {name!r}")
     folder = Path(out) / f"wds_{name}_test"
     if (folder / "test" / "nshards.txt").exists():
         raise ValueError(f"{folder} already exists; remove it or choose another --out")
@@ -118,6 +118,10 @@ def make_classification_set(imagefolder: str | Path, name: str, out: str | Path,
             names = [c.replace("_", " ") for c in classes]
     if templates:
         tmpl = [ln.strip() for ln in Path(templates).read_text().splitlines() if ln.strip()]
+        bad = [t for t in tmpl if "{c}" not in t]
+        if not tmpl or bad:
+            raise ValueError(f"{templates}: every template needs the class-name placeholder {{c}}"
+                             + (f"; not in {bad[0]!r}" if bad else "; the file is empty"))
         source_of_templates = str(templates)
     else:
         tmpl, source_of_templates = default_templates(name)
@@ -143,18 +147,35 @@ def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, 
     """
     folder = _prepare(out, name)
     root = Path(image_root)
-    rows = [json.loads(ln) for ln in Path(captions).read_text().splitlines() if ln.strip()]
+    rows = []
+    for n, line in enumerate(Path(captions).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{captions} line {n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{captions} line {n}: expected an object with 'image' and 'captions'")
+        rows.append((n, row))
     if not rows:
         raise ValueError(f"{captions} holds no line")
+    images = [row.get("image") for _, row in rows]
+    dup = next((i for i in images if images.count(i) > 1), None)
+    if dup is not None:
+        raise ValueError(f"{captions}: image {dup!r} is listed more than once; give all its captions on one line")
     writer = _writer(folder, shard_size)
     total = 0
-    for n, row in enumerate(rows):
-        caps = [c.strip() for c in row.get("captions", []) if isinstance(c, str) and c.strip()]
-        if "image" not in row or not caps:
-            raise ValueError(f"{captions} line {n + 1}: needs 'image' and at least one caption")
+    for n, (line_no, row) in enumerate(rows):
+        raw = row.get("captions")
+        if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+            raise ValueError(f"{captions} line {line_no}: 'captions' must be a list of strings")
+        caps = [c.strip() for c in raw if c.strip()]
+        if not isinstance(row.get("image"), str) or not caps:
+            raise ValueError(f"{captions} line {line_no}: needs 'image' and at least one non-empty caption")
         image = root / row["image"]
         if not image.is_file():
-            raise FileNotFoundError(f"{captions} line {n + 1}: image not found: {image}")
+            raise FileNotFoundError(f"{captions} line {line_no}: image not found: {image}")
         ext = image.suffix.lower().lstrip(".").replace("jpeg", "jpg")
         writer.write({"__key__": f"s{n:07d}", ext: image.read_bytes(), "txt": "\n".join(caps).encode()})
         total += len(caps)

@@ -114,7 +114,8 @@ class EvalSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        """1 when a task failed or no task could be evaluated at all (a typo in --tasks), else 0."""
+        return 1 if self.failed or not self.results else 0
 
     def aggregates(self) -> dict[str, Any]:
         """Group means over the tasks present, and the average over the present tasks of the 38."""
@@ -154,6 +155,8 @@ class EvalSummary:
             lines.append(f"  UNSUPPORTED  {key}: needs metadata beyond labels (WILDS, fairness, WinoGAViL)")
         for key, error in self.failed.items():
             lines.append(f"  FAILED       {key}: {error}")
+        if not self.results:
+            lines.append("  NOTHING EVALUATED: no requested task has data in --data-dir")
         if self.skipped_done:
             lines.append(f"  already done {len(self.skipped_done)} task(s) in {Path(self.out) / RESULTS_FILE}: "
                          f"{', '.join(self.skipped_done)}")

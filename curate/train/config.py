@@ -15,6 +15,7 @@ beta1 0.9, beta2 0.98, eps 1e-6 and a cosine schedule with linear warm-up are th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,10 @@ def train_config(scale: str = "tiny", path: str | Path | None = None, overrides:
 
 def validate_train(cfg: TrainConfig) -> None:
     """Check ranges and combinations. Raises ``ValueError`` naming the key."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
     for key in ("batch_size", "samples_seen", "num_workers", "save_every", "log_every"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")

@@ -117,10 +117,12 @@ class SubsetStream(torch.utils.data.IterableDataset):
                         yield rec, epoch
             empty_epochs = 0 if found else empty_epochs + 1
             if empty_epochs >= MAX_EMPTY_EPOCHS:
+                unread = sorted({p.split(": ", 1)[0] for p in problems})
                 raise NoTrainingData(
                     f"data stream {stream} of {total} found no sample of the subset in {MAX_EMPTY_EPOCHS} passes "
                     f"over its shards ({len(self.shards)} shards in all); check that the subset's uids come from "
                     f"these shards, or use fewer workers / data_workers"
+                    + (f"; shards that could not be read fully: {', '.join(unread[:5])}" if unread else "")
                 )
             epoch += 1
 
@@ -259,13 +261,23 @@ def load_subset_counts(path: str | None) -> UidCounts | None:
     if not p.is_file():
         raise FileNotFoundError(f"subset file not found: {path}")
     if p.suffix == ".npy":
-        arr = np.load(p)
+        try:
+            arr = np.load(p)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{path} is not a readable .npy file ({e})") from None
         if arr.dtype.names is None or len(arr.dtype.names) != 2:
             raise ValueError(f"{path} is not a DataComp subset (structured u8,u8 array), dtype {arr.dtype}")
         return UidCounts(arr)
     if p.suffix == ".parquet":
-        table = pq.read_table(p)
-        if S.UID not in table.column_names:
-            raise ValueError(f"{path} has no '{S.UID}' column")
-        return UidCounts(uids_to_datacomp(table.column(S.UID).to_pylist()))
+        try:
+            table = pq.read_table(p, columns=[S.UID])
+        except Exception as e:  # pyarrow raises ArrowInvalid, KeyError-like errors, OSError
+            raise ValueError(f"{path} has no readable '{S.UID}' column ({type(e).__name__}: {e})") from None
+        uids = table.column(S.UID).to_pylist()
+        if any(u is None for u in uids):
+            raise ValueError(f"{path}: {sum(u is None for u in uids)} null uid(s)")
+        try:
+            return UidCounts(uids_to_datacomp([str(u) for u in uids]))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     raise ValueError(f"--subset must be a .npy (DataComp) or .parquet file, got {p.name}")

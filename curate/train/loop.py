@@ -154,7 +154,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         ValueError: the file is not a checkpoint written by ``curate train``.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors of a file that is not a torch checkpoint
+        raise ValueError(f"{path} is not a curate train checkpoint (torch.load: {type(e).__name__})") from None
     if not isinstance(state, dict) or "curate" not in state or "state_dict" not in state:
         raise ValueError(f"{path} is not a curate train checkpoint (no 'curate' entry); to start from "
                          f"other weights, train from scratch instead of --resume")
@@ -315,7 +318,8 @@ def worker_loop(config: dict[str, Any]) -> None:
                         "state_dict": unwrap(model).state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "curate": {"step": step, "samples_seen": step * cfg.batch_size, "cursors": all_cursors,
-                                   "run_id": config["run_id"], "config": cfg.to_dict(), "model": cfg.model},
+                                   "run_id": config["run_id"], "config": cfg.to_dict(), "model": cfg.model,
+                                   "data": config.get("data")},
                     }
                     save_checkpoint(out, state, cfg.keep_checkpoints)
                 ray.train.report({"step": step, "samples_seen": step * cfg.batch_size})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -159,13 +160,25 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
     if cfg.model not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {cfg.model!r}; see open_clip.list_models() (ours: tiny)")
     urls = expand_shards(shards)
+    missing = [u for u in urls if "://" not in u and not os.path.exists(u)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(urls)} shards do not exist: {', '.join(missing[:5])}"
+                                + (" ..." if len(missing) > 5 else ""))
     counts = load_subset_counts(subset)  # fail fast on a bad subset file
+    data_id = data_identity(urls, subset)
     subset = str(Path(subset).absolute()) if subset is not None else None  # workers run elsewhere
     out = Path(out).absolute()
     resume_path = resolve_resume(out, resume)
     if resume_path is not None:
         saved = load_checkpoint(resume_path)["curate"]
         bad = resume_mismatches(saved["config"], cfg)
+        if saved.get("data") is not None and saved["data"] != data_id:
+            was, now = saved["data"], data_id
+            if was["shards"] != now["shards"]:
+                bad.append(f"shards: checkpoint {len(was['shards'])} ({', '.join(was['shards'][:3])}...), "
+                           f"now {len(now['shards'])} ({', '.join(now['shards'][:3])}...)")
+            if was["subset"] != now["subset"]:
+                bad.append("subset: another file or other contents than the checkpoint's")
         if bad:
             raise ValueError(f"cannot resume {resume_path}: the schedule or data order would change ({'; '.join(bad)})")
         if saved["step"] >= cfg.steps:
@@ -183,7 +196,8 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"train": cfg.to_dict(), "shards": urls, "subset": subset, "out": str(out),
-                           "run_id": run_id, "resume": str(resume_path) if resume_path else None},
+                           "run_id": run_id, "resume": str(resume_path) if resume_path else None,
+                           "data": data_id},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                                resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
@@ -215,11 +229,32 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
     return result
 
 
+def data_identity(urls: list[str], subset: str | None) -> dict[str, Any]:
+    """What a resumed run must read again to see the same batches: the shard names in order and
+    the subset file's SHA-256 (``None`` without a subset)."""
+    import hashlib
+
+    from curate.io.shards import shard_name
+
+    digest = None
+    if subset is not None:
+        h = hashlib.sha256()
+        with open(subset, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    return {"shards": [shard_name(u) for u in urls], "subset": digest}
+
+
+_EXC_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(Error|Exception|NoTrainingData))(: .*)?$")
+
+
 def _worker_error(e: BaseException) -> str:
+    """The worker's own exception line out of Ray's error text (which wraps the traceback)."""
     text = str(e)
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    # The last line of a worker traceback names the exception; keep it and a little context.
+    found = [ln.strip() for ln in lines if _EXC_LINE.match(ln) and not ln.strip().startswith(("ray.", "Worker"))]
+    if found:
+        return found[-1][:2000]
     tail = [ln for ln in lines if not ln.startswith(" ")][-3:]
-    where = [ln.strip() for ln in lines if ln.strip().startswith("File ")][-1:]
-    tail = where + tail
     return f"{type(e).__name__}: " + (" | ".join(tail) if tail else text)[:2000]
