@@ -24,7 +24,8 @@ from curate.io.samples import sample_to_record
 from curate.io.shards import read_shard
 from curate.query import uids_to_datacomp
 from curate.train.config import SCALES, train_config
-from curate.train.data import SubsetStream, UidCounts, load_subset_counts
+from curate.io.subset import UidCounts, load_subset_counts
+from curate.train.data import SubsetStream
 from curate.train.loop import build_model, build_optimizer, train_step
 
 REPO = Path(__file__).parents[1]

@@ -11,38 +11,17 @@ an input key may repeat across shards, and a repeated uid needs distinct keys.
 
 from __future__ import annotations
 
-import collections
 import io
 import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.io.samples import sample_to_record
 from curate.io.shards import SHARD_COMPLETE, expand_shards, read_shard
-
-
-def load_subset(path: str | Path) -> collections.Counter:
-    """Uid multiplicities of a subset file (``.npy`` DataComp format or ``.parquet``).
-
-    Raises:
-        ValueError: unknown file type, or a Parquet file without a ``uid`` column.
-    """
-    from curate.query import datacomp_to_uids
-
-    path = Path(path)
-    if path.suffix == ".npy":
-        return collections.Counter(datacomp_to_uids(np.load(path)))
-    if path.suffix == ".parquet":
-        table = pq.read_table(path)
-        if S.UID not in table.column_names:
-            raise ValueError(f"{path} has no '{S.UID}' column")
-        return collections.Counter(table.column(S.UID).to_pylist())
-    raise ValueError(f"--subset must be a .npy (DataComp) or .parquet file, got {path.name}")
+from curate.io.subset import load_subset_counts
 
 
 @dataclass
@@ -120,10 +99,10 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
     """
     if shard_size < 1:
         raise ValueError("--shard-size must be at least 1")
-    wanted = load_subset(subset)
+    wanted = load_subset_counts(subset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = ReshardSummary(len(wanted), sum(wanted.values()))
+    summary = ReshardSummary(len(wanted), wanted.total)
     found: set[str] = set()
     writer = _Writer(out, shard_size)
     for url in expand_shards(shards):
@@ -132,9 +111,10 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
             summary.input_problems[url] = f"{result.status}: {result.error}"
         for sample in result.samples:
             uid = sample_to_record(sample)[S.UID]
-            if uid in wanted and uid not in found:
+            copies = wanted.get(uid)
+            if copies and uid not in found:
                 found.add(uid)
-                for _ in range(wanted[uid]):
+                for _ in range(copies):
                     writer.write(sample)
     writer.close()
     summary.found_uids = len(found)

@@ -209,7 +209,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from curate.models import clip_input_size
-    from curate.train.data import SubsetStream, collate_one, load_subset_counts
+    from curate.io.subset import load_subset_counts
+    from curate.train.data import SubsetStream, collate_one
 
     cfg = TrainConfig(**config["train"])
     out = Path(config["out"])
@@ -221,13 +222,13 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     model, preprocess, tokenizer = build_model(cfg, device="cpu")
     resume = config.get("resume")
+    state = load_checkpoint(resume) if resume else None
     # A restarted attempt of this very run (Ray Train's FailureConfig) resumes from its own checkpoint.
     own = latest_checkpoint(out)
-    if resume is None and own is not None:
-        probe = torch.load(own, map_location="cpu", weights_only=True)
-        if probe.get("curate", {}).get("run_id") == config["run_id"]:
-            resume = str(own)
-    state = load_checkpoint(resume) if resume else None
+    if own is not None and (state is None or str(own) != str(resume)):
+        mine = load_checkpoint(own)
+        if mine["curate"].get("run_id") == config["run_id"]:
+            state = mine
     start_step, cursors = 0, None
     if state is not None:
         unwrap(model).load_state_dict(state["state_dict"])

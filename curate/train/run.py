@@ -152,7 +152,7 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
     from curate.io.shards import expand_shards
     from curate.models import register_configs
     from curate.pipeline import init_ray
-    from curate.train.data import load_subset_counts
+    from curate.io.subset import load_subset_counts
 
     import open_clip
 
@@ -204,9 +204,7 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
         run_config=ray.train.RunConfig(name=f"curate-train-{run_id}", storage_path=str(out / "ray_train"),
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
     )
-    start = 0
-    if resume_path is not None:
-        start = int(load_checkpoint(resume_path)["curate"]["step"])
+    start = int(saved["step"]) if resume_path is not None else 0
     stop = threading.Event()
     follower = None
     if progress:
