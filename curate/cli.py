@@ -135,6 +135,38 @@ def _add_reshard(sub) -> None:
     p.add_argument("--shard-size", type=_positive_int, default=10_000, help="samples per output shard (default 10000)")
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="a self-contained HTML report: examples per score band with boxes and masks, plots, accounting",
+        description="Writes OUT/index.html and OUT/images/. Images are read back from the shards named in the index.",
+    )
+    p.add_argument("--index", required=True, help="score-index folder written by `curate score`")
+    p.add_argument("--subset", help="subset.parquet or DataComp .npy: show what it kept and dropped")
+    p.add_argument("--shards", nargs="+", help="where the shards are now, if moved since scoring (matched by file name)")
+    p.add_argument("--out", required=True, help="output folder (index.html, images/)")
+    p.add_argument("--band-by", default="masked_clip_score", choices=["masked_clip_score", "clip_score"],
+                   help="score whose quantile bands group the examples (default masked_clip_score)")
+    p.add_argument("--bands", type=_positive_int, default=5, help="number of score bands (default 5)")
+    p.add_argument("--per-band", type=_positive_int, default=8, help="examples per band (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example sampling (default 0)")
+
+
+def _cmd_report(args) -> int:
+    from curate.report import build_report
+
+    try:
+        r = build_report(args.index, args.out, subset=args.subset, shards=args.shards, band_by=args.band_by,
+                         bands=args.bands, per_band=args.per_band, seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"curate report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"curate report: {r.html} ({r.num_samples} samples, {r.num_examples} examples shown, "
+          f"{r.num_images} images" + (f", {r.missing} image(s) unreadable, shown with the reason" if r.missing else "")
+          + (f"; subset kept {r.subset_kept}" if r.subset_kept is not None else "") + ")")
+    return 0
+
+
 def _add_train(sub) -> None:
     import dataclasses
 
@@ -325,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_make_evalset(sub)
+    _add_report(sub)
     return parser
 
 
@@ -353,6 +386,8 @@ def _dispatch(args) -> int:
         return _cmd_evaluate(args)
     if args.command == "make-evalset":
         return _cmd_make_evalset(args)
+    if args.command == "report":
+        return _cmd_report(args)
     raise AssertionError(args.command)
 
 

@@ -242,6 +242,7 @@ class ScoreSummary:
     wall_s: float
     weights: ResolvedWeights
     out_dir: str
+    duplicates_dropped: int = 0
 
     @property
     def processed(self) -> list[ShardResult]:
@@ -280,6 +281,7 @@ class ScoreSummary:
             "statuses": self.statuses(),
             "wall_s": round(self.wall_s, 3),
             "samples_per_s_processed": round(self.samples_per_s, 3),
+            "duplicates_dropped": self.duplicates_dropped,
             "shards": [dataclasses.asdict(s) for s in self.shards],
         }
 
@@ -301,6 +303,8 @@ class ScoreSummary:
             "  errors        " + (", ".join(f"{k} {v}" for k, v in errors.items()) if errors else "none"),
             f"  time          {self.wall_s:.1f} s, {self.samples_per_s:.2f} samples/s ({processed} samples scored this run)",
         ]
+        if self.duplicates_dropped:
+            lines.append(f"  re-delivered  {self.duplicates_dropped} row(s) Ray sent twice (task retries), dropped")
         ignored = sum(s.ignored_members for s in self.shards)
         if ignored:
             lines.append(f"  ignored       {ignored} tar member(s) with no extension (not part of any sample)")
@@ -397,28 +401,51 @@ def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrit
 
 
 class _ShardCollector:
-    """Driver-side buffer: gathers rows per shard and writes each shard's file when complete."""
+    """Driver-side buffer: gathers rows per shard and writes each shard's file when complete.
+
+    Exactly once per sample: a row is identified by ``(shard, _seq)``. If Ray delivers a row a
+    second time (a task re-executed after its node died, lineage reconstruction), the copy is
+    dropped and counted in ``duplicates`` instead of being written twice, and rows of a shard
+    whose file is already written are dropped the same way.
+    """
 
     def __init__(self, out_dir: str | Path, metadata: dict[str, str], on_shard_done: Callable[[ShardResult], None]):
         self.out_dir = out_dir
         self.metadata = metadata
         self.buffers: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
+        self.seen: dict[str, set[int]] = collections.defaultdict(set)
         self.results: dict[str, ShardResult] = {}
+        self.duplicates = 0
         self.on_shard_done = on_shard_done
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         shards = batch[S.SHARD]
         for url in np.unique(shards):
             sel = np.flatnonzero(shards == url)
+            if url in self.results:
+                self.duplicates += len(sel)
+                continue
+            seen = self.seen[url]
+            fresh = []
+            for i in sel:
+                seq = int(batch[_SEQ][i])
+                if seq in seen:
+                    self.duplicates += 1
+                else:
+                    seen.add(seq)
+                    fresh.append(i)
+            if not fresh:
+                continue
             buf = self.buffers[url]
             for name, col in batch.items():
-                buf[name].extend(col[sel])
+                buf[name].extend(col[fresh])
             n = int(buf[_N][0])
             if (n == 0 and len(buf[_N]) >= 1) or (n > 0 and len(buf[_SEQ]) >= n):
                 self._finish(url)
 
     def _finish(self, url: str) -> None:
         buf = self.buffers.pop(url)
+        self.seen.pop(url, None)
         shard_status, shard_error = buf[_SHARD_STATUS][0], buf[_SHARD_ERROR][0] or None
         ignored = int(buf[_IGNORED][0])
         if shard_status == SHARD_UNREADABLE:
@@ -445,7 +472,7 @@ class _ShardCollector:
         self.on_shard_done(result)
 
 
-def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
+def init_ray(num_cpus: int | None = None, address: str | None = None, object_store_memory: int | None = None) -> None:
     """Start (or connect to) Ray quietly; a no-op when Ray is already initialised.
 
     Args:
@@ -453,6 +480,8 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
         address: an existing cluster (``auto`` for one started with ``ray start`` on this machine,
             ``ray://host:10001``); ``None`` starts a new local one unless ``RAY_ADDRESS`` is set (as ``ray job submit`` does), in which case ``num_cpus``
             is ignored with a warning.
+        object_store_memory: object store of a new local cluster, bytes (``None``: Ray's default,
+            30% of memory). Ignored with ``address``.
     """
     import ray
 
@@ -467,7 +496,7 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> None:
     else:
         # "local": always a new local cluster, never one found through /tmp/ray/ray_current_cluster
         # (which `ray start` leaves behind, and a killed cluster leaves stale).
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **kwargs)
 
 
 def check_resources(cfg: PipelineConfig, strict: bool = True) -> None:
@@ -604,6 +633,9 @@ def run_score(
         for url in todo:
             if url not in results:
                 results[url] = ShardResult(url, SHARD_FAILED, failure or "internal error: rows missing")
-    summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir))
+    duplicates = collector.duplicates if todo else 0
+    if duplicates:
+        log.warning("curate score: %d row(s) arrived twice (Ray task retries) and were written once", duplicates)
+    summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir), duplicates)
     (out_dir / "_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     return summary

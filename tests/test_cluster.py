@@ -1,0 +1,175 @@
+"""Multi-node fault tolerance on one machine: a worker node dies mid-job (issue 7).
+
+A real 2-node Ray cluster (``ray.cluster_utils.Cluster``: a head and a worker node, each with its
+own raylet and object store) scores 20 shards; the worker node is SIGKILLed while it runs the
+job's workers. The job must still finish, with exactly one index row per sample of the shards,
+no duplicate uid, and the same scores as a single-node run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from curate import schema as S
+from curate.config import load_config
+from curate.io.index import read_index
+from curate.pipeline import _ShardCollector, build_dataset, run_score
+from curate.models import resolve_pretrained
+from tests.conftest import SHARDS
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "pipelines" / "tiny_cpu.yaml"
+N_SHARDS, PER_SHARD = 20, 2
+
+
+def write_unique_pool(folder: Path, n_shards: int, per_shard: int, max_bytes: int = 200_000) -> dict[tuple[str, str], str]:
+    """``n_shards`` shards of ``per_shard`` samples taken in turn from the bundled sample shards
+    (images under ``max_bytes``, plus the broken JPEG and the sample without caption), each with
+    a fresh uid. Returns ``{(shard path, key): uid}``, read back from the tars with tarfile."""
+    samples: list[dict[str, bytes]] = []
+    for shard in SHARDS:
+        groups: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                key, ext = m.name.split(".", 1)
+                groups.setdefault(key, {})[ext] = tf.extractfile(m).read()
+        samples += [g for g in groups.values() if max(len(v) for v in g.values()) <= max_bytes]
+    folder.mkdir(parents=True)
+    i = 0
+    for s in range(n_shards):
+        with tarfile.open(folder / f"pool-{s:06d}.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+            for _ in range(per_shard):
+                sample = dict(samples[i % len(samples)])
+                meta = json.loads(sample["json"])
+                meta["uid"] = f"{i:032x}"
+                sample["json"] = json.dumps(meta).encode()
+                for ext, data in sample.items():
+                    info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+                i += 1
+    expected = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    expected[(str(shard), m.name.split(".")[0])] = json.load(tf.extractfile(m))["uid"]
+    return expected
+
+
+def rows_by_uid(index_dir: Path) -> dict[str, dict]:
+    rows = read_index(index_dir).to_pylist()
+    by = {r[S.UID]: r for r in rows}
+    assert len(by) == len(rows), "duplicate uids in the index"
+    return by
+
+
+def assert_same_scores(a: dict[str, dict], b: dict[str, dict]) -> None:
+    assert a.keys() == b.keys()
+    for uid, x in a.items():
+        y = b[uid]
+        assert (x[S.STATUS], x[S.KEY], x["num_text_boxes"]) == (y[S.STATUS], y[S.KEY], y["num_text_boxes"]), uid
+        for col in ("clip_score", "masked_clip_score"):
+            if x[col] is None or np.isnan(x[col]):
+                assert y[col] is None or np.isnan(y[col]), (uid, col)
+            else:
+                assert abs(x[col] - y[col]) <= 1e-5, (uid, col, x[col], y[col])
+
+
+def busy_job_workers(raylet_pid: int) -> list[str]:
+    """Titles of the processes under one node's raylet that run this job's Ray Data work (actors
+    and tasks; not idle workers, not the node's agents)."""
+    out = []
+    for p in psutil.Process(raylet_pid).children(recursive=True):
+        try:
+            title = p.cmdline()[0] if p.cmdline() else ""
+        except psutil.Error:
+            continue
+        if title.startswith("ray::") and "Map" in title:  # MapWorker(...) actors, FlatMap/MapBatches tasks
+            out.append(title.split()[0])
+    return out
+
+
+@pytest.mark.slow
+def test_collector_writes_each_row_once(ray_cluster, tmp_path):
+    """Rows Ray delivers twice (a re-executed task) are written once; the file is identical."""
+    cfg = load_config(TINY)
+    cfg.detect.detector = "dbnet"
+    weights = resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained)
+    batches = list(build_dataset([str(s) for s in SHARDS[:2]], cfg, weights).iter_batches(batch_size=4, batch_format="numpy"))
+    assert len(batches) >= 4
+    once, twice = _ShardCollector(tmp_path / "once", {}, lambda r: None), _ShardCollector(tmp_path / "twice", {}, lambda r: None)
+    (tmp_path / "once").mkdir(), (tmp_path / "twice").mkdir()
+    for b in batches:
+        once.add(b)
+    replay = batches[:2] + batches[:3] + batches[1:] + batches  # overlapping re-deliveries, also after a shard is written
+    for b in replay:
+        twice.add(b)
+    assert once.duplicates == 0
+    assert twice.duplicates == sum(len(b[S.UID]) for b in replay) - sum(len(b[S.UID]) for b in batches)
+    assert sorted(once.results) == sorted(twice.results) == sorted(str(s) for s in SHARDS[:2])
+    a, b = read_index(tmp_path / "once"), read_index(tmp_path / "twice")
+    assert a.num_rows == b.num_rows == sum(r.num_samples for r in once.results.values())
+    assert a.equals(b)
+
+
+@pytest.mark.slow
+def test_worker_node_killed_mid_job(ray_cluster, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    expected = write_unique_pool(tmp_path / "pool", N_SHARDS, PER_SHARD)
+    assert len(expected) == N_SHARDS * PER_SHARD
+    cfg = load_config(TINY)
+    cfg.detect.detector = "dbnet"
+    # single-node reference, on this session's local cluster
+    single = run_score([str(tmp_path / "pool" / "*.tar")], tmp_path / "single", cfg, progress=False)
+    assert single.exit_code == 0
+    reference = rows_by_uid(tmp_path / "single")
+
+    mib = 2**20
+    # Node death is noticed after health_check_failure_threshold missed checks (defaults: 3 x 3 s).
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 2, "object_store_memory": 200 * mib, "include_dashboard": False,
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}})
+    try:
+        worker = cluster.add_node(num_cpus=2, object_store_memory=200 * mib)
+        cluster.wait_for_nodes()
+        out = tmp_path / "cluster"
+        env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled")
+        cmd = [sys.executable, "-m", "curate.cli", "score", str(tmp_path / "pool" / "*.tar"), "--config", str(TINY),
+               "--detector", "dbnet", "--no-progress", "--out", str(out)]
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        raylet_pid = worker.all_processes["raylet"][0].process.pid
+        deadline, busy = time.time() + 300, []
+        while True:
+            assert proc.poll() is None and time.time() < deadline, "the job ended before the node could be killed"
+            written = len(list(out.glob("*.parquet"))) if out.exists() else 0
+            busy = busy_job_workers(raylet_pid) if written >= 1 else []
+            if busy:
+                break
+            time.sleep(0.2)
+        cluster.remove_node(worker, allow_graceful=False)  # SIGKILL raylet, object store and its workers
+        killed_at = len(list(out.glob("*.parquet")))
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert killed_at < N_SHARDS, "the node died after the last shard was written: nothing was tested"
+    assert f"shards        {N_SHARDS} (complete {N_SHARDS})" in stdout, stdout
+    got = rows_by_uid(out)
+    rows = read_index(out).to_pylist()
+    assert sorted((r[S.SHARD], r[S.KEY]) for r in rows) == sorted(expected), "not exactly one row per sample"
+    assert {r[S.UID] for r in rows} == set(expected.values())
+    assert_same_scores(reference, got)
+    print(f"worker node killed while running {busy} with {killed_at}/{N_SHARDS} shards written")
