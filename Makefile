@@ -1,11 +1,14 @@
-# `make demo`: set up .venv and run the main job (curate score) on the bundled sample shards.
-# `make test`: set up .venv and run the test suite.
+# `make demo`: set up .venv, run the main job (curate score) on the bundled sample shards, and
+# write its HTML report (out/report/index.html).
+# `make test`: set up .venv (and Debian's chromium for the report tests) and run the test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.curate-installed
 
-.PHONY: setup demo test clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +23,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/curate score "tests/data/shards/sample-{000000..000002}.tar" --out out/index \
 		--config pipelines/tiny_cpu.yaml --num-cpus 2
+	$(BIN)/curate report --index out/index --out out/report
 
-test: $(STAMP)
+# Headless Chromium for the `curate report` tests (Debian packages chromium, chromium-driver).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		$(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 clean:

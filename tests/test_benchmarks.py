@@ -24,3 +24,43 @@ def test_gpu_bench_rehearses_on_cpu():
     assert report["clip_vs_cpu"]["fp32"]["ok"]
     assert set(report["detect_samples_per_s"]) == {"craft", "dbnet"}
     assert report["end_to_end"]["dbnet + tiny"]["samples"] == 41
+
+
+def test_toy_datacomp_pool_has_the_kinds_it_claims(tmp_path):
+    """benchmarks/toy_datacomp.py's pool from real CIFAR-10 images: the shares per kind, captions
+    naming the right class, the class word rendered only where claimed, unique DataComp uids,
+    and shards that curate's own reader reads whole."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import toy_datacomp as toy
+    from curate.io.shards import SHARD_COMPLETE, is_datacomp_uid, read_shard
+
+    cifar = REPO.parent / "shared" / "data" / "cifar10" / "test.tar"
+    shares = {"match": 0.4, "match_text": 0.1, "text_spot": 0.3, "mismatch": 0.2}
+    counts = toy.build_pool(cifar, tmp_path, 200, shares, seed=0, shard_size=64)
+    assert counts == {"match": 80, "match_text": 20, "text_spot": 60, "mismatch": 40}
+    samples = []
+    for shard in sorted(tmp_path.glob("pool-*.tar")):
+        r = read_shard(str(shard))
+        assert r.status == SHARD_COMPLETE
+        samples += r.samples
+    assert len(samples) == 200 and len({json.loads(s["json"])["uid"] for s in samples}) == 200
+    from scipy.ndimage import maximum_filter
+
+    text_pixels = {}
+    for s in samples:
+        meta = json.loads(s["json"])
+        assert is_datacomp_uid(meta["uid"])
+        assert s["txt"].decode().rstrip(".").endswith(meta["caption_class"])
+        assert (meta["caption_class"] == meta["label"]) == (meta["kind"] in ("match", "match_text"))
+        img = np.asarray(Image.open(io.BytesIO(s["jpg"])).convert("L")).astype(int)
+        assert img.shape == (64, 64)
+        # rendered text: dark pixels right next to the white band (CIFAR photos have none)
+        dark_on_white = int(((img < 80) & (maximum_filter(img, 3) > 235)).sum())
+        text_pixels.setdefault(meta["kind"], []).append(dark_on_white)
+    assert min(text_pixels["text_spot"] + text_pixels["match_text"]) >= 20
+    assert max(text_pixels["match"] + text_pixels["mismatch"]) < 20
