@@ -225,6 +225,16 @@ def _render_examples(rows: dict[int, dict], out_dir: Path, locate, mask_method: 
 # --------------------------------------------------------------------------- plots
 
 
+def _save(fig, img_dir: Path, name: str) -> str:
+    """Write a matplotlib figure as ``images/NAME`` and close it; return its path in the page."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(img_dir / name)
+    plt.close(fig)
+    return f"images/{name}"
+
+
 def _plots(scores: dict[str, np.ndarray], has_text: np.ndarray, out_dir: Path,
            kept: np.ndarray | None) -> dict[str, str]:
     import matplotlib
@@ -247,10 +257,7 @@ def _plots(scores: dict[str, np.ndarray], has_text: np.ndarray, out_dir: Path,
         ax.set_ylabel("samples")
         ax.legend()
         ax.set_title("Score histograms")
-        fig.tight_layout()
-        fig.savefig(img_dir / "hist_scores.png")
-        plt.close(fig)
-        out["hist"] = "images/hist_scores.png"
+        out["hist"] = _save(fig, img_dir, "hist_scores.png")
 
         both = np.isfinite(scores["clip_score"]) & np.isfinite(scores["masked_clip_score"])
         fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
@@ -264,10 +271,7 @@ def _plots(scores: dict[str, np.ndarray], has_text: np.ndarray, out_dir: Path,
         ax.set_ylabel("masked_clip_score")
         ax.legend(loc="upper left")
         ax.set_title("Masked vs original CLIP score")
-        fig.tight_layout()
-        fig.savefig(img_dir / "scatter_scores.png")
-        plt.close(fig)
-        out["scatter"] = "images/scatter_scores.png"
+        out["scatter"] = _save(fig, img_dir, "scatter_scores.png")
 
         if kept is not None:
             fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
@@ -280,10 +284,7 @@ def _plots(scores: dict[str, np.ndarray], has_text: np.ndarray, out_dir: Path,
                 ax.set_xlabel(name)
                 ax.legend()
             fig.suptitle("What the subset kept and dropped")
-            fig.tight_layout()
-            fig.savefig(img_dir / "hist_subset.png")
-            plt.close(fig)
-            out["subset"] = "images/hist_subset.png"
+            out["subset"] = _save(fig, img_dir, "hist_subset.png")
     return out
 
 

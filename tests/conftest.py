@@ -20,20 +20,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def load_sources() -> dict[str, dict]:
-    """``source path -> {"image": bytes, "caption": str | None, "key", "shard"}`` from the shards."""
-    out: dict[str, dict] = {}
+def sample_members() -> list[tuple[str, str, dict[str, bytes]]]:
+    """``(shard path, key, {extension: bytes})`` for every sample of the bundled shards, in order."""
+    out = []
     for shard in SHARDS:
         members: dict[str, dict[str, bytes]] = {}
         with tarfile.open(shard) as tf:
             for m in tf.getmembers():
                 key, ext = m.name.split(".", 1)
                 members.setdefault(key, {})[ext] = tf.extractfile(m).read()
-        for key, sample in members.items():
-            meta = json.loads(sample["json"])
-            image = next(v for k, v in sample.items() if k in ("jpg", "png"))
-            out.setdefault(meta["source"].removeprefix("shared/data/"), {
-                "image": image, "caption": meta.get("caption"), "key": key, "shard": str(shard)})
+        out += [(str(shard), key, sample) for key, sample in members.items()]
+    return out
+
+
+def load_sources() -> dict[str, dict]:
+    """``source path -> {"image": bytes, "caption": str | None, "key", "shard"}`` from the shards."""
+    out: dict[str, dict] = {}
+    for shard, key, sample in sample_members():
+        meta = json.loads(sample["json"])
+        image = next(v for k, v in sample.items() if k in ("jpg", "png"))
+        out.setdefault(meta["source"].removeprefix("shared/data/"), {
+            "image": image, "caption": meta.get("caption"), "key": key, "shard": shard})
     return out
 
 

@@ -26,7 +26,7 @@ from curate.config import load_config
 from curate.io.index import read_index
 from curate.pipeline import _ShardCollector, build_dataset, run_score
 from curate.models import resolve_pretrained
-from tests.conftest import SHARDS
+from tests.conftest import sample_members
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"
@@ -37,14 +37,7 @@ def write_unique_pool(folder: Path, n_shards: int, per_shard: int, max_bytes: in
     """``n_shards`` shards of ``per_shard`` samples taken in turn from the bundled sample shards
     (images under ``max_bytes``, plus the broken JPEG and the sample without caption), each with
     a fresh uid. Returns ``{(shard path, key): uid}``, read back from the tars with tarfile."""
-    samples: list[dict[str, bytes]] = []
-    for shard in SHARDS:
-        groups: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
-                key, ext = m.name.split(".", 1)
-                groups.setdefault(key, {})[ext] = tf.extractfile(m).read()
-        samples += [g for g in groups.values() if max(len(v) for v in g.values()) <= max_bytes]
+    samples = [m for _, _, m in sample_members() if max(len(v) for v in m.values()) <= max_bytes]
     folder.mkdir(parents=True)
     i = 0
     for s in range(n_shards):
