@@ -38,7 +38,6 @@ import json
 import os
 import random
 import statistics
-import sys
 import tarfile
 import time
 from pathlib import Path

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).parent
+REPO = TESTS.parent
 DATA = TESTS / "data"
 SHARDS = sorted((DATA / "shards").glob("sample-*.tar"))
 SHARD_SPEC = str(DATA / "shards" / "sample-{000000..000002}.tar")
@@ -71,3 +72,34 @@ def ray_cluster():
     init_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory):
+    """The 3 sample shards plus a truncated, an empty and an unreadable shard."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("pool")
+    for s in SHARDS:
+        shutil.copy(s, d / s.name)
+    with tarfile.open(SHARDS[1]) as tf:
+        m = [m for m in tf.getmembers() if m.name == "000010001.jpg"][0]
+    data = SHARDS[1].read_bytes()
+    (d / "cut-000000.tar").write_bytes(data[: m.offset_data + m.size // 2])  # cut inside a member
+    with tarfile.open(d / "empty-000000.tar", "w"):
+        pass
+    (d / "zzz-broken.tar").write_bytes(b"this is not a tar file" * 100)
+    return d
+
+
+@pytest.fixture(scope="session")
+def scored(pool, tmp_path_factory, ray_cluster):
+    """``(index folder, config, ScoreSummary)``: ``pool`` scored with CRAFT and the tiny CLIP
+    (``pipelines/tiny_cpu.yaml``). Tests may rerun into the folder but leave it complete."""
+    out = tmp_path_factory.mktemp("index")
+    from curate.config import load_config
+    from curate.pipeline import run_score
+
+    cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
+    summary = run_score([str(pool / "*.tar")], out, cfg, progress=False)
+    return out, cfg, summary

@@ -26,7 +26,7 @@ from curate.config import load_config
 from curate.io.index import read_index
 from curate.pipeline import _ShardCollector, build_dataset, run_score
 from curate.models import resolve_pretrained
-from tests.conftest import sample_members
+from tests.conftest import SHARDS, sample_members
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -22,30 +20,6 @@ from tests.conftest import NEMO_SHARD, SHARDS, samples_per_shard
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    """The 3 sample shards plus a truncated, an empty and an unreadable shard."""
-    d = tmp_path_factory.mktemp("pool")
-    for s in SHARDS:
-        shutil.copy(s, d / s.name)
-    with tarfile.open(SHARDS[1]) as tf:
-        m = [m for m in tf.getmembers() if m.name == "000010001.jpg"][0]
-    data = SHARDS[1].read_bytes()
-    (d / "cut-000000.tar").write_bytes(data[: m.offset_data + m.size // 2])  # cut inside a member
-    with tarfile.open(d / "empty-000000.tar", "w"):
-        pass
-    (d / "zzz-broken.tar").write_bytes(b"this is not a tar file" * 100)
-    return d
-
-
-@pytest.fixture(scope="module")
-def scored(pool, tmp_path_factory, ray_cluster):
-    out = tmp_path_factory.mktemp("index")
-    cfg = load_config(TINY)
-    summary = run_score([str(pool / "*.tar")], out, cfg, progress=False)
-    return out, cfg, summary
 
 
 def test_summary_and_exit_code(scored, pool):

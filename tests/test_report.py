@@ -14,35 +14,22 @@ import pytest
 
 from curate import schema as S
 from curate.cli import main
-from curate.config import load_config
 from curate.io.index import index_files, read_index
-from curate.pipeline import run_score
 from curate.query import run_filter
 from curate.report import build_report, score_bands
-from tests.conftest import SHARDS
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "pipelines" / "tiny_cpu.yaml"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory, ray_cluster):
-    """The bundled sample shards (41 samples: photos, text images, a broken JPEG, no caption),
-    a truncated copy of one, scored with DBNet and the tiny CLIP; and a T-MARS subset."""
-    d = tmp_path_factory.mktemp("report")
-    pool = d / "pool"
-    pool.mkdir()
-    for s in SHARDS:
-        shutil.copy(s, pool / s.name)
-    data = SHARDS[2].read_bytes()
-    (pool / "cut-000000.tar").write_bytes(data[: len(data) // 2])
-    cfg = load_config(TINY)
-    cfg.detect.detector = "dbnet"
-    summary = run_score([str(pool / "*.tar")], d / "index", cfg, progress=False)
-    assert summary.exit_code == 0
-    run_filter(d / "index", "tmars(fraction=0.5)", d / "subset")
-    return d
+def indexed(scored, tmp_path_factory):
+    """The session's scored index (3 sample shards: photos, text images, a broken JPEG, no
+    caption; plus a truncated, an empty and an unreadable shard; CRAFT and the tiny CLIP) and a
+    T-MARS subset of it."""
+    out, _, summary = scored
+    d = tmp_path_factory.mktemp("subset")
+    run_filter(out, "tmars(fraction=0.5)", d)
+    return out, d / "subset.parquet", summary
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +65,11 @@ def render(browser, page: Path) -> tuple[list[dict], np.ndarray, str]:
 
 
 @pytest.mark.slow
-def test_report_renders_with_every_image_loaded(scored, browser, tmp_path):
+def test_report_renders_with_every_image_loaded(indexed, browser, tmp_path):
+    index_dir, subset, scored_summary = indexed
     out = tmp_path / "report"
-    summary = build_report(scored / "index", out, subset=str(scored / "subset" / "subset.parquet"), per_band=4)
-    index = read_index(scored / "index")
+    summary = build_report(index_dir, out, subset=str(subset), per_band=4)
+    index = read_index(index_dir)
     assert summary.num_samples == index.num_rows
     images, shot, text = render(browser, summary.html)
     # every image in the page loads, from files beside it (self-contained, no URL outside out/)
@@ -96,8 +84,10 @@ def test_report_renders_with_every_image_loaded(scored, browser, tmp_path):
     assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 500
     # what the page says is what the index holds
     ok = int(np.sum(np.asarray(index.column(S.STATUS).to_pylist()) == S.STATUS_OK))
-    assert f"{index.num_rows} samples in 4 shards, {ok} ok" in text
-    kept = pq.read_table(scored / "subset" / "subset.parquet").num_rows
+    # every shard of the job, also the unreadable one that has no index file (from _summary.json)
+    assert f"{index.num_rows} samples in {len(scored_summary.shards)} shards, {ok} ok" in text
+    assert "zzz-broken.tar" in text and "unreadable" in text
+    kept = pq.read_table(subset).num_rows
     assert summary.subset_kept == kept and f"Kept {kept} of {index.num_rows} samples" in text
     assert "truncated" in text and "decode_error" in text and "missing_caption" in text
     assert "random-init CLIP" in text
@@ -109,12 +99,12 @@ def test_report_renders_with_every_image_loaded(scored, browser, tmp_path):
 
 
 @pytest.mark.slow
-def test_text_boxes_are_drawn_and_masked(scored, tmp_path):
+def test_text_boxes_are_drawn_and_masked(indexed, tmp_path):
     """An example with detected text: the thumbnail has red box pixels the masked one lacks."""
     from PIL import Image
 
-    summary = build_report(scored / "index", tmp_path / "r", band_by="clip_score", bands=1, per_band=100)
-    index = read_index(scored / "index").to_pylist()
+    summary = build_report(indexed[0], tmp_path / "r", band_by="clip_score", bands=1, per_band=100)
+    index = read_index(indexed[0]).to_pylist()
     with_text = [r for r in index if r[S.STATUS] == S.STATUS_OK and (r["text_area_frac"] or 0) > 0.02]
     shown = [r for r in index if r[S.STATUS] == S.STATUS_OK and r["clip_score"] is not None]
     assert with_text and summary.num_examples == len(shown)
@@ -130,13 +120,13 @@ def test_text_boxes_are_drawn_and_masked(scored, tmp_path):
 
 
 @pytest.mark.slow
-def test_captions_are_escaped_and_unreadable_images_explained(scored, browser, tmp_path):
+def test_captions_are_escaped_and_unreadable_images_explained(indexed, pool, browser, tmp_path):
     """A caption holding HTML is shown as text, never run; a moved shard gives a reason, not a
     broken image; `--shards` finds moved shards by name."""
     idx = tmp_path / "index"
     idx.mkdir()
     hostile = '<img src=x onerror="document.title=\'pwned\'"><b>bold</b>'
-    for f in index_files(scored / "index"):
+    for f in index_files(indexed[0]):
         t = pq.read_table(f)
         texts = t.column(S.TEXT).to_pylist()
         texts[0] = hostile
@@ -148,7 +138,7 @@ def test_captions_are_escaped_and_unreadable_images_explained(scored, browser, t
     assert all(i["complete"] and i["width"] > 0 for i in images)
     # the shards move: images cannot be read back, and each example says why
     moved = tmp_path / "moved"
-    shutil.copytree(scored / "pool", moved)
+    shutil.copytree(pool, moved)
     gone = tmp_path / "gone-index"
     shutil.copytree(idx, gone)
     for f in index_files(gone):
@@ -173,11 +163,11 @@ def test_cli_report_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_report_on_the_index(scored, tmp_path, capsys):
-    rc = main(["report", "--index", str(scored / "index"), "--subset", str(scored / "subset" / "subset.npy"),
+def test_cli_report_on_the_index(indexed, tmp_path, capsys):
+    rc = main(["report", "--index", str(indexed[0]), "--subset", str(indexed[1].with_suffix(".npy")),
                "--out", str(tmp_path / "r"), "--per-band", "2"])
     assert rc == 0
     assert "subset kept" in capsys.readouterr().out
     assert (tmp_path / "r" / "index.html").is_file()
-    assert main(["report", "--index", str(scored / "index"), "--subset", str(tmp_path / "nope.npy"),
+    assert main(["report", "--index", str(indexed[0]), "--subset", str(tmp_path / "nope.npy"),
                  "--out", str(tmp_path / "r2")]) == 2
