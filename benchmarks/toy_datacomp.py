@@ -148,14 +148,16 @@ def build_pool(cifar_train: Path, out: Path, n: int, shares: dict[str, float], s
     return counts
 
 
-def kept_shares(subset: Path | None, truth: dict[str, str]) -> tuple[int, dict[str, float]]:
-    """Subset size and the share of each kind of pool sample it keeps."""
+def kept_shares(subset: Path | None, truth: dict[str, str]) -> tuple[int, dict[str, float], dict[str, float]]:
+    """Subset size, the share of each kind of pool sample it keeps, and its own make-up (the
+    share of each kind among its samples)."""
     import pyarrow.parquet as pq
 
     uids = set(truth) if subset is None else set(pq.read_table(subset, columns=["uid"]).column("uid").to_pylist())
     total = {k: sum(1 for v in truth.values() if v == k) for k in KINDS}
     kept = {k: sum(1 for u in uids if truth.get(u) == k) for k in KINDS}
-    return len(uids), {k: kept[k] / total[k] if total[k] else float("nan") for k in KINDS}
+    return (len(uids), {k: kept[k] / total[k] if total[k] else float("nan") for k in KINDS},
+            {k: kept[k] / len(uids) if uids else float("nan") for k in KINDS})
 
 
 def main() -> None:
@@ -230,9 +232,9 @@ def main() -> None:
 
     rows = []
     for name, subset in subsets.items():
-        size, kept = kept_shares(subset, truth)
+        size, kept, makeup = kept_shares(subset, truth)
         same_as = next((r["name"] for r in rows if r["uids"] == (None if subset is None else _uids(subset))), None)
-        row = {"name": name, "size": size, "kept": kept, "acc": {}, "same_as": same_as,
+        row = {"name": name, "size": size, "kept": kept, "makeup": makeup, "acc": {}, "same_as": same_as,
                "uids": None if subset is None else _uids(subset)}
         for seed in args.seeds:
             if same_as:  # the same subset: the same training, not run twice
@@ -266,8 +268,8 @@ def _uids(subset: Path) -> frozenset:
 def format_table(rows: list[dict], args, pool_size: int, total_s: float, score_s: float) -> str:
     seeds = args.seeds
     head = ("| subset | size | % of pool | match kept | match+text kept | text-spotting kept | mismatch kept "
-            "| CIFAR-10 zero-shot acc1, mean ± sd | per seed (" + ", ".join(map(str, seeds)) + ") |")
-    lines = [head, "| " + " | ".join(["---"] * 9) + " |"]
+            "| text-spotting in subset | CIFAR-10 zero-shot acc1 (%), mean ± sd | per seed (" + ", ".join(map(str, seeds)) + ") |")
+    lines = [head, "| " + " | ".join(["---"] * 10) + " |"]
     for r in rows:
         accs = [r["acc"][s] for s in seeds]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -275,7 +277,8 @@ def format_table(rows: list[dict], args, pool_size: int, total_s: float, score_s
         lines.append(
             f"| {r['name']}{' (= ' + r['same_as'] + ')' if r['same_as'] else ''} | {r['size']} | "
             f"{100 * r['size'] / pool_size:.0f}% | {100 * k['match']:.0f}% | {100 * k['match_text']:.0f}% | "
-            f"{100 * k['text_spot']:.0f}% | {100 * k['mismatch']:.0f}% | {100 * np.mean(accs):.2f} ± {100 * sd:.2f} | "
+            f"{100 * k['text_spot']:.0f}% | {100 * k['mismatch']:.0f}% | {100 * r['makeup']['text_spot']:.1f}% | "
+            f"{100 * np.mean(accs):.2f} ± {100 * sd:.2f} | "
             + ", ".join(f"{100 * a:.2f}" for a in accs) + " |")
     lines.append("")
     lines.append(f"Pool {pool_size} samples (shares {args.shares}); scorer {args.scorer_samples} samples seen; "
