@@ -595,6 +595,7 @@ def run_score(
     todo, skipped = plan_shards(urls, out_dir, metadata[S.META_CONFIG], overwrite=overwrite)
 
     results: dict[str, ShardResult] = {s.url: s for s in skipped}
+    duplicates = 0
     if todo:
         try:
             init_ray(num_cpus=num_cpus, address=address)
@@ -630,10 +631,10 @@ def run_score(
             log.error("curate score stopped: %s", e)
         bar.close()
         results.update(collector.results)
+        duplicates = collector.duplicates
         for url in todo:
             if url not in results:
                 results[url] = ShardResult(url, SHARD_FAILED, failure or "internal error: rows missing")
-    duplicates = collector.duplicates if todo else 0
     if duplicates:
         log.warning("curate score: %d row(s) arrived twice (Ray task retries) and were written once", duplicates)
     summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir), duplicates)

@@ -20,7 +20,6 @@ shown with its error text, never as a broken image. Captions are HTML-escaped (J
 from __future__ import annotations
 
 import collections
-import html
 import json
 import logging
 from dataclasses import dataclass, field
@@ -80,16 +79,10 @@ class ReportSummary:
 
 
 def _index_table(index: str | Path) -> tuple[pa.Table, dict[str, dict[str, str]]]:
-    import pyarrow.parquet as pq
+    """The index (``read_index``) and each file's ``curate.*`` metadata, by file path."""
+    from curate.io.index import index_files, read_index, read_index_metadata
 
-    from curate.io.index import index_files, read_index_metadata
-
-    files = index_files(index)
-    tables, meta = [], {}
-    for f in files:
-        tables.append(pq.read_table(f, schema=S.SCHEMA))
-        meta[str(f)] = read_index_metadata(f)
-    return pa.concat_tables(tables), meta
+    return read_index(index), {str(f): read_index_metadata(f) for f in index_files(index)}
 
 
 def _float(v: Any) -> float | None:
@@ -380,7 +373,6 @@ def build_report(index: str | Path, out: str | Path, subset: str | None = None, 
 
     import curate
     from curate.io.subset import load_subset_counts
-    from curate.query import uids_to_datacomp
 
     if band_by not in SCORES:
         raise ValueError(f"--band-by must be one of {', '.join(SCORES)}, got {band_by!r}")
@@ -418,14 +410,7 @@ def build_report(index: str | Path, out: str | Path, subset: str | None = None, 
     if subset is not None:
         counts = load_subset_counts(subset)
         uids = table.column(S.UID).to_pylist()
-        try:
-            dc = uids_to_datacomp(uids)
-        except ValueError:
-            dc = None
-        if dc is not None:
-            mult = np.array([counts.get(u) for u in uids])
-        else:  # uids that are not 32-hex (stable hashes are; guard anyway)
-            mult = np.zeros(n, dtype=np.int64)
+        mult = np.array([counts.get(u) for u in uids], dtype=np.int64)  # 0: not in the subset
         kept = mult > 0
         unique_subset = len(counts)
         unknown = unique_subset - len(set(u for u, k in zip(uids, kept) if k))
@@ -485,4 +470,4 @@ def build_report(index: str | Path, out: str | Path, subset: str | None = None, 
     return ReportSummary(html=html_path, num_samples=n, num_examples=len(shown),
                          num_images=2 * (len(shown) - len(missing)) + len(plots), missing=len(missing),
                          subset_kept=None if kept is None else int(kept.sum()),
-                         problems=[html.escape(f"{e.uid}: {e.problem}") for e in missing])
+                         problems=[f"{e.uid}: {e.problem}" for e in missing])
