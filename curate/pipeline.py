@@ -43,7 +43,7 @@ from curate.io.index import (
     remove_stale_temporaries,
     write_index_file,
 )
-from curate.io.samples import sample_to_record
+from curate.io.samples import MAX_CAPTION_CHARS, mark_duplicate_uids, sample_to_record
 from curate.io.shards import (
     SHARD_COMPLETE,
     SHARD_DAMAGED,
@@ -60,6 +60,7 @@ SHARD_FAILED = "failed"  # the job stopped (internal error) before this shard wa
 
 _SEQ, _N, _SHARD_STATUS, _SHARD_ERROR = "_seq", "_shard_n", "_shard_status", "_shard_error"
 _IGNORED = "_shard_ignored"
+_FIXES = "_caption_fixes"
 
 log = logging.getLogger("curate")
 
@@ -72,29 +73,45 @@ class IndexConfigMismatch(RuntimeError):
 
 
 def read_shard_records(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ray ``flat_map`` function: one shard URL in, one record per sample out.
+    """Ray ``flat_map`` function: one shard URL in, one record per sample out; never raises.
 
     Every record also carries ``_seq`` (position in the shard), ``_shard_n`` (samples read from
-    the shard), ``_shard_status`` and ``_shard_error``. An empty or unreadable shard yields a
-    single shard record with status ``__shard__`` and ``_shard_n == 0``.
+    the shard), ``_shard_status``, ``_shard_error`` and ``_caption_fixes`` (the caption repairs
+    of ``curate.io.samples.clean_caption``, ``""`` when none). Samples of the shard that share a
+    uid get status ``duplicate_uid`` (``mark_duplicate_uids``). An empty or unreadable shard
+    yields a single shard record with status ``__shard__`` and ``_shard_n == 0``; so does a shard
+    whose reading raised for a reason of our own (its error names it), so that one shard never
+    stops the job.
     """
     url = row["url"]
+    try:
+        return _shard_records(url)
+    except Exception as e:  # an internal fault on this shard: report it as unreadable, go on
+        return [_shard_record(url, SHARD_UNREADABLE, f"internal error reading the shard: {type(e).__name__}: {e}", 0)]
+
+
+def _shard_record(url: str, status: str, error: str, ignored: int) -> dict[str, Any]:
+    return {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: "", "image_bytes": b"", S.STATUS: SHARD_RECORD,
+            S.ERROR: error or "", _SEQ: -1, _N: 0, _SHARD_STATUS: status, _SHARD_ERROR: error or "",
+            _IGNORED: ignored, _FIXES: ""}
+
+
+def _shard_records(url: str) -> list[dict[str, Any]]:
     result = read_shard(url)
     n = len(result.samples)
-    extra = {_N: n, _SHARD_STATUS: result.status, _SHARD_ERROR: result.error or "", _IGNORED: result.ignored_members}
     if n == 0:
-        return [
-            {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: "", "image_bytes": b"",
-             S.STATUS: SHARD_RECORD, S.ERROR: result.error or "", _SEQ: -1, **extra}
-        ]
+        return [_shard_record(url, result.status, result.error or "", result.ignored_members)]
+    extra = {_N: n, _SHARD_STATUS: result.status, _SHARD_ERROR: result.error or "", _IGNORED: result.ignored_members}
+    records = [sample_to_record(sample) for sample in result.samples]
+    mark_duplicate_uids(records)
     out = []
-    for seq, sample in enumerate(result.samples):
-        rec = sample_to_record(sample)
+    for seq, rec in enumerate(records):
         # Inside Ray, "no value" is an empty string / bytes: a block of only None would become a
         # null or float column that Arrow cannot merge with strings. The writer maps "" to null.
         rec[S.TEXT] = rec[S.TEXT] or ""
         rec[S.ERROR] = rec[S.ERROR] or ""
         rec["image_bytes"] = rec["image_bytes"] or b""
+        rec[_FIXES] = rec.pop("caption_fixes", "")
         rec.update({_SEQ: seq, **extra})
         out.append(rec)
     return out
@@ -156,6 +173,48 @@ class ScoreActor:
         batch.pop("image", None)
         batch.pop("masked_image", None)
         return batch
+
+
+def records_to_batch(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Records (``read_shard_records`` rows) as one numpy batch, the way Ray Data hands a block to
+    ``map_batches(batch_format="numpy")``: ints and floats as numeric arrays, the rest as
+    ``object`` arrays."""
+    from curate.stages.common import object_array
+
+    batch: dict[str, np.ndarray] = {}
+    for name in records[0]:
+        values = [r[name] for r in records]
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            batch[name] = np.asarray(values, dtype=np.int64)
+        else:
+            batch[name] = object_array(values)
+    return batch
+
+
+class StageChain:
+    """The score path in one process, without Ray: caption language, decode, detect, mask and
+    CLIP score, the same stage objects and settings the Ray plan runs (for tests, the fuzz
+    harness and debugging one shard).
+
+    Args:
+        cfg: pipeline config.
+        weights: resolved CLIP weights (``curate.models.resolve_pretrained``).
+
+    Calling it on a batch (``records_to_batch``) returns the scored batch, one row per input
+    row, with the index columns and without the image columns.
+    """
+
+    def __init__(self, cfg: PipelineConfig, weights: ResolvedWeights):
+        self.cfg = cfg
+        self.detect = DetectActor(cfg.detect)
+        self.score = ScoreActor(cfg.score, weights)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cfg = self.cfg
+        batch = _decode_batch(batch, cfg.decode.max_pixels, list(cfg.decode.background), **draft_sizes(cfg))
+        batch = self.detect(batch)
+        batch = _mask_batch(batch, cfg.mask.method, cfg.mask.ring_px, cfg.mask.inpaint_radius)
+        return self.score(batch)
 
 
 def build_dataset(urls: list[str], cfg: PipelineConfig, weights: ResolvedWeights):
@@ -220,6 +279,8 @@ class ShardResult:
         statuses: row count per ``status`` value.
         index_file: the index file written (or found, for ``skipped``), if any.
         ignored_members: tar members that belong to no sample (no extension).
+        captions_repaired: captions changed by the caption policy (invalid UTF-8, lone
+            surrogates, control characters, cut to ``MAX_CAPTION_CHARS``), still ``ok``.
     """
 
     url: str
@@ -229,6 +290,7 @@ class ShardResult:
     statuses: dict[str, int] = field(default_factory=dict)
     index_file: str | None = None
     ignored_members: int = 0
+    captions_repaired: int = 0
 
 
 _SHARD_ORDER = (SHARD_COMPLETE, SHARD_TRUNCATED, SHARD_DAMAGED, SHARD_UNREADABLE, SHARD_FAILED, SHARD_SKIPPED)
@@ -305,6 +367,10 @@ class ScoreSummary:
         ]
         if self.duplicates_dropped:
             lines.append(f"  re-delivered  {self.duplicates_dropped} row(s) Ray sent twice (task retries), dropped")
+        repaired = sum(s.captions_repaired for s in self.processed)
+        if repaired:
+            lines.append(f"  captions      {repaired} repaired (invalid UTF-8, lone surrogates, control characters or "
+                         f"over {MAX_CAPTION_CHARS} characters; kept, see curate.io.samples)")
         ignored = sum(s.ignored_members for s in self.shards)
         if ignored:
             lines.append(f"  ignored       {ignored} tar member(s) with no extension (not part of any sample)")
@@ -441,7 +507,15 @@ class _ShardCollector:
                 buf[name].extend(col[fresh])
             n = int(buf[_N][0])
             if (n == 0 and len(buf[_N]) >= 1) or (n > 0 and len(buf[_SEQ]) >= n):
-                self._finish(url)
+                try:
+                    self._finish(url)
+                except Exception as e:  # this shard fails, by name; the others go on
+                    self.buffers.pop(url, None)
+                    self.seen.pop(url, None)
+                    log.error("curate score: writing the index file of %s failed: %s", url, e)
+                    result = ShardResult(url, SHARD_FAILED, f"writing its index file failed: {type(e).__name__}: {e}")
+                    self.results[url] = result
+                    self.on_shard_done(result)
 
     def _finish(self, url: str) -> None:
         buf = self.buffers.pop(url)
@@ -459,15 +533,17 @@ class _ShardCollector:
                     raise RuntimeError(f"internal error: rows of {url} do not add up")
                 cols = {k: [v[i] for i in order] for k, v in buf.items()}
             table = records_to_table(cols)
+            captions_repaired = sum(1 for f in cols.get(_FIXES, []) if f)
             path = index_path(self.out_dir, url)
             md = dict(self.metadata)
             md.update({S.META_SHARD: url, S.META_SHARD_STATUS: shard_status, S.META_NUM_SAMPLES: str(table.num_rows),
-                       S.META_IGNORED_MEMBERS: str(ignored)})
+                       S.META_IGNORED_MEMBERS: str(ignored), S.META_CAPTIONS_REPAIRED: str(captions_repaired)})
             if shard_error:
                 md[S.META_SHARD_ERROR] = str(shard_error)
             write_index_file(path, table, md)
             statuses = collections.Counter(table.column(S.STATUS).to_pylist())
-            result = ShardResult(url, shard_status, shard_error, table.num_rows, dict(statuses), str(path), ignored)
+            result = ShardResult(url, shard_status, shard_error, table.num_rows, dict(statuses), str(path), ignored,
+                                 captions_repaired)
         self.results[url] = result
         self.on_shard_done(result)
 

@@ -39,6 +39,8 @@ STATUS_INVALID_SAMPLE = "invalid_sample"  # duplicate member, reused key, unpars
 STATUS_DETECT_ERROR = "detect_error"  # text detector raised on this sample
 STATUS_MASK_ERROR = "mask_error"  # masking raised on this sample
 STATUS_SCORE_ERROR = "score_error"  # CLIP raised on this sample
+STATUS_LANGUAGE_ERROR = "language_error"  # caption language identification raised on this sample
+STATUS_DUPLICATE_UID = "duplicate_uid"  # another sample of the same shard carries the same uid
 ERROR_STATUSES = (
     STATUS_DECODE_ERROR,
     STATUS_MISSING_IMAGE,
@@ -49,7 +51,10 @@ ERROR_STATUSES = (
     STATUS_DETECT_ERROR,
     STATUS_MASK_ERROR,
     STATUS_SCORE_ERROR,
+    STATUS_LANGUAGE_ERROR,
+    STATUS_DUPLICATE_UID,
 )
+STATUSES = (STATUS_OK, *ERROR_STATUSES)
 
 SCHEMA = pa.schema(
     [
@@ -87,5 +92,6 @@ META_SHARD = META_PREFIX + "shard"
 META_SHARD_STATUS = META_PREFIX + "shard_status"  # "complete", "truncated" or "damaged"
 META_IGNORED_MEMBERS = META_PREFIX + "ignored_members"  # tar members with no extension
 META_SHARD_ERROR = META_PREFIX + "shard_error"
+META_CAPTIONS_REPAIRED = META_PREFIX + "captions_repaired"  # captions changed by the caption policy
 META_NUM_SAMPLES = META_PREFIX + "num_samples"
 META_CONFIG = META_PREFIX + "config"  # the full pipeline config as JSON

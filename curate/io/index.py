@@ -38,7 +38,8 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
     """Build a schema-conformant table from column arrays (numpy or lists).
 
     Rows whose status is not ``ok`` get nulls in every measurement column; ``-1`` sizes, NaN
-    scores and empty ``text`` / ``error`` strings become nulls. Extra columns are ignored, missing measurement columns become nulls.
+    scores and empty ``text`` / ``error`` strings become nulls; a string that is not valid UTF-8
+    (lone surrogates) is stored with them escaped, so one odd name never fails a file. Extra columns are ignored, missing measurement columns become nulls.
 
     Raises:
         KeyError: an identity column (uid, key, shard, status) is missing.
@@ -73,11 +74,21 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
             ]
             arrays.append(pa.array(vals, type=field.type))
         else:
-            vals = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v) for v in values]
+            vals = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else _utf8(str(v)) for v in values]
             if field.name in (S.TEXT, S.ERROR, S.CAPTION_LANG):
                 vals = [v or None for v in vals]  # "" means no value
             arrays.append(pa.array(vals, type=field.type))
     return pa.Table.from_arrays(arrays, schema=S.SCHEMA)
+
+
+def _utf8(text: str) -> str:
+    """``text`` if it is valid UTF-8 text, else with its lone surrogates written as ``\\udXXX``
+    escapes (a shard path or key read from non-UTF-8 bytes); Parquet strings must be UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _polygon_rows(boxes) -> list[list[float]]:
@@ -109,7 +120,9 @@ def write_index_file(path: str | Path, table: pa.Table, metadata: dict[str, str]
 def remove_stale_temporaries(path: str | Path) -> int:
     """Delete temporary files that a killed writer of ``path`` left behind; returns how many."""
     path = Path(path)
-    stale = list(path.parent.glob(f".{path.name}.tmp-*"))
+    prefix = f".{path.name}.tmp-"
+    # Listed and compared literally: the name may hold glob characters ("shard[1]").
+    stale = [p for p in path.parent.iterdir() if p.name.startswith(prefix)] if path.parent.is_dir() else []
     for f in stale:
         f.unlink(missing_ok=True)
     return len(stale)

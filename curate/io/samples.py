@@ -3,25 +3,98 @@
 A record holds the index identity columns (``uid``, ``key``, ``shard``), the caption, the
 image bytes, and ``status`` / ``error`` for what is already known to be wrong (no image
 member, no caption, a sample cut short by a truncated shard).
+
+Caption policy (text at the boundary: a caption is valid UTF-8 once read, whatever the shard
+holds). ``clean_caption`` applies it to ``.txt`` members and to the ``.json`` ``caption``:
+
+- bytes that are not UTF-8 are replaced by U+FFFD (``bytes.decode(errors="replace")``); a
+  UTF-8 byte-order mark is dropped;
+- lone UTF-16 surrogates (a JSON ``"\\ud83d"`` escape without its pair) become U+FFFD;
+- control characters (Unicode category ``Cc``: NUL, C0, DEL, C1) other than tab, newline and
+  carriage return are removed;
+- leading and trailing white space is stripped; a caption is then cut to
+  ``MAX_CAPTION_CHARS`` characters (CLIP reads 77 tokens, a few hundred characters; the cap
+  keeps one hostile caption from costing megabytes in every later step);
+- a caption that is empty after this is ``missing_caption`` ("empty caption");
+- a ``.json`` ``caption`` that is not a string (a number, ``NaN``, a list, an object, ``true``,
+  ``null``) is ``missing_caption`` with a message naming its JSON type; a ``.json`` that is not
+  valid JSON is named in the message too.
+
+What was repaired is recorded per record (``caption_fixes``) and counted per shard by
+``curate score``; the caption itself stays usable (status ``ok``).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from curate import schema as S
+from curate.io.formats import image_extensions
 from curate.io.shards import is_datacomp_uid, stable_uid
 
-# Image extensions in order of preference (webdataset's decoders use the same names).
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pbm", "jp2", "img", "image")
 CAPTION_EXTS = ("txt", "caption", "text")
+# Longest caption kept, in characters (see the module docstring).
+MAX_CAPTION_CHARS = 8192
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-def _decode_text(data: bytes | None) -> str | None:
-    if data is None:
-        return None
-    return data.decode("utf-8-sig", errors="replace").strip()
+def clean_caption(text: str | bytes | None) -> tuple[str | None, list[str]]:
+    """Apply the caption policy of the module docstring.
+
+    Args:
+        text: a ``.txt`` member's bytes, a JSON string, or ``None``.
+
+    Returns:
+        ``(caption, fixes)``: the caption as valid UTF-8 text (``""`` when nothing is left,
+        ``None`` for ``None``) and the repairs made, e.g. ``["invalid UTF-8 replaced by U+FFFD"]``.
+    """
+    if text is None:
+        return None, []
+    fixes: list[str] = []
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = text.decode("utf-8-sig", errors="replace")
+            fixes.append("invalid UTF-8 replaced by U+FFFD")
+    if _SURROGATES.search(text):
+        text = _SURROGATES.sub("\ufffd", text)
+        fixes.append("lone surrogate replaced by U+FFFD")
+    if _CONTROLS.search(text):
+        text = _CONTROLS.sub("", text)
+        fixes.append("control characters removed")
+    text = text.strip()
+    if len(text) > MAX_CAPTION_CHARS:
+        fixes.append(f"cut from {len(text)} to {MAX_CAPTION_CHARS} characters")
+        text = text[:MAX_CAPTION_CHARS].rstrip()
+    return text, fixes
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def image_member(sample: dict[str, Any]) -> str | None:
+    """The extension of the sample's image member (first of ``curate.io.formats.image_extensions()``
+    present), or ``None``."""
+    return next((e for e in image_extensions() if e in sample), None)
 
 
 def sample_to_record(sample: dict[str, Any]) -> dict[str, Any]:
@@ -32,14 +105,15 @@ def sample_to_record(sample: dict[str, Any]) -> dict[str, Any]:
             yields it (with its ``__truncated__``, ``__invalid__`` and ``__notes__`` flags).
 
     Returns:
-        ``{"uid", "key", "shard", "text", "image_bytes", "status", "error"}``. The uid is the
-        32-hex ``uid`` of the sample's ``.json`` when present (DataComp), else
+        ``{"uid", "key", "shard", "text", "image_bytes", "status", "error", "caption_fixes"}``.
+        The uid is the 32-hex ``uid`` of the sample's ``.json`` when present (DataComp), else
         ``stable_uid(shard, key)``. The caption is the first non-empty of the ``.txt`` member and
-        the ``caption`` field of the ``.json``. ``error`` is set only when ``status`` is not ok.
+        the ``caption`` field of the ``.json``, cleaned by ``clean_caption``. ``error`` is set
+        only when ``status`` is not ok; ``caption_fixes`` is ``"; "``-joined repairs or ``""``.
     """
     key, url = sample["__key__"], sample["__url__"]
     rec = {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: None, "image_bytes": None,
-           S.STATUS: S.STATUS_OK, S.ERROR: None}
+           S.STATUS: S.STATUS_OK, S.ERROR: None, "caption_fixes": ""}
     try:
         _fill_record(sample, rec)
     except Exception as e:  # a sample this odd still gets its row
@@ -49,37 +123,85 @@ def sample_to_record(sample: dict[str, Any]) -> dict[str, Any]:
 
 def _fill_record(sample: dict[str, Any], rec: dict[str, Any]) -> None:
     meta: dict[str, Any] = {}
+    json_problem = None
     if "json" in sample:
         try:
             loaded = json.loads(sample["json"])
-            meta = loaded if isinstance(loaded, dict) else {}
-        except (ValueError, RecursionError):
-            meta = {}  # the uid falls back to the stable hash
+            if isinstance(loaded, dict):
+                meta = loaded
+            else:
+                json_problem = f".json holds {_json_type(loaded)}, not an object"
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            json_problem = f".json is not valid JSON ({type(e).__name__})"
     if is_datacomp_uid(meta.get("uid")):
         rec[S.UID] = meta["uid"]
-    text = None
+    text, fixes = None, []
+    why_none = None
     for ext in CAPTION_EXTS:
         if ext in sample:
-            text = _decode_text(sample[ext])
+            text, fixes = clean_caption(sample[ext])
             break
-    if not text and isinstance(meta.get("caption"), str):
-        text = meta["caption"].strip() or text
+    if not text and "caption" in meta:
+        value = meta["caption"]
+        if isinstance(value, str):
+            json_text, json_fixes = clean_caption(value)
+            if json_text or text is None:
+                text, fixes = json_text, json_fixes
+        elif text is None:
+            why_none = f"the .json 'caption' is {_json_type(value)}, not a string"
     rec[S.TEXT] = text
-    image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    rec["caption_fixes"] = "; ".join(fixes)
+    image_ext = image_member(sample)
     rec["image_bytes"] = sample.get(image_ext) if image_ext else None
-    notes = "; ".join(sample.get("__notes__", []))
+    notes = list(sample.get("__notes__", []))
     members = sorted(k for k in sample if not k.startswith("__"))
     if sample.get("__invalid__"):
         status, error = S.STATUS_INVALID_SAMPLE, sample["__invalid__"]
     elif sample.get("__truncated__"):
         status, error = S.STATUS_TRUNCATED, f"the shard is cut or damaged inside this sample; members read: {members}"
     elif image_ext is None:
-        status, error = S.STATUS_MISSING_IMAGE, f"no image member; members: {members}"
+        status, error = S.STATUS_MISSING_IMAGE, f"no image member (a format Pillow decodes); members: {members}"
     elif not text:
         status = S.STATUS_MISSING_CAPTION
-        error = "no .txt member and no 'caption' in .json" if text is None else "empty caption"
+        if why_none:
+            error = why_none
+        elif text is None:
+            error = "no .txt member and no 'caption' in .json"
+            if json_problem:
+                error += f" ({json_problem})"
+        else:
+            error = "empty caption" + (f" after cleaning ({'; '.join(fixes)})" if fixes else "")
     else:
         status, error = S.STATUS_OK, None
     if status != S.STATUS_OK and notes:
-        error = f"{error}; {notes}"
+        error = f"{error}; {'; '.join(notes)}"
     rec[S.STATUS], rec[S.ERROR] = status, error
+
+
+def mark_duplicate_uids(records: list[dict[str, Any]]) -> int:
+    """Give every record whose uid is shared with another record of the list status
+    ``duplicate_uid`` (in place) and return how many were marked.
+
+    Policy: a uid names one sample. Two different samples of one shard that carry the same uid
+    (two ``.json`` files with one ``uid``) cannot be told apart by a subset of uids, so neither is
+    scored nor ever kept by a filter; the ``error`` of each names the other keys. A record that
+    already has another non-ok status keeps it (it is never kept anyway).
+    """
+    by_uid: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        by_uid.setdefault(rec[S.UID], []).append(i)
+    marked = 0
+    for uid, rows in by_uid.items():
+        if len(rows) < 2:
+            continue
+        for i in rows:
+            rec = records[i]
+            if rec[S.STATUS] != S.STATUS_OK:
+                continue
+            others = [records[j][S.KEY] for j in rows if j != i]
+            rec[S.STATUS] = S.STATUS_DUPLICATE_UID
+            rec[S.ERROR] = (f"uid {uid} is also carried by key(s) {others[:5]!r} of this shard"
+                            + (f" and {len(others) - 5} more" if len(others) > 5 else ""))
+            rec["image_bytes"] = None
+            marked += 1
+    return marked

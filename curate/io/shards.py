@@ -4,7 +4,11 @@ Shard specs accept brace ranges (``sample-{000000..000002}.tar``, via ``braceexp
 webdataset), globs (``shards/*.tar``) and fsspec URLs (``s3://``, ``gs://``, ``file://``).
 Members are grouped into samples with webdataset's own key rule
 (``webdataset.tariterators.base_plus_ext``: the key is the path up to the first dot of the
-file name, the extension is the rest), so a shard reads here exactly as webdataset reads it.
+file name, the extension is the rest, compared in lower case). Exactly one sample per key: members
+of one key are gathered even when they are not adjacent in the tar (webdataset would yield two
+broken samples; here the sample is noted); a member repeated with the same bytes is read once;
+one repeated with *different* bytes makes the sample ``invalid`` (which copy is the sample's is
+unknown), so one sample is never silently replaced by another.
 
 Reading never raises for a bad shard: ``read_shard`` returns a ``ShardRead`` whose ``status``
 is ``complete``, ``truncated`` (some samples read, then the data ended inside a member or
@@ -37,6 +41,11 @@ _UID_RE = re.compile(r"^[0-9a-f]{32}$")
 def expand_shards(specs: list[str] | str) -> list[str]:
     """Expand shard specs into a sorted-within-spec, de-duplicated list of URLs.
 
+    A spec that names an existing file is taken literally, whatever characters its name holds
+    (``shard[1].tar``, ``a{1,2}.tar``, ``it's *here*.tar``): it is never expanded as a brace
+    range or a glob. Otherwise brace ranges are expanded first, then each expansion that is not
+    an existing file is matched as a glob.
+
     Args:
         specs: one spec or a list; each may hold brace ranges, glob characters and a protocol.
 
@@ -51,7 +60,8 @@ def expand_shards(specs: list[str] | str) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for spec in specs:
-        for url in braceexpand.braceexpand(spec):
+        expansions = [spec] if _exists(spec) else braceexpand.braceexpand(spec)
+        for url in expansions:
             if _GLOB_CHARS.search(url.split("://", 1)[-1]) and not _exists(url):
                 fs, path = fsspec.core.url_to_fs(url)
                 matches = sorted(fs.glob(path))
@@ -117,9 +127,10 @@ class ShardRead:
         error: the reason for a non-complete status.
         samples: samples in shard order; each is a dict with ``__key__``, ``__url__`` and one
             ``bytes`` value per member extension (lower-case, e.g. ``"jpg"``, ``"txt"``).
-            Problems are flagged on the sample: ``__truncated__`` (members may be missing),
-            ``__invalid__`` (a message: duplicate member, key reused), ``__notes__`` (members
-            that were skipped, e.g. links).
+            One sample per key, in the order of each key's first member. Problems are flagged
+            on the sample: ``__truncated__`` (members may be missing), ``__invalid__`` (a message:
+            a member repeated with different bytes), ``__notes__`` (members that were skipped,
+            e.g. links, repeated or not adjacent to their key's other members).
         ignored_members: regular members that belong to no sample (no extension), skipped as
             webdataset skips them.
     """
@@ -188,15 +199,12 @@ def read_shard(url: str) -> ShardRead:
         members is flagged so it still gets an index row with status ``truncated``.
     """
     result = ShardRead(url=url, status=SHARD_COMPLETE)
-    current: dict[str, Any] | None = None
-    seen_keys: dict[str, int] = {}
+    current: dict[str, Any] | None = None  # the sample of the last member read
+    by_key: dict[str, dict[str, Any]] = {}  # every sample of the shard, in order of first member
     log = _HeaderLog()
 
     def close_current():
-        nonlocal current
-        if current is not None:
-            result.samples.append(current)
-            current = None
+        result.samples[:] = list(by_key.values())
 
     try:
         with fsspec.open(url, "rb") as raw:
@@ -220,24 +228,30 @@ def read_shard(url: str) -> ShardRead:
                         result.ignored_members += 1
                         continue
                     ext = ext.lower()
-                    if current is None or current["__key__"] != key:
-                        close_current()
-                        current = {"__key__": key, "__url__": url}
-                        if key in seen_keys:
-                            current["__invalid__"] = (
-                                f"key {key!r} is also used by the sample at position {seen_keys[key]} of this shard"
-                            )
-                        else:
-                            seen_keys[key] = len(result.samples)
+                    if key in by_key:
+                        if by_key[key] is not current:
+                            # One key, one sample: members of a key that are not adjacent are
+                            # gathered (webdataset would split them into two broken samples).
+                            by_key[key].setdefault("__notes__", []).append(
+                                f"member {name!r} is not adjacent to the other members of its key")
+                        current = by_key[key]
+                    else:
+                        current = by_key[key] = {"__key__": key, "__url__": url}
                     if damaged_before:
                         current["__truncated__"] = True
                     if not member.isfile():
                         current.setdefault("__notes__", []).append(f"skipped {name!r}: not a regular file (link or device)")
                         continue
-                    if ext in current:
-                        current["__invalid__"] = f"duplicate member {name!r} in one sample"
                     # A cut inside this member raises here; the handler below flags this sample.
-                    current[ext] = tf.extractfile(member).read()
+                    data = tf.extractfile(member).read()
+                    if ext in current:
+                        if current[ext] != data:
+                            current["__invalid__"] = (f"member {name!r} appears more than once in the shard with "
+                                                      "different content; which one is the sample's is unknown")
+                        else:
+                            current.setdefault("__notes__", []).append(f"member {name!r} repeated (same bytes)")
+                        continue
+                    current[ext] = data
             if len(log.invalid_offsets) > damage_seen and current is not None:
                 current["__truncated__"] = True
             if log.invalid_offsets:
@@ -257,8 +271,8 @@ def read_shard(url: str) -> ShardRead:
         close_current()
         result.error = f"{type(e).__name__}: {e}"
         result.status = SHARD_TRUNCATED if result.samples else SHARD_UNREADABLE
-        if result.samples:
-            result.samples[-1]["__truncated__"] = True
+        if current is not None:
+            current["__truncated__"] = True
     if result.status == SHARD_DAMAGED and not result.samples:
         result.status = SHARD_UNREADABLE
         result.error = "not a tar archive: " + result.error

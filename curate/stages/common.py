@@ -50,3 +50,103 @@ def image_at(images, i: int) -> np.ndarray:
     if img.dtype != np.uint8:
         img = np.asarray(img, dtype=np.uint8)
     return img
+
+
+def copy_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A shallow copy of a batch whose ``status`` and ``error`` columns are fresh ``object``
+    arrays (the columns a stage changes in place); other columns are shared, not copied."""
+    out = dict(batch)
+    out[S.STATUS] = np.array(batch[S.STATUS], dtype=object)
+    if S.ERROR in batch:
+        out[S.ERROR] = np.array(batch[S.ERROR], dtype=object)
+    return out
+
+
+def take_row(batch: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    """Row ``i`` of a batch as a one-row batch (each column sliced ``[i:i+1]``)."""
+    return {k: v[i : i + 1] for k, v in batch.items()}
+
+
+def concat_batches(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate batches with the same columns, row order kept.
+
+    A column that is 1-D and of one non-object dtype kind in every part is concatenated with
+    ``np.concatenate``; any other (images of different shapes, object columns) becomes a 1-D
+    ``object`` array of its rows.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name in parts[0]:
+        cols = [np.asarray(p[name]) if not isinstance(p[name], np.ndarray) else p[name] for p in parts]
+        simple = all(c.ndim == 1 and c.dtype != object for c in cols) and len({c.dtype.kind for c in cols}) == 1
+        if simple:
+            out[name] = np.concatenate(cols)
+        else:
+            out[name] = object_array([row for c in cols for row in c])
+    return out
+
+
+class Stage:
+    """The contract of a per-batch stage, with per-sample fault isolation.
+
+    A stage is a plain class (no Ray inside): ``__init__`` loads its model once; ``process(batch,
+    rows)`` transforms a batch given as ``dict[str, np.ndarray]`` (Ray Data's ``numpy`` batch
+    format), computing its outputs for the rows ``rows`` (by default the ``ok`` rows, see
+    ``rows_of``) and filling every output column with its "no value" for the others. With
+    ``rows`` empty, ``process`` only fills those defaults and must not raise.
+
+    ``__call__`` adds the fault isolation shared by every stage (the way webdataset's handlers
+    keep a bad sample from killing a loader): the batch is processed whole; if that raises, it
+    is processed again row by row, and a row that still raises gets status ``error_status``,
+    an ``error`` message ``"<name>: <exception>"`` and the default outputs, while every other
+    row goes on. No exception from one sample leaves the stage.
+
+    Class attributes:
+        name: the stage's name in messages (``decode``, ``detect``, ...).
+        error_status: the index status of a row this stage fails on (``curate.schema``).
+    """
+
+    name = "stage"
+    error_status = S.STATUS_INVALID_SAMPLE
+
+    def rows_of(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Indices of the rows this stage computes, ``(K,) int64``; by default the ``ok`` rows."""
+        return ok_rows(batch)
+
+    def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Compute this stage's outputs for ``rows`` (see the class docstring)."""
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_isolated(self, batch)
+
+
+def run_isolated(stage: Stage, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``stage`` on a batch, isolating the rows that make it raise (see ``Stage``).
+
+    Returns:
+        The processed batch, one row per input row, in order.
+    """
+    try:
+        work = copy_batch(batch)
+        return stage.process(work, stage.rows_of(work))
+    except Exception:
+        pass
+    n = batch_len(batch)
+    if n == 0:
+        work = copy_batch(batch)
+        return stage.process(work, np.empty(0, dtype=np.int64))
+    parts = []
+    for i in range(n):
+        row = copy_batch(take_row(batch, i))
+        try:
+            parts.append(stage.process(row, stage.rows_of(row)))
+        except Exception as e:
+            row = copy_batch(take_row(batch, i))
+            ok_rows(row)
+            message = f"{stage.name}: {type(e).__name__}: {e}"
+            if row[S.STATUS][0] == S.STATUS_OK:
+                set_error(row, 0, stage.error_status, message)
+            else:  # a row a stage computes whatever its status (caption language): keep the status
+                row[S.ERROR][0] = (f"{row[S.ERROR][0]}; " if row[S.ERROR][0] else "") + message[:500]
+            parts.append(stage.process(row, np.empty(0, dtype=np.int64)))
+    return concat_batches(parts)

@@ -1,7 +1,8 @@
 """Decode: image bytes to RGB ``uint8 (H, W, 3)`` arrays.
 
 Handles EXIF orientation (``PIL.ImageOps.exif_transpose``), grayscale, palette, CMYK,
-transparency (alpha-composited on a fixed background colour), and 16-bit images (rescaled by
+transparency of every kind (an alpha band or a ``tRNS`` colour key, alpha-composited on a fixed
+background colour), and 16-bit images (rescaled by
 1/257 so 65535 maps to 255, never clamped). The pixel count is read from the header before any
 pixel is decoded, so a decompression bomb gets status ``too_large`` without being allocated.
 """
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from curate import schema as S
-from curate.stages.common import EMPTY_IMAGE, batch_len, object_array, ok_rows, set_error
+from curate.stages.common import EMPTY_IMAGE, Stage, batch_len, object_array, set_error
 
 
 class DecodeError(Exception):
@@ -31,19 +32,27 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
 def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image | np.ndarray:
+    """Any Pillow mode to RGB; every kind of transparency is composited on ``background`` the
+    same way: an alpha band (RGBA, LA, PA, RGBa, La) and a ``tRNS`` colour key (``P``, ``L``,
+    ``RGB``, ``1`` and 16-bit grey with ``info["transparency"]``), so one picture gives the
+    same pixels whatever its storage."""
     mode = im.mode
-    if mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
+    trns = im.info.get("transparency")
+    if mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(im).astype(np.float64)
+        # 16-bit range (PNG/TIFF 16-bit grey open as I;16 or I): 65535 -> 255.
+        gray = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+        if isinstance(trns, int):  # a tRNS grey level, in the image's own 16-bit scale
+            rgb[arr == trns] = background
+        return rgb
+    if trns is not None and mode in ("P", "L", "RGB", "1"):
+        im = im.convert("RGBA")  # Pillow turns the tRNS colour key into alpha 0
         mode = "RGBA"
     if mode in _ALPHA_MODES:
         rgba = im.convert("RGBA")
         base = Image.new("RGBA", rgba.size, tuple(background) + (255,))
         return Image.alpha_composite(base, rgba).convert("RGB")
-    if mode in _SIXTEEN_BIT_MODES:
-        arr = np.asarray(im).astype(np.float64)
-        # 16-bit range (PNG/TIFF 16-bit grey open as I;16 or I): 65535 -> 255.
-        gray = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
     if mode == "F":
         arr = np.asarray(im).astype(np.float64)
         scale = 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else 1.0
@@ -52,6 +61,58 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image | 
     if mode != "RGB":
         im = im.convert("RGB")  # 1, L, P, CMYK (Pillow un-inverts Adobe CMYK JPEGs), YCbCr, LAB, HSV
     return im
+
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"),
+    (b"\xff\xd8", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+
+
+def _header_size(data: bytes) -> tuple[str | None, tuple[int, int] | None]:
+    """``(format, (width, height))`` read straight from the header bytes of a PNG, GIF, BMP or
+    JPEG (the size may be ``None`` when the header is cut); ``(None, None)`` for other data.
+    Used only to explain a file Pillow refuses (e.g. a PNG whose IHDR says width 0)."""
+    import struct
+
+    fmt = next((f for sig, f in _SIGNATURES if data.startswith(sig)), None)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        fmt = "WebP"
+    size = None
+    try:
+        if fmt == "PNG" and data[12:16] == b"IHDR":
+            size = struct.unpack(">II", data[16:24])
+        elif fmt == "GIF":
+            size = struct.unpack("<HH", data[6:10])
+        elif fmt == "BMP":
+            w, h = struct.unpack("<ii", data[18:26])
+            size = (w, abs(h))
+        elif fmt == "JPEG":
+            i = 2
+            while i + 9 < len(data):
+                if data[i] != 0xFF:
+                    break
+                marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+                    size = (w, h)
+                    break
+                i += 2 + length
+    except struct.error:
+        size = None
+    return fmt, size
+
+
+def _unreadable_message(data: bytes) -> str:
+    """What is wrong with bytes that ``Image.open`` cannot identify, as precisely as we can say."""
+    if not data:
+        return "empty image member (0 bytes)"
+    fmt, size = _header_size(data)
+    if fmt and size and (size[0] <= 0 or size[1] <= 0):
+        return f"zero-size image: the {fmt} header says {size[0]}x{size[1]} pixels"
+    if fmt:
+        return f"{fmt} data that Pillow cannot open (bad or cut header; {len(data)} bytes)"
+    return f"not an image format Pillow reads ({len(data)} bytes, starting {data[:8]!r})"
 
 
 def decode_image(data: bytes, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
@@ -114,7 +175,7 @@ def decode_sized(
             if w * h > max_pixels:
                 raise DecodeError(S.STATUS_TOO_LARGE, f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
             if w <= 0 or h <= 0:
-                raise DecodeError(S.STATUS_DECODE_ERROR, f"invalid image size {w}x{h}")
+                raise DecodeError(S.STATUS_DECODE_ERROR, f"zero-size image: the {im.format} header says {w}x{h} pixels")
             if im.format == "JPEG" and (min_side or min_long_side):
                 # The largest DCT scale 1/s that keeps both bounds; Pillow picks s itself from the
                 # requested size as min(w // rw, h // rh), so ask for (w // s, h // s).
@@ -134,14 +195,13 @@ def decode_sized(
             S.STATUS_TOO_LARGE, f"over Pillow's decompression-bomb limit (more than max_pixels {max_pixels})"
         ) from None
     except UnidentifiedImageError:
-        what = "empty image member (0 bytes)" if not data else f"not an image format Pillow reads ({len(data)} bytes, starting {data[:8]!r})"
-        raise DecodeError(S.STATUS_DECODE_ERROR, what) from None
+        raise DecodeError(S.STATUS_DECODE_ERROR, _unreadable_message(data)) from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
         raise DecodeError(S.STATUS_DECODE_ERROR, f"{type(e).__name__}: {e}") from None
     return (Image.fromarray(rgb, "RGB") if isinstance(rgb, np.ndarray) else rgb), size
 
 
-class Decode:
+class Decode(Stage):
     """Stage: decode the ``image_bytes`` column into ``image``, ``width`` and ``height``.
 
     Input columns: ``image_bytes`` (object: ``bytes``; ``None`` or empty when missing), ``status``,
@@ -159,6 +219,9 @@ class Decode:
             (``decode_sized``); ``None``: decode in full.
     """
 
+    name = "decode"
+    error_status = S.STATUS_DECODE_ERROR
+
     def __init__(self, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
                  min_side: int | None = None, min_long_side: int | None = None):
         self.max_pixels = int(max_pixels)
@@ -167,12 +230,11 @@ class Decode:
         # Our own header check enforces the limit; keep Pillow's from firing first.
         Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, self.max_pixels)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         n = batch_len(batch)
         images = [EMPTY_IMAGE] * n
         width = np.full(n, -1, dtype=np.int32)
         height = np.full(n, -1, dtype=np.int32)
-        rows = ok_rows(batch)
         data = batch.pop("image_bytes")
         for i in rows:
             try:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import BOX_DIMS, EMPTY_BOXES, batch_len, image_at, object_array, ok_rows, set_error
+from curate.stages.common import BOX_DIMS, EMPTY_BOXES, Stage, batch_len, image_at, object_array
 
 # ImageNet mean / std in 0-255 units, as easyocr.imgproc.normalizeMeanVariance uses them.
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
@@ -276,7 +276,7 @@ class DBNetDetector:
 DETECTORS = {"craft": CraftDetector, "dbnet": DBNetDetector}
 
 
-class Detect:
+class Detect(Stage):
     """Stage: add ``text_boxes`` (normalised polygons) and ``num_text_boxes`` to a batch.
 
     Input columns: ``image`` (object: ``(H, W, 3) uint8``), ``status``, ``error``.
@@ -284,13 +284,16 @@ class Detect:
     quadrilateral flattened as ``[x1, y1, ..., x4, y4]`` and normalised to [0, 1] by image
     width and height; ``(0, 8)`` for failed rows) and ``num_text_boxes`` (int32, -1 for failed rows).
     A batch whose forward pass raises is retried image by image, and an image that still fails
-    gets status ``detect_error``.
+    gets status ``detect_error`` (``curate.stages.common.Stage``).
 
     Args:
         detector: ``craft`` (``CraftDetector``) or ``dbnet`` (``DBNetDetector``).
         batch_size: images per forward pass.
         **kwargs: passed to the detector.
     """
+
+    name = "detect"
+    error_status = S.STATUS_DETECT_ERROR
 
     def __init__(self, detector: str = "craft", batch_size: int = 16, **kwargs):
         if detector not in DETECTORS:
@@ -301,27 +304,15 @@ class Detect:
         self.detector = DETECTORS[detector](**kwargs)
         self.batch_size = int(batch_size)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         n = batch_len(batch)
         boxes: list = [EMPTY_BOXES] * n
         counts = np.full(n, -1, dtype=np.int32)
-        idx = ok_rows(batch)
         images = batch["image"]
-        for start in range(0, len(idx), self.batch_size):
-            chunk = idx[start : start + self.batch_size]
-            try:
-                results = self.detector([image_at(images, i) for i in chunk])
-            except Exception:
-                results = []
-                for i in chunk:
-                    try:
-                        results.append(self.detector([image_at(images, i)])[0])
-                    except Exception as e:
-                        set_error(batch, i, S.STATUS_DETECT_ERROR, f"{type(e).__name__}: {e}")
-                        results.append(None)
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            results = self.detector([image_at(images, i) for i in chunk])
             for i, polys in zip(chunk, results):
-                if polys is None:
-                    continue
                 h, w = images[i].shape[:2]
                 norm = polys / np.array([w, h], dtype=np.float32)
                 boxes[i] = np.ascontiguousarray(norm.reshape(len(norm), BOX_DIMS), dtype=np.float32)

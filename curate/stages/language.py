@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import batch_len
+from curate.stages.common import Stage, batch_len, ok_rows
 
 
 def detect_language(text: str | None) -> tuple[str | None, float]:
@@ -31,17 +31,26 @@ def detect_language(text: str | None) -> tuple[str | None, float]:
     return str(best["lang"]), float(best["score"])
 
 
-class CaptionLanguage:
+class CaptionLanguage(Stage):
     """Stage: add ``caption_lang`` (object str, ``""`` when there is no caption) and
     ``caption_lang_score`` (float32, NaN when there is no caption) for every row that has a
-    caption, whatever its status."""
+    caption, whatever its status. A caption the language model raises on gets status
+    ``language_error`` (or, when the row had already failed, a note in its ``error``)."""
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    name = "language"
+    error_status = S.STATUS_LANGUAGE_ERROR
+
+    def rows_of(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Every row with a non-blank caption, whatever its status."""
+        ok_rows(batch)
+        return np.asarray([i for i, t in enumerate(batch[S.TEXT]) if t is not None and str(t).strip()], dtype=np.int64)
+
+    def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         n = batch_len(batch)
         langs = np.full(n, "", dtype=object)
         scores = np.full(n, np.nan, dtype=np.float32)
-        for i, text in enumerate(batch[S.TEXT]):
-            lang, score = detect_language(text)
+        for i in rows:
+            lang, score = detect_language(batch[S.TEXT][i])
             if lang is not None:
                 langs[i], scores[i] = lang, score
         batch[S.CAPTION_LANG] = langs

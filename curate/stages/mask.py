@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import EMPTY_IMAGE, batch_len, image_at, object_array, ok_rows, set_error
+from curate.stages.common import Stage, batch_len, image_at, object_array
 
 
 def polygons_to_pixels(text_boxes, width: int, height: int) -> list[np.ndarray]:
@@ -96,18 +96,21 @@ def mask_text(
     return out, mask
 
 
-class Mask:
+class Mask(Stage):
     """Stage: add ``masked_image`` and ``text_area_frac`` to a batch.
 
     Input columns: ``image``, ``text_boxes`` (normalised polygons), ``status``.
     Output columns added: ``masked_image`` (object: ``(H, W, 3) uint8``, the same object as
     ``image`` when no text was found; empty for failed rows) and ``text_area_frac`` (float32,
     the fraction of image pixels inside the union of text polygons, in [0, 1]; NaN for failed
-    rows). A row whose masking raises gets status ``mask_error``.
+    rows). A row whose masking raises gets status ``mask_error`` (``curate.stages.common.Stage``).
 
     Args:
         method, ring_px, inpaint_radius: see ``mask_text``.
     """
+
+    name = "mask"
+    error_status = S.STATUS_MASK_ERROR
 
     def __init__(self, method: str = "mean", ring_px: int = 3, inpaint_radius: int = 3):
         if method not in ("mean", "inpaint"):
@@ -116,21 +119,16 @@ class Mask:
         self.ring_px = int(ring_px)
         self.inpaint_radius = int(inpaint_radius)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         n = batch_len(batch)
         images = batch["image"]
         masked = list(images)
         frac = np.full(n, np.nan, dtype=np.float32)
-        for i in ok_rows(batch):
+        for i in rows:
             img = image_at(images, i)
             h, w = img.shape[:2]
-            try:
-                polys = polygons_to_pixels(batch[S.TEXT_BOXES][i], w, h)
-                masked[i], mask = mask_text(img, polys, self.method, self.ring_px, self.inpaint_radius)
-            except Exception as e:  # never lose the row: record why
-                set_error(batch, i, S.STATUS_MASK_ERROR, f"{type(e).__name__}: {e}")
-                masked[i] = EMPTY_IMAGE
-                continue
+            polys = polygons_to_pixels(batch[S.TEXT_BOXES][i], w, h)
+            masked[i], mask = mask_text(img, polys, self.method, self.ring_px, self.inpaint_radius)
             frac[i] = np.count_nonzero(mask) / float(h * w)
         batch["masked_image"] = object_array(masked)
         batch[S.TEXT_AREA_FRAC] = frac

@@ -14,15 +14,15 @@ from PIL import Image
 
 from curate import schema as S
 from curate.models import ResolvedWeights, create_clip, resolve_pretrained
-from curate.stages.common import batch_len, image_at, ok_rows, set_error
+from curate.stages.common import Stage, batch_len, image_at
 from curate.stages.detect import resolve_device
 
 
-class Score:
+class Score(Stage):
     """Stage: add ``clip_score`` and ``masked_clip_score`` (float32; NaN for failed rows).
 
     A batch whose forward pass raises is retried sample by sample; a sample that still fails
-    gets status ``score_error``.
+    gets status ``score_error`` (``curate.stages.common.Stage``).
 
     Input columns: ``image``, ``masked_image`` (object ``(H, W, 3) uint8``), ``text``
     (caption), ``num_text_boxes``, ``status``.
@@ -38,6 +38,9 @@ class Score:
         device: ``cpu``, ``cuda`` or ``None`` (auto).
         torch_threads: intra-op threads (0: torch's default).
     """
+
+    name = "score"
+    error_status = S.STATUS_SCORE_ERROR
 
     def __init__(
         self,
@@ -118,31 +121,20 @@ class Score:
         masked_score = (masked_emb * txt_emb).sum(axis=1)
         return clip.astype(np.float32), masked_score.astype(np.float32)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         n = batch_len(batch)
         clip = np.full(n, np.nan, dtype=np.float32)
         masked = np.full(n, np.nan, dtype=np.float32)
-        idx = ok_rows(batch)
-        for start in range(0, len(idx), self.batch_size):
-            chunk = idx[start : start + self.batch_size]
-            # A chunk that raises is retried row by row, so one bad sample fails alone.
-            for part in [chunk] if len(chunk) == 1 else [chunk, *([i] for i in chunk)]:
-                part = np.asarray(part)
-                try:
-                    c, m = self.score(
-                        [image_at(batch["image"], i) for i in part],
-                        [image_at(batch["masked_image"], i) for i in part],
-                        [str(batch[S.TEXT][i]) for i in part],
-                        np.asarray(batch[S.NUM_TEXT_BOXES])[part] > 0,
-                    )
-                except Exception as e:
-                    if len(part) == 1:
-                        set_error(batch, int(part[0]), S.STATUS_SCORE_ERROR, f"{type(e).__name__}: {e}")
-                    continue
-                clip[part] = c
-                masked[part] = m
-                if len(part) == len(chunk):
-                    break
+        for start in range(0, len(rows), self.batch_size):
+            part = np.asarray(rows[start : start + self.batch_size])
+            c, m = self.score(
+                [image_at(batch["image"], i) for i in part],
+                [image_at(batch["masked_image"], i) for i in part],
+                [str(batch[S.TEXT][i]) for i in part],
+                np.asarray(batch[S.NUM_TEXT_BOXES])[part] > 0,
+            )
+            clip[part] = c
+            masked[part] = m
         batch[S.CLIP_SCORE] = clip
         batch[S.MASKED_CLIP_SCORE] = masked
         return batch
