@@ -27,15 +27,43 @@ class QueryError(ValueError):
     """A query that is not a single read-only statement, or that DuckDB rejects."""
 
 
+def _sql_string(text: str) -> str:
+    """A SQL string literal: single quotes doubled."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _literal_glob(path: str) -> str:
+    """A DuckDB glob pattern that matches exactly the file ``path``: each glob character
+    (``[``, ``*``, ``?``) is put in a one-character class (``[[]``, ``[*]``, ``[?]``), so
+    ``shard[1].parquet`` never reads ``shard1.parquet``. Braces and quotes are not glob syntax
+    in DuckDB and stay as they are."""
+    return "".join(f"[{c}]" if c in "[*?" else c for c in path)
+
+
 def connect(index: str | Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the view ``scores`` over the index at ``index``.
+
+    Files are listed by curate (``index_files``) and handed to DuckDB's Parquet reader one by
+    one, each as a pattern that matches only its own name (``_literal_glob``): a name with
+    ``[ ] * ? { }``, spaces or quotes is read exactly once. Files written by an older schema
+    version get nulls for the columns they lack (``union_by_name``).
+
+    The connection is then locked down (DuckDB's "Securing DuckDB" settings): ``allowed_paths``
+    is exactly the index files, ``enable_external_access = false`` (no other file is read or
+    written, no ``ATTACH``, no extension is installed or loaded) and ``lock_configuration =
+    true`` (no query can change that).
 
     Raises:
         FileNotFoundError: no index files.
     """
-    files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in index_files(index))
+    files = [str(f.resolve()) for f in index_files(index)]
     con = duckdb.connect(":memory:")
-    con.execute(f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet([{files}], union_by_name = true)")
+    allowed = ", ".join(_sql_string(p) for p in sorted(set(files) | {_literal_glob(f) for f in files}))
+    con.execute(f"SET allowed_paths = [{allowed}]")
+    patterns = ", ".join(_sql_string(_literal_glob(f)) for f in files)
+    con.execute(f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet([{patterns}], union_by_name = true)")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
@@ -54,6 +82,57 @@ def check_read_only(sql: str) -> None:
     kind = statements[0].type
     if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
         raise QueryError(f"queries are read-only: {kind.name} statements are refused")
+
+
+_EMPTY_SELECT = {"modifiers": [], "where_clause": None, "group_expressions": [], "having": None, "sample": None,
+                 "qualify": None}
+
+
+def check_predicate(where: str) -> str:
+    """Check that ``where`` is exactly one SQL expression and return it in canonical form.
+
+    DuckDB's own parser reads ``SELECT <where>`` (``json_serialize_sql``); the text is accepted
+    only when that is one plain ``SELECT`` with one unnamed expression and nothing else: no
+    second statement, ``FROM``, ``WHERE``, ``GROUP BY``, ``UNION``, ``ORDER BY``, CTE or alias.
+    The expression is then printed back from the parse tree (``json_deserialize_sql``), so
+    comments and stray parentheses in the text cannot reach the filter's SQL: whatever the user
+    typed, it can only ever be one parenthesised operand of ``AND``.
+
+    Returns:
+        The expression as DuckDB prints it, e.g. ``(num_text_boxes = 0)``.
+
+    Raises:
+        RuleError: empty, not parseable, or more than one expression.
+    """
+    if not where or not where.strip():
+        raise RuleError("--where is empty")
+    con = duckdb.connect(":memory:")
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", ["SELECT " + where]).fetchone()[0])
+    except duckdb.Error as e:
+        raise RuleError(f"--where cannot be parsed: {e}") from None
+    if tree.get("error"):
+        raise RuleError(f"--where is not one SQL expression: {tree.get('error_message', 'parse error')}")
+    statements = tree.get("statements", [])
+    node = statements[0].get("node", {}) if len(statements) == 1 else {}
+    plain = (
+        node.get("type") == "SELECT_NODE"
+        and len(node.get("select_list", [])) == 1
+        and not node["select_list"][0].get("alias")
+        and node["select_list"][0].get("class") != "STAR"
+        and node.get("from_table", {}).get("type") == "EMPTY"
+        and not node.get("cte_map", {}).get("map")
+        and all(node.get(k, v) in (v, None, []) for k, v in _EMPTY_SELECT.items())
+    )
+    if not plain:
+        raise RuleError(f"--where must be exactly one SQL expression over the index columns, got {where!r}")
+    try:
+        text = con.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(tree)]).fetchone()[0]
+    except duckdb.Error as e:
+        raise RuleError(f"--where cannot be used: {e}") from None
+    if not text.upper().startswith("SELECT "):
+        raise RuleError(f"--where must be exactly one SQL expression, got {where!r}")
+    return "(" + text[len("SELECT "):].strip().rstrip(";") + ")"
 
 
 def query(sql: str, index: str | Path) -> pa.Table:
@@ -157,6 +236,7 @@ class FilterSummary:
     removed_by: dict[str, int] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    shared_uid_rows: int = 0
 
     def format(self) -> str:
         frac = self.kept / self.pool_ok if self.pool_ok else 0.0
@@ -168,6 +248,9 @@ class FilterSummary:
         ]
         for part, n in self.removed_by.items():
             lines.append(f"  removed by    {part}: {n} ok rows fail it")
+        if self.shared_uid_rows:
+            lines.append(f"  shared uid    {self.shared_uid_rows} row(s) pass the rule but share their uid with another "
+                         "row of the pool: not kept (a uid must name one sample)")
         for name, thr in self.thresholds.items():
             lines.append(f"  threshold     {name} >= {thr:.6g}")
         for kind, path in self.outputs.items():
@@ -179,34 +262,48 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     """Select a subset of the pool with a rule expression and/or a SQL predicate.
 
     Writes ``out/subset.parquet`` (uid, shard, key and the columns the rule reads, sorted by uid)
-    and ``out/subset.npy`` (DataComp format, see ``uids_to_datacomp``).
+    and ``out/subset.npy`` (DataComp format, see ``uids_to_datacomp``). Only ``ok`` rows are
+    kept, whatever ``where`` says; a row whose uid is carried by another row of the pool (two
+    samples with one uid, in one shard or in two) is never kept, since a subset of uids could not
+    tell them apart; they are counted in ``shared_uid_rows``.
 
     Args:
         index: score-index folder.
         rule: e.g. ``"tmars(fraction=0.5) & basic()"`` (see ``curate.filters``), or ``None``.
         out: output folder.
-        where: an extra SQL predicate on the index columns, ANDed with the rule.
+        where: one extra SQL expression on the index columns, ANDed with the rule
+            (``check_predicate``: nothing else can run).
 
     Raises:
-        RuleError: a bad rule or predicate.
+        RuleError: a bad rule, or ``where`` that is not exactly one expression.
         FileNotFoundError: no index files.
     """
     if not rule and not where:
         raise RuleError("give --rule and/or --where")
+    expr = check_predicate(where) if where else None
     con = connect(index)
     tree = parse_rule(rule) if rule else None
     predicate = resolve(tree, lambda col, frac: pool_threshold(con, col, frac)) if tree else OK
-    if where:
-        predicate = f"{predicate} AND coalesce(({where}), FALSE)"
+    if expr:
+        predicate = f"{predicate} AND coalesce({expr}, FALSE)"
     parts = leaves(tree) if tree else []
     columns = [S.UID, S.SHARD, S.KEY]
     for leaf in parts:
         columns += [c for c in leaf.columns if c not in columns]
+    cols = ", ".join(columns)
     try:
-        kept = con.sql(f"SELECT {', '.join(columns)} FROM {VIEW} WHERE {predicate} ORDER BY {S.UID}, {S.SHARD}, {S.KEY}").to_arrow_table()
+        # A uid carried by more than one row of the pool names no single sample: such rows are
+        # never kept (policy in the module docstring of curate.io.samples; counted below).
+        kept = con.sql(
+            f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({predicate})), "
+            f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM kept) "
+            f"GROUP BY {S.UID} HAVING count(*) > 1) "
+            f"SELECT {cols}, {S.UID} IN (SELECT {S.UID} FROM shared) AS _shared FROM kept "
+            f"ORDER BY {S.UID}, {S.SHARD}, {S.KEY}"
+        ).to_arrow_table()
         # One scan for the pool size and for the rows each part of the rule removes on its own.
         names = [str(leaf) for leaf in parts] + ([f"WHERE {where}"] if where else [])
-        preds = [leaf.sql for leaf in parts] + ([f"({where})"] if where else [])
+        preds = [leaf.sql for leaf in parts] + ([expr] if expr else [])
         counts = ", ".join(f"count(*) FILTER (WHERE {OK} AND NOT coalesce({p}, FALSE))" for p in preds)
         row = con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE {OK}){', ' + counts if counts else ''} FROM {VIEW}"
@@ -215,12 +312,18 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
         removed = dict(zip(names, row[2:]))
     except duckdb.Error as e:
         raise RuleError(f"DuckDB rejected the filter: {e}") from None
+    shared = kept.column("_shared").to_numpy(zero_copy_only=False).astype(bool)
+    shared_uid_rows = int(shared.sum())
+    kept = kept.drop_columns(["_shared"])
+    if shared_uid_rows:
+        kept = kept.filter(pa.array(~shared))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(kept, out / "subset.parquet")
     np.save(out / "subset.npy", uids_to_datacomp(kept.column(S.UID).to_pylist()))
     thresholds = {f"{leaf} on {col}": thr for leaf in parts for col, thr in leaf.thresholds.items()}
     summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept.num_rows, removed, thresholds,
-                            {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")})
+                            {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")},
+                            shared_uid_rows)
     (out / "filter_summary.json").write_text(json.dumps(summary.__dict__, indent=2, default=str))
     return summary

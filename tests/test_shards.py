@@ -223,12 +223,15 @@ def test_odd_members_and_keys(tmp_path):
     assert r.status == SHARD_COMPLETE and r.ignored_members == 1
     recs = {(i, s["__key__"]): sample_to_record(s) for i, s in enumerate(r.samples)}
     by = [(k[1], v[S.STATUS]) for k, v in recs.items()]
+    # One row per key: the non-adjacent s2.txt joins s2, whose two different s2.jpg make it invalid.
     assert by == [("s0", "missing_caption"), ("s1", "ok"), ("s2", "invalid_sample"), ("s3", "ok"),
-                  ("s2", "invalid_sample"), ("s4", "missing_image"), ("s5", "ok")]
+                  ("s4", "missing_image"), ("s5", "ok")]
     assert recs[(1, "s1")][S.TEXT] == "from json"
-    assert "duplicate member" in recs[(2, "s2")][S.ERROR] and "position 2" in recs[(4, "s2")][S.ERROR]
-    assert "not a regular file" in recs[(5, "s4")][S.ERROR]
-    assert recs[(6, "s5")][S.UID] == stable_uid(str(p), "s5")
+    assert "'s2.jpg' appears more than once" in recs[(2, "s2")][S.ERROR]
+    assert "'s2.txt' appears more than once" in recs[(2, "s2")][S.ERROR]
+    assert "not adjacent" in recs[(2, "s2")][S.ERROR]
+    assert "not a regular file" in recs[(4, "s4")][S.ERROR]
+    assert recs[(5, "s5")][S.UID] == stable_uid(str(p), "s5")
 
 
 def test_non_utf8_member_names(tmp_path):

@@ -246,8 +246,10 @@ def read_shard(url: str) -> ShardRead:
                     data = tf.extractfile(member).read()
                     if ext in current:
                         if current[ext] != data:
-                            current["__invalid__"] = (f"member {name!r} appears more than once in the shard with "
-                                                      "different content; which one is the sample's is unknown")
+                            problem = (f"member {name!r} appears more than once in the shard with different "
+                                       "content; which one is the sample's is unknown")
+                            before = current.get("__invalid__")
+                            current["__invalid__"] = f"{before}; {problem}" if before else problem
                         else:
                             current.setdefault("__notes__", []).append(f"member {name!r} repeated (same bytes)")
                         continue
