@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from curate.evaluate.tasks import KNOWN_CLASSNAMES
+from curate.io.formats import image_suffixes
 
 DEFAULT_TEMPLATES = ["a photo of a {c}."]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 def _packaged(kind: str) -> dict[str, Any]:
@@ -90,7 +90,8 @@ class EvalSet:
                 with tarfile.open(shard) as tf:
                     keys.update((shard.name, m.name.split(".", 1)[0]) for m in tf.getmembers() if m.isfile())
             return len(keys)
-        return sum(1 for f in self.path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        suffixes = image_suffixes()
+        return sum(1 for f in self.path.rglob("*") if f.suffix.lower() in suffixes)
 
     def dataloader(self, transform, batch_size: int = 256, num_workers: int = 0):
         """A ``DataLoader`` over the test split yielding ``(images (B, 3, S, S) float32, labels
@@ -109,7 +110,9 @@ class EvalSet:
                                                num_workers=num_workers)
         from torchvision.datasets import ImageFolder
 
-        ds = ImageFolder(str(self.path), transform=transform)
+        suffixes = image_suffixes()  # the one list of image formats (curate.io.formats)
+        ds = ImageFolder(str(self.path), transform=transform,
+                         is_valid_file=lambda f: Path(f).suffix.lower() in suffixes)
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
@@ -117,7 +120,8 @@ def _is_imagefolder(path: Path) -> bool:
     subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if not subdirs:
         return False
-    return any(f.suffix.lower() in IMAGE_SUFFIXES for d in subdirs[:3] for f in d.iterdir())
+    suffixes = image_suffixes()
+    return any(f.suffix.lower() in suffixes for d in subdirs[:3] for f in d.iterdir())
 
 
 def open_evalset(key: str, path: Path) -> EvalSet:

@@ -6,8 +6,11 @@ DataComp's evaluation read): ``test/{0..n-1}.tar`` written with ``webdataset.Sha
 ``zeroshot_classification_templates.txt``, for retrieval ``dataset_type.txt`` (``retrieval``).
 
 - Classification from a class-folder tree (a directory, or a ``.tar`` of one, e.g.
-  ``cifar10/test.tar`` holding ``test/<class>/*.jpg``): a sample is the image's bytes unchanged
-  (``.jpg``/``.png``/``.webp``) and its label (``.cls``, index in sorted folder order, as
+  ``cifar10/test.tar`` holding ``test/<class>/*.jpg``): every file in the one list of image
+  formats (``curate.io.formats``). A sample is the image's bytes unchanged when it is JPEG, PNG
+  or WebP (what ``evaluate`` and clip_benchmark's webdataset reader take), else the image
+  converted to PNG losslessly (BMP, TIFF, GIF, AVIF, ...), so ``evaluate`` reads every sample
+  written; a file that cannot be decoded is refused by name. With it, its label (``.cls``, index in sorted folder order, as
   ``torchvision.datasets.ImageFolder`` numbers classes). Class names: ``--classnames`` file,
   else the known names for ``--name`` (CIFAR-10's from torchvision, others from clip_benchmark)
   when they match the folders, else the folder names. Templates: ``--templates`` file, else
@@ -23,7 +26,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from curate.evaluate.datasets import IMAGE_SUFFIXES, default_classnames, default_templates
+from curate.evaluate.datasets import default_classnames, default_templates
+from curate.io.formats import EVAL_WDS_EXTS, image_suffixes
 
 
 @dataclass
@@ -50,18 +54,46 @@ class EvalsetSummary:
 
 def _iter_tree(source: Path):
     """``(relative posix path, bytes)`` of every image in a directory or a tar of one, sorted."""
+    suffixes = image_suffixes()
     if source.is_dir():
         for p in sorted(source.rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.is_file() and p.suffix.lower() in suffixes:
                 yield p.relative_to(source).as_posix(), p.read_bytes()
     elif source.is_file() and tarfile.is_tarfile(source):
         with tarfile.open(source) as tf:
             members = sorted((m for m in tf.getmembers() if m.isfile()
-                              and PurePosixPath(m.name).suffix.lower() in IMAGE_SUFFIXES), key=lambda m: m.name)
+                              and PurePosixPath(m.name).suffix.lower() in suffixes), key=lambda m: m.name)
             for m in members:
                 yield m.name, tf.extractfile(m).read()
     else:
         raise ValueError(f"--imagefolder {source} is neither a folder nor a tar archive")
+
+
+def _evaluable(name: str, data: bytes) -> tuple[str, bytes]:
+    """``(member extension, bytes)`` that the evaluation readers take: JPEG, PNG and WebP as they
+    are (``EVAL_WDS_EXTS``), any other format converted to PNG losslessly (RGB, or RGBA when
+    the image has transparency).
+
+    Raises:
+        ValueError: the file is not an image Pillow can decode (named in the message).
+    """
+    import io
+
+    from PIL import Image
+
+    ext = PurePosixPath(name).suffix.lower().lstrip(".").replace("jpeg", "jpg")
+    if ext in EVAL_WDS_EXTS:
+        return ext, data
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            keep_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+            im = im.convert("RGBA" if keep_alpha else "RGB")
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except Exception as e:
+        raise ValueError(f"{name}: not an image Pillow can decode ({type(e).__name__}: {e})") from None
+    return "png", buf.getvalue()
 
 
 def _writer(folder: Path, shard_size: int):
@@ -97,9 +129,10 @@ def make_classification_set(imagefolder: str | Path, name: str, out: str | Path,
     """
     source = Path(imagefolder)
     folder = _prepare(out, name)
+    suffixes = image_suffixes()
     items = list(_iter_tree(source))
     if not items:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {source}")
+        raise ValueError(f"no images (any format Pillow decodes: {', '.join(sorted(suffixes))}) in {source}")
     depths = {len(PurePosixPath(p).parts) for p, _ in items}
     if len(depths) != 1 or depths.pop() < 2:
         raise ValueError(f"{source}: every image must sit in a class folder, all at the same depth")
@@ -129,7 +162,7 @@ def make_classification_set(imagefolder: str | Path, name: str, out: str | Path,
     writer = _writer(folder, shard_size)
     for n, (rel, data) in enumerate(items):
         path = PurePosixPath(rel)
-        ext = path.suffix.lower().lstrip(".").replace("jpeg", "jpg")
+        ext, data = _evaluable(rel, data)
         writer.write({"__key__": f"s{n:07d}", ext: data, "cls": str(index[path.parent.name]).encode()})
     shards = _finish(folder, writer)
     (folder / "classnames.txt").write_text("\n".join(names) + "\n")
@@ -176,8 +209,8 @@ def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, 
         image = root / row["image"]
         if not image.is_file():
             raise FileNotFoundError(f"{captions} line {line_no}: image not found: {image}")
-        ext = image.suffix.lower().lstrip(".").replace("jpeg", "jpg")
-        writer.write({"__key__": f"s{n:07d}", ext: image.read_bytes(), "txt": "\n".join(caps).encode()})
+        ext, data = _evaluable(str(image), image.read_bytes())
+        writer.write({"__key__": f"s{n:07d}", ext: data, "txt": "\n".join(caps).encode()})
         total += len(caps)
     shards = _finish(folder, writer)
     (folder / "dataset_type.txt").write_text("retrieval\n")

@@ -3,7 +3,10 @@
 The subset is a DataComp ``.npy`` (structured ``u8,u8`` uid halves) or a ``subset.parquet``
 with a ``uid`` column. Every input shard is streamed once; a sample whose uid is in the subset
 is written with all of its members, their bytes unchanged, as many times as its uid appears in
-the subset (upweighting, as DataComp's resharder does). Output shards are ``{:08d}.tar`` of
+the subset (upweighting, as DataComp's resharder does). A uid names one sample: when two samples
+of one shard carry the same uid neither is written, and when a later shard holds another sample
+with a uid already written, that sample is not written; both are counted and named in the
+summary (``shared_uid_samples``), never written in another sample's place. Output shards are ``{:08d}.tar`` of
 ``shard_size`` samples each, with a ``{:08d}_stats.json`` beside each and
 ``reshard_summary.json`` for the whole run. Output keys are new and sequential (``{:09d}``):
 an input key may repeat across shards, and a repeated uid needs distinct keys.
@@ -19,8 +22,8 @@ from pathlib import Path
 
 
 from curate import schema as S
-from curate.io.samples import sample_to_record
-from curate.io.shards import SHARD_COMPLETE, expand_shards, read_shard
+from curate.io.samples import mark_duplicate_uids, sample_to_record
+from curate.io.shards import SHARD_COMPLETE, expand_shards, read_shard, shard_name
 from curate.io.subset import load_subset_counts
 
 
@@ -34,6 +37,7 @@ class ReshardSummary:
     written_samples: int = 0
     output_shards: list[str] = field(default_factory=list)
     input_problems: dict[str, str] = field(default_factory=dict)
+    shared_uid_samples: list[str] = field(default_factory=list)
 
     @property
     def missing_uids(self) -> int:
@@ -46,6 +50,10 @@ class ReshardSummary:
             f"  found         {self.found_uids} uids; {self.missing_uids} asked for but not found in the shards",
             f"  written       {self.written_samples} samples in {len(self.output_shards)} shards",
         ]
+        if self.shared_uid_samples:
+            lines.append(f"  shared uid    {len(self.shared_uid_samples)} sample(s) of the subset's uids not written: "
+                         f"their uid is carried by another sample ({', '.join(self.shared_uid_samples[:3])}"
+                         + (", ..." if len(self.shared_uid_samples) > 3 else "") + ")")
         for url, problem in self.input_problems.items():
             lines.append(f"  INPUT         {url}: {problem}")
         return "\n".join(lines)
@@ -109,13 +117,21 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
         result = read_shard(url)
         if result.status != SHARD_COMPLETE:
             summary.input_problems[url] = f"{result.status}: {result.error}"
-        for sample in result.samples:
-            uid = sample_to_record(sample)[S.UID]
+        records = [sample_to_record(sample) for sample in result.samples]
+        mark_duplicate_uids(records)
+        for sample, rec in zip(result.samples, records):
+            uid = rec[S.UID]
             copies = wanted.get(uid)
-            if copies and uid not in found:
-                found.add(uid)
-                for _ in range(copies):
-                    writer.write(sample)
+            if not copies:
+                continue
+            if rec[S.STATUS] == S.STATUS_DUPLICATE_UID or uid in found:
+                # Two samples with one uid: a uid subset cannot say which is meant, so the
+                # second is never written in the first one's place (nor, in one shard, either).
+                summary.shared_uid_samples.append(f"{shard_name(url)}/{rec[S.KEY]}")
+                continue
+            found.add(uid)
+            for _ in range(copies):
+                writer.write(sample)
     writer.close()
     summary.found_uids = len(found)
     summary.written_samples = writer.total
