@@ -247,3 +247,15 @@ def test_glob_characters_in_an_existing_name(tmp_path):
     p = tmp_path / "shard[1].tar"
     p.write_bytes(_tar([("a.jpg", b"1")]))
     assert expand_shards(str(p)) == [str(p)]
+
+
+def test_a_glob_in_a_folder_with_glob_characters(tmp_path):
+    folder = tmp_path / "pool [1]"
+    folder.mkdir()
+    (folder / "a.tar").write_bytes(_tar([("a.jpg", b"1")]))
+    (tmp_path / "pool 1").mkdir()  # what "pool [1]" matches as a pattern
+    (tmp_path / "pool 1" / "b.tar").write_bytes(_tar([("b.jpg", b"1")]))
+    assert expand_shards(str(folder / "*.tar")) == [str(folder / "a.tar")]
+    braces = tmp_path / "x{1,2}.tar"
+    braces.write_bytes(_tar([("a.jpg", b"1")]))
+    assert expand_shards(str(braces)) == [str(braces)]  # an existing name is never brace-expanded

@@ -18,6 +18,7 @@ permission denied, ...).
 
 from __future__ import annotations
 
+import glob as globlib
 import hashlib
 import os
 import re
@@ -44,7 +45,8 @@ def expand_shards(specs: list[str] | str) -> list[str]:
     A spec that names an existing file is taken literally, whatever characters its name holds
     (``shard[1].tar``, ``a{1,2}.tar``, ``it's *here*.tar``): it is never expanded as a brace
     range or a glob. Otherwise brace ranges are expanded first, then each expansion that is not
-    an existing file is matched as a glob.
+    an existing file is matched as a glob (for a local path whose folder exists, only the file
+    name is a pattern: ``pool [1]/*.tar`` globs ``*.tar`` in the folder ``pool [1]``).
 
     Args:
         specs: one spec or a list; each may hold brace ranges, glob characters and a protocol.
@@ -64,7 +66,13 @@ def expand_shards(specs: list[str] | str) -> list[str]:
         for url in expansions:
             if _GLOB_CHARS.search(url.split("://", 1)[-1]) and not _exists(url):
                 fs, path = fsspec.core.url_to_fs(url)
-                matches = sorted(fs.glob(path))
+                folder, _, pattern = path.rpartition("/")
+                if "://" not in url and folder and os.path.isdir(folder):
+                    # An existing local folder is literal ("pool [1]/*.tar"): only the file
+                    # name is a pattern.
+                    matches = sorted(globlib.glob(globlib.escape(folder) + "/" + pattern))
+                else:
+                    matches = sorted(fs.glob(path))
                 if not matches:
                     raise FileNotFoundError(f"no shard matches {url!r}")
                 protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
