@@ -1,6 +1,7 @@
 # `make demo`: set up .venv, run the main job (curate score) on the bundled sample shards, and
 # write its HTML report (out/report/index.html).
 # `make test`: set up .venv (and Debian's chromium for the report tests) and run the test suite.
+# `make test-fast`: the tests not marked slow.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.curate-installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test clean browser
+.PHONY: setup demo test test-fast clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,11 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The fast tier for a developer's loop: everything not marked slow (no node kills, no training
+# runs, no browser), a few minutes on 2 cores. `make test` is what CI runs.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf out .pytest_cache
