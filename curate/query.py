@@ -263,9 +263,11 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
 
     Writes ``out/subset.parquet`` (uid, shard, key and the columns the rule reads, sorted by uid)
     and ``out/subset.npy`` (DataComp format, see ``uids_to_datacomp``). Only ``ok`` rows are
-    kept, whatever ``where`` says; a row whose uid is carried by another row of the pool (two
-    samples with one uid, in one shard or in two) is never kept, since a subset of uids could not
-    tell them apart; they are counted in ``shared_uid_rows``.
+    kept, whatever ``where`` says; a row whose uid is carried by a row of another sample (another
+    caption or size, or a row that is not ok; in one shard or in two) is never kept, since a
+    subset of uids could not tell them apart; they are counted in ``shared_uid_rows``. Rows that
+    are copies of one sample (all ok, same caption, width and height) are each kept, so the
+    subset lists the uid once per copy (DataComp's upweighting).
 
     Args:
         index: score-index folder.
@@ -292,12 +294,14 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
         columns += [c for c in leaf.columns if c not in columns]
     cols = ", ".join(columns)
     try:
-        # A uid carried by more than one row of the pool names no single sample: such rows are
-        # never kept (policy in the module docstring of curate.io.samples; counted below).
+        # A uid carried by rows of different samples names no single sample: such rows are never
+        # kept (counted below). Rows that are copies of one sample (all ok, same caption and
+        # size: upweighted copies) are kept, each.
         kept = con.sql(
             f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({predicate})), "
             f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM kept) "
-            f"GROUP BY {S.UID} HAVING count(*) > 1) "
+            f"GROUP BY {S.UID} HAVING count(*) > 1 AND NOT (bool_and({OK}) AND "
+            f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT})) = 1)) "
             f"SELECT {cols}, {S.UID} IN (SELECT {S.UID} FROM shared) AS _shared FROM kept "
             f"ORDER BY {S.UID}, {S.SHARD}, {S.KEY}"
         ).to_arrow_table()

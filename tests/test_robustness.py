@@ -161,11 +161,17 @@ def test_filter_never_keeps_a_uid_shared_across_shards(tmp_path):
     from tests.test_filters import ROWS, make_index
 
     index = make_index(tmp_path / "index", ROWS, "a-000000.tar")
-    make_index(index, [ROWS[0], ROWS[6]], "b-000000.tar")  # uids 01 and 07 again, in another shard
+    other = [("01", "ok", "another sample entirely", "en", 640, 480, 0.0, 0.3, 0.3),  # uid 01, other caption
+             ("07",) + ROWS[7][1:],  # uid 07 on a decode_error row of another sample
+             ("05",) + ROWS[4][1:]]  # uid 05: a copy of the same sample (upweighted)
+    make_index(index, other, "b-000000.tar")
     summary = run_filter(index, "tmars(threshold=0.26)", tmp_path / "subset")
-    kept = pq.read_table(tmp_path / "subset" / "subset.parquet").column(S.KEY).to_pylist()
-    assert sorted(kept) == ["05", "06"] and summary.shared_uid_rows == 4
-    assert "shared uid    4 row(s)" in summary.format()
+    kept = pq.read_table(tmp_path / "subset" / "subset.parquet").to_pylist()
+    # 01 (both rows) and 07 are dropped; 05's two copies are kept, so its uid is listed twice.
+    assert sorted((r[S.KEY], r[S.SHARD]) for r in kept) == [
+        ("05", "a-000000.tar"), ("05", "b-000000.tar"), ("06", "a-000000.tar")]
+    assert summary.shared_uid_rows == 3
+    assert "shared uid    3 row(s)" in summary.format()
 
 
 def test_non_adjacent_and_repeated_members_give_one_row_per_key(tmp_path):

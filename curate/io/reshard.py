@@ -6,7 +6,8 @@ is written with all of its members, their bytes unchanged, as many times as its 
 the subset (upweighting, as DataComp's resharder does). A uid names one sample: when two samples
 of one shard carry the same uid neither is written, and when a later shard holds another sample
 with a uid already written, that sample is not written; both are counted and named in the
-summary (``shared_uid_samples``), never written in another sample's place. Output shards are ``{:08d}.tar`` of
+summary (``shared_uid_samples``), never written in another sample's place. Copies of one sample
+(same image bytes and caption) are one sample: it is written as often as the subset lists it. Output shards are ``{:08d}.tar`` of
 ``shard_size`` samples each, with a ``{:08d}_stats.json`` beside each and
 ``reshard_summary.json`` for the whole run. Output keys are new and sequential (``{:09d}``):
 an input key may repeat across shards, and a repeated uid needs distinct keys.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 
 from curate import schema as S
-from curate.io.samples import mark_duplicate_uids, sample_to_record
+from curate.io.samples import mark_duplicate_uids, same_sample, sample_to_record
 from curate.io.shards import SHARD_COMPLETE, expand_shards, read_shard, shard_name
 from curate.io.subset import load_subset_counts
 
@@ -111,7 +112,7 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = ReshardSummary(len(wanted), wanted.total)
-    found: set[str] = set()
+    found: dict[str, dict] = {}  # uid -> the record written for it
     writer = _Writer(out, shard_size)
     for url in expand_shards(shards):
         result = read_shard(url)
@@ -124,12 +125,14 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
             copies = wanted.get(uid)
             if not copies:
                 continue
+            if uid in found and same_sample(found[uid], rec):
+                continue  # another copy of a sample already written as often as the subset asks
             if rec[S.STATUS] == S.STATUS_DUPLICATE_UID or uid in found:
                 # Two samples with one uid: a uid subset cannot say which is meant, so the
                 # second is never written in the first one's place (nor, in one shard, either).
                 summary.shared_uid_samples.append(f"{shard_name(url)}/{rec[S.KEY]}")
                 continue
-            found.add(uid)
+            found[uid] = rec
             for _ in range(copies):
                 writer.write(sample)
     writer.close()

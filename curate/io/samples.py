@@ -178,21 +178,29 @@ def _fill_record(sample: dict[str, Any], rec: dict[str, Any]) -> None:
     rec[S.STATUS], rec[S.ERROR] = status, error
 
 
+def same_sample(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True when two records hold the same sample: the same image bytes and the same caption
+    (copies of one sample, as ``curate reshard`` writes a uid the subset lists k times)."""
+    return a.get("image_bytes") == b.get("image_bytes") and a.get(S.TEXT) == b.get(S.TEXT)
+
+
 def mark_duplicate_uids(records: list[dict[str, Any]]) -> int:
-    """Give every record whose uid is shared with another record of the list status
+    """Give every record whose uid is carried by a *different* sample of the list status
     ``duplicate_uid`` (in place) and return how many were marked.
 
     Policy: a uid names one sample. Two different samples of one shard that carry the same uid
     (two ``.json`` files with one ``uid``) cannot be told apart by a subset of uids, so neither is
-    scored nor ever kept by a filter; the ``error`` of each names the other keys. A record that
-    already has another non-ok status keeps it (it is never kept anyway).
+    scored nor ever kept by a filter; the ``error`` of each names the other keys. Copies of one
+    sample (same image bytes and caption: DataComp-style upweighting, ``curate reshard`` output)
+    are not duplicates and keep their status. A record that already has another non-ok status
+    keeps it (it is never kept anyway).
     """
     by_uid: dict[str, list[int]] = {}
     for i, rec in enumerate(records):
         by_uid.setdefault(rec[S.UID], []).append(i)
     marked = 0
     for uid, rows in by_uid.items():
-        if len(rows) < 2:
+        if len(rows) < 2 or all(same_sample(records[rows[0]], records[j]) for j in rows[1:]):
             continue
         for i in rows:
             rec = records[i]
@@ -200,7 +208,7 @@ def mark_duplicate_uids(records: list[dict[str, Any]]) -> int:
                 continue
             others = [records[j][S.KEY] for j in rows if j != i]
             rec[S.STATUS] = S.STATUS_DUPLICATE_UID
-            rec[S.ERROR] = (f"uid {uid} is also carried by key(s) {others[:5]!r} of this shard"
+            rec[S.ERROR] = (f"uid {uid} is also carried by another sample: key(s) {others[:5]!r} of this shard"
                             + (f" and {len(others) - 5} more" if len(others) > 5 else ""))
             rec["image_bytes"] = None
             marked += 1

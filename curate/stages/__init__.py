@@ -3,7 +3,10 @@
 Each stage is a plain class: ``__init__`` loads its model once, ``__call__(batch) -> batch``
 transforms one batch given as ``dict[str, np.ndarray]`` (Ray Data's ``batch_format="numpy"``).
 Every stage processes only the rows whose ``status`` is ``ok`` and passes the others through
-unchanged, so a failed sample keeps its row to the end of the pipeline.
+unchanged, so a failed sample keeps its row to the end of the pipeline. Each stage subclasses
+``curate.stages.common.Stage``: it implements ``process(batch, rows)`` and inherits one shared
+per-sample fault isolation (a batch that raises is rerun row by row; a row that still raises gets
+the stage's error status and message, the others go on).
 """
 
 from curate.stages.decode import Decode, decode_image
