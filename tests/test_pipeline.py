@@ -229,7 +229,7 @@ def test_driver_killed_mid_job_resumes_to_the_same_index(tmp_path):
 
     pool = tmp_path / "pool"
     pool.mkdir()
-    for c in range(3):
+    for c in range(2):
         for s in SHARDS:
             shutil.copyfile(s, pool / f"c{c}-{s.name}")
     cmd = [sys.executable, "-m", "curate.cli", "score", str(pool / "*.tar"), "--config", str(TINY),
@@ -246,13 +246,13 @@ def test_driver_killed_mid_job_resumes_to_the_same_index(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = len(list(cut.glob("*.parquet")))
-    assert 1 <= finished < 9, "killed too late to test anything"
+    assert 1 <= finished < 6, "killed too late to test anything"
     rerun = subprocess.run(cmd + ["--out", str(cut)], env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"skipped {finished}" in rerun.stdout, rerun.stdout
     a = read_index(whole).sort_by([("shard", "ascending"), ("key", "ascending")]).to_pylist()
     b = read_index(cut).sort_by([("shard", "ascending"), ("key", "ascending")]).to_pylist()
-    assert len(a) == len(b) == 3 * sum(samples_per_shard(s) for s in SHARDS)
+    assert len(a) == len(b) == 2 * sum(samples_per_shard(s) for s in SHARDS)
     for x, y in zip(a, b):
         assert (x["uid"], x["status"], x["num_text_boxes"]) == (y["uid"], y["status"], y["num_text_boxes"])
         for col in ("clip_score", "masked_clip_score"):
