@@ -107,7 +107,7 @@ def _add_filter(sub) -> None:
     )
     p.add_argument("--index", required=True, help="score-index folder written by `curate score`")
     p.add_argument("--rule", help='e.g. "tmars(fraction=0.5) & basic()"')
-    p.add_argument("--where", help="an extra SQL predicate over the index columns, e.g. \"num_text_boxes = 0\"")
+    p.add_argument("--where", help="one extra SQL expression over the index columns, ANDed with the rule, e.g. \"num_text_boxes = 0\" (nothing else is accepted; non-ok rows are never kept)")
     p.add_argument("--out", required=True, help="output folder: subset.parquet, subset.npy (DataComp), filter_summary.json")
 
 

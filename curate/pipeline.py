@@ -548,6 +548,17 @@ class _ShardCollector:
         self.on_shard_done(result)
 
 
+def _root_cause(e: BaseException) -> str:
+    """``"Type: message"`` of the innermost exception behind ``e`` (Ray wraps a task's own error in
+    its own exceptions, whose last line is only a retry hint), first line of the message."""
+    seen = set()
+    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:500]
+
+
 def init_ray(num_cpus: int | None = None, address: str | None = None, object_store_memory: int | None = None) -> None:
     """Start (or connect to) Ray quietly; a no-op when Ray is already initialised.
 
@@ -703,7 +714,7 @@ def run_score(
                 bar.update(int(np.count_nonzero(batch[S.STATUS] != SHARD_RECORD)))
                 collector.add(batch)
         except Exception as e:  # keep what was written; report the rest as failed, by name
-            failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            failure = _root_cause(e)
             log.error("curate score stopped: %s", e)
         bar.close()
         results.update(collector.results)
