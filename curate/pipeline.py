@@ -485,37 +485,42 @@ class _ShardCollector:
         self.on_shard_done = on_shard_done
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
+        """Take a batch of scored rows; write every shard whose rows are now all here. A shard
+        whose rows cannot be taken or written is reported ``failed`` by name (its buffer is
+        dropped); the other shards of the batch go on."""
         shards = batch[S.SHARD]
         for url in np.unique(shards):
-            sel = np.flatnonzero(shards == url)
-            if url in self.results:
-                self.duplicates += len(sel)
-                continue
-            seen = self.seen[url]
-            fresh = []
-            for i in sel:
-                seq = int(batch[_SEQ][i])
-                if seq in seen:
-                    self.duplicates += 1
-                else:
-                    seen.add(seq)
-                    fresh.append(i)
-            if not fresh:
-                continue
-            buf = self.buffers[url]
-            for name, col in batch.items():
-                buf[name].extend(col[fresh])
-            n = int(buf[_N][0])
-            if (n == 0 and len(buf[_N]) >= 1) or (n > 0 and len(buf[_SEQ]) >= n):
-                try:
-                    self._finish(url)
-                except Exception as e:  # this shard fails, by name; the others go on
-                    self.buffers.pop(url, None)
-                    self.seen.pop(url, None)
-                    log.error("curate score: writing the index file of %s failed: %s", url, e)
-                    result = ShardResult(url, SHARD_FAILED, f"writing its index file failed: {type(e).__name__}: {e}")
-                    self.results[url] = result
-                    self.on_shard_done(result)
+            try:
+                self._add_shard(url, batch, np.flatnonzero(shards == url))
+            except Exception as e:  # this shard fails, by name; the others go on
+                self.buffers.pop(url, None)
+                self.seen.pop(url, None)
+                log.error("curate score: the index file of %s could not be written: %s", url, e)
+                result = ShardResult(url, SHARD_FAILED, f"its index file could not be written: {type(e).__name__}: {e}")
+                self.results[url] = result
+                self.on_shard_done(result)
+
+    def _add_shard(self, url: str, batch: dict[str, np.ndarray], sel: np.ndarray) -> None:
+        if url in self.results:
+            self.duplicates += len(sel)
+            return
+        seen = self.seen[url]
+        fresh = []
+        for i in sel:
+            seq = int(batch[_SEQ][i])
+            if seq in seen:
+                self.duplicates += 1
+            else:
+                seen.add(seq)
+                fresh.append(i)
+        if not fresh:
+            return
+        buf = self.buffers[url]
+        for name, col in batch.items():
+            buf[name].extend(col[fresh])
+        n = int(buf[_N][0])
+        if (n == 0 and len(buf[_N]) >= 1) or (n > 0 and len(buf[_SEQ]) >= n):
+            self._finish(url)
 
     def _finish(self, url: str) -> None:
         buf = self.buffers.pop(url)

@@ -84,16 +84,27 @@ def check_read_only(sql: str) -> None:
         raise QueryError(f"queries are read-only: {kind.name} statements are refused")
 
 
-_EMPTY_SELECT = {"modifiers": [], "where_clause": None, "group_expressions": [], "having": None, "sample": None,
-                 "qualify": None}
+def _has_class(tree, classes: set[str]) -> bool:
+    """True when a parse tree (``json_serialize_sql``) holds an expression of one of ``classes``
+    outside a subquery."""
+    if isinstance(tree, dict):
+        if tree.get("class") in classes:
+            return True
+        return any(_has_class(v, classes) for k, v in tree.items() if k != "subquery")
+    if isinstance(tree, list):
+        return any(_has_class(v, classes) for v in tree)
+    return False
 
 
 def check_predicate(where: str) -> str:
     """Check that ``where`` is exactly one SQL expression and return it in canonical form.
 
     DuckDB's own parser reads ``SELECT <where>`` (``json_serialize_sql``); the text is accepted
-    only when that is one plain ``SELECT`` with one unnamed expression and nothing else: no
-    second statement, ``FROM``, ``WHERE``, ``GROUP BY``, ``UNION``, ``ORDER BY``, CTE or alias.
+    only when that is one plain ``SELECT`` with one unnamed expression and nothing else: every
+    clause of the statement must be as in a bare ``SELECT 1`` (no second statement, ``FROM``,
+    ``WHERE``, ``GROUP BY [ALL]``, ``UNION``, ``ORDER BY``, CTE or alias), and the expression
+    holds no ``*``, ``COLUMNS(...)`` or ``#n``. A subquery inside it is allowed: it is read-only
+    and runs in the locked connection of ``connect``.
     The expression is then printed back from the parse tree (``json_deserialize_sql``), so
     comments and stray parentheses in the text cannot reach the filter's SQL: whatever the user
     typed, it can only ever be one parenthesised operand of ``AND``.
@@ -115,14 +126,16 @@ def check_predicate(where: str) -> str:
         raise RuleError(f"--where is not one SQL expression: {tree.get('error_message', 'parse error')}")
     statements = tree.get("statements", [])
     node = statements[0].get("node", {}) if len(statements) == 1 else {}
+    baseline = json.loads(con.execute("SELECT json_serialize_sql('SELECT 1')").fetchone()[0])["statements"][0]["node"]
+    select_list = node.get("select_list", [])
     plain = (
         node.get("type") == "SELECT_NODE"
-        and len(node.get("select_list", [])) == 1
-        and not node["select_list"][0].get("alias")
-        and node["select_list"][0].get("class") != "STAR"
-        and node.get("from_table", {}).get("type") == "EMPTY"
-        and not node.get("cte_map", {}).get("map")
-        and all(node.get(k, v) in (v, None, []) for k, v in _EMPTY_SELECT.items())
+        and len(select_list) == 1
+        and not select_list[0].get("alias")
+        # every clause of the statement (FROM, WHERE, GROUP BY [ALL], HAVING, QUALIFY, ORDER BY,
+        # LIMIT, CTEs, set operations) exactly as in the bare "SELECT 1"
+        and {k: v for k, v in node.items() if k != "select_list"} == {k: v for k, v in baseline.items() if k != "select_list"}
+        and not _has_class(select_list[0], {"STAR", "POSITIONAL_REFERENCE"})
     )
     if not plain:
         raise RuleError(f"--where must be exactly one SQL expression over the index columns, got {where!r}")
@@ -266,8 +279,9 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     kept, whatever ``where`` says; a row whose uid is carried by a row of another sample (another
     caption or size, or a row that is not ok; in one shard or in two) is never kept, since a
     subset of uids could not tell them apart; they are counted in ``shared_uid_rows``. Rows that
-    are copies of one sample (all ok, same caption, width and height) are each kept, so the
-    subset lists the uid once per copy (DataComp's upweighting).
+    are copies of one sample (all ok, with the same caption, width, height, number of text boxes
+    and CLIP score to 3 decimals) are each kept, so the subset lists the uid once per copy
+    (DataComp's upweighting).
 
     Args:
         index: score-index folder.
@@ -295,13 +309,14 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     cols = ", ".join(columns)
     try:
         # A uid carried by rows of different samples names no single sample: such rows are never
-        # kept (counted below). Rows that are copies of one sample (all ok, same caption and
-        # size: upweighted copies) are kept, each.
+        # kept (counted below). Rows that are copies of one sample (all ok, same caption, size,
+        # text boxes and CLIP score to 3 decimals: upweighted copies) are kept, each.
         kept = con.sql(
             f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({predicate})), "
             f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM kept) "
             f"GROUP BY {S.UID} HAVING count(*) > 1 AND NOT (bool_and({OK}) AND "
-            f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT})) = 1)) "
+            f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, "
+            f"round({S.CLIP_SCORE}, 3))) = 1)) "
             f"SELECT {cols}, {S.UID} IN (SELECT {S.UID} FROM shared) AS _shared FROM kept "
             f"ORDER BY {S.UID}, {S.SHARD}, {S.KEY}"
         ).to_arrow_table()

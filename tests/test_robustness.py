@@ -156,6 +156,31 @@ def test_reshard_never_writes_one_sample_in_place_of_another(tmp_path):
     assert written["000000000.png"] == members(EDGE)["t01_rgba.png"]
 
 
+def test_a_broken_sample_sharing_a_uid_is_never_written_for_it(tmp_path):
+    """One sample is ok, another with the same uid has no caption: the uid names neither."""
+    from curate.io.reshard import reshard
+    from curate.query import uids_to_datacomp
+
+    uid = "fedcba9876543210fedcba9876543210"
+    image = members(EDGE)["k01_upper.JPG"]
+    p = tmp_path / "pair.tar"
+    with tarfile.open(p, "w") as tf:
+        for name, data in (("a.jpg", image), ("a.txt", b"a caption"), ("a.json", json.dumps({"uid": uid}).encode()),
+                           ("b.jpg", image[:-10]), ("b.json", json.dumps({"uid": uid}).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    from curate.pipeline import read_shard_records
+
+    statuses = [(r[S.KEY], r[S.STATUS]) for r in read_shard_records({"url": str(p)})]
+    assert statuses == [("a", "duplicate_uid"), ("b", "duplicate_uid")]
+    b = read_shard_records({"url": str(p)})[1]
+    assert "also missing_caption" in b[S.ERROR]
+    np.save(tmp_path / "subset.npy", uids_to_datacomp([uid]))
+    summary = reshard(tmp_path / "subset.npy", str(p), tmp_path / "out")
+    assert summary.written_samples == 0 and sorted(summary.shared_uid_samples) == ["pair.tar/a", "pair.tar/b"]
+
+
 def test_filter_never_keeps_a_uid_shared_across_shards(tmp_path):
     from curate.query import run_filter
     from tests.test_filters import ROWS, make_index
@@ -206,8 +231,10 @@ class _Explodes(Stage):
 
     name = "explodes"
     error_status = S.STATUS_SCORE_ERROR
+    calls = 0
 
     def process(self, batch, rows):
+        self.calls += 1
         out = np.full(len(batch[S.STATUS]), -1, dtype=np.int64)
         for i in rows:
             if batch[S.TEXT][i] == "boom":
@@ -227,6 +254,18 @@ def test_a_row_that_raises_fails_alone():
     assert out[S.STATUS].tolist() == ["ok", "score_error", "ok", "decode_error"]
     assert out[S.ERROR][1] == "explodes: RuntimeError: bad sample" and out[S.ERROR][3] == "broken"
     assert out["image"].shape[0] == 4
+
+
+def test_one_bad_row_costs_a_bisection_not_a_row_by_row_rerun():
+    n = 64
+    texts = np.array(["ok"] * n, dtype=object)
+    texts[37] = "boom"
+    stage = _Explodes()
+    out = run_isolated(stage, {S.TEXT: texts, S.STATUS: np.array(["ok"] * n, dtype=object),
+                               S.ERROR: np.array([""] * n, dtype=object)})
+    assert out[S.STATUS].tolist().count("score_error") == 1 and out[S.STATUS][37] == "score_error"
+    assert (out["length"] == 2).sum() == n - 1
+    assert stage.calls <= 2 * 6 + 2  # whole batch, two halves per level of log2(64) = 6, the default fill
 
 
 def test_the_real_language_stage_isolates_a_caption_it_raises_on():
@@ -255,7 +294,7 @@ def test_a_shard_whose_writer_fails_is_named_and_the_others_are_written(tmp_path
     collector.add(records_to_batch(bad + good))
     results = {r.url: r for r in done}
     assert results[str(SURR)].status == "complete" and (tmp_path / "surr-000000.parquet").is_file()
-    assert results[str(EDGE)].status == "failed" and "writing its index file failed" in results[str(EDGE)].error
+    assert results[str(EDGE)].status == "failed" and "index file could not be written" in results[str(EDGE)].error
 
 
 # --------------------------------------------------------------------------- end to end

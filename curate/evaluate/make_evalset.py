@@ -72,7 +72,8 @@ def _iter_tree(source: Path):
 def _evaluable(name: str, data: bytes) -> tuple[str, bytes]:
     """``(member extension, bytes)`` that the evaluation readers take: JPEG, PNG and WebP as they
     are (``EVAL_WDS_EXTS``), any other format converted to PNG losslessly (RGB, or RGBA when
-    the image has transparency).
+    the image has transparency). Every image is decoded once here, so a broken file is refused
+    by name instead of failing ``evaluate``.
 
     Raises:
         ValueError: the file is not an image Pillow can decode (named in the message).
@@ -82,11 +83,11 @@ def _evaluable(name: str, data: bytes) -> tuple[str, bytes]:
     from PIL import Image
 
     ext = PurePosixPath(name).suffix.lower().lstrip(".").replace("jpeg", "jpg")
-    if ext in EVAL_WDS_EXTS:
-        return ext, data
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
+            if ext in EVAL_WDS_EXTS:
+                return ext, data  # decodable: kept byte for byte
             keep_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
             im = im.convert("RGBA" if keep_alpha else "RGB")
             buf = io.BytesIO()

@@ -56,5 +56,6 @@ def is_image_ext(ext: str) -> bool:
 
 
 def image_suffixes() -> frozenset[str]:
-    """The same list as file suffixes with a dot (``{".jpg", ".png", ...}``), for folder trees."""
-    return frozenset("." + e for e in image_extensions())
+    """The same list as file suffixes with a dot (``{".jpg", ".png", ...}``), for folder trees;
+    without webdataset's generic ``img`` / ``image``, which name no format of their own."""
+    return frozenset("." + e for e in image_extensions() if e not in _GENERIC)

@@ -107,10 +107,11 @@ def write_index_file(path: str | Path, table: pa.Table, metadata: dict[str, str]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {S.META_SCHEMA_VERSION: S.SCHEMA_VERSION, S.META_CODE_VERSION: __version__, **metadata}
-    table = table.replace_schema_metadata({k.encode(): str(v).encode() for k, v in meta.items()})
+    table = table.replace_schema_metadata({_utf8(k).encode(): _utf8(str(v)).encode() for k, v in meta.items()})
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "wb") as f:  # Python opens any file name the OS has, even non-UTF-8 bytes
+            pq.write_table(table, f, compression="zstd")
         os.replace(tmp, path)
     finally:
         if tmp.exists():

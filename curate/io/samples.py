@@ -192,8 +192,9 @@ def mark_duplicate_uids(records: list[dict[str, Any]]) -> int:
     (two ``.json`` files with one ``uid``) cannot be told apart by a subset of uids, so neither is
     scored nor ever kept by a filter; the ``error`` of each names the other keys. Copies of one
     sample (same image bytes and caption: DataComp-style upweighting, ``curate reshard`` output)
-    are not duplicates and keep their status. A record that already has another non-ok status
-    keeps it (it is never kept anyway).
+    are not duplicates and keep their status. Every record of a uid carried by different samples
+    is marked, whatever its status was (its own fault is added to the message), so that neither
+    ``reshard`` nor ``train`` ever takes one of them for the sample the uid names.
     """
     by_uid: dict[str, list[int]] = {}
     for i, rec in enumerate(records):
@@ -204,12 +205,12 @@ def mark_duplicate_uids(records: list[dict[str, Any]]) -> int:
             continue
         for i in rows:
             rec = records[i]
-            if rec[S.STATUS] != S.STATUS_OK:
-                continue
             others = [records[j][S.KEY] for j in rows if j != i]
-            rec[S.STATUS] = S.STATUS_DUPLICATE_UID
-            rec[S.ERROR] = (f"uid {uid} is also carried by another sample: key(s) {others[:5]!r} of this shard"
-                            + (f" and {len(others) - 5} more" if len(others) > 5 else ""))
+            error = (f"uid {uid} is also carried by another sample: key(s) {others[:5]!r} of this shard"
+                     + (f" and {len(others) - 5} more" if len(others) > 5 else ""))
+            if rec[S.STATUS] != S.STATUS_OK:  # the sample's own fault is kept in the message
+                error += f"; also {rec[S.STATUS]}: {rec[S.ERROR]}"
+            rec[S.STATUS], rec[S.ERROR] = S.STATUS_DUPLICATE_UID, error[:1000]
             rec["image_bytes"] = None
             marked += 1
     return marked

@@ -62,6 +62,8 @@ def expand_shards(specs: list[str] | str) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for spec in specs:
+        if spec.startswith("file://"):
+            spec = spec[len("file://"):]  # a local path: the literal-folder rule below applies
         expansions = [spec] if _exists(spec) else braceexpand.braceexpand(spec)
         for url in expansions:
             if _GLOB_CHARS.search(url.split("://", 1)[-1]) and not _exists(url):

@@ -62,21 +62,19 @@ def copy_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def take_row(batch: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
-    """Row ``i`` of a batch as a one-row batch (each column sliced ``[i:i+1]``)."""
-    return {k: v[i : i + 1] for k, v in batch.items()}
-
-
 def concat_batches(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate batches with the same columns, row order kept.
+    """Concatenate batches, row order kept (a column missing from a part is ``None`` there).
 
     A column that is 1-D and of one non-object dtype kind in every part is concatenated with
     ``np.concatenate``; any other (images of different shapes, object columns) becomes a 1-D
     ``object`` array of its rows.
     """
     out: dict[str, np.ndarray] = {}
-    for name in parts[0]:
-        cols = [np.asarray(p[name]) if not isinstance(p[name], np.ndarray) else p[name] for p in parts]
+    names = list(dict.fromkeys(name for p in parts for name in p))
+    for name in names:
+        # A column a part lacks (a stage that could not even fill its defaults) is None there.
+        cols = [(np.asarray(p[name]) if not isinstance(p[name], np.ndarray) else p[name]) if name in p
+                else object_array([None] * batch_len(p)) for p in parts]
         simple = all(c.ndim == 1 and c.dtype != object for c in cols) and len({c.dtype.kind for c in cols}) == 1
         if simple:
             out[name] = np.concatenate(cols)
@@ -96,7 +94,8 @@ class Stage:
 
     ``__call__`` adds the fault isolation shared by every stage (the way webdataset's handlers
     keep a bad sample from killing a loader): the batch is processed whole; if that raises, it
-    is processed again row by row, and a row that still raises gets status ``error_status``,
+    is processed again in halves, down to single rows (``run_isolated``), and a row that still
+    raises gets status ``error_status``,
     an ``error`` message ``"<name>: <exception>"`` and the default outputs, while every other
     row goes on. No exception from one sample leaves the stage.
 
@@ -120,33 +119,48 @@ class Stage:
         return run_isolated(self, batch)
 
 
+def take_rows(batch: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows ``start:stop`` of a batch (each column sliced)."""
+    return {k: v[start:stop] for k, v in batch.items()}
+
+
 def run_isolated(stage: Stage, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run ``stage`` on a batch, isolating the rows that make it raise (see ``Stage``).
+
+    A batch that raises is split in halves, each run again, recursively (bisection): one bad row
+    in a batch of ``B`` costs about ``2 log2 B`` extra calls instead of ``B``, which matters for
+    a GPU stage's large batches. A single row that raises gets the stage's error status.
 
     Returns:
         The processed batch, one row per input row, in order.
     """
-    try:
-        work = copy_batch(batch)
-        return stage.process(work, stage.rows_of(work))
-    except Exception:
-        pass
     n = batch_len(batch)
-    if n == 0:
-        work = copy_batch(batch)
-        return stage.process(work, np.empty(0, dtype=np.int64))
-    parts = []
-    for i in range(n):
-        row = copy_batch(take_row(batch, i))
-        try:
-            parts.append(stage.process(row, stage.rows_of(row)))
-        except Exception as e:
-            row = copy_batch(take_row(batch, i))
-            ok_rows(row)
-            message = f"{stage.name}: {type(e).__name__}: {e}"
-            if row[S.STATUS][0] == S.STATUS_OK:
-                set_error(row, 0, stage.error_status, message)
-            else:  # a row a stage computes whatever its status (caption language): keep the status
-                row[S.ERROR][0] = (f"{row[S.ERROR][0]}; " if row[S.ERROR][0] else "") + message[:500]
-            parts.append(stage.process(row, np.empty(0, dtype=np.int64)))
-    return concat_batches(parts)
+    return concat_batches(_isolate(stage, batch, 0, n)) if n else _defaults(stage, copy_batch(batch))
+
+
+def _isolate(stage: Stage, batch: dict[str, np.ndarray], start: int, stop: int) -> list[dict[str, np.ndarray]]:
+    part = take_rows(batch, start, stop) if (start, stop) != (0, batch_len(batch)) else batch
+    try:
+        work = copy_batch(part)
+        return [stage.process(work, stage.rows_of(work))]
+    except Exception as e:
+        if stop - start > 1:
+            mid = (start + stop) // 2
+            return _isolate(stage, batch, start, mid) + _isolate(stage, batch, mid, stop)
+        row = copy_batch(part)
+        ok_rows(row)
+        message = f"{stage.name}: {type(e).__name__}: {e}"
+        if row[S.STATUS][0] == S.STATUS_OK:
+            set_error(row, 0, stage.error_status, message)
+        else:  # a row a stage computes whatever its status (caption language): keep the status
+            row[S.ERROR][0] = (f"{row[S.ERROR][0]}; " if row[S.ERROR][0] else "") + message[:500]
+        return [_defaults(stage, row)]
+
+
+def _defaults(stage: Stage, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The stage's outputs with no row computed; if even that raises (a broken stage), the batch
+    as it came, so the row still reaches the index with its status and message."""
+    try:
+        return stage.process(batch, np.empty(0, dtype=np.int64))
+    except Exception:
+        return batch

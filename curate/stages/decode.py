@@ -63,6 +63,23 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image | 
     return im
 
 
+# Grey PNGs of 1, 2 or 4 bits open as 8-bit "L" with values scaled to 0-255, but their tRNS grey
+# level stays in the file's own scale: multiply it by the same factor.
+_LOW_BIT_GREY = {"L;1": 255, "L;1I": 255, "L;2": 85, "L;2I": 85, "L;4": 17, "L;4I": 17}
+
+
+def _scale_grey_key(im: Image.Image) -> None:
+    """Bring a low-bit-depth grey image's ``tRNS`` level into the 0-255 scale (in place; call
+    before ``load``, while the tile still names the raw mode)."""
+    trns = im.info.get("transparency")
+    if im.mode != "L" or not isinstance(trns, int) or not im.tile:
+        return
+    args = im.tile[0].args
+    raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
+    if raw in _LOW_BIT_GREY:
+        im.info["transparency"] = trns * _LOW_BIT_GREY[raw]
+
+
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"),
     (b"\xff\xd8", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
@@ -183,6 +200,7 @@ def decode_sized(
                           and max(w, h) / s >= (min_long_side or 0)), 1)
                 if s > 1:
                     im.draft(im.mode, (w // s, h // s))
+            _scale_grey_key(im)
             # EXIF orientations 5-8 swap width and height.
             size = (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
             im.load()
