@@ -403,3 +403,17 @@ def test_query_cannot_touch_files(hostile_index, tmp_path, capsys):
     assert main(["query", f"COPY (SELECT 1) TO '{tmp_path / 'y.csv'}'", "--index", str(out)]) == 2
     assert not (tmp_path / "y.csv").exists()
     capsys.readouterr()
+
+
+def test_copies_of_one_sample_are_one_sample_for_reshard(tmp_path):
+    """Resharding an upweighted reshard again: the copies (same bytes, same uid) are one sample,
+    written as often as the subset lists it, and never reported as a shared uid."""
+    from curate.io.reshard import reshard
+    from curate.query import uids_to_datacomp
+
+    first = next(s for s in read_shard(str(SURR)).samples if s["__key__"] == "s01_plain")
+    uid = sample_to_record(first)[S.UID]
+    np.save(tmp_path / "twice.npy", uids_to_datacomp([uid, uid]))
+    assert reshard(tmp_path / "twice.npy", str(SURR), tmp_path / "a").written_samples == 2
+    again = reshard(tmp_path / "twice.npy", str(tmp_path / "a" / "00000000.tar"), tmp_path / "b")
+    assert again.written_samples == 2 and again.shared_uid_samples == []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 from curate import schema as S
-from curate.io.samples import mark_duplicate_uids, same_sample, sample_to_record
+from curate.io.samples import mark_duplicate_uids, sample_digest, sample_to_record
 from curate.io.shards import SHARD_COMPLETE, expand_shards, read_shard, shard_name
 from curate.io.subset import load_subset_counts
 
@@ -112,7 +112,7 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = ReshardSummary(len(wanted), wanted.total)
-    found: dict[str, dict] = {}  # uid -> the record written for it
+    found: dict[str, bytes] = {}  # uid -> digest of the sample written for it (not its bytes)
     writer = _Writer(out, shard_size)
     for url in expand_shards(shards):
         result = read_shard(url)
@@ -125,14 +125,14 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
             copies = wanted.get(uid)
             if not copies:
                 continue
-            if uid in found and same_sample(found[uid], rec):
+            if uid in found and found[uid] == sample_digest(rec):
                 continue  # another copy of a sample already written as often as the subset asks
             if rec[S.STATUS] == S.STATUS_DUPLICATE_UID or uid in found:
                 # Two samples with one uid: a uid subset cannot say which is meant, so the
                 # second is never written in the first one's place (nor, in one shard, either).
                 summary.shared_uid_samples.append(f"{shard_name(url)}/{rec[S.KEY]}")
                 continue
-            found[uid] = rec
+            found[uid] = sample_digest(rec)
             for _ in range(copies):
                 writer.write(sample)
     writer.close()

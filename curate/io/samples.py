@@ -184,6 +184,18 @@ def same_sample(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.get("image_bytes") == b.get("image_bytes") and a.get(S.TEXT) == b.get(S.TEXT)
 
 
+def sample_digest(rec: dict[str, Any]) -> bytes:
+    """16-byte BLAKE2b digest of a record's image bytes and caption: equal for copies of one
+    sample (``same_sample``), so a reader can remember a sample without holding its bytes."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(rec.get("image_bytes") or b"")
+    h.update(b"\0")
+    h.update((rec.get(S.TEXT) or "").encode("utf-8", "surrogatepass"))
+    return h.digest()
+
+
 def mark_duplicate_uids(records: list[dict[str, Any]]) -> int:
     """Give every record whose uid is carried by a *different* sample of the list status
     ``duplicate_uid`` (in place) and return how many were marked.
