@@ -411,9 +411,9 @@ def test_copies_of_one_sample_are_one_sample_for_reshard(tmp_path):
     from curate.io.reshard import reshard
     from curate.query import uids_to_datacomp
 
-    first = next(s for s in read_shard(str(SURR)).samples if s["__key__"] == "s01_plain")
-    uid = sample_to_record(first)[S.UID]
+    shard = str(DATA / "shards" / "sample-000000.tar")  # samples with a DataComp uid in their .json
+    uid = sample_to_record(read_shard(shard).samples[0])[S.UID]
     np.save(tmp_path / "twice.npy", uids_to_datacomp([uid, uid]))
-    assert reshard(tmp_path / "twice.npy", str(SURR), tmp_path / "a").written_samples == 2
+    assert reshard(tmp_path / "twice.npy", shard, tmp_path / "a").written_samples == 2
     again = reshard(tmp_path / "twice.npy", str(tmp_path / "a" / "00000000.tar"), tmp_path / "b")
     assert again.written_samples == 2 and again.shared_uid_samples == []
