@@ -189,9 +189,20 @@ def write_table(table: pa.Table, path: str | Path) -> None:
     elif ext in (".json", ".jsonl"):
         with open(path, "w") as f:
             for row in table.to_pylist():
-                f.write(json.dumps(row, default=str) + "\n")
+                f.write(json.dumps(_json_safe(row), default=str) + "\n")
     else:
         raise ValueError(f"--output must end in .csv, .parquet, .json or .jsonl, got {path.name}")
+
+
+def _json_safe(value):
+    """``value`` with non-finite floats as ``null`` (JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def pool_threshold(con: duckdb.DuckDBPyConnection, column: str, fraction: float) -> float:
@@ -344,5 +355,7 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept.num_rows, removed, thresholds,
                             {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")},
                             shared_uid_rows)
-    (out / "filter_summary.json").write_text(json.dumps(summary.__dict__, indent=2, default=str))
+    # Strict JSON (no -Infinity): a "keep all" threshold is written as the string "-inf".
+    record = dict(summary.__dict__, thresholds={k: v if math.isfinite(v) else str(v) for k, v in thresholds.items()})
+    (out / "filter_summary.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
     return summary

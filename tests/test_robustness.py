@@ -381,6 +381,10 @@ def test_where_is_one_expression_and_nothing_else_runs(hostile_index, tmp_path, 
     assert main(["filter", "--index", str(out), "--where", "status <> 'ok' OR TRUE", "--out", str(tmp_path / "all")]) == 0
     statuses = set(query_statuses(out, tmp_path / "all"))
     assert statuses == {"ok"}
+    # The summary is strict JSON: a keep-all threshold is "-inf", never -Infinity.
+    assert main(["filter", "--index", str(out), "--rule", "tmars(fraction=1.0)", "--out", str(tmp_path / "f1")]) == 0
+    summary = json.loads((tmp_path / "f1" / "filter_summary.json").read_text(), parse_constant=lambda c: 1 / 0)
+    assert list(summary["thresholds"].values()) == ["-inf"]
     capsys.readouterr()
 
 
