@@ -707,8 +707,15 @@ def run_score(
         bar = tqdm(unit="sample", desc="curate score", disable=not progress, dynamic_ncols=True)
         shards_done = [0]
 
+        samples_done = [0]
+
         def on_done(r: ShardResult) -> None:
             shards_done[0] += 1
+            samples_done[0] += r.num_samples
+            # The pool's size is unknown until every shard is read: estimate it from the shards
+            # written so far (their mean sample count), so the bar shows a total and an ETA.
+            left = len(todo) - shards_done[0]
+            bar.total = max(bar.n, samples_done[0] + round(left * samples_done[0] / shards_done[0]))
             bar.set_postfix(shards=f"{shards_done[0]}/{len(todo)}", last=f"{Path(r.url).name}:{r.status}")
 
         collector = _ShardCollector(out_dir, metadata, on_done)
