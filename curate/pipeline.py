@@ -43,7 +43,7 @@ from curate.io.index import (
     remove_stale_temporaries,
     write_index_file,
 )
-from curate.io.samples import MAX_CAPTION_CHARS, mark_duplicate_uids, sample_to_record
+from curate.io.samples import MAX_CAPTION_CHARS, shard_records
 from curate.io.shards import (
     SHARD_COMPLETE,
     SHARD_DAMAGED,
@@ -102,8 +102,7 @@ def _shard_records(url: str) -> list[dict[str, Any]]:
     if n == 0:
         return [_shard_record(url, result.status, result.error or "", result.ignored_members)]
     extra = {_N: n, _SHARD_STATUS: result.status, _SHARD_ERROR: result.error or "", _IGNORED: result.ignored_members}
-    records = [sample_to_record(sample) for sample in result.samples]
-    mark_duplicate_uids(records)
+    records = shard_records(result.samples)
     out = []
     for seq, rec in enumerate(records):
         # Inside Ray, "no value" is an empty string / bytes: a block of only None would become a

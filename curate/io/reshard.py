@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 from curate import schema as S
-from curate.io.samples import mark_duplicate_uids, sample_digest, sample_to_record
+from curate.io.samples import sample_digest, shard_records
 from curate.io.shards import SHARD_COMPLETE, expand_shards, read_shard, shard_name
 from curate.io.subset import load_subset_counts
 
@@ -118,8 +118,7 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
         result = read_shard(url)
         if result.status != SHARD_COMPLETE:
             summary.input_problems[url] = f"{result.status}: {result.error}"
-        records = [sample_to_record(sample) for sample in result.samples]
-        mark_duplicate_uids(records)
+        records = shard_records(result.samples)
         for sample, rec in zip(result.samples, records):
             uid = rec[S.UID]
             copies = wanted.get(uid)

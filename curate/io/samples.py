@@ -178,6 +178,14 @@ def _fill_record(sample: dict[str, Any], rec: dict[str, Any]) -> None:
     rec[S.STATUS], rec[S.ERROR] = status, error
 
 
+def shard_records(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``sample_to_record`` of each sample of one shard, with ``mark_duplicate_uids`` applied:
+    what score, reshard and train read from a shard."""
+    records = [sample_to_record(sample) for sample in samples]
+    mark_duplicate_uids(records)
+    return records
+
+
 def same_sample(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """True when two records hold the same sample: the same image bytes and the same caption
     (copies of one sample, as ``curate reshard`` writes a uid the subset lists k times)."""

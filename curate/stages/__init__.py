@@ -5,8 +5,8 @@ transforms one batch given as ``dict[str, np.ndarray]`` (Ray Data's ``batch_form
 Every stage processes only the rows whose ``status`` is ``ok`` and passes the others through
 unchanged, so a failed sample keeps its row to the end of the pipeline. Each stage subclasses
 ``curate.stages.common.Stage``: it implements ``process(batch, rows)`` and inherits one shared
-per-sample fault isolation (a batch that raises is rerun row by row; a row that still raises gets
-the stage's error status and message, the others go on).
+per-sample fault isolation (a batch that raises is rerun in halves down to single rows; a row that
+still raises gets the stage's error status and message, the others go on).
 """
 
 from curate.stages.decode import Decode, decode_image

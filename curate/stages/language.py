@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import Stage, batch_len, ok_rows
+from curate.stages.common import Stage, batch_len
 
 
 def detect_language(text: str | None) -> tuple[str | None, float]:
@@ -42,7 +42,6 @@ class CaptionLanguage(Stage):
 
     def rows_of(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Every row with a non-blank caption, whatever its status."""
-        ok_rows(batch)
         return np.asarray([i for i, t in enumerate(batch[S.TEXT]) if t is not None and str(t).strip()], dtype=np.int64)
 
     def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

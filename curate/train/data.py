@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from curate import schema as S
-from curate.io.samples import mark_duplicate_uids, sample_to_record
+from curate.io.samples import shard_records
 from curate.io.shards import SHARD_COMPLETE, read_shard
 
 from curate.stages.decode import DecodeError, decode_pil
@@ -107,8 +107,7 @@ class SubsetStream(torch.utils.data.IterableDataset):
                 result = read_shard(url)
                 if result.status != SHARD_COMPLETE:
                     problems.append(f"{url}: {result.status}: {result.error}")
-                records = [sample_to_record(sample) for sample in result.samples]
-                mark_duplicate_uids(records)  # two samples of a shard with one uid: both skipped
+                records = shard_records(result.samples)  # two samples of a shard with one uid: both skipped
                 for rec in records:
                     position += 1
                     if not shard_split and (position - 1) % total != stream:
