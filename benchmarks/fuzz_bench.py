@@ -31,7 +31,8 @@ from curate import schema as S  # noqa: E402
 from curate.config import load_config  # noqa: E402
 from curate.io.index import records_to_table  # noqa: E402
 from curate.models import resolve_pretrained  # noqa: E402
-from curate.pipeline import SHARD_RECORD, StageChain, read_shard_records, records_to_batch  # noqa: E402
+from curate.scoring.plan import StageChain
+from curate.scoring.records import SHARD_RECORD, read_shard_records, records_to_batch
 from tests.fuzz_shards import RandomDriver, build_tar, expected_keys, shard_members  # noqa: E402
 
 

@@ -140,7 +140,7 @@ def end_to_end(copies: int, device: str, clip_model: str, detectors: list[str], 
     import ray
 
     from curate.config import load_config
-    from curate.pipeline import run_score
+    from curate.scoring import run_score
 
     pool = tmp / "pool"
     pool.mkdir(exist_ok=True)

@@ -122,7 +122,7 @@ def measure(n_shards: int, per_shard: int, tmp: Path, object_store_mib: int | No
     import ray
 
     from curate.config import load_config
-    from curate.pipeline import run_score
+    from curate.scoring import run_score
 
     pool = tmp / f"pool-{n_shards}"
     write_pool(pool, n_shards, per_shard)
@@ -132,7 +132,7 @@ def measure(n_shards: int, per_shard: int, tmp: Path, object_store_mib: int | No
     watch.start()
     t0 = time.perf_counter()
     if object_store_mib:
-        from curate.pipeline import init_ray
+        from curate.runtime import init_ray
 
         init_ray(num_cpus=2, object_store_memory=object_store_mib * 2**20)
     summary = run_score([str(pool / "*.tar")], tmp / f"index-{n_shards}", cfg, num_cpus=2, progress=False)

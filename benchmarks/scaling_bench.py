@@ -24,7 +24,7 @@ def main() -> None:
     import ray
 
     from curate.config import load_config
-    from curate.pipeline import run_score
+    from curate.scoring import run_score
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--copies", type=int, default=2)

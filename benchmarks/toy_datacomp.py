@@ -179,7 +179,7 @@ def main() -> None:
         p.error(f"--shares needs {', '.join(KINDS)} summing to 1")
     t_start = time.time()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from curate.pipeline import init_ray
+    from curate.runtime import init_ray
 
     init_ray(num_cpus=args.num_cpus)
     out = args.out.resolve()

@@ -44,7 +44,8 @@ def _add_score(sub) -> None:
     )
     p.add_argument("shards", nargs="+", help="shard paths or URLs; brace ranges {000000..000009}, globs and fsspec URLs")
     p.add_argument("--out", required=True, help="output folder of the score index (one .parquet per shard)")
-    p.add_argument("--config", help="pipeline YAML (e.g. pipelines/tmars.yaml); default: the T-MARS defaults")
+    p.add_argument("--config", help="pipeline YAML (e.g. pipelines/tmars.yaml); default: the T-MARS defaults, "
+                   "with actor pools, CPUs and GPUs sized to the Ray cluster")
     p.add_argument("--clip-model", help="open_clip model name, or 'tiny' (random init, offline tests)")
     p.add_argument(
         "--pretrained",
@@ -52,7 +53,9 @@ def _add_score(sub) -> None:
         "or 'none' for random init. With --clip-model and no --pretrained: random init, as open_clip does",
     )
     p.add_argument("--cache-dir", help="open_clip / Hugging Face cache folder for pretrained weights")
-    p.add_argument("--detector", choices=["craft", "dbnet"], help="text detector (default craft; dbnet is PP-OCRv4 on onnxruntime)")
+    p.add_argument("--detector", choices=["craft", "dbnet", "none"],
+                   help="text detector (default craft; dbnet is PP-OCRv4 on onnxruntime; none: CLIP score only, "
+                   "DataComp's CLIP-score baseline, masked_clip_score = clip_score)")
     p.add_argument("--detect-size", type=int, help="long side in pixels of the detector input (default 512)")
     p.add_argument("--mask-method", choices=["mean", "inpaint"], help="text masking method (default mean)")
     p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray cluster (default: all)")
@@ -62,26 +65,16 @@ def _add_score(sub) -> None:
 
 
 def _cmd_score(args) -> int:
-    from curate.config import load_config, validate
+    from curate.config import load_config
     from curate.models import PretrainedNotAvailable
-    from curate.pipeline import IndexConfigMismatch, run_score
+    from curate.scoring import IndexConfigMismatch, run_score
+    from curate.scoring.run import apply_settings
 
     try:
         cfg = load_config(args.config)
-        if args.clip_model:
-            cfg.score.clip_model = args.clip_model
-            cfg.score.pretrained = None
-        if args.pretrained is not None:
-            cfg.score.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
-        if args.cache_dir:
-            cfg.score.cache_dir = args.cache_dir
-        if args.detector:
-            cfg.detect.detector = args.detector
-        if args.detect_size is not None:
-            cfg.detect.long_side = args.detect_size
-        if args.mask_method:
-            cfg.mask.method = args.mask_method
-        validate(cfg)
+        flags = {"clip_model": args.clip_model, "pretrained": args.pretrained, "cache_dir": args.cache_dir,
+                 "detector": args.detector, "detect_size": args.detect_size, "mask_method": args.mask_method}
+        apply_settings(cfg, {k: v for k, v in flags.items() if v not in (None, "")})
         summary = run_score(
             args.shards,
             args.out,

@@ -56,22 +56,34 @@ class DecodeConfig:
 class ActorPoolConfig:
     """Resources of a stage that runs in a Ray actor pool (the executor places it, not the stage).
 
+    Every resource left ``None`` (or ``auto`` in YAML) is sized to the cluster when the job starts
+    (``curate.scoring.plan.fit_to_cluster``): on a cluster with GPUs the detect and score actors
+    take half a GPU each (one of each per GPU); without GPUs they run on CPUs; the pools
+    autoscale (Ray Data's ``ActorPoolStrategy(min_size, max_size)``) between ``min_actors`` and
+    as many actors as the cluster holds.
+
     Attributes:
         batch_size: samples per batch handed to the stage.
-        num_actors: size of the actor pool (``ray.data.ActorPoolStrategy(size=...)``).
-        num_gpus: GPUs per actor (0 on CPU machines; fractions share a GPU).
-        num_cpus: CPUs per actor (fractions allowed).
+        num_actors: a fixed pool size (``ActorPoolStrategy(size=...)``); ``None``: autoscale
+            between ``min_actors`` and ``max_actors``.
+        min_actors: smallest pool size (actors started before any batch runs).
+        max_actors: largest pool size; ``None``: what the cluster holds (a joined cluster, which
+            may autoscale: no cap).
+        num_gpus: GPUs per actor (0: CPUs only; fractions share a GPU); ``None``: auto.
+        num_cpus: CPUs per actor (fractions allowed); ``None``: auto.
         torch_threads: intra-op threads for torch in the actor (0 leaves torch's default; Ray
             sets one thread per reserved CPU).
     """
 
     batch_size: int = 32
-    num_actors: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
+    num_actors: int | None = None
+    min_actors: int = 1
+    max_actors: int | None = None
+    num_gpus: float | None = None
+    num_cpus: float | None = None
     torch_threads: int = 0
 
-    RESOURCE_FIELDS = ("num_actors", "num_gpus", "num_cpus")
+    RESOURCE_FIELDS = ("num_actors", "min_actors", "max_actors", "num_gpus", "num_cpus")
 
     def stage_kwargs(self) -> dict[str, Any]:
         """The fields the stage itself takes (everything but the pool's resources)."""
@@ -83,14 +95,16 @@ class DetectConfig(ActorPoolConfig):
     """Text detection (``curate.stages.detect``).
 
     Attributes:
-        detector: ``craft`` (EasyOCR's CRAFT, Baek et al. 2019) or ``dbnet`` (PP-OCRv4 DBNet,
-            ONNX, from rapidocr-onnxruntime).
+        detector: ``craft`` (EasyOCR's CRAFT, Baek et al. 2019), ``dbnet`` (PP-OCRv4 DBNet,
+            ONNX, from rapidocr-onnxruntime) or ``none`` (no detection: CLIP score only,
+            DataComp's CLIP-score baseline; ``masked_clip_score`` equals ``clip_score``).
         long_side: the image is resized so its long side is this many pixels before detection
             (T-MARS, Sec. 4: 512).
         text_threshold, link_threshold, low_text: CRAFT score-map thresholds (EasyOCR defaults).
         min_size: boxes whose longer side is at most this many pixels of the detector input are
             dropped (EasyOCR ``Reader.detect(min_size=20)`` uses 20 at full resolution).
-        batch_size, num_actors, num_gpus, num_cpus, torch_threads: see ``ActorPoolConfig``.
+        batch_size, num_actors, min_actors, max_actors, num_gpus, num_cpus, torch_threads: see
+            ``ActorPoolConfig``.
     """
 
     detector: str = "craft"
@@ -133,7 +147,8 @@ class ScoreConfig(ActorPoolConfig):
         precision: ``fp32``, ``bf16`` or ``auto`` (bf16 autocast on CUDA, fp32 on CPU).
         batch_size: samples per CLIP forward pass (original and masked images are scored in
             the same pass, so the tensor holds up to ``2 * batch_size`` images).
-        num_actors, num_gpus, num_cpus, torch_threads: see ``ActorPoolConfig``.
+        num_actors, min_actors, max_actors, num_gpus, num_cpus, torch_threads: see
+            ``ActorPoolConfig``.
     """
 
     clip_model: str = "ViT-L-14"
@@ -176,18 +191,28 @@ def _build(cls, data: dict[str, Any], where: str):
 
 
 def _check_type(key: str, value: Any, default: Any, annotation: str) -> Any:
-    """Coerce ``value`` to the type of the field's default; raise ``ValueError`` when it cannot be."""
+    """Coerce ``value`` to the type of the field's default (or, for a field whose default is
+    ``None``, of its annotation); raise ``ValueError`` when it cannot be. An optional field takes
+    ``None``; an optional field whose default is ``None`` also takes ``auto`` (same meaning)."""
     optional = "None" in str(annotation)
+    if optional and default is None and isinstance(value, str) and value.strip().lower() == "auto":
+        return None
     if value is None:
         if optional:
             return None
         raise ValueError(f"config key {key} may not be empty")
+    if default is None:  # the kind comes from the annotation ("float | None", "int | None", ...)
+        ann = str(annotation)
+        default = 0.0 if "float" in ann else 0 if "int" in ann else "" if "str" in ann else None
     if isinstance(default, tuple):
         if isinstance(value, (list, tuple)) and len(value) == len(default) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):
             return tuple(value)
         raise ValueError(f"config key {key} must be a list of {len(default)} integers, got {value!r}")
+    elif isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -199,7 +224,7 @@ def _check_type(key: str, value: Any, default: Any, annotation: str) -> Any:
             return value
     else:
         return value
-    expected = type(default).__name__ if default is not None else str(annotation)
+    expected = type(default).__name__ + (" or auto" if optional else "")
     raise ValueError(f"config key {key} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
@@ -252,26 +277,38 @@ def load_config(path: str | Path | None) -> PipelineConfig:
     return config_from_dict(data)
 
 
+DETECTOR_NAMES = ("craft", "dbnet", "none")  # the keys of curate.stages.detect.DETECTORS (a test checks)
+
+
 def validate(cfg: PipelineConfig) -> None:
     """Check value ranges. Raises ``ValueError`` with the offending key."""
-    if cfg.detect.detector not in ("craft", "dbnet"):
-        raise ValueError(f"detect.detector must be 'craft' or 'dbnet', got {cfg.detect.detector!r}")
+    if cfg.detect.detector not in DETECTOR_NAMES:
+        raise ValueError(f"detect.detector must be one of {', '.join(DETECTOR_NAMES)}, got {cfg.detect.detector!r}")
     if cfg.mask.method not in ("mean", "inpaint"):
         raise ValueError(f"mask.method must be 'mean' or 'inpaint', got {cfg.mask.method!r}")
     if cfg.score.precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"score.precision must be auto, fp32 or bf16, got {cfg.score.precision!r}")
     for name in ("detect.long_side", "detect.batch_size", "score.batch_size", "decode.max_pixels",
-                 "decode.batch_size", "detect.num_actors", "score.num_actors",
+                 "decode.batch_size", "detect.num_actors", "score.num_actors", "detect.min_actors",
+                 "score.min_actors", "detect.max_actors", "score.max_actors",
                  "read.num_cpus", "decode.num_cpus", "mask.num_cpus", "detect.num_cpus", "score.num_cpus"):
         section, key = name.split(".")
         value = getattr(getattr(cfg, section), key)
+        if value is None and key in ActorPoolConfig.RESOURCE_FIELDS:
+            continue  # auto
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     for name in ("detect.num_gpus", "score.num_gpus", "detect.torch_threads", "score.torch_threads",
                  "detect.min_size", "mask.ring_px", "mask.inpaint_radius"):
         section, key = name.split(".")
         value = getattr(getattr(cfg, section), key)
+        if value is None and key in ActorPoolConfig.RESOURCE_FIELDS:
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    for section in ("detect", "score"):
+        pool = getattr(cfg, section)
+        if pool.max_actors is not None and pool.max_actors < pool.min_actors:
+            raise ValueError(f"{section}.max_actors ({pool.max_actors}) is below {section}.min_actors ({pool.min_actors})")
     if cfg.detect.long_side % 32:
         raise ValueError("detect.long_side must be a multiple of 32 (CRAFT's stride)")

@@ -67,7 +67,7 @@ def craft():
 def ray_cluster():
     import ray
 
-    from curate.pipeline import init_ray
+    from curate.runtime import init_ray
 
     init_ray(num_cpus=2)
     yield
@@ -98,7 +98,7 @@ def scored(pool, tmp_path_factory, ray_cluster):
     (``pipelines/tiny_cpu.yaml``). Tests may rerun into the folder but leave it complete."""
     out = tmp_path_factory.mktemp("index")
     from curate.config import load_config
-    from curate.pipeline import run_score
+    from curate.scoring import run_score
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     summary = run_score([str(pool / "*.tar")], out, cfg, progress=False)

@@ -103,14 +103,27 @@ def test_legacy_checkpoint_format_is_accepted(tmp_path):
     assert resolve_pretrained("tiny", str(path)).path == str(path)
 
 
-def test_resources_the_cluster_cannot_give(ray_cluster):
-    from curate.pipeline import check_resources
+def test_resources_the_cluster_cannot_give():
+    """The check is derived from the stage specs: every pool at its smallest plus one task."""
+    from curate.models import resolve_pretrained
+    from curate.runtime import ClusterResources
+    from curate.scoring.plan import check_resources, fit_to_cluster, stage_specs
 
-    check_resources(load_config(TINY))  # fits 2 CPUs
+    tiny = resolve_pretrained("tiny", None)
+    laptop = ClusterResources(cpus=2, gpus=0)
+
+    def check(cfg, cluster=laptop):
+        sized = fit_to_cluster(cfg, cluster)
+        check_resources(stage_specs(sized, tiny), sized.decode.num_cpus, cluster)
+
+    check(load_config(TINY))  # fits 2 CPUs
+    check(PipelineConfig())  # the defaults (auto) fit a 2-core laptop
+    big = PipelineConfig()
+    big.detect.num_cpus = big.score.num_cpus = 1.0  # set by hand: 1 CPU per actor + tasks > 2 CPUs
     with pytest.raises(ValueError, match="CPUs"):
-        check_resources(PipelineConfig())  # T-MARS defaults: 1 CPU per actor + tasks > 2 CPUs
+        check(big)
     gpu = load_config(TINY)
     gpu.score.num_gpus = 1
     with pytest.raises(ValueError, match="GPUs"):
-        check_resources(gpu)
-    check_resources(gpu, strict=False)  # an autoscaling cluster: warn only
+        check(gpu)
+    check(gpu, ClusterResources(cpus=2, gpus=0, fixed=False))  # a cluster that may autoscale: warn only

@@ -24,7 +24,7 @@ import pytest
 from curate import schema as S
 from curate.config import load_config
 from curate.io.index import read_index
-from curate.pipeline import _ShardCollector, build_dataset, run_score
+from curate.scoring import run_score
 from curate.models import resolve_pretrained
 from tests.conftest import SHARDS, sample_members
 
@@ -95,26 +95,45 @@ def busy_job_workers(raylet_pid: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_collector_writes_each_row_once(ray_cluster, tmp_path):
-    """Rows Ray delivers twice (a re-executed task) are written once; the file is identical."""
+def test_parts_delivered_twice_are_written_once(ray_cluster, tmp_path):
+    """Part records Ray delivers twice (a re-executed task) are counted once; the index file
+    written from them is identical to the one written from a single delivery."""
+    import shutil
+
+    from curate.runtime import ClusterResources
+    from curate.scoring.plan import build_dataset, fit_to_cluster, stage_specs
+    from curate.scoring.writer import ShardTracker, finalize_shard
+
     cfg = load_config(TINY)
     cfg.detect.detector = "dbnet"
+    cfg.decode.batch_size = cfg.detect.batch_size = cfg.score.batch_size = 4
     weights = resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained)
-    batches = list(build_dataset([str(s) for s in SHARDS[:2]], cfg, weights).iter_batches(batch_size=4, batch_format="numpy"))
+    specs = stage_specs(fit_to_cluster(cfg, ClusterResources(2, 0)), weights)
+    once_dir, twice_dir = tmp_path / "once", tmp_path / "twice"
+    once_dir.mkdir(), twice_dir.mkdir()
+    batches = list(build_dataset([str(s) for s in SHARDS[:2]], specs, 0.25, out_dir=once_dir)
+                   .iter_batches(batch_size=1, batch_format="numpy"))
     assert len(batches) >= 4
-    once, twice = _ShardCollector(tmp_path / "once", {}, lambda r: None), _ShardCollector(tmp_path / "twice", {}, lambda r: None)
-    (tmp_path / "once").mkdir(), (tmp_path / "twice").mkdir()
+    shutil.copytree(once_dir / "_parts", tmp_path / "parts-backup")
+    once, twice = ShardTracker(once_dir, {}, lambda r: None, "local"), ShardTracker(twice_dir, {}, lambda r: None, "local")
     for b in batches:
         once.add(b)
+    shutil.copytree(tmp_path / "parts-backup", once_dir / "_parts")  # the parts again, for the replay
     replay = batches[:2] + batches[:3] + batches[1:] + batches  # overlapping re-deliveries, also after a shard is written
     for b in replay:
         twice.add(b)
+    rows = lambda bs: sum(len(np.frombuffer(s, dtype=np.int64)) for b in bs for s in b["seqs"])  # noqa: E731
     assert once.duplicates == 0
-    assert twice.duplicates == sum(len(b[S.UID]) for b in replay) - sum(len(b[S.UID]) for b in batches)
+    assert twice.duplicates == rows(replay) - rows(batches)
     assert sorted(once.results) == sorted(twice.results) == sorted(str(s) for s in SHARDS[:2])
-    a, b = read_index(tmp_path / "once"), read_index(tmp_path / "twice")
+    a, b = read_index(once_dir), read_index(twice_dir)
     assert a.num_rows == b.num_rows == sum(r.num_samples for r in once.results.values())
     assert a.equals(b)
+    # finalize is idempotent (Ray may retry it after it wrote the file and removed the parts)
+    r = once.results[str(SHARDS[0])]
+    again = finalize_shard(str(SHARDS[0]), ["/nonexistent/part.parquet"], r.num_samples, r.status, "", 0,
+                           str(once_dir), {})
+    assert (again.num_samples, again.statuses, again.index_file) == (r.num_samples, r.statuses, r.index_file)
 
 
 @pytest.mark.slow

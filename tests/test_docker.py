@@ -73,9 +73,20 @@ def test_rayjob_entrypoint_is_a_valid_curate_command_whose_config_fits_the_gpus(
                                       .get("nvidia.com/gpu", 0)) for g in workers)
     cpus = sum(g["minReplicas"] * float(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
                for g in workers)
-    need_gpu = cfg.detect.num_actors * cfg.detect.num_gpus + cfg.score.num_actors * cfg.score.num_gpus
-    need_cpu = cfg.detect.num_actors * cfg.detect.num_cpus + cfg.score.num_actors * cfg.score.num_cpus
-    assert 0 < need_gpu <= gpus and need_cpu <= cpus
+    # The config names no actor count: sized to the worker group's smallest cluster (a joined
+    # cluster, so the pools may grow as it scales), it must use the GPUs and fit the CPUs.
+    from curate.models import resolve_pretrained
+    from curate.runtime import ClusterResources
+    from curate.scoring.plan import check_resources, fit_to_cluster, stage_specs
+
+    for section in ("detect", "score"):
+        assert getattr(cfg, section).num_actors is None and getattr(cfg, section).num_gpus is None
+    cluster = ClusterResources(cpus=cpus, gpus=gpus, nodes=2, fixed=False)
+    sized = fit_to_cluster(cfg, cluster)
+    specs = {s.name: s for s in stage_specs(sized, resolve_pretrained("tiny", None))}
+    assert specs["detect"].resources.gpus == specs["score"].resources.gpus == 0.5
+    assert specs["detect"].max_workers is None and specs["score"].max_workers is None  # grow with the cluster
+    check_resources(list(specs.values()), sized.decode.num_cpus, ClusterResources(cpus, gpus, 2, fixed=True))
 
 
 def test_dockerfile_runs_as_a_non_root_user_and_bakes_the_detector_weights():

@@ -29,7 +29,7 @@ FUZZ_EXAMPLES = 40
 def chain():
     from curate.config import load_config
     from curate.models import resolve_pretrained
-    from curate.pipeline import StageChain
+    from curate.scoring.plan import StageChain
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.detect.detector = "dbnet"
@@ -75,7 +75,7 @@ def check_readable(path) -> int:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(shard=fuzzed_shard())
 def test_stage_chain_on_fuzzed_shards(chain, tmp_path_factory, shard):
-    from curate.pipeline import SHARD_RECORD, read_shard_records, records_to_batch
+    from curate.scoring.records import SHARD_RECORD, read_shard_records, records_to_batch
 
     members, cut = shard
     data = build_tar(members)

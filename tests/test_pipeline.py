@@ -12,7 +12,7 @@ from curate import schema as S
 from curate.cli import main
 from curate.config import PipelineConfig, load_config
 from curate.io.index import index_path, read_index, read_index_metadata
-from curate.pipeline import IndexConfigMismatch, run_score
+from curate.scoring import IndexConfigMismatch, run_score
 from tests.conftest import NEMO_SHARD, SHARDS, samples_per_shard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_truncated_and_empty_shards(scored, pool):
 def test_pipeline_boxes_match_the_stage(scored, pool, craft, sources):
     """The Ray plan wires the stages correctly: same boxes as CRAFT called directly on the image
     decoded as the pipeline decodes it (reduced-size JPEG decoding, ``decode.draft``)."""
-    from curate.pipeline import draft_sizes
+    from curate.scoring.provenance import draft_sizes
     from curate.stages.decode import decode_image
 
     out, cfg, _ = scored
@@ -162,7 +162,7 @@ def test_same_checkpoint_typed_two_ways_is_one_setting(tmp_path, monkeypatch):
     import torch
 
     from curate.models import register_configs, resolve_pretrained
-    from curate.pipeline import scoring_fingerprint
+    from curate.scoring.provenance import scoring_fingerprint
 
     register_configs()
     (tmp_path / "ck").mkdir()

@@ -18,7 +18,7 @@ from curate.cli import main
 from curate.io.index import read_index
 from curate.io.samples import MAX_CAPTION_CHARS, clean_caption, sample_to_record
 from curate.io.shards import expand_shards, read_shard
-from curate.stages.common import Stage, run_isolated
+from curate.stages.base import Stage, run_isolated
 from curate.stages.decode import decode_image
 from tests.conftest import DATA, REPO
 
@@ -39,7 +39,8 @@ def edge_rows():
     from curate.config import load_config
     from curate.io.index import records_to_table
     from curate.models import resolve_pretrained
-    from curate.pipeline import StageChain, read_shard_records, records_to_batch
+    from curate.scoring.plan import StageChain
+    from curate.scoring.records import read_shard_records, records_to_batch
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.detect.detector = "dbnet"
@@ -170,7 +171,7 @@ def test_a_broken_sample_sharing_a_uid_is_never_written_for_it(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    from curate.pipeline import read_shard_records
+    from curate.scoring.records import read_shard_records
 
     statuses = [(r[S.KEY], r[S.STATUS]) for r in read_shard_records({"url": str(p)})]
     assert statuses == [("a", "duplicate_uid"), ("b", "duplicate_uid")]
@@ -281,20 +282,35 @@ def test_the_real_language_stage_isolates_a_caption_it_raises_on():
 
 
 def test_a_shard_whose_writer_fails_is_named_and_the_others_are_written(tmp_path):
-    from curate.pipeline import _ShardCollector, read_shard_records, records_to_batch
+    from curate.scoring.records import read_shard_records, records_to_batch
+    from curate.scoring.writer import ShardTracker, write_parts
 
     done = []
-    collector = _ShardCollector(tmp_path, {}, done.append)
+    tracker = ShardTracker(tmp_path, {}, done.append, finalize="local")
     good = read_shard_records({"url": str(SURR)})
     bad = read_shard_records({"url": str(EDGE)})[:2]
     for r in bad:
         r["_shard_n"] = 2
     bad[1]["_seq"] = 8  # rows that do not add up (positions 0 and 8 of 2): an internal fault
-
-    collector.add(records_to_batch(bad + good))
+    tracker.add(write_parts(records_to_batch(bad + good), str(tmp_path)))
     results = {r.url: r for r in done}
     assert results[str(SURR)].status == "complete" and (tmp_path / "surr-000000.parquet").is_file()
-    assert results[str(EDGE)].status == "failed" and "index file could not be written" in results[str(EDGE)].error
+    assert results[str(EDGE)].status == "failed" and "internal error" in results[str(EDGE)].error
+
+
+def test_a_part_that_cannot_be_written_fails_its_shard_only(tmp_path):
+    from curate.scoring.records import read_shard_records, records_to_batch
+    from curate.scoring.writer import ShardTracker, write_parts
+
+    (tmp_path / "_parts").mkdir()
+    (tmp_path / "_parts" / "edge-000000.parquet").write_text("a file where the shard's part folder goes")
+    done = []
+    tracker = ShardTracker(tmp_path, {}, done.append, finalize="local")
+    records = read_shard_records({"url": str(EDGE)}) + read_shard_records({"url": str(SURR)})
+    tracker.add(write_parts(records_to_batch(records), str(tmp_path)))
+    results = {r.url: r for r in done}
+    assert results[str(SURR)].status == "complete"
+    assert results[str(EDGE)].status == "failed" and "could not be written" in results[str(EDGE)].error
 
 
 # --------------------------------------------------------------------------- end to end

@@ -1,4 +1,8 @@
-"""Helpers shared by the stages: the ``ok`` row mask and object-array construction."""
+"""Helpers shared by the stages: the ``ok`` row mask, object arrays, batch slicing and concatenation.
+
+The stage contract itself (``Stage``, ``Resources``, the per-row fault isolation) is in
+``curate.stages.base``.
+"""
 
 from __future__ import annotations
 
@@ -83,84 +87,6 @@ def concat_batches(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-class Stage:
-    """The contract of a per-batch stage, with per-sample fault isolation.
-
-    A stage is a plain class (no Ray inside): ``__init__`` loads its model once; ``process(batch,
-    rows)`` transforms a batch given as ``dict[str, np.ndarray]`` (Ray Data's ``numpy`` batch
-    format), computing its outputs for the rows ``rows`` (by default the ``ok`` rows, see
-    ``rows_of``) and filling every output column with its "no value" for the others. With
-    ``rows`` empty, ``process`` only fills those defaults and must not raise.
-
-    ``__call__`` adds the fault isolation shared by every stage (the way webdataset's handlers
-    keep a bad sample from killing a loader): the batch is processed whole; if that raises, it
-    is processed again in halves, down to single rows (``run_isolated``), and a row that still
-    raises gets status ``error_status``,
-    an ``error`` message ``"<name>: <exception>"`` and the default outputs, while every other
-    row goes on. No exception from one sample leaves the stage.
-
-    Class attributes:
-        name: the stage's name in messages (``decode``, ``detect``, ...).
-        error_status: the index status of a row this stage fails on (``curate.schema``).
-    """
-
-    name = "stage"
-    error_status = S.STATUS_INVALID_SAMPLE
-
-    def rows_of(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """Indices of the rows this stage computes, ``(K,) int64``; by default the ``ok`` rows."""
-        return ok_rows(batch)
-
-    def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Compute this stage's outputs for ``rows`` (see the class docstring)."""
-        raise NotImplementedError
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return run_isolated(self, batch)
-
-
 def take_rows(batch: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
     """Rows ``start:stop`` of a batch (each column sliced)."""
     return {k: v[start:stop] for k, v in batch.items()}
-
-
-def run_isolated(stage: Stage, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run ``stage`` on a batch, isolating the rows that make it raise (see ``Stage``).
-
-    A batch that raises is split in halves, each run again, recursively (bisection): one bad row
-    in a batch of ``B`` costs about ``2 log2 B`` extra calls instead of ``B``, which matters for
-    a GPU stage's large batches. A single row that raises gets the stage's error status.
-
-    Returns:
-        The processed batch, one row per input row, in order.
-    """
-    n = batch_len(batch)
-    return concat_batches(_isolate(stage, batch, 0, n)) if n else _defaults(stage, copy_batch(batch))
-
-
-def _isolate(stage: Stage, batch: dict[str, np.ndarray], start: int, stop: int) -> list[dict[str, np.ndarray]]:
-    part = take_rows(batch, start, stop) if (start, stop) != (0, batch_len(batch)) else batch
-    try:
-        work = copy_batch(part)
-        return [stage.process(work, stage.rows_of(work))]
-    except Exception as e:
-        if stop - start > 1:
-            mid = (start + stop) // 2
-            return _isolate(stage, batch, start, mid) + _isolate(stage, batch, mid, stop)
-        row = copy_batch(part)
-        ok_rows(row)
-        message = f"{stage.name}: {type(e).__name__}: {e}"
-        if row[S.STATUS][0] == S.STATUS_OK:
-            set_error(row, 0, stage.error_status, message)
-        else:  # a row a stage computes whatever its status (caption language): keep the status
-            row[S.ERROR][0] = (f"{row[S.ERROR][0]}; " if row[S.ERROR][0] else "") + message[:500]
-        return [_defaults(stage, row)]
-
-
-def _defaults(stage: Stage, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The stage's outputs with no row computed; if even that raises (a broken stage), the batch
-    as it came, so the row still reaches the index with its status and message."""
-    try:
-        return stage.process(batch, np.empty(0, dtype=np.int64))
-    except Exception:
-        return batch

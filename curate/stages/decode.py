@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from curate import schema as S
-from curate.stages.common import EMPTY_IMAGE, Stage, batch_len, object_array, set_error
+from curate.stages.base import Stage
+from curate.stages.common import EMPTY_IMAGE, batch_len, object_array, set_error
 
 
 class DecodeError(Exception):
@@ -239,6 +240,9 @@ class Decode(Stage):
 
     name = "decode"
     error_status = S.STATUS_DECODE_ERROR
+    reads = (S.STATUS, "image_bytes")
+    writes = ("image", S.WIDTH, S.HEIGHT)
+    drops = ("image_bytes",)
 
     def __init__(self, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
                  min_side: int | None = None, min_long_side: int | None = None):

@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import BOX_DIMS, EMPTY_BOXES, Stage, batch_len, image_at, object_array
+from curate.stages.base import Resources, Stage
+from curate.stages.common import BOX_DIMS, EMPTY_BOXES, batch_len, image_at, object_array
 
 # ImageNet mean / std in 0-255 units, as easyocr.imgproc.normalizeMeanVariance uses them.
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
@@ -273,7 +274,22 @@ class DBNetDetector:
         return out
 
 
-DETECTORS = {"craft": CraftDetector, "dbnet": DBNetDetector}
+class NoTextDetector:
+    """``--detector none``: no model, no boxes (DataComp's CLIP-score baseline, Gadre et al. 2023,
+    Sec. 3.4, scores the unmasked image only). With no boxes nothing is masked, so every
+    ``masked_clip_score`` equals its ``clip_score`` and ``num_text_boxes`` is 0."""
+
+    name = "none"
+
+    def __init__(self, **_settings):
+        pass
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """One empty ``(0, 4, 2) float32`` array per image."""
+        return [np.zeros((0, 4, 2), dtype=np.float32) for _ in images]
+
+
+DETECTORS = {"craft": CraftDetector, "dbnet": DBNetDetector, "none": NoTextDetector}
 
 
 class Detect(Stage):
@@ -287,13 +303,18 @@ class Detect(Stage):
     gets status ``detect_error`` (``curate.stages.common.Stage``).
 
     Args:
-        detector: ``craft`` (``CraftDetector``) or ``dbnet`` (``DBNetDetector``).
+        detector: a name of ``DETECTORS``: ``craft`` (``CraftDetector``), ``dbnet``
+            (``DBNetDetector``) or ``none`` (``NoTextDetector``: no boxes, CLIP score only).
         batch_size: images per forward pass.
         **kwargs: passed to the detector.
     """
 
     name = "detect"
     error_status = S.STATUS_DETECT_ERROR
+    reads = (S.STATUS, "image")
+    writes = (S.TEXT_BOXES, S.NUM_TEXT_BOXES)
+    resources = Resources(cpus=1.0, actor=True)
+    batch_size = 16
 
     def __init__(self, detector: str = "craft", batch_size: int = 16, **kwargs):
         if detector not in DETECTORS:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import Stage, batch_len
+from curate.stages.base import Stage
+from curate.stages.common import batch_len
 
 
 def detect_language(text: str | None) -> tuple[str | None, float]:
@@ -39,6 +40,8 @@ class CaptionLanguage(Stage):
 
     name = "language"
     error_status = S.STATUS_LANGUAGE_ERROR
+    reads = (S.STATUS, S.TEXT)
+    writes = (S.CAPTION_LANG, S.CAPTION_LANG_SCORE)
 
     def rows_of(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Every row with a non-blank caption, whatever its status."""

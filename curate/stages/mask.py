@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 
 from curate import schema as S
-from curate.stages.common import Stage, batch_len, image_at, object_array
+from curate.stages.base import Stage
+from curate.stages.common import batch_len, image_at, object_array
 
 
 def polygons_to_pixels(text_boxes, width: int, height: int) -> list[np.ndarray]:
@@ -111,6 +112,8 @@ class Mask(Stage):
 
     name = "mask"
     error_status = S.STATUS_MASK_ERROR
+    reads = (S.STATUS, "image", S.TEXT_BOXES)
+    writes = ("masked_image", S.TEXT_AREA_FRAC)
 
     def __init__(self, method: str = "mean", ring_px: int = 3, inpaint_radius: int = 3):
         if method not in ("mean", "inpaint"):

@@ -14,7 +14,8 @@ from PIL import Image
 
 from curate import schema as S
 from curate.models import ResolvedWeights, create_clip, resolve_pretrained
-from curate.stages.common import Stage, batch_len, image_at
+from curate.stages.base import Resources, Stage
+from curate.stages.common import batch_len, image_at
 from curate.stages.detect import resolve_device
 
 
@@ -41,6 +42,10 @@ class Score(Stage):
 
     name = "score"
     error_status = S.STATUS_SCORE_ERROR
+    reads = (S.STATUS, "image", "masked_image", S.TEXT, S.NUM_TEXT_BOXES)
+    writes = (S.CLIP_SCORE, S.MASKED_CLIP_SCORE)
+    drops = ("image", "masked_image")  # the images go no further than the last model stage
+    resources = Resources(cpus=1.0, actor=True)
 
     def __init__(
         self,

@@ -93,7 +93,7 @@ def resolve_resume(out: Path, resume: str | None) -> Path | None:
 
 
 def _check_cluster(cfg: TrainConfig, strict: bool) -> None:
-    from curate.pipeline import require_resources
+    from curate.runtime import require_resources
 
     require_resources(
         "curate train", cfg.num_workers * cfg.cpus_per_worker, cfg.num_workers if cfg.use_gpu else 0, strict,
@@ -151,7 +151,7 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
 
     from curate.io.shards import expand_shards
     from curate.models import register_configs
-    from curate.pipeline import init_ray
+    from curate.runtime import init_ray
     from curate.io.subset import load_subset_counts
 
     import open_clip

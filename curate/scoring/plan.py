@@ -1,0 +1,340 @@
+"""The score plan: declared stages, sized to the cluster, turned into one Ray Data pipeline.
+
+::
+
+    from_items(shard URLs)                        one row per shard
+      .flat_map(read_shard_records)   tasks       one record per sample (bytes, caption, uid)
+      for each StageSpec (one loop):
+        .map_batches(stage)           tasks       language, decode, mask (fused by Ray Data)
+                                      actors      detect, score (autoscaling pools, GPUs if any)
+      .map_batches(write_parts)       tasks       part files of each shard, where the rows are
+
+The stages declare their columns, default resources and batch size (``curate.stages.base``);
+``stage_specs`` binds them to a config, ``fit_to_cluster`` fills in every resource left to
+``auto``, and ``check_resources`` derives what the plan needs from the same specs. Ray Data
+streams blocks through the operators with back-pressure, so CPU decoding overlaps model work.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from curate.config import ActorPoolConfig, PipelineConfig
+from curate.models import ResolvedWeights
+from curate.runtime import ClusterResources, require_resources
+from curate.scoring.provenance import draft_sizes
+from curate.stages.base import Resources, Stage
+from curate.stages.common import batch_len
+
+log = logging.getLogger("curate")
+
+BUSY_PREFIX = "_busy_"  # per-row share of the seconds a stage spent on the row's batch
+
+# Share of a GPU per detect / score actor when GPUs are found: one of each per GPU.
+GPU_SHARE = 0.5
+# CPUs per GPU actor at most (it feeds the GPU; decoding runs in separate tasks).
+GPU_ACTOR_CPUS = 2.0
+
+
+@dataclass
+class StageSpec:
+    """One stage of the plan, bound to its settings and resources.
+
+    Attributes:
+        name: the stage's name (``Stage.name``).
+        cls: the ``Stage`` subclass; ``cls(**kwargs)`` builds it inside the worker.
+        kwargs: constructor arguments (picklable: sent to every worker).
+        resources: what one worker reserves (``Resources``).
+        batch_size: samples per batch.
+        min_workers, max_workers: actor pool bounds (``ActorPoolStrategy(min_size, max_size)``;
+            equal for a fixed pool; ``max_workers`` ``None`` means no cap, for a cluster that
+            autoscales). Ignored for task stages.
+    """
+
+    name: str
+    cls: type[Stage]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    resources: Resources = Resources()
+    batch_size: int = 32
+    min_workers: int = 1
+    max_workers: int | None = 1
+
+    def build(self) -> Stage:
+        """The stage object (loads its model)."""
+        return self.cls(**self.kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        """Where and how the stage runs, for the summary: ``name``, ``runs_on`` (text),
+        ``cpus``, ``gpus``, ``batch_size``, ``min_workers``, ``max_workers``."""
+        r = self.resources
+        where = f"{r.cpus:g} CPU" + (f" + {r.gpus:g} GPU" if r.gpus else "")
+        if r.actor:
+            pool = (f"{self.min_workers}" if self.min_workers == self.max_workers
+                    else f"{self.min_workers}..{self.max_workers if self.max_workers is not None else 'auto'}")
+            runs_on = f"{pool} actors x {where}"
+        else:
+            runs_on = f"tasks x {where}"
+        return {"name": self.name, "runs_on": runs_on, "cpus": r.cpus, "gpus": r.gpus, "actor": r.actor,
+                "batch_size": self.batch_size, "min_workers": self.min_workers if r.actor else None,
+                "max_workers": self.max_workers if r.actor else None}
+
+    def ray_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``ray.data.Dataset.map_batches`` for this stage."""
+        import ray
+
+        args: dict[str, Any] = {"batch_size": self.batch_size, "batch_format": "numpy",
+                                "num_cpus": self.resources.cpus}
+        if self.resources.gpus:
+            args["num_gpus"] = self.resources.gpus
+        if self.resources.actor:
+            pool = (ray.data.ActorPoolStrategy(size=self.min_workers) if self.min_workers == self.max_workers
+                    else ray.data.ActorPoolStrategy(min_size=self.min_workers, max_size=self.max_workers))
+            args.update(fn=StageActor, fn_constructor_kwargs={"spec": self}, compute=pool)
+        else:
+            args.update(fn=run_task_stage, fn_kwargs={"spec": self})
+        return args
+
+
+def run_stage(stage: Stage, spec: StageSpec, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run one stage on a batch (with its per-row fault isolation), drop the columns it declares
+    dropped, and add ``_busy_<name>`` (float64 seconds: the batch's time shared equally by its
+    rows) so the writer can sum each stage's busy time."""
+    t0 = time.perf_counter()
+    out = stage(batch)
+    for name in stage.drops:
+        out.pop(name, None)
+    n = batch_len(out)
+    out[BUSY_PREFIX + spec.name] = np.full(n, (time.perf_counter() - t0) / max(n, 1), dtype=np.float64)
+    return out
+
+
+_TASK_STAGES: dict[int, Stage] = {}
+
+
+def run_task_stage(batch: dict[str, np.ndarray], spec: StageSpec) -> dict[str, np.ndarray]:
+    """Ray Data function of a task stage: the stage is built once per worker process and reused."""
+    key = hash((spec.name, repr(sorted(spec.kwargs.items()))))
+    stage = _TASK_STAGES.get(key)
+    if stage is None:
+        stage = _TASK_STAGES[key] = spec.build()
+    return run_stage(stage, spec, batch)
+
+
+class StageActor:
+    """Ray Data callable class of an actor stage: builds the stage (loads its model) once."""
+
+    def __init__(self, spec: StageSpec):
+        self.spec = spec
+        self.stage = spec.build()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return run_stage(self.stage, self.spec, batch)
+
+
+# --------------------------------------------------------------------------- sizing
+
+
+def dbnet_has_gpu_provider() -> bool:
+    """True when onnxruntime here has the CUDA execution provider (``onnxruntime-gpu``); DBNet on
+    a GPU actor without it would run on the CPU while holding the GPU."""
+    try:
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except Exception:
+        return False
+
+
+def fit_to_cluster(cfg: PipelineConfig, cluster: ClusterResources) -> PipelineConfig:
+    """A copy of ``cfg`` with every resource left to ``auto`` (``None``) sized to ``cluster``.
+
+    Rules (a value set in the config or by a flag is kept as it is):
+
+    - GPUs found: detect and score actors take ``GPU_SHARE`` (0.5) of a GPU each, so one of each
+      shares every GPU, with up to ``GPU_ACTOR_CPUS`` CPUs each from what the tasks leave; each
+      pool may grow to one actor per GPU. Precision ``auto`` is bf16 autocast on CUDA
+      (``curate.stages.score``). DBNet stays on CPUs when onnxruntime has no CUDA provider
+      (install ``onnxruntime-gpu``), with a warning.
+    - No GPUs: the CPUs left after one read/decode/mask task are split evenly between the pools,
+      at most one CPU per actor; each pool may grow to its half of them.
+    - ``detect.detector: none``: no detect actors (no model); its stage runs as a task.
+    - A joined cluster (``cluster.fixed`` false) may autoscale: pools have no upper bound
+      unless ``max_actors`` is set; Ray Data grows them as nodes arrive.
+
+    Raises nothing; ``check_resources`` refuses a plan that cannot start.
+    """
+    cfg = copy.deepcopy(cfg)
+    task_cpus = max(cfg.read.num_cpus, cfg.decode.num_cpus, cfg.mask.num_cpus)
+    pools: list[ActorPoolConfig] = [cfg.score] if cfg.detect.detector == "none" else [cfg.detect, cfg.score]
+    if cfg.detect.detector == "none":
+        cfg.detect.num_gpus, cfg.detect.num_cpus = 0.0, cfg.decode.num_cpus
+        cfg.detect.num_actors, cfg.detect.max_actors = None, None
+    on_gpu = []
+    for pool in pools:
+        if pool.num_gpus is None:
+            wants = cluster.gpus > 0
+            if wants and pool is cfg.detect and cfg.detect.detector == "dbnet" and not dbnet_has_gpu_provider():
+                log.warning("detect: DBNet stays on CPUs: onnxruntime here has no CUDAExecutionProvider "
+                            "(pip install onnxruntime-gpu for GPU detection)")
+                wants = False
+            pool.num_gpus = GPU_SHARE if wants else 0.0
+        if pool.num_gpus > 0:
+            on_gpu.append(pool)
+    cpu_pools = [p for p in pools if p.num_gpus == 0]
+    free = max(cluster.cpus - task_cpus, 0.0)
+    # GPU pools: one actor per 1/num_gpus GPUs of the pool's share of the cluster's GPUs.
+    for pool in on_gpu:
+        share = cluster.gpus / len(on_gpu)
+        fits = max(1, int(math.floor(share / pool.num_gpus + 1e-9)))
+        _set_bounds(pool, fits, cluster.fixed)
+    gpu_actor_cap = sum(_cap(p) for p in on_gpu)
+    for pool in on_gpu:
+        if pool.num_cpus is None:
+            cpus = free / max(gpu_actor_cap + len(cpu_pools), 1) if free else 0.25
+            pool.num_cpus = round(max(min(GPU_ACTOR_CPUS, cpus), 0.1), 3)
+    left = free - sum(p.num_cpus * _cap(p) for p in on_gpu)
+    for pool in cpu_pools:
+        part = max(left, 0.0) / len(cpu_pools)
+        if pool.num_cpus is None:
+            pool.num_cpus = round(max(min(1.0, part), 0.1), 3)
+        _set_bounds(pool, max(1, int(math.floor(part / pool.num_cpus + 1e-9))), cluster.fixed)
+    return cfg
+
+
+def _cap(pool: ActorPoolConfig) -> int:
+    """The pool's largest size as planned (min_actors when it has no cap)."""
+    if pool.num_actors is not None:
+        return pool.num_actors
+    return pool.max_actors if pool.max_actors is not None else pool.min_actors
+
+
+def _set_bounds(pool: ActorPoolConfig, fits: int, fixed: bool) -> None:
+    if pool.num_actors is not None:
+        return
+    if pool.max_actors is None and fixed:
+        pool.max_actors = max(pool.min_actors, fits)
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def stage_specs(cfg: PipelineConfig, weights: ResolvedWeights) -> list[StageSpec]:
+    """The declared stages of ``curate score`` bound to ``cfg`` (already ``fit_to_cluster``-ed,
+    or with every resource set), in plan order: language, decode, detect, mask, score.
+
+    Raises:
+        ValueError: a resource is still ``auto`` (call ``fit_to_cluster`` first).
+    """
+    from curate.stages.decode import Decode
+    from curate.stages.detect import Detect
+    from curate.stages.language import CaptionLanguage
+    from curate.stages.mask import Mask
+    from curate.stages.score import Score
+
+    for section in ("detect", "score"):
+        pool = getattr(cfg, section)
+        if pool.num_cpus is None or pool.num_gpus is None:
+            raise ValueError(f"{section}: resources not sized; call fit_to_cluster(cfg, cluster) first")
+
+    def pool_spec(name, cls, kwargs, pool: ActorPoolConfig) -> StageSpec:
+        lo = pool.num_actors if pool.num_actors is not None else pool.min_actors
+        hi = pool.num_actors if pool.num_actors is not None else pool.max_actors
+        return StageSpec(name, cls, kwargs, replace(cls.resources, cpus=pool.num_cpus, gpus=pool.num_gpus),
+                         pool.batch_size, lo, hi)
+
+    task = Resources(cpus=cfg.decode.num_cpus)
+    specs = [
+        StageSpec("language", CaptionLanguage, {}, task, cfg.decode.batch_size),
+        StageSpec("decode", Decode, {"max_pixels": cfg.decode.max_pixels, "background": tuple(cfg.decode.background),
+                                     **draft_sizes(cfg)}, task, cfg.decode.batch_size),
+    ]
+    if cfg.detect.detector == "none":  # no model: a task, no actor to hold
+        specs.append(StageSpec("detect", Detect, {"detector": "none"}, task, cfg.detect.batch_size))
+    else:
+        specs.append(pool_spec("detect", Detect, cfg.detect.stage_kwargs(), cfg.detect))
+    specs.append(StageSpec("mask", Mask, {"method": cfg.mask.method, "ring_px": cfg.mask.ring_px,
+                                          "inpaint_radius": cfg.mask.inpaint_radius},
+                           Resources(cpus=cfg.mask.num_cpus), cfg.detect.batch_size))
+    specs.append(pool_spec("score", Score, {"weights": weights, **cfg.score.stage_kwargs()}, cfg.score))
+    return specs
+
+
+def check_resources(specs: list[StageSpec], task_cpus: float, cluster: ClusterResources) -> None:
+    """Refuse a plan the cluster can never start (Ray would wait forever), derived from the specs:
+    every actor pool at its smallest size plus one task of ``task_cpus``.
+
+    Raises:
+        ValueError: a fixed cluster has fewer CPUs or GPUs than that (a joined cluster that may
+            autoscale only gets a warning).
+    """
+    actors = [s for s in specs if s.resources.actor]
+    need_cpu = sum(s.min_workers * s.resources.cpus for s in actors) + max(
+        [task_cpus] + [s.resources.cpus for s in specs if not s.resources.actor])
+    need_gpu = sum(s.min_workers * s.resources.gpus for s in actors)
+    require_resources(
+        "the pipeline", need_cpu, need_gpu, cluster.fixed,
+        cpu_what=", ".join(f"{s.name} {s.min_workers} x {s.resources.cpus:g}" for s in actors) + " plus one task",
+        cpu_fix="lower *.num_cpus / *.min_actors / *.num_actors in the config (or leave them auto) or raise --num-cpus",
+        gpu_fix="set detect.num_gpus and score.num_gpus to 0 (or auto) in the config to run on CPUs",
+        have=cluster,
+    )
+
+
+def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out_dir: str | None = None):
+    """The lazy Ray Data plan over ``urls`` (see the module docstring).
+
+    Args:
+        urls: shard URLs.
+        specs: ``stage_specs``.
+        read_cpus: CPUs per read task (and per write task).
+        out_dir: the score-index folder: the plan ends with ``write_parts`` and its rows are part
+            records (``curate.scoring.writer``). ``None``: the plan ends after the last stage and
+            its rows are the scored records (tests, debugging).
+
+    Returns:
+        ``ray.data.Dataset``.
+    """
+    import ray
+
+    from curate.scoring.records import read_shard_records
+
+    ds = ray.data.from_items([{"url": u} for u in urls], override_num_blocks=max(1, len(urls)))
+    ds = ds.flat_map(read_shard_records, num_cpus=read_cpus)
+    for spec in specs:
+        ds = ds.map_batches(**spec.ray_args())
+    if out_dir is not None:
+        from curate.scoring.writer import write_parts
+
+        ds = ds.map_batches(write_parts, fn_kwargs={"out_dir": str(out_dir)}, batch_size=None,
+                            batch_format="numpy", num_cpus=read_cpus)
+    return ds
+
+
+class StageChain:
+    """The score path in one process, without Ray: the same stage specs the Ray plan runs, back
+    to back (for tests, the fuzz harness and debugging one shard).
+
+    Args:
+        cfg: pipeline config (resources left to auto are sized for one local CPU).
+        weights: resolved CLIP weights (``curate.models.resolve_pretrained``).
+
+    Calling it on a batch (``curate.scoring.records.records_to_batch``) returns the scored batch,
+    one row per input row, with the index columns and without the image columns.
+    """
+
+    def __init__(self, cfg: PipelineConfig, weights: ResolvedWeights):
+        cfg = fit_to_cluster(cfg, ClusterResources(cpus=2.0, gpus=0.0))
+        self.specs = stage_specs(cfg, weights)
+        self.stages = [spec.build() for spec in self.specs]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for spec, stage in zip(self.specs, self.stages):
+            batch = run_stage(stage, spec, batch)
+        return batch

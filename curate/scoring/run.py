@@ -1,0 +1,242 @@
+"""``curate score`` end to end: plan the shards, size the plan to the cluster, run it, summarise."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from curate import schema as S
+from curate.config import PipelineConfig, config_from_dict, load_config, validate
+from curate.io.shards import expand_shards
+from curate.models import resolve_pretrained
+from curate.runtime import cluster_resources, init_ray, joins_existing_cluster, quiet_ray_data, root_cause
+from curate.scoring.plan import build_dataset, check_resources, fit_to_cluster, stage_specs
+from curate.scoring.provenance import index_metadata, plan_shards
+from curate.scoring.summary import SHARD_FAILED, ScoreSummary, ShardResult
+from curate.scoring.writer import ShardTracker
+
+log = logging.getLogger("curate")
+
+
+def stats_sample_count(url: str) -> int | None:
+    """Samples of a shard as recorded beside it by the tool that wrote it: img2dataset's
+    ``<shard>_stats.json`` (``successes``) or ``curate reshard``'s (``count``); ``None`` when
+    there is no such file (or it cannot be read)."""
+    if "://" in url:
+        return None
+    p = Path(url)
+    name = p.name
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    stats = p.with_name(f"{name}_stats.json")
+    try:
+        data = json.loads(stats.read_text())
+        value = data.get("successes", data.get("count"))
+        return int(value) if isinstance(value, int) and value >= 0 else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def run_score(
+    shards: list[str] | str,
+    out_dir: str | Path,
+    cfg: PipelineConfig,
+    num_cpus: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> ScoreSummary:
+    """Score shards into a score index (one Parquet file per shard in ``out_dir``).
+
+    Args:
+        shards: shard specs (brace ranges, globs, fsspec URLs).
+        out_dir: folder for the index files; on a cluster of several nodes, a folder every node
+            sees at the same path (shared filesystem), since workers write the files.
+        cfg: pipeline configuration; resources left ``None`` (auto) are sized to the cluster
+            (``curate.scoring.plan.fit_to_cluster``).
+        num_cpus: CPUs for a local Ray cluster (``None``: all).
+        address: Ray cluster address (``None``: local, or ``RAY_ADDRESS``).
+        progress: show a progress bar on stderr.
+        overwrite: recompute shards whose index file is already complete.
+
+    Returns:
+        ``ScoreSummary``; also written to ``out_dir/_summary.json``.
+
+    Raises:
+        PretrainedNotAvailable: weights asked for are not on this machine (before any shard
+            is read).
+        ValueError: bad shard specs or config, or a plan the local cluster cannot start.
+        FileNotFoundError: a glob matched nothing.
+        IndexConfigMismatch: see ``plan_shards``.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    weights = resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained, cfg.score.cache_dir)
+    urls = expand_shards(shards)
+    if not urls:
+        raise ValueError("no shards given")
+    if "://" in str(out_dir):
+        raise ValueError(f"--out must be a local folder (or a mounted shared filesystem), got {out_dir}")
+    out_dir = Path(out_dir).absolute()  # workers on other nodes write here
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the index folder {out_dir}: {e}") from None
+    metadata = index_metadata(cfg, weights)
+    todo, skipped = plan_shards(urls, out_dir, metadata[S.META_CONFIG], overwrite=overwrite)
+
+    results: dict[str, ShardResult] = {s.url: s for s in skipped}
+    duplicates, stage_stats, plan = 0, {}, []
+    if todo:
+        try:
+            init_ray(num_cpus=num_cpus, address=address)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ValueError(f"cannot start or reach the Ray cluster ({address or 'local'}): {e}") from None
+        cluster = cluster_resources(fixed=not joins_existing_cluster(address))
+        sized = fit_to_cluster(cfg, cluster)
+        specs = stage_specs(sized, weights)
+        check_resources(specs, max(sized.read.num_cpus, sized.decode.num_cpus, sized.mask.num_cpus), cluster)
+        plan = [s.describe() for s in specs]
+        quiet_ray_data()
+
+        known = {u: stats_sample_count(u) for u in todo}
+        bar = tqdm(unit="sample", desc="curate score", disable=not progress, dynamic_ncols=True,
+                   total=sum(known.values()) if all(v is not None for v in known.values()) else None)
+        exact_total = bar.total is not None
+        shards_done = [0]
+
+        def on_done(r: ShardResult) -> None:
+            shards_done[0] += 1
+            bar.set_postfix(shards=f"{shards_done[0]}/{len(todo)}", last=f"{Path(r.url).name}:{r.status}")
+
+        tracker = ShardTracker(out_dir, metadata, on_done)
+
+        def estimate_total() -> None:
+            # No stats files: the shards whose size is known so far (their first rows arrived)
+            # give the mean, which stands in for the others.
+            sizes = tracker.shard_sizes
+            if sizes:
+                mean = sum(sizes.values()) / len(sizes)
+                bar.total = max(bar.n, sum(sizes.values()) + round((len(todo) - len(sizes)) * mean))
+
+        ds = build_dataset(todo, specs, sized.read.num_cpus, out_dir=out_dir)
+        failure = None
+        try:
+            for records in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                bar.update(tracker.add(records))
+                tracker.poll()
+                if not exact_total:
+                    estimate_total()
+        except Exception as e:  # keep what was written; report the rest as failed, by name
+            failure = root_cause(e)
+            log.error("curate score stopped: %s", e)
+        tracker.drain()
+        tracker.cleanup()
+        bar.close()
+        results.update(tracker.results)
+        duplicates = tracker.duplicates
+        stage_stats = {name: {"samples": tracker.samples[name], "busy_s": busy} for name, busy in tracker.busy.items()}
+        for url in todo:
+            if url not in results:
+                results[url] = ShardResult(url, SHARD_FAILED, failure or "internal error: rows missing")
+    if duplicates:
+        log.warning("curate score: %d row(s) arrived twice (Ray task retries) and were written once", duplicates)
+    summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir), duplicates,
+                           stage_stats, plan)
+    (out_dir / "_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    return summary
+
+
+def score(
+    shards: list[str] | str,
+    out: str | Path,
+    config: PipelineConfig | dict[str, Any] | str | Path | None = None,
+    *,
+    num_cpus: int | None = None,
+    address: str | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+    **settings: Any,
+) -> ScoreSummary:
+    """Score webdataset shards into a score index: the Python API of ``curate score``.
+
+    Example::
+
+        import curate
+        summary = curate.score("pool/{00000000..00000099}.tar", "index/",
+                               clip_model="ViT-B-32", pretrained="/models/vit-b-32.pt",
+                               detector="dbnet")
+        print(summary.format()); print(summary.exit_code)
+
+    From a script that already called ``ray.init(...)``, the job runs on that cluster.
+
+    Args:
+        shards: shard specs (brace ranges, globs, fsspec URLs).
+        out: score-index folder (see ``run_score``).
+        config: a ``PipelineConfig``, a nested mapping (the YAML's sections), a YAML path, or
+            ``None`` for the defaults (T-MARS settings, resources sized to the cluster).
+        num_cpus, address, progress, overwrite: see ``run_score``.
+        **settings: ``section__key=value`` for any config key (``detect__batch_size=64``), or
+            the CLI's shortcuts: ``clip_model``, ``pretrained`` (with ``clip_model`` alone:
+            random init, as open_clip does), ``cache_dir``, ``detector``, ``detect_size``,
+            ``mask_method``.
+
+    Returns:
+        The run's ``ScoreSummary`` (``exit_code`` 0 when every shard was read).
+
+    Raises:
+        ValueError: unknown setting or bad value; plus everything ``run_score`` raises.
+    """
+    if isinstance(config, PipelineConfig):
+        import copy
+
+        cfg = copy.deepcopy(config)
+    elif isinstance(config, dict):
+        cfg = config_from_dict(config)
+    else:
+        cfg = load_config(config)
+    apply_settings(cfg, settings)
+    return run_score(shards, out, cfg, num_cpus=num_cpus, address=address, progress=progress, overwrite=overwrite)
+
+
+_SHORTCUTS = {"cache_dir": ("score", "cache_dir"), "detector": ("detect", "detector"),
+              "detect_size": ("detect", "long_side"), "mask_method": ("mask", "method")}
+
+
+def apply_settings(cfg: PipelineConfig, settings: dict[str, Any]) -> PipelineConfig:
+    """Apply overrides in place (see ``score``'s ``**settings``) and validate.
+
+    Raises:
+        ValueError: an unknown setting, or a value of the wrong type or range.
+    """
+    from curate.config import _check_type
+
+    settings = dict(settings)
+    if "clip_model" in settings:
+        cfg.score.clip_model = settings.pop("clip_model")
+        cfg.score.pretrained = None
+    if "pretrained" in settings:
+        value = settings.pop("pretrained")
+        cfg.score.pretrained = None if value is None or str(value).lower() == "none" else str(value)
+    for key, value in settings.items():
+        if "__" in key:
+            section, name = key.split("__", 1)
+        else:
+            section, name = _SHORTCUTS.get(key, ("", ""))
+        part = getattr(cfg, section, None) if section in ("read", "decode", "detect", "mask", "score") else None
+        fields = {f.name: f for f in dataclasses.fields(part)} if part is not None else {}
+        if name not in fields:
+            raise ValueError(f"unknown setting {key!r}; use section__key (e.g. detect__batch_size) or one of "
+                             f"clip_model, pretrained, {', '.join(_SHORTCUTS)}")
+        setattr(part, name, _check_type(f"{section}.{name}", value, getattr(type(part)(), name), fields[name].type))
+    validate(cfg)
+    return cfg

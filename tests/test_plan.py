@@ -1,0 +1,138 @@
+"""The score plan: stage declarations, sizing to the cluster, and the driver's books (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from curate import schema as S
+from curate.config import DETECTOR_NAMES, PipelineConfig, load_config
+from curate.models import resolve_pretrained
+from curate.runtime import ClusterResources
+from curate.scoring.plan import StageChain, check_resources, fit_to_cluster, stage_specs
+from tests.conftest import REPO, SHARDS
+
+TINY_W = resolve_pretrained("tiny", None)
+
+
+def specs_for(cfg: PipelineConfig, cluster: ClusterResources):
+    sized = fit_to_cluster(cfg, cluster)
+    specs = {s.name: s for s in stage_specs(sized, TINY_W)}
+    check_resources(list(specs.values()), sized.decode.num_cpus, cluster)
+    return specs
+
+
+def test_defaults_fit_a_two_core_laptop():
+    specs = specs_for(PipelineConfig(), ClusterResources(cpus=2, gpus=0))
+    for name in ("detect", "score"):
+        s = specs[name]
+        assert s.resources.actor and s.resources.gpus == 0
+        assert s.min_workers == s.max_workers == 1
+    # both pools and one task fit exactly in 2 CPUs
+    assert specs["detect"].resources.cpus + specs["score"].resources.cpus + 0.25 <= 2 + 1e-9
+    for name in ("language", "decode", "mask"):
+        assert not specs[name].resources.actor
+
+
+def test_defaults_grow_with_a_cpu_node():
+    specs = specs_for(PipelineConfig(), ClusterResources(cpus=16, gpus=0))
+    for name in ("detect", "score"):
+        assert specs[name].resources.cpus == 1.0 and specs[name].min_workers == 1 and specs[name].max_workers == 7
+    total = sum(specs[n].resources.cpus * specs[n].max_workers for n in ("detect", "score"))
+    assert total + 0.25 <= 16
+
+
+def test_defaults_use_every_gpu_of_an_8_gpu_node():
+    specs = specs_for(PipelineConfig(), ClusterResources(cpus=128, gpus=8))
+    for name in ("detect", "score"):
+        s = specs[name]
+        assert s.resources.gpus == 0.5 and s.max_workers == 8 and s.resources.cpus == 2.0
+    assert sum(specs[n].resources.gpus * specs[n].max_workers for n in ("detect", "score")) == 8
+    assert "1..8 actors x 2 CPU + 0.5 GPU" == specs["score"].describe()["runs_on"]
+
+
+def test_a_joined_cluster_leaves_the_pools_uncapped_and_config_values_win():
+    cfg = PipelineConfig()
+    cfg.score.max_actors = 3
+    cfg.detect.num_actors = 2
+    cfg.detect.num_gpus = 0
+    cfg.detect.num_cpus = 4
+    specs = specs_for(cfg, ClusterResources(cpus=32, gpus=2, fixed=False))
+    assert specs["score"].max_workers == 3 and specs["score"].resources.gpus == 0.5
+    assert specs["detect"].min_workers == specs["detect"].max_workers == 2
+    assert specs["detect"].resources.gpus == 0 and specs["detect"].resources.cpus == 4
+
+
+def test_dbnet_without_a_cuda_provider_stays_on_cpus(monkeypatch):
+    import curate.scoring.plan as plan
+
+    monkeypatch.setattr(plan, "dbnet_has_gpu_provider", lambda: False)
+    cfg = PipelineConfig()
+    cfg.detect.detector = "dbnet"
+    specs = specs_for(cfg, ClusterResources(cpus=16, gpus=1))
+    assert specs["detect"].resources.gpus == 0 and specs["score"].resources.gpus == 0.5
+
+
+def test_detector_none_holds_no_detect_actor():
+    cfg = PipelineConfig()
+    cfg.detect.detector = "none"
+    specs = specs_for(cfg, ClusterResources(cpus=2, gpus=0))
+    assert not specs["detect"].resources.actor
+    assert specs["score"].resources.cpus == 1.0  # the whole pool budget goes to CLIP
+
+
+def test_the_fingerprint_ignores_pool_sizes_but_not_the_detector():
+    from curate.scoring.provenance import scoring_fingerprint
+
+    a, b = PipelineConfig(), PipelineConfig()
+    b.detect.num_actors, b.score.max_actors, b.score.num_gpus, b.detect.num_cpus = 4, 9, 1, 3
+    assert scoring_fingerprint(a, TINY_W) == scoring_fingerprint(b, TINY_W)
+    b.detect.detector = "none"
+    assert scoring_fingerprint(b, TINY_W)["detect"] == {"detector": "none"}
+
+
+def test_detector_names_are_the_registry():
+    from curate.stages.detect import DETECTORS
+
+    assert set(DETECTOR_NAMES) == set(DETECTORS)
+
+
+def test_each_stage_writes_what_it_declares_and_drops_the_rest():
+    from curate.scoring.records import read_shard_records, records_to_batch
+
+    cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
+    cfg.detect.detector = "dbnet"
+    chain = StageChain(cfg, TINY_W)
+    batch = records_to_batch(read_shard_records({"url": str(SHARDS[0])})[:6])
+    for spec, stage in zip(chain.specs, chain.stages):
+        missing = [c for c in stage.reads if c not in batch]
+        assert not missing, (spec.name, missing)
+        from curate.scoring.plan import run_stage
+
+        batch = run_stage(stage, spec, batch)
+        assert all(c in batch for c in stage.writes), spec.name
+        assert not any(c in batch for c in stage.drops), spec.name
+    assert "image" not in batch and "masked_image" not in batch
+
+
+def test_detector_none_gives_clip_scores_only():
+    from curate.scoring.records import read_shard_records, records_to_batch
+
+    cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
+    cfg.detect.detector = "none"
+    out = StageChain(cfg, TINY_W)(records_to_batch(read_shard_records({"url": str(SHARDS[0])})[:8]))
+    ok = out[S.STATUS] == S.STATUS_OK
+    assert ok.sum() >= 6
+    assert (np.asarray(out[S.NUM_TEXT_BOXES])[ok] == 0).all()
+    np.testing.assert_array_equal(out[S.CLIP_SCORE][ok], out[S.MASKED_CLIP_SCORE][ok])
+    assert (np.asarray(out[S.TEXT_AREA_FRAC])[ok] == 0).all()
+
+
+def test_the_python_api_rejects_unknown_settings(tmp_path):
+    import curate
+
+    with pytest.raises(ValueError, match="unknown setting"):
+        curate.score(str(SHARDS[0]), tmp_path, detect__no_such_key=1)
+    with pytest.raises(ValueError, match="detect.batch_size"):
+        curate.score(str(SHARDS[0]), tmp_path, detect__batch_size="big")
