@@ -32,12 +32,12 @@ from curate.config import load_config  # noqa: E402
 from curate.io.index import records_to_table  # noqa: E402
 from curate.models import resolve_pretrained  # noqa: E402
 from curate.scoring.plan import StageChain
-from curate.scoring.records import SHARD_RECORD, read_shard_records, records_to_batch
+from curate.scoring.records import SHARD_RECORD, records_to_batch, shard_record_list
 from tests.fuzz_shards import RandomDriver, build_tar, expected_keys, shard_members  # noqa: E402
 
 
 def run_shard(chain: StageChain, path: Path, batch_size: int) -> tuple[list[dict], str]:
-    records = read_shard_records({"url": str(path)})
+    records = shard_record_list(str(path))
     shard_status = records[0]["_shard_status"]
     samples = [r for r in records if r[S.STATUS] != SHARD_RECORD]
     rows = []

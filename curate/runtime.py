@@ -121,8 +121,12 @@ def root_cause(e: BaseException) -> str:
     """``"Type: message"`` of the innermost exception behind ``e`` (Ray wraps a task's own error in
     its own exceptions, whose last line is only a retry hint), first line of the message."""
     seen = set()
-    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+    while id(e) not in seen:
         seen.add(id(e))
-        e = e.__cause__ or e.__context__
+        inner = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the task's own error here
+        inner = inner if isinstance(inner, BaseException) else (e.__cause__ or e.__context__)
+        if inner is None:
+            break
+        e = inner
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:500]

@@ -75,14 +75,14 @@ def check_readable(path) -> int:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(shard=fuzzed_shard())
 def test_stage_chain_on_fuzzed_shards(chain, tmp_path_factory, shard):
-    from curate.scoring.records import SHARD_RECORD, read_shard_records, records_to_batch
+    from curate.scoring.records import SHARD_RECORD, records_to_batch, shard_record_list
 
     members, cut = shard
     data = build_tar(members)
     intact = cut is None
     path = tmp_path_factory.mktemp("fuzz") / "fuzz-000000.tar"
     path.write_bytes(data if intact else data[: int(len(data) * cut)])
-    records = read_shard_records({"url": str(path)})
+    records = shard_record_list(str(path))
     samples = [r for r in records if r[S.STATUS] != SHARD_RECORD]
     if not samples:
         assert len(records) == 1

@@ -99,12 +99,12 @@ def test_detector_names_are_the_registry():
 
 
 def test_each_stage_writes_what_it_declares_and_drops_the_rest():
-    from curate.scoring.records import read_shard_records, records_to_batch
+    from curate.scoring.records import records_to_batch, shard_record_list
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.detect.detector = "dbnet"
     chain = StageChain(cfg, TINY_W)
-    batch = records_to_batch(read_shard_records({"url": str(SHARDS[0])})[:6])
+    batch = records_to_batch(shard_record_list(str(SHARDS[0]))[:6])
     for spec, stage in zip(chain.specs, chain.stages):
         missing = [c for c in stage.reads if c not in batch]
         assert not missing, (spec.name, missing)
@@ -117,11 +117,11 @@ def test_each_stage_writes_what_it_declares_and_drops_the_rest():
 
 
 def test_detector_none_gives_clip_scores_only():
-    from curate.scoring.records import read_shard_records, records_to_batch
+    from curate.scoring.records import records_to_batch, shard_record_list
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.detect.detector = "none"
-    out = StageChain(cfg, TINY_W)(records_to_batch(read_shard_records({"url": str(SHARDS[0])})[:8]))
+    out = StageChain(cfg, TINY_W)(records_to_batch(shard_record_list(str(SHARDS[0]))[:8]))
     ok = out[S.STATUS] == S.STATUS_OK
     assert ok.sum() >= 6
     assert (np.asarray(out[S.NUM_TEXT_BOXES])[ok] == 0).all()

@@ -40,12 +40,12 @@ def edge_rows():
     from curate.io.index import records_to_table
     from curate.models import resolve_pretrained
     from curate.scoring.plan import StageChain
-    from curate.scoring.records import read_shard_records, records_to_batch
+    from curate.scoring.records import records_to_batch, shard_record_list
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.detect.detector = "dbnet"
     chain = StageChain(cfg, resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained, cfg.score.cache_dir))
-    table = records_to_table(chain(records_to_batch(read_shard_records({"url": str(EDGE)}))))
+    table = records_to_table(chain(records_to_batch(shard_record_list(str(EDGE)))))
     return {r[S.KEY]: r for r in table.to_pylist()}
 
 
@@ -171,11 +171,11 @@ def test_a_broken_sample_sharing_a_uid_is_never_written_for_it(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    from curate.scoring.records import read_shard_records
+    from curate.scoring.records import shard_record_list
 
-    statuses = [(r[S.KEY], r[S.STATUS]) for r in read_shard_records({"url": str(p)})]
+    statuses = [(r[S.KEY], r[S.STATUS]) for r in shard_record_list(str(p))]
     assert statuses == [("a", "duplicate_uid"), ("b", "duplicate_uid")]
-    b = read_shard_records({"url": str(p)})[1]
+    b = shard_record_list(str(p))[1]
     assert "also missing_caption" in b[S.ERROR]
     np.save(tmp_path / "subset.npy", uids_to_datacomp([uid]))
     summary = reshard(tmp_path / "subset.npy", str(p), tmp_path / "out")
@@ -282,13 +282,13 @@ def test_the_real_language_stage_isolates_a_caption_it_raises_on():
 
 
 def test_a_shard_whose_writer_fails_is_named_and_the_others_are_written(tmp_path):
-    from curate.scoring.records import read_shard_records, records_to_batch
+    from curate.scoring.records import records_to_batch, shard_record_list
     from curate.scoring.writer import ShardTracker, write_parts
 
     done = []
     tracker = ShardTracker(tmp_path, {}, done.append, finalize="local")
-    good = read_shard_records({"url": str(SURR)})
-    bad = read_shard_records({"url": str(EDGE)})[:2]
+    good = shard_record_list(str(SURR))
+    bad = shard_record_list(str(EDGE))[:2]
     for r in bad:
         r["_shard_n"] = 2
     bad[1]["_seq"] = 8  # rows that do not add up (positions 0 and 8 of 2): an internal fault
@@ -299,14 +299,14 @@ def test_a_shard_whose_writer_fails_is_named_and_the_others_are_written(tmp_path
 
 
 def test_a_part_that_cannot_be_written_fails_its_shard_only(tmp_path):
-    from curate.scoring.records import read_shard_records, records_to_batch
+    from curate.scoring.records import records_to_batch, shard_record_list
     from curate.scoring.writer import ShardTracker, write_parts
 
     (tmp_path / "_parts").mkdir()
     (tmp_path / "_parts" / "edge-000000.parquet").write_text("a file where the shard's part folder goes")
     done = []
     tracker = ShardTracker(tmp_path, {}, done.append, finalize="local")
-    records = read_shard_records({"url": str(EDGE)}) + read_shard_records({"url": str(SURR)})
+    records = shard_record_list(str(EDGE)) + shard_record_list(str(SURR))
     tracker.add(write_parts(records_to_batch(records), str(tmp_path)))
     results = {r.url: r for r in done}
     assert results[str(SURR)].status == "complete"

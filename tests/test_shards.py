@@ -10,6 +10,8 @@ import tarfile
 import pytest
 
 from curate import schema as S
+from pathlib import Path
+
 from curate.io.samples import sample_to_record
 from curate.io.shards import (
     SHARD_COMPLETE,
@@ -259,3 +261,58 @@ def test_a_glob_in_a_folder_with_glob_characters(tmp_path):
     braces = tmp_path / "x{1,2}.tar"
     braces.write_bytes(_tar([("a.jpg", b"1")]))
     assert expand_shards(str(braces)) == [str(braces)]  # an existing name is never brace-expanded
+
+
+def _all_test_shards():
+    data = Path(__file__).parent / "data"
+    return sorted(str(p) for p in data.rglob("*.tar"))
+
+
+def test_streaming_reads_the_same_samples_as_a_whole_read():
+    """``iter_shard`` with a header plan (one sample held at a time) gives exactly the samples,
+    flags and shard status of ``read_shard`` for every test shard; shards it cannot plan
+    (damaged, truncated, compressed) are read whole."""
+    from curate.io.shards import iter_shard, plan_members
+
+    planned = 0
+    for url in _all_test_shards():
+        whole = read_shard(url)
+        plan = plan_members(url)
+        if plan is None:
+            continue
+        planned += 1
+        gen = iter_shard(url, plan)
+        streamed = []
+        while True:
+            try:
+                streamed.append(next(gen))
+            except StopIteration as stop:
+                ending = stop.value
+                break
+        assert (ending.status, ending.error, ending.ignored_members) == (whole.status, whole.error, whole.ignored_members), url
+        assert len(plan.keys) == len(whole.samples) == len(streamed), url
+        by_key = {s["__key__"]: s for s in whole.samples}
+        assert {s["__key__"]: s for s in streamed} == by_key, url
+    assert planned >= 3
+
+
+def test_a_stream_holds_one_sample_at_a_time(tmp_path):
+    """With a plan, a sample is yielded before the next one's data is read: the reader never
+    holds the shard."""
+    import io
+
+    from curate.io.shards import iter_shard, plan_members
+
+    path = tmp_path / "big.tar"
+    with tarfile.open(path, "w") as tf:
+        for i in range(50):
+            for ext, data in (("jpg", bytes([i]) * 100_000), ("txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    gen = iter_shard(str(path), plan_members(str(path)))
+    for i in range(50):
+        sample = next(gen)
+        assert sample["__key__"] == f"{i:06d}"
+        reader = gen.gi_yieldfrom  # the generator behind iter_shard: its samples not yet yielded
+        assert len(reader.gi_frame.f_locals["by_key"]) + len(reader.gi_frame.f_locals["done"]) <= 1

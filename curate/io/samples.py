@@ -204,7 +204,7 @@ def sample_digest(rec: dict[str, Any]) -> bytes:
     return h.digest()
 
 
-def mark_duplicate_uids(records: list[dict[str, Any]]) -> int:
+def mark_duplicate_uids(records: list[dict[str, Any]], same=None) -> int:
     """Give every record whose uid is carried by a *different* sample of the list status
     ``duplicate_uid`` (in place) and return how many were marked.
 
@@ -215,13 +215,19 @@ def mark_duplicate_uids(records: list[dict[str, Any]]) -> int:
     are not duplicates and keep their status. Every record of a uid carried by different samples
     is marked, whatever its status was (its own fault is added to the message), so that neither
     ``reshard`` nor ``train`` ever takes one of them for the sample the uid names.
+
+    Args:
+        records: records with ``uid``, ``key``, ``status``, ``error`` (changed in place).
+        same: ``same(a, b) -> bool``, whether two records hold one sample (default
+            ``same_sample``: image bytes and caption; a streamed shard compares digests).
     """
+    same = same or same_sample
     by_uid: dict[str, list[int]] = {}
     for i, rec in enumerate(records):
         by_uid.setdefault(rec[S.UID], []).append(i)
     marked = 0
     for uid, rows in by_uid.items():
-        if len(rows) < 2 or all(same_sample(records[rows[0]], records[j]) for j in rows[1:]):
+        if len(rows) < 2 or all(same(records[rows[0]], records[j]) for j in rows[1:]):
             continue
         for i in rows:
             rec = records[i]

@@ -208,20 +208,100 @@ def read_shard(url: str) -> ShardRead:
         A ``ShardRead``. Samples before a cut or damage are kept; a sample that may have lost
         members is flagged so it still gets an index row with status ``truncated``.
     """
+    gen = _read_samples(url, None)
+    samples = []
+    while True:
+        try:
+            samples.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    result.samples = samples
+    return result
+
+
+@dataclass
+class MemberPlan:
+    """What a header-only pass over a shard found (``plan_members``).
+
+    Attributes:
+        keys: the sample keys, in order of each key's first member (one sample each).
+        last_member: for each key, the position (in tar order) of its last member.
+    """
+
+    keys: list[str]
+    last_member: dict[str, int]
+
+
+def plan_members(url: str) -> MemberPlan | None:
+    """Read only the tar headers of a local, uncompressed, undamaged shard (member data is
+    skipped by seeking, so this costs one header read per member) and return where each sample
+    ends; ``None`` for anything else (remote, compressed, truncated, damaged, unreadable), whose
+    samples are then read by ``read_shard`` as a whole."""
+    if "://" in url and not url.startswith("file://"):
+        return None
+    path = _local_or_url(url)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) == b"\x1f\x8b":  # gzip: seeking means decompressing; read it whole
+                return None
+            f.seek(0)
+            with tarfile.open(fileobj=f, mode="r:", ignore_zeros=True, tarinfo=_CheckedTarInfo) as tf:
+                log = tf.__dict__.setdefault("_curate_log", _HeaderLog())
+                keys: dict[str, None] = {}
+                last: dict[str, int] = {}
+                for position, member in enumerate(tf):
+                    key = _member_key(member)
+                    if key is not None:
+                        keys.setdefault(key)
+                        last[key] = position
+                if log.invalid_offsets or log.end != "eof" or log.zero_blocks_since_member == 0:
+                    return None
+    except Exception:
+        return None
+    return MemberPlan(list(keys), last)
+
+
+def _member_key(member: tarfile.TarInfo) -> str | None:
+    """The sample key of a tar member, or ``None`` for a folder or a member without extension."""
+    return None if member.isdir() else _key_ext(_readable_name(member.name))[0]
+
+
+def _key_ext(name: str) -> tuple[str | None, str | None]:
+    """webdataset's ``base_plus_ext`` split of a member name, ``(None, None)`` without extension;
+    the extension in lower case."""
+    base = name.rsplit("/", 1)[-1]
+    key, ext = base_plus_ext(name) if "." in base.lstrip(".") else (None, None)
+    return (None, None) if key is None or ext is None else (key, ext.lower())
+
+
+def iter_shard(url: str, plan: MemberPlan | None):
+    """Yield the samples of a shard one by one, as ``read_shard`` would give them, holding at
+    most the samples whose members are not all read yet (with a ``plan_members`` plan: one
+    sample, plus any whose members are not adjacent). The generator's return value is the
+    ``ShardRead`` (without samples). With ``plan`` ``None`` every sample is held to the end
+    (the order and flags of ``read_shard``)."""
+    return (yield from _read_samples(url, plan))
+
+
+def _read_samples(url: str, plan: MemberPlan | None):
+    """The one reader behind ``read_shard`` and ``iter_shard`` (a generator; returns the
+    ``ShardRead`` without samples)."""
     result = ShardRead(url=url, status=SHARD_COMPLETE)
     current: dict[str, Any] | None = None  # the sample of the last member read
-    by_key: dict[str, dict[str, Any]] = {}  # every sample of the shard, in order of first member
+    by_key: dict[str, dict[str, Any]] = {}  # samples not yet yielded, in order of first member
+    done: list[dict[str, Any]] = []  # samples whose last member is read, yielded after the next header
     log = _HeaderLog()
-
-    def close_current():
-        result.samples[:] = list(by_key.values())
+    last = plan.last_member if plan is not None else {}
 
     try:
         with fsspec.open(url, "rb") as raw:
             with tarfile.open(fileobj=raw, mode="r|*", ignore_zeros=True, tarinfo=_CheckedTarInfo) as tf:
                 log = tf.__dict__.setdefault("_curate_log", log)
                 damage_seen = 0
-                for member in tf:
+                for position, member in enumerate(tf):
                     # Members lost in a damaged stretch may belong to the sample before it or to
                     # the one after it: both are flagged.
                     damaged_before = len(log.invalid_offsets) > damage_seen
@@ -229,15 +309,15 @@ def read_shard(url: str) -> ShardRead:
                         damage_seen = len(log.invalid_offsets)
                         if current is not None:
                             current["__truncated__"] = True
+                    while done:  # complete, and the header after them was read cleanly
+                        yield done.pop(0)
                     if member.isdir():
                         continue
                     name = _readable_name(member.name)
-                    base = name.rsplit("/", 1)[-1]
-                    key, ext = base_plus_ext(name) if "." in base.lstrip(".") else (None, None)
-                    if key is None or ext is None:
+                    key, ext = _key_ext(name)
+                    if key is None:
                         result.ignored_members += 1
                         continue
-                    ext = ext.lower()
                     if key in by_key:
                         if by_key[key] is not current:
                             # One key, one sample: members of a key that are not adjacent are
@@ -249,6 +329,8 @@ def read_shard(url: str) -> ShardRead:
                         current = by_key[key] = {"__key__": key, "__url__": url}
                     if damaged_before:
                         current["__truncated__"] = True
+                    if last.get(key, -1) == position:
+                        done.append(by_key.pop(key))
                     if not member.isfile():
                         current.setdefault("__notes__", []).append(f"skipped {name!r}: not a regular file (link or device)")
                         continue
@@ -278,14 +360,14 @@ def read_shard(url: str) -> ShardRead:
                 result.error = f"the shard ends {where}"
                 if current is not None:
                     current["__truncated__"] = True
-            close_current()
     except Exception as e:  # tarfile.ReadError, zlib / gzip errors, OSError from fsspec, ...
-        close_current()
         result.error = f"{type(e).__name__}: {e}"
-        result.status = SHARD_TRUNCATED if result.samples else SHARD_UNREADABLE
+        result.status = SHARD_TRUNCATED if (done or by_key or plan is not None) else SHARD_UNREADABLE
         if current is not None:
             current["__truncated__"] = True
-    if result.status == SHARD_DAMAGED and not result.samples:
+    yield from done
+    yield from by_key.values()
+    if result.status == SHARD_DAMAGED and not (done or by_key) and plan is None:
         result.status = SHARD_UNREADABLE
         result.error = "not a tar archive: " + result.error
     return result

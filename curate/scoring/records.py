@@ -6,13 +6,14 @@ so that the writer learns its fate; it never reaches an index file.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from curate import schema as S
-from curate.io.samples import shard_records
-from curate.io.shards import SHARD_UNREADABLE, read_shard
+from curate.io.samples import mark_duplicate_uids, sample_digest, sample_to_record, shard_records
+from curate.io.shards import (SHARD_COMPLETE, SHARD_TRUNCATED, SHARD_UNREADABLE, iter_shard, plan_members, read_shard,
+                              stable_uid)
 from curate.stages.common import object_array
 
 SHARD_RECORD = "__shard__"
@@ -21,31 +22,104 @@ SHARD_RECORD = "__shard__"
 SEQ, SHARD_N, SHARD_STATUS, SHARD_ERROR = "_seq", "_shard_n", "_shard_status", "_shard_error"
 IGNORED = "_shard_ignored"
 FIXES = "_caption_fixes"
+DIGEST = "_digest"
 
 
 
-def read_shard_records(row: dict[str, Any]) -> list[dict[str, Any]]:
+def read_shard_records(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Ray ``flat_map`` function: one shard URL in, one record per sample out; never raises.
 
-    Every record also carries ``_seq`` (position in the shard), ``_shard_n`` (samples read from
-    the shard), ``_shard_status``, ``_shard_error`` and ``_caption_fixes`` (the caption repairs
-    of ``curate.io.samples.clean_caption``, ``""`` when none). Samples of the shard that share a
-    uid get status ``duplicate_uid`` (``mark_duplicate_uids``). An empty or unreadable shard
-    yields a single shard record with status ``__shard__`` and ``_shard_n == 0``; so does a shard
-    whose reading raised for a reason of our own (its error names it), so that one shard never
-    stops the job.
+    Every record also carries ``_seq`` (position in the shard), ``_shard_n`` (samples in the
+    shard), ``_shard_status``, ``_shard_error``, ``_caption_fixes`` (the caption repairs of
+    ``curate.io.samples.clean_caption``, ``""`` when none) and ``_digest`` (16 bytes that are
+    equal for copies of one sample, ``curate.io.samples.sample_digest``). An empty or unreadable
+    shard yields a single shard record with status ``__shard__`` and ``_shard_n == 0``; so does a
+    shard whose reading raised for a reason of our own (its error names it), so that one shard
+    never stops the job.
+
+    Memory: a local, uncompressed, undamaged shard (what img2dataset and DataComp write) is
+    streamed: a header-only pass (``curate.io.shards.plan_members``) counts its samples and
+    finds where each ends, then each record is yielded as soon as its sample is read, so a read
+    holds about one sample whatever the shard's size. Different samples sharing a uid are then
+    marked ``duplicate_uid`` when the shard's index file is written (``finalize_shard``). Any
+    other shard (remote, compressed, damaged) is read whole and marked here
+    (``mark_duplicate_uids``).
     """
     url = row["url"]
     try:
-        return _shard_records(url)
+        plan = plan_members(url)
+    except Exception:
+        plan = None
+    if plan is not None and plan.keys:
+        yield from _streamed_records(url, plan)
+        return
+    try:
+        records = _shard_records(url)
     except Exception as e:  # an internal fault on this shard: report it as unreadable, go on
-        return [_shard_record(url, SHARD_UNREADABLE, f"internal error reading the shard: {type(e).__name__}: {e}", 0)]
+        records = [_shard_record(url, SHARD_UNREADABLE, f"internal error reading the shard: {type(e).__name__}: {e}", 0)]
+    yield from records
+
+
+def shard_record_list(url: str) -> list[dict[str, Any]]:
+    """All records of one shard as ``read_shard_records`` yields them, with different samples
+    that share a uid marked ``duplicate_uid`` as the index file will have them (what the one-process
+    ``StageChain``, the tests and the fuzz harness read)."""
+    records = list(read_shard_records({"url": url}))
+    fresh = [r for r in records if r[S.STATUS] not in (S.STATUS_DUPLICATE_UID, SHARD_RECORD)]
+    mark_duplicate_uids(fresh, same=lambda a, b: a[DIGEST] == b[DIGEST])
+    return records
+
+
+def _streamed_records(url: str, plan) -> Iterator[dict[str, Any]]:
+    n = len(plan.keys)
+    seen: set[str] = set()
+    held: dict[str, Any] | None = None  # the last record waits for the end: it says how the shard ended
+    status, error, ignored = SHARD_COMPLETE, "", 0
+    gen = iter_shard(url, plan)
+    while True:
+        try:
+            sample = next(gen)
+        except StopIteration as stop:
+            status, error, ignored = stop.value.status, stop.value.error or "", stop.value.ignored_members
+            break
+        except Exception as e:  # an internal fault mid-shard: the rest of the shard is named below
+            status, error = SHARD_TRUNCATED, f"internal error reading the shard: {type(e).__name__}: {e}"
+            break
+        if held is not None:
+            yield held
+        seen.add(sample["__key__"])
+        held = _finish_record(sample_to_record(sample), digest=True)
+        held.update({SEQ: len(seen) - 1, SHARD_N: n, SHARD_STATUS: SHARD_COMPLETE, SHARD_ERROR: "", IGNORED: 0})
+    # Fewer samples than the headers promised (the file changed or failed under us): each missing
+    # sample still gets its row, so the shard adds up and nothing vanishes from the counts.
+    missing = [k for k in plan.keys if k not in seen]
+    if missing and status == SHARD_COMPLETE:
+        status, error = SHARD_TRUNCATED, error or "the shard ended before all its samples were read"
+    ending = {SHARD_STATUS: status, SHARD_ERROR: error, IGNORED: ignored}
+    if held is not None:
+        held.update(ending)
+        yield held
+    for seq, key in enumerate(missing, start=len(seen)):
+        yield {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: "", "image_bytes": b"",
+               S.STATUS: S.STATUS_TRUNCATED, S.ERROR: f"not read: {error}"[:1000], FIXES: "", DIGEST: b"",
+               SEQ: seq, SHARD_N: n, **ending}
+
+
+def _finish_record(rec: dict[str, Any], digest: bool) -> dict[str, Any]:
+    # Inside Ray, "no value" is an empty string / bytes: a block of only None would become a
+    # null or float column that Arrow cannot merge with strings. The writer maps "" to null.
+    rec[DIGEST] = sample_digest(rec) if digest else b""
+    rec[S.TEXT] = rec[S.TEXT] or ""
+    rec[S.ERROR] = rec[S.ERROR] or ""
+    rec["image_bytes"] = rec["image_bytes"] or b""
+    rec[FIXES] = rec.pop("caption_fixes", "")
+    return rec
 
 
 def _shard_record(url: str, status: str, error: str, ignored: int) -> dict[str, Any]:
     return {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: "", "image_bytes": b"", S.STATUS: SHARD_RECORD,
             S.ERROR: error or "", SEQ: -1, SHARD_N: 0, SHARD_STATUS: status, SHARD_ERROR: error or "",
-            IGNORED: ignored, FIXES: ""}
+            IGNORED: ignored, FIXES: "", DIGEST: b""}
 
 
 def _shard_records(url: str) -> list[dict[str, Any]]:
@@ -54,15 +128,9 @@ def _shard_records(url: str) -> list[dict[str, Any]]:
     if n == 0:
         return [_shard_record(url, result.status, result.error or "", result.ignored_members)]
     extra = {SHARD_N: n, SHARD_STATUS: result.status, SHARD_ERROR: result.error or "", IGNORED: result.ignored_members}
-    records = shard_records(result.samples)
     out = []
-    for seq, rec in enumerate(records):
-        # Inside Ray, "no value" is an empty string / bytes: a block of only None would become a
-        # null or float column that Arrow cannot merge with strings. The writer maps "" to null.
-        rec[S.TEXT] = rec[S.TEXT] or ""
-        rec[S.ERROR] = rec[S.ERROR] or ""
-        rec["image_bytes"] = rec["image_bytes"] or b""
-        rec[FIXES] = rec.pop("caption_fixes", "")
+    for seq, rec in enumerate(shard_records(result.samples)):  # duplicate uids marked here
+        rec = _finish_record(rec, digest=False)
         rec.update({SEQ: seq, **extra})
         out.append(rec)
     return out

@@ -36,10 +36,10 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.io.index import index_path, records_to_table, write_index_file
-from curate.io.shards import SHARD_UNREADABLE
+from curate.io.shards import SHARD_COMPLETE, SHARD_UNREADABLE
 from curate.scoring.plan import BUSY_PREFIX
 from curate.scoring.provenance import parts_dir
-from curate.scoring.records import FIXES, IGNORED, SEQ, SHARD_ERROR, SHARD_N, SHARD_RECORD, SHARD_STATUS
+from curate.scoring.records import DIGEST, FIXES, IGNORED, SEQ, SHARD_ERROR, SHARD_N, SHARD_RECORD, SHARD_STATUS
 from curate.scoring.summary import SHARD_FAILED, ShardResult
 from curate.stages.common import object_array
 
@@ -94,8 +94,11 @@ def write_parts(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndar
 
 def _write_part(out_dir: str, url: str, cols: dict[str, np.ndarray], seqs: np.ndarray) -> str:
     table = records_to_table(cols)
-    fixes = np.asarray([bool(f) for f in cols.get(FIXES, np.zeros(len(seqs), dtype=object))])
-    table = table.append_column(SEQ, pa.array(seqs, pa.int64())).append_column(FIXES, pa.array(fixes, pa.bool_()))
+    n = len(seqs)
+    fixes = np.asarray([bool(f) for f in cols.get(FIXES, np.zeros(n, dtype=object))])
+    digests = [bytes(d) for d in cols.get(DIGEST, [b""] * n)]
+    table = (table.append_column(SEQ, pa.array(seqs, pa.int64())).append_column(FIXES, pa.array(fixes, pa.bool_()))
+             .append_column(DIGEST, pa.array(digests, pa.binary())))
     folder = parts_dir(out_dir, url)
     folder.mkdir(parents=True, exist_ok=True)
     name = uuid.uuid4().hex
@@ -148,7 +151,7 @@ def finalize_shard(url: str, parts: list[str], shard_n: int, shard_status: str, 
             raise RuntimeError(f"internal error: rows of {url} do not add up ({len(unique)} of {shard_n})")
         merged = merged.take(pa.array(first))
         repaired = int(pc.sum(merged.column(FIXES)).as_py() or 0)
-        table = merged.select(S.COLUMNS)
+        table = mark_duplicate_uids_in_table(merged).select(S.COLUMNS)
     md = dict(metadata)
     md.update({S.META_SHARD: url, S.META_SHARD_STATUS: shard_status, S.META_NUM_SAMPLES: str(table.num_rows),
                S.META_IGNORED_MEMBERS: str(ignored), S.META_CAPTIONS_REPAIRED: str(repaired)})
@@ -157,6 +160,47 @@ def finalize_shard(url: str, parts: list[str], shard_n: int, shard_status: str, 
     write_index_file(path, table, md)
     shutil.rmtree(parts_dir(out_dir, url), ignore_errors=True)
     return _result_of(url, path, table, shard_status, shard_error, ignored, repaired)
+
+
+def mark_duplicate_uids_in_table(table: pa.Table) -> pa.Table:
+    """``curate.io.samples.mark_duplicate_uids`` over a shard's merged rows, for a shard that was
+    streamed (its records were not all in memory at once): rows whose uid is carried by a row of
+    another sample (another ``_digest``) get status ``duplicate_uid`` and lose their measurements.
+    Rows already ``duplicate_uid`` (a shard read whole was marked when read) are left as they are.
+
+    Args:
+        table: index columns plus ``_digest`` (16-byte ``binary``; empty for rows marked already).
+    """
+    from curate.io.samples import mark_duplicate_uids
+
+    uids = table.column(S.UID).to_pylist()
+    if len(set(uids)) == len(uids):
+        return table
+    status = table.column(S.STATUS).to_pylist()
+    error = table.column(S.ERROR).to_pylist()
+    light = [{S.UID: u, S.KEY: k, S.STATUS: st, S.ERROR: er, DIGEST: d, "row": i}
+             for i, (u, k, st, er, d) in enumerate(zip(uids, table.column(S.KEY).to_pylist(), status, error,
+                                                      table.column(DIGEST).to_pylist()))
+             if st != S.STATUS_DUPLICATE_UID]
+    if not mark_duplicate_uids(light, same=lambda a, b: a[DIGEST] == b[DIGEST]):
+        return table
+    marked = np.zeros(table.num_rows, dtype=bool)
+    for rec in light:
+        if rec[S.STATUS] == S.STATUS_DUPLICATE_UID:
+            status[rec["row"]], error[rec["row"]] = rec[S.STATUS], rec[S.ERROR]
+            marked[rec["row"]] = True
+    keep = pa.array(~marked)
+
+    def put(t: pa.Table, name: str, values) -> pa.Table:  # the field itself is kept (its nullability)
+        i = t.schema.get_field_index(name)
+        return t.set_column(i, t.schema.field(i), values)
+
+    for name in (S.WIDTH, S.HEIGHT, S.TEXT_BOXES, S.NUM_TEXT_BOXES, S.TEXT_AREA_FRAC, S.CLIP_SCORE,
+                 S.MASKED_CLIP_SCORE):
+        col = table.column(name)
+        table = put(table, name, pc.if_else(keep, col, pa.nulls(table.num_rows, col.type)))
+    table = put(table, S.STATUS, pa.array(status, pa.string()))
+    return put(table, S.ERROR, pa.array(error, pa.string()))
 
 
 def _result_of(url, path, table, shard_status, shard_error, ignored, repaired) -> ShardResult:
@@ -195,6 +239,7 @@ class ShardTracker:
         self.busy: dict[str, float] = collections.defaultdict(float)
         self.samples: dict[str, int] = collections.defaultdict(int)
         self.shard_sizes: dict[str, int] = {}
+        self.ending: dict[str, tuple[str, str, int]] = {}  # how each shard's reading ended (its worst news)
         self._remote = None
 
     def add(self, records: dict[str, np.ndarray]) -> int:
@@ -213,6 +258,12 @@ class ShardTracker:
                 continue
             n = int(records[P_N][i])
             self.shard_sizes[url] = n
+            status, error, ignored = str(records[P_STATUS][i]), str(records[P_ERROR][i]), int(records[P_IGNORED][i])
+            # A streamed shard's records say "complete" until its last one, which says how it ended.
+            before = self.ending.get(url, (SHARD_COMPLETE, "", 0))
+            if status != SHARD_COMPLETE:
+                before = (status, error, before[2])
+            self.ending[url] = (before[0], before[1], max(before[2], ignored))
             if records[P_WRITE_ERROR][i]:
                 self._fail(url, f"a part of its index file could not be written: {records[P_WRITE_ERROR][i]}")
                 continue
@@ -231,7 +282,7 @@ class ShardTracker:
                     seen[seqs[new]] = True
                     self.parts[url].append(str(records[P_PATH][i]))
             if n == 0 or seen.all():
-                self._start(url, str(records[P_STATUS][i]), str(records[P_ERROR][i]), int(records[P_IGNORED][i]), n)
+                self._start(url, *self.ending.pop(url), n)
         return fresh_rows
 
     def _start(self, url: str, status: str, error: str, ignored: int, n: int) -> None:
@@ -281,6 +332,7 @@ class ShardTracker:
         self.started.add(url)
         self.seen.pop(url, None)
         self.parts.pop(url, None)
+        self.ending.pop(url, None)
         shutil.rmtree(parts_dir(self.out_dir, url), ignore_errors=True)
         self._done(url, ShardResult(url, SHARD_FAILED, message))
 
