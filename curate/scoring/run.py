@@ -95,7 +95,7 @@ def run_score(
     todo, skipped = plan_shards(urls, out_dir, metadata[S.META_CONFIG], overwrite=overwrite)
 
     results: dict[str, ShardResult] = {s.url: s for s in skipped}
-    duplicates, stage_stats, plan = 0, {}, []
+    duplicates, stage_stats, plan, startup, driver_cpu = 0, {}, [], 0.0, 0.0
     if todo:
         try:
             init_ray(num_cpus=num_cpus, address=address)
@@ -130,9 +130,13 @@ def run_score(
 
         ds = build_dataset(todo, specs, sized.read.num_cpus, out_dir=out_dir)
         failure = None
+        cpu0 = time.process_time()
         try:
             for records in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                bar.update(tracker.add(records))
+                fresh = tracker.add(records)
+                if fresh and not startup:
+                    startup = time.perf_counter() - t0
+                bar.update(fresh)
                 tracker.poll()
                 if not exact_total:
                     estimate_total()
@@ -141,6 +145,7 @@ def run_score(
             log.error("curate score stopped: %s", e)
         tracker.drain()
         tracker.cleanup()
+        driver_cpu = time.process_time() - cpu0
         bar.close()
         results.update(tracker.results)
         duplicates = tracker.duplicates
@@ -151,7 +156,7 @@ def run_score(
     if duplicates:
         log.warning("curate score: %d row(s) arrived twice (Ray task retries) and were written once", duplicates)
     summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir), duplicates,
-                           stage_stats, plan)
+                           stage_stats, plan, startup, driver_cpu)
     (out_dir / "_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
     return summary
 

@@ -60,6 +60,10 @@ class ScoreSummary:
             workers spent in the stage}``, summed over workers; ``samples / busy_s`` is one
             worker's throughput and ``busy_s / wall`` the mean number of busy workers.
         plan: the stages as run (``StageSpec.describe()``): compute, resources, pool sizes.
+        startup_s: seconds from the call until the first scored rows reached the writer (Ray
+            start-up, model loading, the first batches through every stage).
+        driver_cpu_s: CPU seconds the driver process used while the plan ran (its share of the
+            machine: ``driver_cpu_s / wall_s``).
     """
 
     shards: list[ShardResult]
@@ -69,6 +73,8 @@ class ScoreSummary:
     duplicates_dropped: int = 0
     stage_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     plan: list[dict[str, Any]] = field(default_factory=list)
+    startup_s: float = 0.0
+    driver_cpu_s: float = 0.0
 
     @property
     def processed(self) -> list[ShardResult]:
@@ -106,6 +112,8 @@ class ScoreSummary:
             "num_samples": self.num_samples,
             "statuses": self.statuses(),
             "wall_s": round(self.wall_s, 3),
+            "startup_s": round(self.startup_s, 3),
+            "driver_cpu_s": round(self.driver_cpu_s, 3),
             "samples_per_s_processed": round(self.samples_per_s, 3),
             "duplicates_dropped": self.duplicates_dropped,
             "plan": self.plan,
@@ -130,7 +138,8 @@ class ScoreSummary:
             f"  samples       {self.num_samples}",
             f"  ok            {ok}",
             "  errors        " + (", ".join(f"{k} {v}" for k, v in errors.items()) if errors else "none"),
-            f"  time          {self.wall_s:.1f} s, {self.samples_per_s:.2f} samples/s ({processed} samples scored this run)",
+            f"  time          {self.wall_s:.1f} s, {self.samples_per_s:.2f} samples/s ({processed} samples scored this run"
+            + (f"; first rows after {self.startup_s:.1f} s" if self.startup_s else "") + ")",
         ]
         lines += self._stage_lines()
         if self.duplicates_dropped:
