@@ -111,14 +111,15 @@ def test_parts_delivered_twice_are_written_once(ray_cluster, tmp_path):
     specs = stage_specs(fit_to_cluster(cfg, ClusterResources(2, 0)), weights)
     once_dir, twice_dir = tmp_path / "once", tmp_path / "twice"
     once_dir.mkdir(), twice_dir.mkdir()
-    batches = list(build_dataset([str(s) for s in SHARDS[:2]], specs, 0.25, out_dir=once_dir)
+    # Small blocks, so that each shard arrives in several parts.
+    batches = list(build_dataset([str(s) for s in SHARDS[:2]], specs, 0.25, out_dir=once_dir, block_bytes=2**16)
                    .iter_batches(batch_size=1, batch_format="numpy"))
     assert len(batches) >= 4
     shutil.copytree(once_dir / "_parts", tmp_path / "parts-backup")
     once, twice = ShardTracker(once_dir, {}, lambda r: None, "local"), ShardTracker(twice_dir, {}, lambda r: None, "local")
     for b in batches:
         once.add(b)
-    shutil.copytree(tmp_path / "parts-backup", once_dir / "_parts")  # the parts again, for the replay
+    shutil.copytree(tmp_path / "parts-backup", once_dir / "_parts", dirs_exist_ok=True)  # the parts again, for the replay
     replay = batches[:2] + batches[:3] + batches[1:] + batches  # overlapping re-deliveries, also after a shard is written
     for b in replay:
         twice.add(b)

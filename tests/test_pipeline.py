@@ -255,3 +255,34 @@ def test_driver_killed_mid_job_resumes_to_the_same_index(tmp_path):
         for col in ("clip_score", "masked_clip_score"):
             if x[col] is not None and not np.isnan(x[col]):
                 assert abs(x[col] - y[col]) <= 1e-5
+
+
+def test_no_config_fits_two_cpus_and_the_python_api_returns_the_summary(ray_cluster, tmp_path):
+    """The defaults (no config; resources auto) run on this 2-CPU cluster; ``curate.score`` is
+    the Python API (the tiny CLIP stands in for ViT-L/14, DBNet for speed)."""
+    import json
+
+    import curate
+    from tests.conftest import SHARD_SPEC
+
+    summary = curate.score(SHARD_SPEC, tmp_path / "index", clip_model="tiny", detector="dbnet")
+    assert summary.exit_code == 0 and summary.num_samples == sum(samples_per_shard(s) for s in SHARDS)
+    plan = {p["name"]: p for p in json.loads((tmp_path / "index" / "_summary.json").read_text())["plan"]}
+    assert plan["detect"]["actor"] and plan["score"]["actor"]
+    assert plan["detect"]["cpus"] + plan["score"]["cpus"] + 0.25 <= 2 + 1e-9
+    assert plan["detect"]["gpus"] == plan["score"]["gpus"] == 0  # no GPU on this cluster
+    assert set(summary.stage_stats) == {"language", "decode", "detect", "mask", "score"}
+    assert all(v["samples"] >= summary.num_samples for v in summary.stage_stats.values())
+    assert "bottleneck" in summary.format()
+    assert not (tmp_path / "index" / "_parts").exists()  # parts merged and removed
+
+
+def test_detector_none_end_to_end(ray_cluster, tmp_path):
+    rc = main(["score", str(SHARDS[0]), "--out", str(tmp_path / "index"), "--clip-model", "tiny",
+               "--detector", "none", "--num-cpus", "2", "--no-progress"])
+    assert rc == 0
+    table = read_index(tmp_path / "index")
+    ok = [r for r in table.to_pylist() if r[S.STATUS] == S.STATUS_OK]
+    assert ok and all(r[S.NUM_TEXT_BOXES] == 0 and r[S.CLIP_SCORE] == r[S.MASKED_CLIP_SCORE] for r in ok)
+    md = read_index_metadata(index_path(tmp_path / "index", str(SHARDS[0])))
+    assert md[S.META_DETECTOR].startswith("none") and '"detector": "none"' in md[S.META_CONFIG]

@@ -287,7 +287,8 @@ def check_resources(specs: list[StageSpec], task_cpus: float, cluster: ClusterRe
     )
 
 
-def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out_dir: str | None = None):
+def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out_dir: str | None = None,
+                  block_bytes: int | None = None):
     """The lazy Ray Data plan over ``urls`` (see the module docstring).
 
     Args:
@@ -297,6 +298,8 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
         out_dir: the score-index folder: the plan ends with ``write_parts`` and its rows are part
             records (``curate.scoring.writer``). ``None``: the plan ends after the last stage and
             its rows are the scored records (tests, debugging).
+        block_bytes: Ray Data's target block size for this plan (``DataContext
+            .target_max_block_size``; ``None``: Ray's default, 128 MiB).
 
     Returns:
         ``ray.data.Dataset``.
@@ -306,6 +309,8 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
     from curate.scoring.records import read_shard_records
 
     ds = ray.data.from_items([{"url": u} for u in urls], override_num_blocks=max(1, len(urls)))
+    if block_bytes is not None:
+        ds.context.target_max_block_size = int(block_bytes)
     ds = ds.flat_map(read_shard_records, num_cpus=read_cpus)
     for spec in specs:
         ds = ds.map_batches(**spec.ray_args())
