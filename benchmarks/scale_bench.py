@@ -154,10 +154,9 @@ def driver_ceiling(n_rows: int = 2_000_000, block: int = 256, shard_size: int = 
     tracker = ShardTracker("/nonexistent", {}, lambda r: None, finalize="local")
     tracker._start = lambda url, status, error, ignored, n: tracker.started.add(url)  # books only
     records = []
-    for start in range(0, n_rows, block):
-        shard = start // shard_size
-        seqs = np.arange(start % shard_size, min(start % shard_size + block, shard_size), dtype=np.int64)
-        records.append((f"s3://pool/{shard:08d}.tar", seqs))
+    for shard in range(n_rows // shard_size):
+        for start in range(0, shard_size, block):
+            records.append((f"s3://pool/{shard:08d}.tar", np.arange(start, min(start + block, shard_size), dtype=np.int64)))
     batches = []
     for i in range(0, len(records), 16):  # Ray Data hands the driver blocks of part records
         part = records[i:i + 16]
@@ -175,10 +174,58 @@ def driver_ceiling(n_rows: int = 2_000_000, block: int = 256, shard_size: int = 
     return rows / dt
 
 
+def efficiency(tmp: Path, n: int, pool) -> dict:
+    """``curate score`` samples/s against the one-process stage sum, one shard and shards of 100."""
+    from curate.config import load_config
+
+    cfg = load_config(TINY)
+    cfg.detect.detector = "dbnet"
+    one = write_pool(tmp / "eff-one", n, n, pool)
+    many = write_pool(tmp / "eff-many", n, 100, pool)
+    base = stage_sum_rate(one, cfg)
+    out: dict = {"stage_sum_samples_per_s": round(base, 1)}
+    print("stage sum", out, flush=True)
+    for name, paths in (("one shard", one), ("shards of 100", many)):
+        s = score(paths, tmp / f"index-eff-{len(paths)}", cfg)
+        rate = n / s.wall_s
+        after = n / max(s.wall_s - s.startup_s, 1e-9)
+        out[f"efficiency, {name}"] = {
+            "samples_per_s": round(rate, 1), "efficiency": round(rate / base, 2),
+            "startup_s": round(s.startup_s, 1), "after_startup_samples_per_s": round(after, 1),
+            "after_startup_efficiency": round(after / base, 2),
+            "driver_cpu_share": round(s.driver_cpu_s / s.wall_s, 3),
+            "stages": {k: round(v["samples"] / v["busy_s"], 1) for k, v in s.stage_stats.items() if v["busy_s"]}}
+        print(name, out[f"efficiency, {name}"], flush=True)
+    return out
+
+
+def cost_growth(tmp: Path, sizes, pool, cfg) -> dict:
+    """Wall time for growing pools (shards of 100), and the per-shard overhead."""
+    walls = {}
+    for n in sizes:
+        s = score(write_pool(tmp / f"grow-{n}", n, 100, pool), tmp / f"index-grow-{n}", cfg)
+        walls[n] = (s.wall_s, s.startup_s)
+        print(n, f"{s.wall_s:.1f} s", flush=True)
+    first = walls[sizes[0]][0] - walls[sizes[0]][1]
+    out: dict = {"growth": {str(n): {"wall_s": round(w, 1), "after_startup_s": round(w - st, 1),
+                                     "after_startup_vs_first": round((w - st) / first, 2)}
+                            for n, (w, st) in walls.items()}}
+    n = sizes[-2] if len(sizes) > 1 else sizes[0]
+    small = score(write_pool(tmp / "oh-10", n, 10, pool), tmp / "index-oh-10", cfg)
+    big = score(write_pool(tmp / "oh-500", n, 500, pool), tmp / "index-oh-500", cfg)
+    extra = (small.wall_s - small.startup_s) - (big.wall_s - big.startup_s)
+    out["per_shard_overhead_s"] = round(extra / (n / 10 - max(1, n // 500)), 3)
+    out["overhead_samples"] = n
+    print("per shard", out["per_shard_overhead_s"], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--parts", nargs="+", default=["efficiency", "driver", "memory", "growth"],
+                    choices=["efficiency", "driver", "memory", "growth"], help="which measurements (default: all)")
     args = ap.parse_args()
     from curate.config import load_config
 
@@ -187,54 +234,27 @@ def main() -> None:
     results: dict = {"pool_images": len(pool)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # 1. efficiency
-        cfg = load_config(TINY)
-        cfg.detect.detector = "dbnet"
-        one = write_pool(tmp / "eff-one", eff_n, eff_n, pool)
-        many = write_pool(tmp / "eff-many", eff_n, 100, pool)
-        base = stage_sum_rate(one, cfg)
-        results["stage_sum_samples_per_s"] = round(base, 1)
-        for name, paths in (("one shard", one), ("shards of 100", many)):
-            s = score(paths, tmp / f"index-{len(paths)}", cfg)
-            rate = eff_n / s.wall_s
-            after = eff_n / max(s.wall_s - s.startup_s, 1e-9)
-            results[f"efficiency {name}"] = {"samples_per_s": round(rate, 1), "efficiency": round(rate / base, 2),
-                                             "startup_s": round(s.startup_s, 1),
-                                             "after_startup_efficiency": round(after / base, 2),
-                                             "driver_cpu_share": round(s.driver_cpu_s / s.wall_s, 3)}
-            print(name, results[f"efficiency {name}"], flush=True)
-        # 2. driver ceiling
-        ceiling = driver_ceiling(200_000 if args.quick else 2_000_000)
-        results["driver_rows_per_s"] = round(ceiling)
-        results["driver_vs_10x_64_gpus"] = round(ceiling / (10 * 64 * 5000), 2)
-        print("driver", results["driver_rows_per_s"], "rows/s", flush=True)
-        # 3. memory: one big shard vs many small (detector none)
+        if "efficiency" in args.parts:
+            results.update(efficiency(tmp, eff_n, pool))
+        if "driver" in args.parts:
+            ceiling = driver_ceiling(200_000 if args.quick else 2_000_000)
+            results["driver_rows_per_s"] = round(ceiling)
+            results["driver_vs_10x_64_gpus"] = round(ceiling / (10 * 64 * 5000), 2)
+            print("driver", results["driver_rows_per_s"], "rows/s", flush=True)
         cfg = load_config(TINY)
         cfg.detect.detector = "none"
-        peaks = {}
-        for name, per in (("one shard", mem_n), ("100 shards", max(1, mem_n // 100))):
-            paths = write_pool(tmp / f"mem-{per}", mem_n, per, pool)
-            with PeakRSS() as m:
-                score(paths, tmp / f"index-mem-{per}", cfg)
-            peaks[name] = m.peak / 2**30
-            print(name, f"{peaks[name]:.2f} GiB", flush=True)
-        results["memory_gib"] = {k: round(v, 2) for k, v in peaks.items()}
-        results["memory_ratio_one_vs_100"] = round(peaks["one shard"] / peaks["100 shards"], 2)
-        # 4. cost growth and per-shard overhead (detector none)
-        walls = {}
-        for n in growth:
-            paths = write_pool(tmp / f"grow-{n}", n, 100, pool)
-            s = score(paths, tmp / f"index-grow-{n}", cfg)
-            walls[n] = (s.wall_s, s.startup_s)
-            print(n, f"{s.wall_s:.1f} s", flush=True)
-        results["growth"] = {str(n): {"wall_s": round(w, 1), "after_startup_s": round(w - st, 1),
-                                      "vs_first": round((w - st) / (walls[growth[0]][0] - walls[growth[0]][1]), 2)}
-                             for n, (w, st) in walls.items()}
-        n = growth[-2]
-        small = score(write_pool(tmp / "oh-10", n, 10, pool), tmp / "index-oh-10", cfg)
-        big = score(write_pool(tmp / "oh-500", n, 500, pool), tmp / "index-oh-500", cfg)
-        per_shard = ((small.wall_s - small.startup_s) - (big.wall_s - big.startup_s)) / (n / 10 - max(1, n // 500))
-        results["per_shard_overhead_s"] = round(per_shard, 3)
+        if "memory" in args.parts:
+            peaks = {}
+            for name, per in (("one shard", mem_n), ("100 shards", max(1, mem_n // 100))):
+                paths = write_pool(tmp / f"mem-{per}", mem_n, per, pool)
+                with PeakRSS() as m:
+                    score(paths, tmp / f"index-mem-{per}", cfg)
+                peaks[name] = m.peak / 2**30
+                print(name, f"{peaks[name]:.2f} GiB", flush=True)
+            results["memory_gib"] = {k: round(v, 2) for k, v in peaks.items()}
+            results["memory_ratio_one_vs_100"] = round(peaks["one shard"] / peaks["100 shards"], 2)
+        if "growth" in args.parts:
+            results.update(cost_growth(tmp, growth, pool, cfg))
     print(json.dumps(results, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -40,7 +40,11 @@ def init_ray(num_cpus: int | None = None, address: str | None = None, object_sto
     else:
         # "local": always a new local cluster, never one found through /tmp/ray/ray_current_cluster
         # (which `ray start` leaves behind, and a killed cluster leaves stale).
-        ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory, **kwargs)
+        # Keep idle workers for a minute instead of Ray's 1 s: on a small machine the churn of
+        # killing and restarting task workers (each imports Ray and curate again) cost more CPU
+        # than the job's decoding (benchmarks/scale_bench.py).
+        ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_memory,
+                 _system_config={"idle_worker_killing_time_threshold_ms": 60_000}, **kwargs)
 
 
 def joins_existing_cluster(address: str | None = None) -> bool:

@@ -7,7 +7,7 @@
       for each StageSpec (one loop):
         .map_batches(stage)           tasks       language, decode, mask (fused by Ray Data)
                                       actors      detect, score (autoscaling pools, GPUs if any)
-      .map_batches(write_parts)       tasks       part files of each shard, where the rows are
+      (the last stage's workers)                  part files of each shard, where the rows are
 
 The stages declare their columns, default resources and batch size (``curate.stages.base``);
 ``stage_specs`` binds them to a config, ``fit_to_cluster`` fills in every resource left to
@@ -36,6 +36,7 @@ from curate.stages.common import batch_len
 log = logging.getLogger("curate")
 
 BUSY_PREFIX = "_busy_"  # per-row share of the seconds a stage spent on the row's batch
+DONE_AT = "_done_at"  # wall-clock time (Unix seconds) the row's last stage so far finished its batch
 
 # Share of a GPU per detect / score actor when GPUs are found: one of each per GPU.
 GPU_SHARE = 0.5
@@ -85,57 +86,140 @@ class StageSpec:
                 "batch_size": self.batch_size, "min_workers": self.min_workers if r.actor else None,
                 "max_workers": self.max_workers if r.actor else None}
 
-    def ray_args(self) -> dict[str, Any]:
-        """Keyword arguments of ``ray.data.Dataset.map_batches`` for this stage."""
-        import ray
-
-        args: dict[str, Any] = {"batch_size": self.batch_size, "batch_format": "numpy",
-                                "num_cpus": self.resources.cpus}
-        if self.resources.gpus:
-            args["num_gpus"] = self.resources.gpus
-        if self.resources.actor:
-            pool = (ray.data.ActorPoolStrategy(size=self.min_workers) if self.min_workers == self.max_workers
-                    else ray.data.ActorPoolStrategy(min_size=self.min_workers, max_size=self.max_workers))
-            args.update(fn=StageActor, fn_constructor_kwargs={"spec": self}, compute=pool)
-        else:
-            args.update(fn=run_task_stage, fn_kwargs={"spec": self})
-        return args
-
 
 def run_stage(stage: Stage, spec: StageSpec, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run one stage on a batch (with its per-row fault isolation), drop the columns it declares
     dropped, and add ``_busy_<name>`` (float64 seconds: the batch's time shared equally by its
-    rows) so the writer can sum each stage's busy time."""
+    rows) so the writer can sum each stage's busy time, and ``_done_at`` (when the batch left
+    the stage) so the driver learns when the first samples came through the whole plan."""
     t0 = time.perf_counter()
     out = stage(batch)
     for name in stage.drops:
         out.pop(name, None)
     n = batch_len(out)
     out[BUSY_PREFIX + spec.name] = np.full(n, (time.perf_counter() - t0) / max(n, 1), dtype=np.float64)
+    out[DONE_AT] = np.full(n, time.time(), dtype=np.float64)
     return out
 
 
-_TASK_STAGES: dict[int, Stage] = {}
+@dataclass
+class Operator:
+    """One Ray Data operator of the plan: stage specs run back to back in the same worker.
+
+    Attributes:
+        specs: the stages, in order; at most one holds a model (``resources.actor``), and its
+            resources and batch size are the operator's.
+        write_to: the score-index folder when this is the plan's last operator: its workers
+            write their rows as part files and hand on part records (``curate.scoring.writer``),
+            so no further operator (and no copy of the rows) is needed.
+    """
+
+    specs: list[StageSpec]
+    write_to: str | None = None
+
+    @property
+    def head(self) -> StageSpec:
+        """The spec whose resources the operator takes: its actor stage, else its first."""
+        return next((s for s in self.specs if s.resources.actor), self.specs[0])
+
+    @property
+    def name(self) -> str:
+        return "+".join(s.name for s in self.specs)
+
+    def ray_args(self) -> dict[str, Any]:
+        """Keyword arguments of ``ray.data.Dataset.map_batches`` for this operator."""
+        import ray
+
+        head = self.head
+        args: dict[str, Any] = {"batch_size": head.batch_size, "batch_format": "numpy", "num_cpus": head.resources.cpus}
+        if head.resources.gpus:
+            args["num_gpus"] = head.resources.gpus
+        if head.resources.actor:
+            pool = (ray.data.ActorPoolStrategy(size=head.min_workers) if head.min_workers == head.max_workers
+                    else ray.data.ActorPoolStrategy(min_size=head.min_workers, max_size=head.max_workers))
+            args.update(fn=StageActor, fn_constructor_kwargs={"op": self}, compute=pool)
+        else:
+            args.update(fn=run_task_stage, fn_kwargs={"op": self})
+        return args
+
+    def describe(self) -> list[dict[str, Any]]:
+        """``StageSpec.describe()`` of each stage, as placed: a stage taken into an actor runs on
+        that actor (``runs_on`` says so; its resources are the actor's)."""
+        head = self.head.describe()
+        out = []
+        for spec in self.specs:
+            d = spec.describe()
+            if spec is not self.head:
+                d.update(runs_on=f"in {self.head.name}'s workers", cpus=head["cpus"], gpus=head["gpus"],
+                         actor=head["actor"], min_workers=head["min_workers"], max_workers=head["max_workers"])
+            out.append(d)
+        return out
+
+    def run(self, stages: list[Stage], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the operator's stages (built from ``specs``) on a batch; write parts if last."""
+        for spec, stage in zip(self.specs, stages):
+            batch = run_stage(stage, spec, batch)
+        if self.write_to is not None:
+            from curate.scoring.writer import write_parts
+
+            return write_parts(batch, self.write_to)
+        return batch
 
 
-def run_task_stage(batch: dict[str, np.ndarray], spec: StageSpec) -> dict[str, np.ndarray]:
-    """Ray Data function of a task stage: the stage is built once per worker process and reused."""
-    key = hash((spec.name, repr(sorted(spec.kwargs.items()))))
-    stage = _TASK_STAGES.get(key)
-    if stage is None:
-        stage = _TASK_STAGES[key] = spec.build()
-    return run_stage(stage, spec, batch)
+def operators(specs: list[StageSpec]) -> list[Operator]:
+    """Group the specs into Ray Data operators (the plan's one loop runs over these).
+
+    Rule: an actor stage on CPUs only takes in the stateless task stages next to it (those
+    before it back to the previous actor, those after it up to the next actor), so that decoded
+    and masked images do not cross between processes (each crossing converts them to Arrow and
+    back: measured about 30% of the CPU of a 2-core run, ``benchmarks/scale_bench.py``); its
+    actors then scale them with it. An actor on a GPU takes in none: the CPU stages keep running
+    in parallel tasks, so that the GPU never waits for decoding or masking.
+    """
+    ops: list[list[StageSpec]] = []
+    pending: list[StageSpec] = []  # task stages not yet placed
+    for spec in specs:
+        if not spec.resources.actor:
+            if ops and _absorbs(ops[-1]) and not pending:
+                ops[-1].append(spec)  # after a CPU actor, up to the next actor
+            else:
+                pending.append(spec)
+            continue
+        if spec.resources.gpus == 0:
+            ops.append(pending + [spec])
+        else:
+            ops.extend([[t] for t in pending])
+            ops.append([spec])
+        pending = []
+    ops.extend([[t] for t in pending])
+    return [Operator(group) for group in ops]
+
+
+def _absorbs(group: list[StageSpec]) -> bool:
+    return any(s.resources.actor and s.resources.gpus == 0 for s in group)
+
+
+_TASK_STAGES: dict[int, list[Stage]] = {}
+
+
+def run_task_stage(batch: dict[str, np.ndarray], op: Operator) -> dict[str, np.ndarray]:
+    """Ray Data function of a task operator: its stages are built once per worker process."""
+    key = hash(tuple((s.name, repr(sorted(s.kwargs.items()))) for s in op.specs))
+    stages = _TASK_STAGES.get(key)
+    if stages is None:
+        stages = _TASK_STAGES[key] = [spec.build() for spec in op.specs]
+    return op.run(stages, batch)
 
 
 class StageActor:
-    """Ray Data callable class of an actor stage: builds the stage (loads its model) once."""
+    """Ray Data callable class of an actor operator: builds its stages (loads the model) once."""
 
-    def __init__(self, spec: StageSpec):
-        self.spec = spec
-        self.stage = spec.build()
+    def __init__(self, op: Operator):
+        self.op = op
+        self.stages = [spec.build() for spec in op.specs]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return run_stage(self.stage, self.spec, batch)
+        return self.op.run(self.stages, batch)
 
 
 # --------------------------------------------------------------------------- sizing
@@ -295,8 +379,8 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
         urls: shard URLs.
         specs: ``stage_specs``.
         read_cpus: CPUs per read task (and per write task).
-        out_dir: the score-index folder: the plan ends with ``write_parts`` and its rows are part
-            records (``curate.scoring.writer``). ``None``: the plan ends after the last stage and
+        out_dir: the score-index folder: the last stage's workers write their rows as part files
+            (``write_parts``) and the plan's rows are part records (``curate.scoring.writer``). ``None``: the plan ends after the last stage and
             its rows are the scored records (tests, debugging).
         block_bytes: Ray Data's target block size for this plan (``DataContext
             .target_max_block_size``; ``None``: Ray's default, 128 MiB).
@@ -312,13 +396,11 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
     if block_bytes is not None:
         ds.context.target_max_block_size = int(block_bytes)
     ds = ds.flat_map(read_shard_records, num_cpus=read_cpus)
-    for spec in specs:
-        ds = ds.map_batches(**spec.ray_args())
+    ops = operators(specs)
     if out_dir is not None:
-        from curate.scoring.writer import write_parts
-
-        ds = ds.map_batches(write_parts, fn_kwargs={"out_dir": str(out_dir)}, batch_size=None,
-                            batch_format="numpy", num_cpus=read_cpus)
+        ops[-1].write_to = str(out_dir)
+    for op in ops:
+        ds = ds.map_batches(**op.ray_args())
     return ds
 
 

@@ -14,7 +14,7 @@ from curate.config import PipelineConfig, config_from_dict, load_config, validat
 from curate.io.shards import expand_shards
 from curate.models import resolve_pretrained
 from curate.runtime import cluster_resources, init_ray, joins_existing_cluster, quiet_ray_data, root_cause
-from curate.scoring.plan import build_dataset, check_resources, fit_to_cluster, stage_specs
+from curate.scoring.plan import build_dataset, check_resources, fit_to_cluster, operators, stage_specs
 from curate.scoring.provenance import index_metadata, plan_shards
 from curate.scoring.summary import SHARD_FAILED, ScoreSummary, ShardResult
 from curate.scoring.writer import ShardTracker
@@ -77,7 +77,7 @@ def run_score(
     """
     from tqdm import tqdm
 
-    t0 = time.perf_counter()
+    t0, t0_wall = time.perf_counter(), time.time()
     weights = resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained, cfg.score.cache_dir)
     urls = expand_shards(shards)
     if not urls:
@@ -105,7 +105,7 @@ def run_score(
         sized = fit_to_cluster(cfg, cluster)
         specs = stage_specs(sized, weights)
         check_resources(specs, max(sized.read.num_cpus, sized.decode.num_cpus, sized.mask.num_cpus), cluster)
-        plan = [s.describe() for s in specs]
+        plan = [d for op in operators(specs) for d in op.describe()]
         quiet_ray_data()
 
         known = {u: stats_sample_count(u) for u in todo}
@@ -133,10 +133,7 @@ def run_score(
         cpu0 = time.process_time()
         try:
             for records in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                fresh = tracker.add(records)
-                if fresh and not startup:
-                    startup = time.perf_counter() - t0
-                bar.update(fresh)
+                bar.update(tracker.add(records))
                 tracker.poll()
                 if not exact_total:
                     estimate_total()
@@ -146,6 +143,8 @@ def run_score(
         tracker.drain()
         tracker.cleanup()
         driver_cpu = time.process_time() - cpu0
+        if tracker.first_done_at != float("inf"):
+            startup = max(0.0, tracker.first_done_at - t0_wall)
         bar.close()
         results.update(tracker.results)
         duplicates = tracker.duplicates

@@ -60,7 +60,7 @@ class ScoreSummary:
             workers spent in the stage}``, summed over workers; ``samples / busy_s`` is one
             worker's throughput and ``busy_s / wall`` the mean number of busy workers.
         plan: the stages as run (``StageSpec.describe()``): compute, resources, pool sizes.
-        startup_s: seconds from the call until the first scored rows reached the writer (Ray
+        startup_s: seconds from the call until the first samples left the last stage (Ray
             start-up, model loading, the first batches through every stage).
         driver_cpu_s: CPU seconds the driver process used while the plan ran (its share of the
             machine: ``driver_cpu_s / wall_s``).
@@ -139,7 +139,7 @@ class ScoreSummary:
             f"  ok            {ok}",
             "  errors        " + (", ".join(f"{k} {v}" for k, v in errors.items()) if errors else "none"),
             f"  time          {self.wall_s:.1f} s, {self.samples_per_s:.2f} samples/s ({processed} samples scored this run"
-            + (f"; first rows after {self.startup_s:.1f} s" if self.startup_s else "") + ")",
+            + (f"; first samples scored after {self.startup_s:.1f} s" if self.startup_s else "") + ")",
         ]
         lines += self._stage_lines()
         if self.duplicates_dropped:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from curate import schema as S
 from curate.io.index import index_path, records_to_table, write_index_file
 from curate.io.shards import SHARD_COMPLETE, SHARD_UNREADABLE
-from curate.scoring.plan import BUSY_PREFIX
+from curate.scoring.plan import BUSY_PREFIX, DONE_AT
 from curate.scoring.provenance import parts_dir
 from curate.scoring.records import DIGEST, FIXES, IGNORED, SEQ, SHARD_ERROR, SHARD_N, SHARD_RECORD, SHARD_STATUS
 from curate.scoring.summary import SHARD_FAILED, ShardResult
@@ -62,7 +62,8 @@ def write_parts(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndar
     Returns:
         Columns ``shard`` (str), ``part`` (path, ``""`` for a shard record), ``seqs`` (bytes:
         ``int64`` positions of the rows in their shard), ``shard_n``, ``shard_status``,
-        ``shard_error``, ``ignored``, ``write_error`` and ``busy_<stage>`` (float64 seconds).
+        ``shard_error``, ``ignored``, ``write_error``, ``_busy_<stage>`` (float64 seconds) and
+        ``_done_at`` (the earliest time a row of the part left the last stage).
     """
     shards = np.asarray(batch[S.SHARD], dtype=object)
     busy_cols = [c for c in batch if c.startswith(BUSY_PREFIX)]
@@ -87,6 +88,8 @@ def write_parts(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndar
         out[P_WRITE_ERROR].append(error)
         for c in busy_cols:
             out[c].append(float(np.asarray(batch[c], dtype=np.float64)[sel].sum()))
+        if DONE_AT in batch:
+            out[DONE_AT].append(float(np.asarray(batch[DONE_AT], dtype=np.float64)[sel].min()))
     result = {k: (object_array(v) if k in (P_SHARD, P_PATH, P_SEQS, P_STATUS, P_ERROR, P_WRITE_ERROR)
                   else np.asarray(v)) for k, v in out.items()}
     return result
@@ -240,6 +243,7 @@ class ShardTracker:
         self.samples: dict[str, int] = collections.defaultdict(int)
         self.shard_sizes: dict[str, int] = {}
         self.ending: dict[str, tuple[str, str, int]] = {}  # how each shard's reading ended (its worst news)
+        self.first_done_at = float("inf")  # wall-clock time the first rows left the last stage
         self._remote = None
 
     def add(self, records: dict[str, np.ndarray]) -> int:
@@ -247,6 +251,8 @@ class ShardTracker:
         whose part could not be written fails by name. Returns the rows new to the books."""
         fresh_rows = 0
         busy_cols = [c for c in records if c.startswith(BUSY_PREFIX)]
+        if DONE_AT in records and len(records[DONE_AT]):
+            self.first_done_at = min(self.first_done_at, float(np.min(records[DONE_AT])))
         for i in range(len(records[P_SHARD])):
             url = str(records[P_SHARD][i])
             seqs = np.frombuffer(records[P_SEQS][i], dtype=np.int64)

@@ -15,7 +15,7 @@ import numpy as np
 
 from curate import schema as S
 from curate.stages.base import Stage
-from curate.stages.common import batch_len, image_at, object_array
+from curate.stages.common import EMPTY_IMAGE, batch_len, image_at, object_array
 
 
 def polygons_to_pixels(text_boxes, width: int, height: int) -> list[np.ndarray]:
@@ -101,8 +101,10 @@ class Mask(Stage):
     """Stage: add ``masked_image`` and ``text_area_frac`` to a batch.
 
     Input columns: ``image``, ``text_boxes`` (normalised polygons), ``status``.
-    Output columns added: ``masked_image`` (object: ``(H, W, 3) uint8``, the same object as
-    ``image`` when no text was found; empty for failed rows) and ``text_area_frac`` (float32,
+    Output columns added: ``masked_image`` (object: ``(H, W, 3) uint8`` for a row with text
+    masked; an empty ``(0, 0, 3)`` array when nothing was masked or the row failed: the image is
+    unchanged, so it never travels twice between Ray workers, and the score stage embeds the
+    original image once) and ``text_area_frac`` (float32,
     the fraction of image pixels inside the union of text polygons, in [0, 1]; NaN for failed
     rows). A row whose masking raises gets status ``mask_error`` (``curate.stages.common.Stage``).
 
@@ -125,12 +127,15 @@ class Mask(Stage):
     def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         n = batch_len(batch)
         images = batch["image"]
-        masked = list(images)
+        masked = [EMPTY_IMAGE] * n
         frac = np.full(n, np.nan, dtype=np.float32)
         for i in rows:
             img = image_at(images, i)
             h, w = img.shape[:2]
             polys = polygons_to_pixels(batch[S.TEXT_BOXES][i], w, h)
+            if not len(polys):
+                frac[i] = 0.0
+                continue
             masked[i], mask = mask_text(img, polys, self.method, self.ring_px, self.inpaint_radius)
             frac[i] = np.count_nonzero(mask) / float(h * w)
         batch["masked_image"] = object_array(masked)

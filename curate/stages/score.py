@@ -25,7 +25,8 @@ class Score(Stage):
     A batch whose forward pass raises is retried sample by sample; a sample that still fails
     gets status ``score_error`` (``curate.stages.common.Stage``).
 
-    Input columns: ``image``, ``masked_image`` (object ``(H, W, 3) uint8``), ``text``
+    Input columns: ``image``, ``masked_image`` (object ``(H, W, 3) uint8``; empty where nothing
+    was masked, see ``curate.stages.mask.Mask``), ``text``
     (caption), ``num_text_boxes``, ``status``.
 
     Args:
@@ -115,7 +116,8 @@ class Score(Stage):
             ``(clip_score (N,) float32, masked_clip_score (N,) float32)``, cosine similarities
             in [-1, 1].
         """
-        extra = [m for m, t in zip(masked, has_text) if t]
+        # A row with boxes that masked nothing (degenerate polygons) has an empty masked image.
+        extra = [m if m.size else im for im, m, t in zip(images, masked, has_text) if t]
         img_emb, txt_emb = self.embed(list(images) + extra, list(captions))
         n = len(images)
         orig = img_emb[:n]
