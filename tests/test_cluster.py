@@ -30,7 +30,7 @@ from tests.conftest import SHARDS, sample_members
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"
-N_SHARDS, PER_SHARD = 20, 2
+N_SHARDS, PER_SHARD = 20, 3
 
 
 def write_unique_pool(folder: Path, n_shards: int, per_shard: int, max_bytes: int = 200_000) -> dict[tuple[str, str], str]:
@@ -179,7 +179,11 @@ def _score_and_kill_worker(pool, out):
         worker = cluster.add_node(num_cpus=2, object_store_memory=200 * mib)
         cluster.wait_for_nodes()
         env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled")
-        cmd = [sys.executable, "-m", "curate.cli", "score", str(pool / "*.tar"), "--config", str(TINY),
+        # Two detect actors: Ray Data spreads an actor pool over the nodes, so the worker node runs
+        # model work until the end (on CPUs the decode and mask stages run inside these actors).
+        config = out.parent / f"{out.name}-config.yaml"
+        config.write_text(TINY.read_text().replace("  num_actors: 1\n", "  num_actors: 2\n", 1))
+        cmd = [sys.executable, "-m", "curate.cli", "score", str(pool / "*.tar"), "--config", str(config),
                "--detector", "dbnet", "--no-progress", "--out", str(out)]
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         raylet_pid = worker.all_processes["raylet"][0].process.pid

@@ -79,7 +79,7 @@ class StageSpec:
         if r.actor:
             pool = (f"{self.min_workers}" if self.min_workers == self.max_workers
                     else f"{self.min_workers}..{self.max_workers if self.max_workers is not None else 'auto'}")
-            runs_on = f"{pool} actors x {where}"
+            runs_on = f"{pool} actor{'' if pool == '1' else 's'} x {where}"
         else:
             runs_on = f"tasks x {where}"
         return {"name": self.name, "runs_on": runs_on, "cpus": r.cpus, "gpus": r.gpus, "actor": r.actor,

@@ -300,7 +300,7 @@ class Detect(Stage):
     quadrilateral flattened as ``[x1, y1, ..., x4, y4]`` and normalised to [0, 1] by image
     width and height; ``(0, 8)`` for failed rows) and ``num_text_boxes`` (int32, -1 for failed rows).
     A batch whose forward pass raises is retried image by image, and an image that still fails
-    gets status ``detect_error`` (``curate.stages.common.Stage``).
+    gets status ``detect_error`` (``curate.stages.base.Stage``).
 
     Args:
         detector: a name of ``DETECTORS``: ``craft`` (``CraftDetector``), ``dbnet``

@@ -106,7 +106,7 @@ class Mask(Stage):
     unchanged, so it never travels twice between Ray workers, and the score stage embeds the
     original image once) and ``text_area_frac`` (float32,
     the fraction of image pixels inside the union of text polygons, in [0, 1]; NaN for failed
-    rows). A row whose masking raises gets status ``mask_error`` (``curate.stages.common.Stage``).
+    rows). A row whose masking raises gets status ``mask_error`` (``curate.stages.base.Stage``).
 
     Args:
         method, ring_px, inpaint_radius: see ``mask_text``.

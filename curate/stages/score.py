@@ -23,7 +23,7 @@ class Score(Stage):
     """Stage: add ``clip_score`` and ``masked_clip_score`` (float32; NaN for failed rows).
 
     A batch whose forward pass raises is retried sample by sample; a sample that still fails
-    gets status ``score_error`` (``curate.stages.common.Stage``).
+    gets status ``score_error`` (``curate.stages.base.Stage``).
 
     Input columns: ``image``, ``masked_image`` (object ``(H, W, 3) uint8``; empty where nothing
     was masked, see ``curate.stages.mask.Mask``), ``text``
