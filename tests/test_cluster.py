@@ -179,24 +179,30 @@ def _score_and_kill_worker(pool, out):
         worker = cluster.add_node(num_cpus=2, object_store_memory=200 * mib)
         cluster.wait_for_nodes()
         env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled")
-        # Two detect actors: Ray Data spreads an actor pool over the nodes, so the worker node runs
-        # model work until the end (on CPUs the decode and mask stages run inside these actors).
+        # Two detect actors of 1 CPU and a score actor of 0.5: more than the head's 2 CPUs, so the
+        # worker node always hosts one of them and runs model work to the end (on CPUs the decode
+        # and mask stages run inside the detect actors); the head alone can still finish the job.
         config = out.parent / f"{out.name}-config.yaml"
-        config.write_text(TINY.read_text().replace("  num_actors: 1\n", "  num_actors: 2\n", 1))
+        config.write_text(TINY.read_text().replace("  num_actors: 1\n  num_cpus: 0.5\n",
+                                                   "  num_actors: 2\n  num_cpus: 1.0\n", 1))
+        assert "num_actors: 2" in config.read_text()
         cmd = [sys.executable, "-m", "curate.cli", "score", str(pool / "*.tar"), "--config", str(config),
                "--detector", "dbnet", "--no-progress", "--out", str(out)]
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         raylet_pid = worker.all_processes["raylet"][0].process.pid
         deadline, busy = time.time() + 300, []
-        while True:
-            assert proc.poll() is None and time.time() < deadline, "the job ended before the node could be killed"
+        while proc.poll() is None:
+            assert time.time() < deadline, "the job neither ended nor gave a moment to kill the node"
             written = len(list(out.glob("*.parquet"))) if out.exists() else 0
             busy = busy_job_workers(raylet_pid) if written >= 1 else []
             if busy:
                 break
             time.sleep(0.2)
-        cluster.remove_node(worker, allow_graceful=False)  # SIGKILL raylet, object store and its workers
-        killed_at = len(list(out.glob("*.parquet")))
+        if proc.poll() is None:
+            cluster.remove_node(worker, allow_graceful=False)  # SIGKILL raylet, object store and its workers
+            killed_at = len(list(out.glob("*.parquet")))
+        else:  # the job ended first: nothing was tested, the caller tries again
+            killed_at = N_SHARDS
         stdout, stderr = proc.communicate(timeout=600)
     finally:
         cluster.shutdown()
