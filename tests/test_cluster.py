@@ -193,11 +193,12 @@ def _score_and_kill_worker(pool, out):
         deadline, busy = time.time() + 300, []
         while proc.poll() is None:
             assert time.time() < deadline, "the job neither ended nor gave a moment to kill the node"
-            written = len(list(out.glob("*.parquet"))) if out.exists() else 0
-            busy = busy_job_workers(raylet_pid) if written >= 1 else []
+            # Mid-job: scored rows have reached the index (a shard written, or parts of one).
+            started = out.exists() and (any(out.glob("*.parquet")) or any((out / "_parts").rglob("*.parquet")))
+            busy = busy_job_workers(raylet_pid) if started else []
             if busy:
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         if proc.poll() is None:
             cluster.remove_node(worker, allow_graceful=False)  # SIGKILL raylet, object store and its workers
             killed_at = len(list(out.glob("*.parquet")))
