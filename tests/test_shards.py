@@ -272,7 +272,7 @@ def test_streaming_reads_the_same_samples_as_a_whole_read():
     """``iter_shard`` with a header plan (one sample held at a time) gives exactly the samples,
     flags and shard status of ``read_shard`` for every test shard; shards it cannot plan
     (damaged, truncated, compressed) are read whole."""
-    from curate.io.shards import iter_shard, plan_members
+    from curate.io.shards import drain, iter_shard, plan_members
 
     planned = 0
     for url in _all_test_shards():
@@ -281,14 +281,7 @@ def test_streaming_reads_the_same_samples_as_a_whole_read():
         if plan is None:
             continue
         planned += 1
-        gen = iter_shard(url, plan)
-        streamed = []
-        while True:
-            try:
-                streamed.append(next(gen))
-            except StopIteration as stop:
-                ending = stop.value
-                break
+        streamed, ending = drain(iter_shard(url, plan))
         assert (ending.status, ending.error, ending.ignored_members) == (whole.status, whole.error, whole.ignored_members), url
         assert len(plan.keys) == len(whole.samples) == len(streamed), url
         by_key = {s["__key__"]: s for s in whole.samples}

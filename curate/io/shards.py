@@ -208,16 +208,19 @@ def read_shard(url: str) -> ShardRead:
         A ``ShardRead``. Samples before a cut or damage are kept; a sample that may have lost
         members is flagged so it still gets an index row with status ``truncated``.
     """
-    gen = _read_samples(url, None)
-    samples = []
-    while True:
-        try:
-            samples.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    samples, result = drain(_read_samples(url, None))
     result.samples = samples
     return result
+
+
+def drain(gen) -> tuple[list[Any], Any]:
+    """Every item of a generator and its return value: ``(items, value)``."""
+    items = []
+    while True:
+        try:
+            items.append(next(gen))
+        except StopIteration as stop:
+            return items, stop.value
 
 
 @dataclass
