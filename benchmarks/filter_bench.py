@@ -6,7 +6,7 @@
 Builds a synthetic score index of ``--rows`` rows in the real schema (``curate.schema``), split
 into ``--files`` Parquet files like one file per shard, with real web captions from
 ``tests/data/captions/laion_sample_1000.parquet`` and random sizes, scores and languages. Then
-runs ``tmars(fraction=0.3) & basic()`` with ``curate.query.run_filter`` and the same rule written
+runs ``tmars(fraction=0.3) & basic()`` with ``curate.filters.run_filter`` and the same rule written
 the way a user would with pyarrow.compute and numpy, checks both keep the same uids, and prints
 rows/s of each and their ratio. Goal (issue 3): at least 2 million rows/s on 2 cores.
 """
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from curate import schema as S  # noqa: E402
-from curate.query import run_filter  # noqa: E402
+from curate.filters import run_filter  # noqa: E402
 
 
 def build(workdir: Path, rows: int, files: int, seed: int = 0) -> Path:

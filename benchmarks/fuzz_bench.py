@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from curate import schema as S  # noqa: E402
-from curate.config import load_config  # noqa: E402
+from curate.scoring.config import load_config  # noqa: E402
 from curate.io.index import records_to_table  # noqa: E402
 from curate.models import resolve_pretrained  # noqa: E402
 from curate.scoring.plan import StageChain

@@ -143,7 +143,7 @@ def clip_throughput(images, device: str, models: list[str], batch: int) -> dict:
 def end_to_end(copies: int, device: str, clip_model: str, detectors: list[str], tmp: Path, num_cpus: int) -> dict:
     import ray
 
-    from curate.config import load_config
+    from curate.scoring.config import load_config
     from curate.scoring import run_score
 
     pool = tmp / "pool"

@@ -121,7 +121,7 @@ class PeakMemory(threading.Thread):
 def measure(n_shards: int, per_shard: int, tmp: Path, object_store_mib: int | None = None) -> dict:
     import ray
 
-    from curate.config import load_config
+    from curate.scoring.config import load_config
     from curate.scoring import run_score
 
     pool = tmp / f"pool-{n_shards}"

@@ -176,7 +176,7 @@ def driver_ceiling(n_rows: int = 2_000_000, block: int = 256, shard_size: int = 
 
 def efficiency(tmp: Path, n: int, pool) -> dict:
     """``curate score`` samples/s against the one-process stage sum, one shard and shards of 100."""
-    from curate.config import load_config
+    from curate.scoring.config import load_config
 
     cfg = load_config(TINY)
     cfg.detect.detector = "dbnet"
@@ -227,7 +227,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["efficiency", "driver", "memory", "growth"],
                     choices=["efficiency", "driver", "memory", "growth"], help="which measurements (default: all)")
     args = ap.parse_args()
-    from curate.config import load_config
+    from curate.scoring.config import load_config
 
     pool = real_samples()
     eff_n, mem_n, growth = (200, 1000, (100, 400)) if args.quick else (2000, 10_000, (500, 2000, 8000))

@@ -23,7 +23,7 @@ SHARDS = sorted((REPO / "tests" / "data" / "shards").glob("sample-*.tar"))
 def main() -> None:
     import ray
 
-    from curate.config import load_config
+    from curate.scoring.config import load_config
     from curate.scoring import run_score
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -2,6 +2,7 @@
 
     curate score SHARDS... --out DIR [--config pipelines/tmars.yaml] [--clip-model NAME]
                  [--pretrained TAG_OR_PATH] [--num-cpus N] [--address ADDR] [--overwrite]
+                 [--<section>-<key> VALUE for any key of the YAML config, e.g. --detect-long-side 1280]
     curate filter --index DIR --rule "tmars(fraction=0.5) & basic()" [--where SQL] --out DIR
     curate query "SELECT ... FROM scores" --index DIR [--output result.csv|.parquet|.json]
     curate reshard SHARDS... --subset subset.npy|subset.parquet --out DIR [--shard-size N]
@@ -12,6 +13,13 @@
                     --data-dir DIR --out DIR
     curate make-evalset (--imagefolder DIR_OR_TAR | --captions FILE.jsonl --image-root DIR) --name NAME --out DIR
 
+Settings: every command's settings are one dataclass (``PipelineConfig``, ``TrainConfig``,
+``EvalConfig``, ``ReportConfig``, ``ReshardConfig``, ``EvalsetConfig``) and ``_add_settings``
+makes one flag per field, named as the field (``--section-field`` for ``curate score``'s nested
+config), typed and range-checked by ``curate.config.check_field`` and documented from the
+dataclass's docstring. Inputs and outputs (shards, ``--out``, ``--index``) and how to run
+(``--num-cpus``, ``--address``) are the only hand-written flags.
+
 Exit codes: 0 when every shard was read (bad samples are recorded, not failures); 1 when a
 shard could not be read at all; 2 for a usage or configuration error (unknown model, weights
 not available offline, bad config), reported before any shard is read.
@@ -20,7 +28,9 @@ not available offline, bad config), reported before any shard is read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from typing import Any
 
 from curate import __version__
 
@@ -35,46 +45,105 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _show(value: Any) -> str:
+    return "auto" if value is None else str(value)
+
+
+def _setting(key: str, f: dataclasses.Field, default: Any):
+    """argparse ``type`` of a setting: the text as the field's type (``int`` also takes
+    ``1.28e9``, an optional field takes ``auto``), checked by ``curate.config.check_field``."""
+    from curate.config import check_field
+
+    is_text = isinstance(default, str) or "str" in str(f.type)
+
+    def parse(text: str):
+        value: Any = text
+        if not is_text and text.strip().lower() not in ("auto", "none"):
+            try:
+                number = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            value = int(number) if "int" in str(f.type) and number.is_integer() else number
+        elif not is_text:
+            value = None if text.strip().lower() == "none" else text
+        try:
+            return check_field(key, value, f, default)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _add_settings(parser, cls: type, title: str, section: str | None = None, aliases: dict[str, str] | None = None,
+                  show_defaults: bool = True) -> None:
+    """One flag per field of the settings dataclass ``cls``: ``--field-name`` (``--section-field``
+    with ``section``), stored as ``set__[section__]field`` (``None`` when not given), its help from
+    the dataclass's ``Attributes:`` docstring (``curate.config.field_docs``). ``aliases`` maps a
+    field to a second flag name (``clip_model`` -> ``--clip-model``)."""
+    from curate.config import field_docs
+
+    group = parser.add_argument_group(title)
+    docs = field_docs(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        names = ["--" + "-".join(filter(None, [section, f.name])).replace("_", "-")]
+        if aliases and f.name in aliases:
+            names.append("--" + aliases[f.name].replace("_", "-"))
+        dest = "__".join(filter(None, ["set", section, f.name]))
+        default = getattr(defaults, f.name)
+        text = docs.get(f.name, "").replace("%", "%%")
+        help_text = text + (f" (default: {_show(default)})" if show_defaults else "")
+        if isinstance(default, bool):
+            group.add_argument(*names, dest=dest, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        elif isinstance(default, tuple):
+            group.add_argument(*names, dest=dest, nargs=len(default), type=int, metavar="N", help=help_text)
+        else:
+            kind = "TEXT" if isinstance(default, str) or "str" in str(f.type) else (
+                "FLOAT" if "float" in str(f.type) else "INT")
+            if "choices" in f.metadata:
+                kind = "{" + ",".join(f.metadata["choices"]) + "}"
+            group.add_argument(*names, dest=dest, type=_setting(".".join(filter(None, [section, f.name])), f, default),
+                               metavar=kind, help=help_text)
+
+
+def _settings(args) -> dict[str, Any]:
+    """The settings given on the command line: ``{field: value}``, or ``{section__field: value}``
+    for sectioned settings (``curate.scoring.config.apply_settings`` takes that form)."""
+    given = {k.removeprefix("set__"): v for k, v in vars(args).items() if k.startswith("set__") and v is not None}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+
+
 def _add_score(sub) -> None:
+    from curate.scoring.config import SECTIONS, SHORTCUTS
+
     p = sub.add_parser(
         "score",
         help="detect text, mask it and CLIP-score every sample into a Parquet score index",
-        description="Stream webdataset shards through decode, CRAFT text detection, text masking and "
-        "CLIP re-scoring on Ray; write one Parquet index file per shard into --out.",
+        description="Stream webdataset shards through decode, text detection, text masking and CLIP re-scoring "
+        "on Ray; write one Parquet index file per shard into --out. Every key of the YAML config has its own "
+        "flag, --<section>-<key>, which wins over --config. --clip-model without --pretrained: random init, "
+        "as open_clip does.",
     )
     p.add_argument("shards", nargs="+", help="shard paths or URLs; brace ranges {000000..000009}, globs and fsspec URLs")
     p.add_argument("--out", required=True, help="output folder of the score index (one .parquet per shard)")
     p.add_argument("--config", help="pipeline YAML (e.g. pipelines/tmars.yaml); default: the T-MARS defaults, "
                    "with actor pools, CPUs and GPUs sized to the Ray cluster")
-    p.add_argument("--clip-model", help="open_clip model name, or 'tiny' (random init, offline tests)")
-    p.add_argument(
-        "--pretrained",
-        help="open_clip pretrained tag (must already be in the local cache), a local checkpoint path, "
-        "or 'none' for random init. With --clip-model and no --pretrained: random init, as open_clip does",
-    )
-    p.add_argument("--cache-dir", help="open_clip / Hugging Face cache folder for pretrained weights")
-    p.add_argument("--detector", choices=["craft", "dbnet", "none"],
-                   help="text detector (default craft; dbnet is PP-OCRv4 on onnxruntime; none: CLIP score only, "
-                   "DataComp's CLIP-score baseline, masked_clip_score = clip_score)")
-    p.add_argument("--detect-size", type=int, help="long side in pixels of the detector input (default 512)")
-    p.add_argument("--mask-method", choices=["mean", "inpaint"], help="text masking method (default mean)")
     p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     p.add_argument("--overwrite", action="store_true", help="recompute shards whose index file is already complete")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for section, cls in SECTIONS.items():
+        aliases = {name: name for name, (sec, _) in SHORTCUTS.items() if sec == section}
+        _add_settings(p, cls, f"{section} settings (YAML section `{section}`)", section=section, aliases=aliases)
 
 
 def _cmd_score(args) -> int:
-    from curate.config import load_config
     from curate.models import PretrainedNotAvailable
     from curate.scoring import IndexConfigMismatch, run_score
-    from curate.scoring.run import apply_settings
+    from curate.scoring.config import apply_settings, load_config
 
     try:
-        cfg = load_config(args.config)
-        flags = {"clip_model": args.clip_model, "pretrained": args.pretrained, "cache_dir": args.cache_dir,
-                 "detector": args.detector, "detect_size": args.detect_size, "mask_method": args.mask_method}
-        apply_settings(cfg, {k: v for k, v in flags.items() if v not in (None, "")})
+        cfg = apply_settings(load_config(args.config), _settings(args))
         summary = run_score(
             args.shards,
             args.out,
@@ -125,7 +194,9 @@ def _add_reshard(sub) -> None:
     p.add_argument("shards", nargs="+", help="input shards (brace ranges, globs, fsspec URLs)")
     p.add_argument("--subset", required=True, help="subset.npy (DataComp u8,u8) or subset.parquet with a uid column")
     p.add_argument("--out", required=True, help="output folder for {:08d}.tar shards and their stats")
-    p.add_argument("--shard-size", type=_positive_int, default=10_000, help="samples per output shard (default 10000)")
+    from curate.io.reshard import ReshardConfig
+
+    _add_settings(p, ReshardConfig, "settings")
 
 
 def _add_report(sub) -> None:
@@ -138,19 +209,16 @@ def _add_report(sub) -> None:
     p.add_argument("--subset", help="subset.parquet or DataComp .npy: show what it kept and dropped")
     p.add_argument("--shards", nargs="+", help="where the shards are now, if moved since scoring (matched by file name)")
     p.add_argument("--out", required=True, help="output folder (index.html, images/)")
-    p.add_argument("--band-by", default="masked_clip_score", choices=["masked_clip_score", "clip_score"],
-                   help="score whose quantile bands group the examples (default masked_clip_score)")
-    p.add_argument("--bands", type=_positive_int, default=5, help="number of score bands (default 5)")
-    p.add_argument("--per-band", type=_positive_int, default=8, help="examples per band (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the example sampling (default 0)")
+    from curate.report.data import ReportConfig
+
+    _add_settings(p, ReportConfig, "settings")
 
 
 def _cmd_report(args) -> int:
     from curate.report import build_report
 
     try:
-        r = build_report(args.index, args.out, subset=args.subset, shards=args.shards, band_by=args.band_by,
-                         bands=args.bands, per_band=args.per_band, seed=args.seed)
+        r = build_report(args.index, args.out, subset=args.subset, shards=args.shards, **_settings(args))
     except (FileNotFoundError, ValueError) as e:
         print(f"curate report: error: {e}", file=sys.stderr)
         return 2
@@ -161,8 +229,6 @@ def _cmd_report(args) -> int:
 
 
 def _add_train(sub) -> None:
-    import dataclasses
-
     from curate.train.config import SCALES, TrainConfig
 
     p = sub.add_parser(
@@ -182,30 +248,8 @@ def _add_train(sub) -> None:
     p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    recipe = p.add_argument_group("recipe fields (override the scale and --config)")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            recipe.add_argument(flag, dest=f"set_{f.name}", default=None, action=argparse.BooleanOptionalAction)
-        else:
-            kind = type(f.default)
-            recipe.add_argument(flag, dest=f"set_{f.name}", type=_number(kind), metavar=kind.__name__.upper())
-
-
-def _number(kind: type):
-    """argparse type for a recipe field: ``int`` also takes ``1.28e9``, ``float`` takes ``5e-4``."""
-    def parse(text: str):
-        try:
-            if kind is int:
-                value = float(text)
-                if not value.is_integer():
-                    raise ValueError
-                return int(value)
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {kind.__name__}") from None
-
-    return parse
+    _add_settings(p, TrainConfig, "recipe fields (override the scale and --config; defaults: the scale's)",
+                  show_defaults=False)
 
 
 def _cmd_train(args) -> int:
@@ -213,15 +257,13 @@ def _cmd_train(args) -> int:
     from curate.train.data import NoTrainingData
     from curate.train.run import TrainFailed, run_train
 
-    overrides = {k.removeprefix("set_"): v for k, v in vars(args).items() if k.startswith("set_")}
-
     def call():
-        cfg = train_config(args.scale, args.config, overrides)
+        cfg = train_config(args.scale, args.config, _settings(args))
         return run_train(args.shards, args.out, cfg, subset=args.subset, resume=args.resume,
                          num_cpus=args.num_cpus, address=args.address, progress=not args.no_progress)
 
     try:
-        return _report("train", call)
+        return _run_command("train", call)
     except (TrainFailed, NoTrainingData) as e:
         print(f"curate train: failed: {e}", file=sys.stderr)
         return 1
@@ -242,10 +284,9 @@ def _add_evaluate(sub) -> None:
                    "vtab/cifar100, flickr30k, mscoco, ...), 'datacomp' (all 40), 'datacomp38', or a YAML task list")
     p.add_argument("--data-dir", required=True, help="folder holding the test sets")
     p.add_argument("--out", required=True, help="output folder: eval_results.jsonl, eval_summary.json")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
-    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--cache-dir", help="open_clip / Hugging Face cache folder for pretrained tags")
+    from curate.evaluate.run import EvalConfig
+
+    _add_settings(p, EvalConfig, "settings")
 
 
 def _add_make_evalset(sub) -> None:
@@ -262,9 +303,9 @@ def _add_make_evalset(sub) -> None:
     p.add_argument("--name", required=True, help="task name, e.g. cifar10 (known names get default class names "
                    "and templates)")
     p.add_argument("--out", required=True, help="data folder to write wds_NAME_test/ into")
-    p.add_argument("--classnames", help="file of class names, one per line, in sorted folder order")
-    p.add_argument("--templates", help="file of zero-shot templates with {c}, one per line")
-    p.add_argument("--shard-size", type=_positive_int, default=10_000, help="samples per tar (default 10000)")
+    from curate.evaluate.make_evalset import EvalsetConfig
+
+    _add_settings(p, EvalsetConfig, "settings")
 
 
 def _cmd_evaluate(args) -> int:
@@ -272,27 +313,30 @@ def _cmd_evaluate(args) -> int:
     from curate.evaluate.tasks import parse_tasks
     from curate.models import PretrainedNotAvailable
 
-    return _report("evaluate", lambda: run_evaluate(
+    return _run_command("evaluate", lambda: run_evaluate(
         parse_tasks(args.tasks), args.data_dir, args.out, model=args.model, pretrained=args.pretrained,
-        train_dir=args.train_dir, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-        cache_dir=args.cache_dir), PretrainedNotAvailable)
+        train_dir=args.train_dir, **_settings(args)), PretrainedNotAvailable)
 
 
 def _cmd_make_evalset(args) -> int:
     from curate.evaluate.make_evalset import make_classification_set, make_retrieval_set
 
+    settings = _settings(args)
+
     def call():
         if args.imagefolder:
-            return make_classification_set(args.imagefolder, args.name, args.out, classnames=args.classnames,
-                                           templates=args.templates, shard_size=args.shard_size)
+            return make_classification_set(args.imagefolder, args.name, args.out, **settings)
         if not args.image_root:
             raise ValueError("--captions needs --image-root")
-        return make_retrieval_set(args.captions, args.image_root, args.name, args.out, shard_size=args.shard_size)
+        if settings.get("classnames") or settings.get("templates"):
+            raise ValueError("--classnames and --templates are for --imagefolder (classification) sets")
+        return make_retrieval_set(args.captions, args.image_root, args.name, args.out,
+                                  **{k: v for k, v in settings.items() if k == "shard_size"})
 
-    return _report("make-evalset", call)
+    return _run_command("make-evalset", call)
 
 
-def _report(command: str, call, *errors: type[Exception]) -> int:
+def _run_command(command: str, call, *errors: type[Exception]) -> int:
     """Run ``call``; print its summary (exit code: the summary's, else 0), or a usage error (2)."""
     try:
         summary = call()
@@ -306,14 +350,13 @@ def _report(command: str, call, *errors: type[Exception]) -> int:
 def _cmd_reshard(args) -> int:
     from curate.io.reshard import reshard
 
-    return _report("reshard", lambda: reshard(args.subset, args.shards, args.out, shard_size=args.shard_size))
+    return _run_command("reshard", lambda: reshard(args.subset, args.shards, args.out, **_settings(args)))
 
 
 def _cmd_filter(args) -> int:
-    from curate.filters import RuleError
-    from curate.query import run_filter
+    from curate.filters import RuleError, run_filter
 
-    return _report("filter", lambda: run_filter(args.index, args.rule, args.out, where=args.where), RuleError)
+    return _run_command("filter", lambda: run_filter(args.index, args.rule, args.out, where=args.where), RuleError)
 
 
 def _cmd_query(args) -> int:

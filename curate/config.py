@@ -1,199 +1,36 @@
-"""Typed pipeline configuration, loaded from the YAML presets in ``pipelines/``.
+"""Shared helpers of curate's configs: typed dataclasses read from YAML, and their documentation.
 
-A config is a tree of dataclasses. ``load_config(path)`` reads a YAML file whose top-level
-sections (``read``, ``decode``, ``detect``, ``mask``, ``score``) mirror the dataclasses below;
-unknown keys raise ``ValueError`` so that a typo never passes silently. Resources (CPUs and
-GPUs per actor, pool sizes, batch sizes) live here and nowhere inside the stages.
+Every command's settings are one dataclass (``curate.scoring.config.PipelineConfig`` for
+``curate score``, ``curate.train.config.TrainConfig`` for ``curate train``, ...). The YAML keys, the
+command-line flags (``curate.cli`` makes one per field, ``--section-field``), the Python API's
+keyword arguments and the Parquet metadata keys all use the field's name, and every value passes
+``check_type`` on its way in. Nothing here knows a particular command.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 
-@dataclass
-class ReadConfig:
-    """Shard reading (one Ray task per shard).
+def check_type(key: str, value: Any, default: Any, annotation: Any) -> Any:
+    """Coerce ``value`` to the type of a field (the type of its ``default``, or for a field whose
+    default is ``None``, of its ``annotation``).
 
-    Attributes:
-        num_cpus: CPUs reserved per read task (fractions allowed).
+    An optional field (``X | None``) takes ``None``; an optional field whose default is ``None``
+    also takes ``"auto"`` (same meaning: sized or chosen when the job starts). An ``int`` is
+    accepted for a ``float`` field; a list of ints for a tuple of ints of the same length.
+
+    Args:
+        key: the setting's name for messages (``detect.long_side``).
+
+    Raises:
+        ValueError: the value cannot be of the field's type (the message names ``key``).
     """
-
-    num_cpus: float = 0.25
-
-
-@dataclass
-class DecodeConfig:
-    """Image decoding (``curate.stages.decode.Decode``).
-
-    Attributes:
-        max_pixels: images with more than ``width * height`` pixels get status ``too_large``
-            without being decoded (decompression-bomb guard; Pillow's own default warning level
-            is 89,478,485 pixels, ``PIL.Image.MAX_IMAGE_PIXELS``).
-        background: RGB colour, 0-255, that transparent images are composited on.
-        draft: decode large JPEGs at a reduced scale (Pillow ``Image.draft``: 1/2, 1/4 or 1/8 in
-            the DCT domain) that keeps the longer side at least twice ``detect.long_side`` and
-            the shorter side at least the CLIP model's input size: the detector and CLIP shrink
-            the image to those sizes anyway. ``false`` decodes every image in full.
-        num_cpus: CPUs per decode task.
-        batch_size: samples per decode batch.
-    """
-
-    max_pixels: int = 89_478_485
-    background: tuple[int, int, int] = (255, 255, 255)
-    draft: bool = True
-    num_cpus: float = 0.25
-    batch_size: int = 32
-
-
-@dataclass
-class ActorPoolConfig:
-    """Resources of a stage that runs in a Ray actor pool (the executor places it, not the stage).
-
-    Every resource left ``None`` (or ``auto`` in YAML) is sized to the cluster when the job starts
-    (``curate.scoring.plan.fit_to_cluster``): on a cluster with GPUs the detect and score actors
-    take half a GPU each (one of each per GPU); without GPUs they run on CPUs; the pools
-    autoscale (Ray Data's ``ActorPoolStrategy(min_size, max_size)``) between ``min_actors`` and
-    as many actors as the cluster holds.
-
-    Attributes:
-        batch_size: samples per batch handed to the stage.
-        num_actors: a fixed pool size (``ActorPoolStrategy(size=...)``); ``None``: autoscale
-            between ``min_actors`` and ``max_actors``.
-        min_actors: smallest pool size (actors started before any batch runs).
-        max_actors: largest pool size; ``None``: what the cluster holds (a joined cluster, which
-            may autoscale: no cap).
-        num_gpus: GPUs per actor (0: CPUs only; fractions share a GPU); ``None``: auto.
-        num_cpus: CPUs per actor (fractions allowed); ``None``: auto.
-        torch_threads: intra-op threads for torch in the actor (0 leaves torch's default; Ray
-            sets one thread per reserved CPU).
-    """
-
-    batch_size: int = 32
-    num_actors: int | None = None
-    min_actors: int = 1
-    max_actors: int | None = None
-    num_gpus: float | None = None
-    num_cpus: float | None = None
-    torch_threads: int = 0
-
-    RESOURCE_FIELDS = ("num_actors", "min_actors", "max_actors", "num_gpus", "num_cpus")
-
-    def stage_kwargs(self) -> dict[str, Any]:
-        """The fields the stage itself takes (everything but the pool's resources)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESOURCE_FIELDS}
-
-
-@dataclass
-class DetectConfig(ActorPoolConfig):
-    """Text detection (``curate.stages.detect``).
-
-    Attributes:
-        detector: ``craft`` (EasyOCR's CRAFT, Baek et al. 2019), ``dbnet`` (PP-OCRv4 DBNet,
-            ONNX, from rapidocr-onnxruntime) or ``none`` (no detection: CLIP score only,
-            DataComp's CLIP-score baseline; ``masked_clip_score`` equals ``clip_score``).
-        long_side: the image is resized so its long side is this many pixels before detection
-            (T-MARS, Sec. 4: 512).
-        text_threshold, link_threshold, low_text: CRAFT score-map thresholds (EasyOCR defaults).
-        min_size: boxes whose longer side is at most this many pixels of the detector input are
-            dropped (EasyOCR ``Reader.detect(min_size=20)`` uses 20 at full resolution).
-        batch_size, num_actors, min_actors, max_actors, num_gpus, num_cpus, torch_threads: see
-            ``ActorPoolConfig``.
-    """
-
-    detector: str = "craft"
-    long_side: int = 512
-    text_threshold: float = 0.7
-    link_threshold: float = 0.4
-    low_text: float = 0.4
-    min_size: int = 4
-    batch_size: int = 16
-
-
-@dataclass
-class MaskConfig:
-    """Text masking (``curate.stages.mask.Mask``).
-
-    Attributes:
-        method: ``mean`` fills each text polygon with the mean colour of the ring of pixels
-            around it (T-MARS, Sec. 4 "we in-paint ... with the average colour of the
-            surrounding pixels"); ``inpaint`` uses ``cv2.inpaint`` (Telea).
-        ring_px: width in pixels of the surrounding ring used by ``mean``.
-        inpaint_radius: radius in pixels for ``cv2.inpaint``.
-        num_cpus: CPUs per mask task.
-    """
-
-    method: str = "mean"
-    ring_px: int = 3
-    inpaint_radius: int = 3
-    num_cpus: float = 0.25
-
-
-@dataclass
-class ScoreConfig(ActorPoolConfig):
-    """CLIP scoring (``curate.stages.score.Score``).
-
-    Attributes:
-        clip_model: open_clip model name (``open_clip.list_models()``) or ``tiny``.
-        pretrained: open_clip pretrained tag, a local checkpoint path, or ``None`` for random
-            init. T-MARS and DataComp's CLIP-score filter use OpenAI ViT-L/14.
-        cache_dir: where open_clip / Hugging Face look for cached weights (``None``: defaults).
-        precision: ``fp32``, ``bf16`` or ``auto`` (bf16 autocast on CUDA, fp32 on CPU).
-        batch_size: samples per CLIP forward pass (original and masked images are scored in
-            the same pass, so the tensor holds up to ``2 * batch_size`` images).
-        num_actors, min_actors, max_actors, num_gpus, num_cpus, torch_threads: see
-            ``ActorPoolConfig``.
-    """
-
-    clip_model: str = "ViT-L-14"
-    pretrained: str | None = "openai"
-    cache_dir: str | None = None
-    precision: str = "auto"
-
-
-@dataclass
-class PipelineConfig:
-    """The whole ``curate score`` configuration."""
-
-    read: ReadConfig = field(default_factory=ReadConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    detect: DetectConfig = field(default_factory=DetectConfig)
-    mask: MaskConfig = field(default_factory=MaskConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-
-def _build(cls, data: dict[str, Any], where: str):
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise ValueError(f"config section {where!r} must be a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in config section {where!r}; known: {sorted(known)}")
-    kwargs = {}
-    defaults = cls()
-    for name, value in data.items():
-        kwargs[name] = _check_type(f"{where}.{name}", value, getattr(defaults, name), known[name].type)
-    return cls(**kwargs)
-
-
-def _check_type(key: str, value: Any, default: Any, annotation: str) -> Any:
-    """Coerce ``value`` to the type of the field's default (or, for a field whose default is
-    ``None``, of its annotation); raise ``ValueError`` when it cannot be. An optional field takes
-    ``None``; an optional field whose default is ``None`` also takes ``auto`` (same meaning)."""
     optional = "None" in str(annotation)
     if optional and default is None and isinstance(value, str) and value.strip().lower() == "auto":
         return None
@@ -228,87 +65,118 @@ def _check_type(key: str, value: Any, default: Any, annotation: str) -> Any:
     raise ValueError(f"config key {key} must be {expected}, got {value!r} ({type(value).__name__})")
 
 
-_SECTIONS = {
-    "read": ReadConfig,
-    "decode": DecodeConfig,
-    "detect": DetectConfig,
-    "mask": MaskConfig,
-    "score": ScoreConfig,
-}
+def check_choice(key: str, value: Any, choices) -> None:
+    """Raise ``ValueError`` naming ``key`` and the choices when ``value`` is not one of ``choices``
+    (a registry's keys, e.g. ``curate.stages.detect.DETECTORS``)."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
-def config_from_dict(data: dict[str, Any] | None) -> PipelineConfig:
-    """Build a ``PipelineConfig`` from a nested mapping.
+def build_section(cls: type, data: dict[str, Any] | None, where: str) -> Any:
+    """An instance of the dataclass ``cls`` from a mapping of its fields (missing: defaults).
+
+    Args:
+        data: ``field -> value`` (``None``: all defaults).
+        where: the section's name for messages (``detect``), or ``""`` for a flat config.
 
     Raises:
-        ValueError: on an unknown section or key.
+        ValueError: not a mapping, an unknown key (the known ones are listed), or a value of the
+            wrong type (``check_type``).
     """
-    data = data or {}
-    unknown = sorted(set(data) - set(_SECTIONS))
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where!r} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"unknown config section(s) {unknown}; known: {sorted(_SECTIONS)}")
-    cfg = PipelineConfig(**{k: _build(cls, data.get(k), k) for k, cls in _SECTIONS.items()})
-    validate(cfg)
-    return cfg
+        raise ValueError(f"unknown key(s) {unknown} in config section {where!r}; known: {sorted(known)}")
+    defaults = cls()
+    prefix = f"{where}." if where else ""
+    return cls(**{name: check_field(prefix + name, value, known[name], getattr(defaults, name))
+                  for name, value in data.items()})
 
 
-def load_config(path: str | Path | None) -> PipelineConfig:
-    """Load a YAML preset (e.g. ``pipelines/tmars.yaml``); ``None`` gives the defaults.
+def check_field(key: str, value: Any, f: dataclasses.Field, default: Any) -> Any:
+    """``check_type`` for the dataclass field ``f``, then what its metadata declares: a lower
+    bound (``metadata["min"]``) and the allowed values (``metadata["choices"]``, a registry's
+    keys such as ``curate.stages.detect.DETECTORS``).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: unknown sections or keys, or invalid values.
+        ValueError: wrong type, below the bound, or not a choice (the message names ``key``).
     """
-    if path is None:
-        return config_from_dict({})
+    value = check_type(key, value, default, f.type)
+    low = f.metadata.get("min")
+    if low is not None and value is not None and value < low:
+        raise ValueError(f"{key} must be at least {low}, got {value!r}")
+    if "choices" in f.metadata:
+        check_choice(key, value, f.metadata["choices"])
+    return value
+
+
+def check_dataclass(obj: Any, where: str = "") -> None:
+    """``check_field`` on every field of the dataclass instance ``obj`` (one built in Python, not
+    read from YAML).
+
+    Raises:
+        ValueError: the first field that fails, named ``where.field``.
+    """
+    defaults = type(obj)()
+    for f in dataclasses.fields(obj):
+        check_field(".".join(filter(None, [where, f.name])), getattr(obj, f.name), f, getattr(defaults, f.name))
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (``{}`` for an empty file), read with ``yaml.safe_load``.
+
+    Args:
+        what: what the file is, for messages (``config``, ``train config``).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a file, not YAML, or not a mapping.
+    """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"{what} file not found: {path}")
     if not path.is_file():
-        raise ValueError(f"config {path} is not a file")
+        raise ValueError(f"{what} {path} is not a file")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"config {path} is not valid YAML: {e}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ValueError(f"config {path} must be a mapping of sections (read, decode, detect, mask, score), "
-                         f"got {type(data).__name__}")
-    return config_from_dict(data)
+        raise ValueError(f"{what} {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} must be a mapping, got {type(data).__name__}")
+    return data
 
 
-DETECTOR_NAMES = ("craft", "dbnet", "none")  # the keys of curate.stages.detect.DETECTORS (a test checks)
+_ATTR_LINE = re.compile(r"^\s{4,8}([a-z_][a-z0-9_]*(?:,\s*[a-z_][a-z0-9_]*)*):\s*(.*)$")
 
 
-def validate(cfg: PipelineConfig) -> None:
-    """Check value ranges. Raises ``ValueError`` with the offending key."""
-    if cfg.detect.detector not in DETECTOR_NAMES:
-        raise ValueError(f"detect.detector must be one of {', '.join(DETECTOR_NAMES)}, got {cfg.detect.detector!r}")
-    if cfg.mask.method not in ("mean", "inpaint"):
-        raise ValueError(f"mask.method must be 'mean' or 'inpaint', got {cfg.mask.method!r}")
-    if cfg.score.precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"score.precision must be auto, fp32 or bf16, got {cfg.score.precision!r}")
-    for name in ("detect.long_side", "detect.batch_size", "score.batch_size", "decode.max_pixels",
-                 "decode.batch_size", "detect.num_actors", "score.num_actors", "detect.min_actors",
-                 "score.min_actors", "detect.max_actors", "score.max_actors",
-                 "read.num_cpus", "decode.num_cpus", "mask.num_cpus", "detect.num_cpus", "score.num_cpus"):
-        section, key = name.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value is None and key in ActorPoolConfig.RESOURCE_FIELDS:
-            continue  # auto
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-    for name in ("detect.num_gpus", "score.num_gpus", "detect.torch_threads", "score.torch_threads",
-                 "detect.min_size", "mask.ring_px", "mask.inpaint_radius"):
-        section, key = name.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value is None and key in ActorPoolConfig.RESOURCE_FIELDS:
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description from the ``Attributes:`` section of ``cls``'s docstring (and of
+    its bases'), joined into one line: the help text of the field's command-line flag.
+
+    A line ``a, b, c: text`` documents three fields with the same text.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        text = klass.__doc__ or ""
+        if "Attributes:" not in text:
             continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    for section in ("detect", "score"):
-        pool = getattr(cfg, section)
-        if pool.max_actors is not None and pool.max_actors < pool.min_actors:
-            raise ValueError(f"{section}.max_actors ({pool.max_actors}) is below {section}.min_actors ({pool.min_actors})")
-    if cfg.detect.long_side % 32:
-        raise ValueError("detect.long_side must be a multiple of 32 (CRAFT's stride)")
+        current: list[str] = []
+        for line in text.split("Attributes:", 1)[1].splitlines():
+            m = _ATTR_LINE.match(line)
+            if m and len(line) - len(line.lstrip()) <= 8 and not line.strip().startswith(("``", "(")):
+                current = [n.strip() for n in m.group(1).split(",")]
+                if m.group(2).strip().startswith("see "):  # "see ActorPoolConfig": the base's text stays
+                    current = [n for n in current if n not in docs]
+                for name in current:
+                    docs[name] = m.group(2).strip()
+            elif line.strip() and current:
+                for name in current:
+                    docs[name] = (docs[name] + " " + line.strip()).strip()
+            elif not line.strip():
+                current = []
+    return {k: v.replace("``", "") for k, v in docs.items()}

@@ -15,11 +15,41 @@ from pathlib import Path
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 RANDOM_INIT_SEED = 0
+# Numeric precisions of a CLIP forward pass: "auto" is bf16 autocast on CUDA and fp32 on CPU.
+PRECISIONS = ("auto", "fp32", "bf16")
 _registered = False
 
 
 class PretrainedNotAvailable(RuntimeError):
     """Pretrained CLIP weights were asked for but are not on this machine."""
+
+
+def resolve_device(device: str | None = None) -> str:
+    """The torch device to run a model on.
+
+    Args:
+        device: ``None`` or ``"auto"``: ``"cuda"`` when ``torch.cuda.is_available()``, else
+            ``"cpu"``; any other string (``"cpu"``, ``"cuda:1"``) is returned as given.
+    """
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def check_model_name(model: str) -> None:
+    """Check that ``model`` is in open_clip's registry (``open_clip.list_models()``, after
+    ``register_configs()`` adds curate's ``tiny``).
+
+    Raises:
+        ValueError: unknown model name (the message says where the names are listed).
+    """
+    import open_clip
+
+    register_configs()
+    if open_clip.get_model_config(model) is None:
+        raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models() (ours: tiny)")
 
 
 def register_configs() -> None:
@@ -85,9 +115,7 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
     import open_clip
     from open_clip import pretrained as oc_pretrained
 
-    register_configs()
-    if model not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models() (ours: tiny)")
+    check_model_name(model)
     if pretrained in (None, "", "none", "None"):
         return ResolvedWeights(model, None, None, False)
     if os.path.isdir(os.path.expanduser(pretrained)):
@@ -178,10 +206,8 @@ def clip_input_size(model: str) -> int:
     """
     import open_clip
 
-    register_configs()
+    check_model_name(model)
     cfg = open_clip.get_model_config(model)
-    if cfg is None:
-        raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models() (ours: tiny)")
     size = cfg.get("vision_cfg", {}).get("image_size", 224)
     return int(max(size)) if isinstance(size, (list, tuple)) else int(size)
 

@@ -28,6 +28,12 @@ MASKED_CLIP_SCORE = "masked_clip_score"
 CAPTION_LANG = "caption_lang"
 CAPTION_LANG_SCORE = "caption_lang_score"
 
+# Batch columns: carried between the stages of `curate score`, never written to the index.
+IMAGE_BYTES = "image_bytes"  # the sample's encoded image (bytes), until decode
+IMAGE = "image"  # (H, W, 3) uint8 RGB, from decode to the last model stage
+MASKED_IMAGE = "masked_image"  # (H, W, 3) uint8 RGB with the text masked; empty when nothing was masked
+BATCH_COLUMNS = (IMAGE_BYTES, IMAGE, MASKED_IMAGE)
+
 # Status values. `ok` is the only status whose scores are meaningful.
 STATUS_OK = "ok"
 STATUS_DECODE_ERROR = "decode_error"  # image bytes present but not decodable
@@ -78,20 +84,31 @@ SCHEMA = pa.schema(
 )
 COLUMNS = tuple(SCHEMA.names)
 
-# Parquet key-value metadata keys (all values are strings).
+# Parquet key-value metadata keys (all values are strings). A key that records a setting is
+# named as the setting is in the YAML config and the CLI: `curate.detect.long_side` is
+# `detect.long_side` in YAML and `--detect-long-side` on the command line.
 META_PREFIX = "curate."
 META_SCHEMA_VERSION = META_PREFIX + "schema_version"
 META_CODE_VERSION = META_PREFIX + "code_version"
-META_CLIP_MODEL = META_PREFIX + "clip_model"
-META_CLIP_PRETRAINED = META_PREFIX + "clip_pretrained"  # tag, path, or "none (random init)"
-META_CLIP_IS_PRETRAINED = META_PREFIX + "clip_is_pretrained"  # "true" / "false"
-META_DETECTOR = META_PREFIX + "detector"
-META_DETECT_SIZE = META_PREFIX + "detect_long_side"
-META_MASK_METHOD = META_PREFIX + "mask_method"
+META_CLIP_MODEL = META_PREFIX + "score.clip_model"
+META_CLIP_PRETRAINED = META_PREFIX + "score.pretrained"  # tag and path, or "none (random init ...)"
+META_CLIP_IS_PRETRAINED = META_PREFIX + "score.is_pretrained"  # "true" / "false"
+META_DETECTOR = META_PREFIX + "detect.detector"  # the detector and its weights
+META_DETECT_LONG_SIDE = META_PREFIX + "detect.long_side"
+META_MASK_METHOD = META_PREFIX + "mask.method"
 META_SHARD = META_PREFIX + "shard"
 META_SHARD_STATUS = META_PREFIX + "shard_status"  # "complete", "truncated" or "damaged"
 META_IGNORED_MEMBERS = META_PREFIX + "ignored_members"  # tar members with no extension
 META_SHARD_ERROR = META_PREFIX + "shard_error"
 META_CAPTIONS_REPAIRED = META_PREFIX + "captions_repaired"  # captions changed by the caption policy
 META_NUM_SAMPLES = META_PREFIX + "num_samples"
-META_CONFIG = META_PREFIX + "config"  # the full pipeline config as JSON
+META_CONFIG = META_PREFIX + "config"  # the settings fingerprint as JSON (what a resumed job must match)
+# Keys written before the settings were named as in the config (read as the new names).
+LEGACY_META = {
+    META_PREFIX + "clip_model": META_CLIP_MODEL,
+    META_PREFIX + "clip_pretrained": META_CLIP_PRETRAINED,
+    META_PREFIX + "clip_is_pretrained": META_CLIP_IS_PRETRAINED,
+    META_PREFIX + "detector": META_DETECTOR,
+    META_PREFIX + "detect_long_side": META_DETECT_LONG_SIDE,
+    META_PREFIX + "mask_method": META_MASK_METHOD,
+}

@@ -21,6 +21,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped where CUDA is not visible (they never fail for its lack)."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is false)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
 def sample_members() -> list[tuple[str, str, dict[str, bytes]]]:
     """``(shard path, key, {extension: bytes})`` for every sample of the bundled shards, in order."""
     out = []
@@ -97,7 +111,7 @@ def scored(pool, tmp_path_factory, ray_cluster):
     """``(index folder, config, ScoreSummary)``: ``pool`` scored with CRAFT and the tiny CLIP
     (``pipelines/tiny_cpu.yaml``). Tests may rerun into the folder but leave it complete."""
     out = tmp_path_factory.mktemp("index")
-    from curate.config import load_config
+    from curate.scoring.config import load_config
     from curate.scoring import run_score
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from curate.cli import main
-from curate.config import PipelineConfig, config_from_dict, load_config
+from curate.scoring.config import PipelineConfig, config_from_dict, load_config
 from tests.conftest import SHARDS, TESTS
 
 TINY = TESTS.parent / "pipelines" / "tiny_cpu.yaml"
@@ -54,7 +54,10 @@ def test_config_coercion():
     "extra, message",
     [
         (["--num-cpus", "0"], "must be at least 1"),
-        (["--detect-size", "0"], "detect.long_side must be a positive number"),
+        (["--detect-long-side", "0"], "detect.long_side must be a positive number"),
+        (["--detector", "bogus"], "detect.detector must be one of craft, dbnet, none"),
+        (["--score-precision", "fp16"], "score.precision must be one of auto, fp32, bf16"),
+        (["--detect-num-actors", "many"], "'many' is not a number"),
         (["--config", "/tmp"], "is not a file"),
         (["--config", "/nonexistent.yaml"], "config file not found"),
         (["--clip-model", "ViT-Nope"], "unknown open_clip model"),

@@ -61,7 +61,7 @@ def test_rayjob_ray_version_matches_the_image_and_the_installed_ray(job):
 
 def test_rayjob_entrypoint_is_a_valid_curate_command_whose_config_fits_the_gpus(job):
     from curate.cli import build_parser
-    from curate.config import load_config
+    from curate.scoring.config import load_config
 
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[0] == "curate"

@@ -36,7 +36,7 @@ def members(shard) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def edge_rows():
     """The edge shard through the whole stage chain (no Ray), DBNet and the tiny CLIP."""
-    from curate.config import load_config
+    from curate.scoring.config import load_config
     from curate.io.index import records_to_table
     from curate.models import resolve_pretrained
     from curate.scoring.plan import StageChain
@@ -144,7 +144,7 @@ def test_samples_sharing_a_uid_in_a_shard_are_both_flagged(edge_rows):
 
 def test_reshard_never_writes_one_sample_in_place_of_another(tmp_path):
     from curate.io.reshard import reshard
-    from curate.query import uids_to_datacomp
+    from curate.io.subset import uids_to_datacomp
 
     # The subset names the shared uid twice (as a filter over both rows would) and t01_rgba.
     rgba_uid = sample_to_record(next(s for s in read_shard(str(EDGE)).samples if s["__key__"] == "t01_rgba"))[S.UID]
@@ -160,7 +160,7 @@ def test_reshard_never_writes_one_sample_in_place_of_another(tmp_path):
 def test_a_broken_sample_sharing_a_uid_is_never_written_for_it(tmp_path):
     """One sample is ok, another with the same uid has no caption: the uid names neither."""
     from curate.io.reshard import reshard
-    from curate.query import uids_to_datacomp
+    from curate.io.subset import uids_to_datacomp
 
     uid = "fedcba9876543210fedcba9876543210"
     image = members(EDGE)["k01_upper.JPG"]
@@ -183,8 +183,8 @@ def test_a_broken_sample_sharing_a_uid_is_never_written_for_it(tmp_path):
 
 
 def test_filter_never_keeps_a_uid_shared_across_shards(tmp_path):
-    from curate.query import run_filter
-    from tests.test_filters import ROWS, make_index
+    from curate.filters import run_filter
+    from tests.filters.test_filters import ROWS, make_index
 
     index = make_index(tmp_path / "index", ROWS, "a-000000.tar")
     other = [("01", "ok", "another sample entirely", "en", 640, 480, 0.0, 0.3, 0.3),  # uid 01, other caption
@@ -429,7 +429,7 @@ def test_copies_of_one_sample_are_one_sample_for_reshard(tmp_path):
     """Resharding an upweighted reshard again: the copies (same bytes, same uid) are one sample,
     written as often as the subset lists it, and never reported as a shared uid."""
     from curate.io.reshard import reshard
-    from curate.query import uids_to_datacomp
+    from curate.io.subset import uids_to_datacomp
 
     shard = str(DATA / "shards" / "sample-000000.tar")  # samples with a DataComp uid in their .json
     uid = sample_to_record(read_shard(shard).samples[0])[S.UID]

@@ -23,11 +23,28 @@ from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from curate.evaluate.datasets import default_classnames, default_templates
 from curate.io.formats import EVAL_WDS_EXTS, image_suffixes
+
+
+@dataclass
+class EvalsetConfig:
+    """Settings of ``curate make-evalset``.
+
+    Attributes:
+        classnames: file of class names, one per line, in sorted folder order (default: the
+            task's known names, else the folder names).
+        templates: file of zero-shot templates with {c}, one per line (default: the task's
+            known templates, else CLIP's "a photo of a {c}.").
+        shard_size: samples per tar.
+    """
+
+    classnames: str | None = None
+    templates: str | None = None
+    shard_size: int = field(default=10_000, metadata={"min": 1})
 
 
 @dataclass

@@ -35,7 +35,7 @@ def resolve_train_dir(train_dir: str | Path) -> tuple[str, str]:
     Raises:
         FileNotFoundError: not a ``curate train`` folder, or no checkpoint in it.
     """
-    from curate.train.loop import latest_checkpoint
+    from curate.train.checkpoints import latest_checkpoint
 
     train_dir = Path(train_dir)
     cfg_file = train_dir / "train_config.json"
@@ -97,6 +97,23 @@ def retrieval_metrics(model, evalset, transform, tokenizer, device: str, batch_s
     metrics["num_samples"] = counts["images"]
     metrics["num_captions"] = counts["captions"]
     return metrics
+
+
+@dataclass
+class EvalConfig:
+    """Settings of ``curate evaluate`` (the model and the tasks are its arguments).
+
+    Attributes:
+        batch_size: images per forward pass.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        device: torch device; None (auto): cuda when available, else cpu.
+        cache_dir: open_clip / Hugging Face cache folder for pretrained tags.
+    """
+
+    batch_size: int = field(default=256, metadata={"min": 1})
+    num_workers: int = field(default=0, metadata={"min": 0})
+    device: str | None = None
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -192,9 +209,7 @@ def run_evaluate(tasks: list[str], data_dir: str | Path, out: str | Path, model:
         ValueError, FileNotFoundError, curate.models.PretrainedNotAvailable: bad arguments,
             reported before any task runs.
     """
-    import torch
-
-    from curate.models import create_clip, resolve_pretrained
+    from curate.models import create_clip, resolve_device, resolve_pretrained
 
     if train_dir is not None:
         if model is not None or pretrained is not None:
@@ -212,7 +227,7 @@ def run_evaluate(tasks: list[str], data_dir: str | Path, out: str | Path, model:
     results_path = out / RESULTS_FILE
     done = _load_done(results_path, model, label)
     summary = EvalSummary(model, label, str(out))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     clip = transform = tokenizer = None
     for key in tasks:
         task = task_for(key)

@@ -130,9 +130,15 @@ def remove_stale_temporaries(path: str | Path) -> int:
 
 
 def read_index_metadata(path: str | Path) -> dict[str, str]:
-    """The ``curate.*`` key-value metadata of an index file (empty dict if none)."""
-    md = pq.read_schema(path).metadata or {}
-    return {k.decode(): v.decode() for k, v in md.items() if k.decode().startswith(S.META_PREFIX)}
+    """The ``curate.*`` key-value metadata of an index file (empty dict if none); keys written
+    under their older names (``schema.LEGACY_META``) are returned under the current ones."""
+    return _curate_metadata(pq.read_schema(path).metadata)
+
+
+def _curate_metadata(raw: dict[bytes, bytes] | None) -> dict[str, str]:
+    """The ``curate.*`` entries of Parquet key-value metadata, decoded, legacy keys renamed."""
+    found = {k.decode(): v.decode() for k, v in (raw or {}).items() if k.decode().startswith(S.META_PREFIX)}
+    return {S.LEGACY_META.get(k, k): v for k, v in found.items()}
 
 
 def complete_index_metadata(path: str | Path) -> dict[str, str] | None:
@@ -147,7 +153,7 @@ def complete_index_metadata(path: str | Path) -> dict[str, str] | None:
         schema = meta.schema.to_arrow_schema()
     except Exception:
         return None
-    md = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items() if k.decode().startswith(S.META_PREFIX)}
+    md = _curate_metadata(schema.metadata)
     complete = (
         md.get(S.META_SCHEMA_VERSION) == S.SCHEMA_VERSION
         and set(S.COLUMNS) <= set(schema.names)
@@ -155,11 +161,6 @@ def complete_index_metadata(path: str | Path) -> dict[str, str] | None:
         and md.get(S.META_NUM_SAMPLES) == str(meta.num_rows)
     )
     return md if complete else None
-
-
-def index_file_is_complete(path: str | Path) -> bool:
-    """True when ``complete_index_metadata(path)`` finds a complete index file."""
-    return complete_index_metadata(path) is not None
 
 
 def index_files(index: str | Path) -> list[Path]:

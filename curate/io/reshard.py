@@ -29,6 +29,17 @@ from curate.io.subset import load_subset_counts
 
 
 @dataclass
+class ReshardConfig:
+    """Settings of ``curate reshard``.
+
+    Attributes:
+        shard_size: samples per output shard (DataComp's resharder writes 10,000).
+    """
+
+    shard_size: int = field(default=10_000, metadata={"min": 1})
+
+
+@dataclass
 class ReshardSummary:
     """Counts of a reshard run; ``format()`` is the printed summary."""
 

@@ -112,12 +112,12 @@ def sample_to_record(sample: dict[str, Any]) -> dict[str, Any]:
         only when ``status`` is not ok; ``caption_fixes`` is ``"; "``-joined repairs or ``""``.
     """
     key, url = sample["__key__"], sample["__url__"]
-    rec = {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: None, "image_bytes": None,
+    rec = {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: None, S.IMAGE_BYTES: None,
            S.STATUS: S.STATUS_OK, S.ERROR: None, "caption_fixes": ""}
     try:
         _fill_record(sample, rec)
     except Exception as e:  # a sample this odd still gets its row
-        rec.update({S.STATUS: S.STATUS_INVALID_SAMPLE, S.ERROR: f"{type(e).__name__}: {e}"[:1000], "image_bytes": None})
+        rec.update({S.STATUS: S.STATUS_INVALID_SAMPLE, S.ERROR: f"{type(e).__name__}: {e}"[:1000], S.IMAGE_BYTES: None})
     return rec
 
 
@@ -152,7 +152,7 @@ def _fill_record(sample: dict[str, Any], rec: dict[str, Any]) -> None:
     rec[S.TEXT] = text
     rec["caption_fixes"] = "; ".join(fixes)
     image_ext = image_member(sample)
-    rec["image_bytes"] = sample.get(image_ext) if image_ext else None
+    rec[S.IMAGE_BYTES] = sample.get(image_ext) if image_ext else None
     notes = list(sample.get("__notes__", []))
     members = sorted(k for k in sample if not k.startswith("__"))
     if sample.get("__invalid__"):
@@ -189,7 +189,7 @@ def shard_records(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def same_sample(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """True when two records hold the same sample: the same image bytes and the same caption
     (copies of one sample, as ``curate reshard`` writes a uid the subset lists k times)."""
-    return a.get("image_bytes") == b.get("image_bytes") and a.get(S.TEXT) == b.get(S.TEXT)
+    return a.get(S.IMAGE_BYTES) == b.get(S.IMAGE_BYTES) and a.get(S.TEXT) == b.get(S.TEXT)
 
 
 def sample_digest(rec: dict[str, Any]) -> bytes:
@@ -198,7 +198,7 @@ def sample_digest(rec: dict[str, Any]) -> bytes:
     import hashlib
 
     h = hashlib.blake2b(digest_size=16)
-    h.update(rec.get("image_bytes") or b"")
+    h.update(rec.get(S.IMAGE_BYTES) or b"")
     h.update(b"\0")
     h.update((rec.get(S.TEXT) or "").encode("utf-8", "surrogatepass"))
     return h.digest()
@@ -237,6 +237,6 @@ def mark_duplicate_uids(records: list[dict[str, Any]], same=None) -> int:
             if rec[S.STATUS] != S.STATUS_OK:  # the sample's own fault is kept in the message
                 error += f"; also {rec[S.STATUS]}: {rec[S.ERROR]}"
             rec[S.STATUS], rec[S.ERROR] = S.STATUS_DUPLICATE_UID, error[:1000]
-            rec["image_bytes"] = None
+            rec[S.IMAGE_BYTES] = None
             marked += 1
     return marked

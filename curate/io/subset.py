@@ -1,6 +1,7 @@
-"""Subset files (``curate filter`` output): a DataComp ``.npy`` (structured ``u8,u8`` uid halves)
-or a ``subset.parquet`` with a ``uid`` column, read into ``UidCounts`` (uid -> multiplicity).
-Used by ``curate reshard`` and ``curate train``.
+"""Subset files (``curate filter`` output): a DataComp ``.npy`` (structured ``u8,u8`` uid halves,
+``uids_to_datacomp``) or a ``subset.parquet`` with a ``uid`` column, read into ``UidCounts``
+(uid -> multiplicity). Written by ``curate filter``; read by ``curate reshard``, ``curate train``
+and ``curate report``.
 """
 
 from __future__ import annotations
@@ -8,6 +9,26 @@ from __future__ import annotations
 import numpy as np
 
 from curate import schema as S
+
+
+def uids_to_datacomp(uids: list[str]) -> np.ndarray:
+    """32-hex uids to DataComp's subset array: structured ``np.dtype("u8,u8")`` (the two 64-bit
+    halves of the uid), sorted, as DataComp's ``baselines.py`` saves and its resharder loads.
+
+    Raises:
+        ValueError: a uid that is not 32 hex characters.
+    """
+    bad = next((u for u in uids if len(u) != 32), None)
+    if bad is not None:
+        raise ValueError(f"uid {bad!r} is not 32 hex characters")
+    try:
+        halves = np.frombuffer(bytes.fromhex("".join(uids)), dtype=">u8").reshape(-1, 2)
+    except ValueError:
+        raise ValueError("a uid holds characters that are not hex") from None
+    arr = np.empty(len(halves), dtype=np.dtype("u8,u8"))
+    arr["f0"], arr["f1"] = halves[:, 0], halves[:, 1]
+    arr.sort()
+    return arr
 
 
 class UidCounts:
@@ -67,8 +88,6 @@ def load_subset_counts(path: str | None) -> UidCounts | None:
     from pathlib import Path
 
     import pyarrow.parquet as pq
-
-    from curate.query import uids_to_datacomp
 
     p = Path(path)
     if not p.is_file():

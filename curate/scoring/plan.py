@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.config import ActorPoolConfig, PipelineConfig
+from curate.scoring.config import ActorPoolConfig, PipelineConfig
 from curate.models import ResolvedWeights
 from curate.runtime import ClusterResources, require_resources
 from curate.scoring.provenance import draft_sizes

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate.config import PipelineConfig
+from curate.scoring.config import PipelineConfig
 from curate.io.index import INDEX_SUFFIX, complete_index_metadata, index_path, remove_stale_temporaries
 from curate.models import ResolvedWeights
 from curate.scoring.summary import SHARD_SKIPPED, ShardResult
@@ -88,7 +88,7 @@ def index_metadata(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, s
         S.META_CLIP_PRETRAINED: weights.describe(),
         S.META_CLIP_IS_PRETRAINED: "true" if weights.is_pretrained else "false",
         S.META_DETECTOR: _DETECTOR_WEIGHTS.get(cfg.detect.detector, cfg.detect.detector),
-        S.META_DETECT_SIZE: str(cfg.detect.long_side),
+        S.META_DETECT_LONG_SIDE: str(cfg.detect.long_side),
         S.META_MASK_METHOD: "none" if cfg.detect.detector == "none" else cfg.mask.method,
         S.META_CONFIG: json.dumps(scoring_fingerprint(cfg, weights), sort_keys=True),
     }

@@ -100,7 +100,7 @@ def _streamed_records(url: str, plan) -> Iterator[dict[str, Any]]:
         held.update(ending)
         yield held
     for seq, key in enumerate(missing, start=len(seen)):
-        yield {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: "", "image_bytes": b"",
+        yield {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: "", S.IMAGE_BYTES: b"",
                S.STATUS: S.STATUS_TRUNCATED, S.ERROR: f"not read: {error}"[:1000], FIXES: "", DIGEST: b"",
                SEQ: seq, SHARD_N: n, **ending}
 
@@ -111,13 +111,13 @@ def _finish_record(rec: dict[str, Any], digest: bool) -> dict[str, Any]:
     rec[DIGEST] = sample_digest(rec) if digest else b""
     rec[S.TEXT] = rec[S.TEXT] or ""
     rec[S.ERROR] = rec[S.ERROR] or ""
-    rec["image_bytes"] = rec["image_bytes"] or b""
+    rec[S.IMAGE_BYTES] = rec[S.IMAGE_BYTES] or b""
     rec[FIXES] = rec.pop("caption_fixes", "")
     return rec
 
 
 def _shard_record(url: str, status: str, error: str, ignored: int) -> dict[str, Any]:
-    return {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: "", "image_bytes": b"", S.STATUS: SHARD_RECORD,
+    return {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: "", S.IMAGE_BYTES: b"", S.STATUS: SHARD_RECORD,
             S.ERROR: error or "", SEQ: -1, SHARD_N: 0, SHARD_STATUS: status, SHARD_ERROR: error or "",
             IGNORED: ignored, FIXES: "", DIGEST: b""}
 

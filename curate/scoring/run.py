@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from curate import schema as S
-from curate.config import PipelineConfig, config_from_dict, load_config, validate
+from curate.scoring.config import PipelineConfig, apply_settings, config_from_dict, load_config
 from curate.io.shards import expand_shards
 from curate.models import resolve_pretrained
 from curate.runtime import cluster_resources, init_ray, joins_existing_cluster, quiet_ray_data, root_cause
@@ -189,10 +188,10 @@ def score(
         config: a ``PipelineConfig``, a nested mapping (the YAML's sections), a YAML path, or
             ``None`` for the defaults (T-MARS settings, resources sized to the cluster).
         num_cpus, address, progress, overwrite: see ``run_score``.
-        **settings: ``section__key=value`` for any config key (``detect__batch_size=64``), or
-            the CLI's shortcuts: ``clip_model``, ``pretrained`` (with ``clip_model`` alone:
-            random init, as open_clip does), ``cache_dir``, ``detector``, ``detect_size``,
-            ``mask_method``.
+        **settings: ``section__key=value`` for any config key (``detect__long_side=1280``, the
+            CLI's ``--detect-long-side``), or a bare ``clip_model``, ``pretrained`` (with
+            ``clip_model`` alone: random init, as open_clip does), ``cache_dir``, ``detector``
+            (``curate.scoring.config.apply_settings``).
 
     Returns:
         The run's ``ScoreSummary`` (``exit_code`` 0 when every shard was read).
@@ -210,37 +209,3 @@ def score(
         cfg = load_config(config)
     apply_settings(cfg, settings)
     return run_score(shards, out, cfg, num_cpus=num_cpus, address=address, progress=progress, overwrite=overwrite)
-
-
-_SHORTCUTS = {"cache_dir": ("score", "cache_dir"), "detector": ("detect", "detector"),
-              "detect_size": ("detect", "long_side"), "mask_method": ("mask", "method")}
-
-
-def apply_settings(cfg: PipelineConfig, settings: dict[str, Any]) -> PipelineConfig:
-    """Apply overrides in place (see ``score``'s ``**settings``) and validate.
-
-    Raises:
-        ValueError: an unknown setting, or a value of the wrong type or range.
-    """
-    from curate.config import _check_type
-
-    settings = dict(settings)
-    if "clip_model" in settings:
-        cfg.score.clip_model = settings.pop("clip_model")
-        cfg.score.pretrained = None
-    if "pretrained" in settings:
-        value = settings.pop("pretrained")
-        cfg.score.pretrained = None if value is None or str(value).lower() == "none" else str(value)
-    for key, value in settings.items():
-        if "__" in key:
-            section, name = key.split("__", 1)
-        else:
-            section, name = _SHORTCUTS.get(key, ("", ""))
-        part = getattr(cfg, section, None) if section in ("read", "decode", "detect", "mask", "score") else None
-        fields = {f.name: f for f in dataclasses.fields(part)} if part is not None else {}
-        if name not in fields:
-            raise ValueError(f"unknown setting {key!r}; use section__key (e.g. detect__batch_size) or one of "
-                             f"clip_model, pretrained, {', '.join(_SHORTCUTS)}")
-        setattr(part, name, _check_type(f"{section}.{name}", value, getattr(type(part)(), name), fields[name].type))
-    validate(cfg)
-    return cfg

@@ -240,9 +240,9 @@ class Decode(Stage):
 
     name = "decode"
     error_status = S.STATUS_DECODE_ERROR
-    reads = (S.STATUS, "image_bytes")
-    writes = ("image", S.WIDTH, S.HEIGHT)
-    drops = ("image_bytes",)
+    reads = (S.STATUS, S.IMAGE_BYTES)
+    writes = (S.IMAGE, S.WIDTH, S.HEIGHT)
+    drops = (S.IMAGE_BYTES,)
 
     def __init__(self, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
                  min_side: int | None = None, min_long_side: int | None = None):
@@ -257,7 +257,7 @@ class Decode(Stage):
         images = [EMPTY_IMAGE] * n
         width = np.full(n, -1, dtype=np.int32)
         height = np.full(n, -1, dtype=np.int32)
-        data = batch.pop("image_bytes")
+        data = batch.pop(S.IMAGE_BYTES)
         for i in rows:
             try:
                 im, (w, h) = decode_sized(data[i], self.max_pixels, self.background, self.min_side, self.min_long_side)
@@ -266,7 +266,7 @@ class Decode(Stage):
                 continue
             images[i] = np.ascontiguousarray(im, dtype=np.uint8)
             height[i], width[i] = h, w
-        batch["image"] = object_array(images)
+        batch[S.IMAGE] = object_array(images)
         batch[S.WIDTH] = width
         batch[S.HEIGHT] = height
         return batch

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from curate import schema as S
+from curate.models import resolve_device
 from curate.stages.base import Resources, Stage
 from curate.stages.common import BOX_DIMS, EMPTY_BOXES, batch_len, image_at, object_array
 
@@ -27,15 +28,6 @@ from curate.stages.common import BOX_DIMS, EMPTY_BOXES, batch_len, image_at, obj
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
 _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
 MIN_SHORT_SIDE = 64  # pixels
-
-
-def resolve_device(device: str | None = None) -> str:
-    """``cuda`` when a GPU is visible and ``device`` is ``None``/``auto``, else ``device`` or ``cpu``."""
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def resize_pad(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -311,7 +303,7 @@ class Detect(Stage):
 
     name = "detect"
     error_status = S.STATUS_DETECT_ERROR
-    reads = (S.STATUS, "image")
+    reads = (S.STATUS, S.IMAGE)
     writes = (S.TEXT_BOXES, S.NUM_TEXT_BOXES)
     resources = Resources(cpus=1.0, actor=True)
     batch_size = 16
@@ -329,7 +321,7 @@ class Detect(Stage):
         n = batch_len(batch)
         boxes: list = [EMPTY_BOXES] * n
         counts = np.full(n, -1, dtype=np.int32)
-        images = batch["image"]
+        images = batch[S.IMAGE]
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             results = self.detector([image_at(images, i) for i in chunk])

@@ -50,6 +50,9 @@ def text_mask(polys: list[np.ndarray], height: int, width: int) -> np.ndarray:
     return mask
 
 
+MASK_METHODS = ("mean", "inpaint")  # the methods mask_text implements (config key mask.method)
+
+
 def mask_text(
     image: np.ndarray,
     polys: list[np.ndarray],
@@ -80,7 +83,7 @@ def mask_text(
     if method == "inpaint":
         return cv2.inpaint(np.ascontiguousarray(image), mask, inpaint_radius, cv2.INPAINT_TELEA), mask
     if method != "mean":
-        raise ValueError(f"unknown mask method {method!r}; use 'mean' or 'inpaint'")
+        raise ValueError(f"unknown mask method {method!r}; use one of {', '.join(MASK_METHODS)}")
     out = image.copy()
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * ring_px + 1, 2 * ring_px + 1))
     not_text = mask == 0
@@ -114,19 +117,19 @@ class Mask(Stage):
 
     name = "mask"
     error_status = S.STATUS_MASK_ERROR
-    reads = (S.STATUS, "image", S.TEXT_BOXES)
-    writes = ("masked_image", S.TEXT_AREA_FRAC)
+    reads = (S.STATUS, S.IMAGE, S.TEXT_BOXES)
+    writes = (S.MASKED_IMAGE, S.TEXT_AREA_FRAC)
 
     def __init__(self, method: str = "mean", ring_px: int = 3, inpaint_radius: int = 3):
-        if method not in ("mean", "inpaint"):
-            raise ValueError(f"unknown mask method {method!r}; use 'mean' or 'inpaint'")
+        if method not in MASK_METHODS:
+            raise ValueError(f"unknown mask method {method!r}; use one of {', '.join(MASK_METHODS)}")
         self.method = method
         self.ring_px = int(ring_px)
         self.inpaint_radius = int(inpaint_radius)
 
     def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         n = batch_len(batch)
-        images = batch["image"]
+        images = batch[S.IMAGE]
         masked = [EMPTY_IMAGE] * n
         frac = np.full(n, np.nan, dtype=np.float32)
         for i in rows:
@@ -138,6 +141,6 @@ class Mask(Stage):
                 continue
             masked[i], mask = mask_text(img, polys, self.method, self.ring_px, self.inpaint_radius)
             frac[i] = np.count_nonzero(mask) / float(h * w)
-        batch["masked_image"] = object_array(masked)
+        batch[S.MASKED_IMAGE] = object_array(masked)
         batch[S.TEXT_AREA_FRAC] = frac
         return batch

@@ -13,10 +13,9 @@ import numpy as np
 from PIL import Image
 
 from curate import schema as S
-from curate.models import ResolvedWeights, create_clip, resolve_pretrained
+from curate.models import ResolvedWeights, create_clip, resolve_device, resolve_pretrained
 from curate.stages.base import Resources, Stage
 from curate.stages.common import batch_len, image_at
-from curate.stages.detect import resolve_device
 
 
 class Score(Stage):
@@ -43,9 +42,9 @@ class Score(Stage):
 
     name = "score"
     error_status = S.STATUS_SCORE_ERROR
-    reads = (S.STATUS, "image", "masked_image", S.TEXT, S.NUM_TEXT_BOXES)
+    reads = (S.STATUS, S.IMAGE, S.MASKED_IMAGE, S.TEXT, S.NUM_TEXT_BOXES)
     writes = (S.CLIP_SCORE, S.MASKED_CLIP_SCORE)
-    drops = ("image", "masked_image")  # the images go no further than the last model stage
+    drops = (S.IMAGE, S.MASKED_IMAGE)  # the images go no further than the last model stage
     resources = Resources(cpus=1.0, actor=True)
 
     def __init__(
@@ -135,8 +134,8 @@ class Score(Stage):
         for start in range(0, len(rows), self.batch_size):
             part = np.asarray(rows[start : start + self.batch_size])
             c, m = self.score(
-                [image_at(batch["image"], i) for i in part],
-                [image_at(batch["masked_image"], i) for i in part],
+                [image_at(batch[S.IMAGE], i) for i in part],
+                [image_at(batch[S.MASKED_IMAGE], i) for i in part],
                 [str(batch[S.TEXT][i]) for i in part],
                 np.asarray(batch[S.NUM_TEXT_BOXES])[part] > 0,
             )

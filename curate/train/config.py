@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from curate.config import _check_type
+from curate.config import check_dataclass, check_type, read_yaml_mapping
+from curate.models import PRECISIONS
 
 
 @dataclass
@@ -66,7 +66,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
-    precision: str = "auto"
+    precision: str = field(default="auto", metadata={"choices": PRECISIONS})
     grad_checkpointing: bool = False
     grad_clip_norm: float = 0.0
     seed: int = 0
@@ -108,8 +108,8 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 
 
-def _coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
-    default = field.default
+def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
+    default = f.default
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -121,7 +121,7 @@ def _coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
             pass
     if isinstance(default, int) and isinstance(value, float) and value.is_integer():
         value = int(value)  # YAML reads 1.28e9 as a float
-    return _check_type(key, value, default, field.type)
+    return check_type(key, value, default, f.type)
 
 
 def train_config(scale: str = "tiny", path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -142,16 +142,7 @@ def train_config(scale: str = "tiny", path: str | Path | None = None, overrides:
     values: dict[str, Any] = dict(SCALES[scale])
     layers: list[tuple[str, dict[str, Any]]] = []
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"train config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ValueError(f"train config {path} is not valid YAML: {e}") from None
-        if data is not None and not isinstance(data, dict):
-            raise ValueError(f"train config {path} must be a mapping of field: value")
-        layers.append((str(path), data or {}))
+        layers.append((str(path), read_yaml_mapping(path, "train config")))
     layers.append(("command line", {k: v for k, v in (overrides or {}).items() if v is not None}))
     for where, layer in layers:
         unknown = sorted(set(layer) - set(fields))
@@ -181,8 +172,7 @@ def validate_train(cfg: TrainConfig) -> None:
         raise ValueError(f"cpus_per_worker must be positive, got {cfg.cpus_per_worker}")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1 and cfg.eps > 0):
         raise ValueError("beta1 and beta2 must lie in [0, 1) and eps must be positive")
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+    check_dataclass(cfg)
     if cfg.batch_size % cfg.num_workers:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by num_workers {cfg.num_workers}")
     if cfg.steps < 1:

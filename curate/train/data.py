@@ -168,7 +168,7 @@ class SubsetStream(torch.utils.data.IterableDataset):
                 skipped[rec[S.STATUS]] += 1
                 continue
             try:
-                image = self.preprocess(decode_pil(rec["image_bytes"], min_side=self.decode_min_side))
+                image = self.preprocess(decode_pil(rec[S.IMAGE_BYTES], min_side=self.decode_min_side))
             except DecodeError as e:
                 skipped[e.status] += 1
                 continue

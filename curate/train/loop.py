@@ -1,4 +1,4 @@
-"""The contrastive training loop that runs in every Ray Train worker, and its checkpoints.
+"""The contrastive training loop that runs in every Ray Train worker.
 
 The loop follows ``open_clip_train``: an open_clip model built from its config (random init,
 seeded), ``open_clip.loss.ClipLoss`` with ``local_loss`` and ``gather_with_grad`` under data
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,16 +24,11 @@ from typing import Any
 
 import torch
 
+from curate.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from curate.train.config import TrainConfig
 
-CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
-_CKPT_RE = re.compile(r"^step_(\d{8,})\.pt$")
-
-# Config fields that fix the schedule and the data order: a resumed run must keep them.
-RESUME_FIELDS = ("model", "batch_size", "lr", "warmup", "samples_seen", "weight_decay", "beta1", "beta2", "eps",
-                 "seed", "shuffle_buffer", "data_workers", "num_workers")
 
 
 def build_model(cfg: TrainConfig, device: torch.device | str = "cpu"):
@@ -108,66 +101,6 @@ def train_step(model, loss_fn, optimizer, images: torch.Tensor, texts: torch.Ten
     with torch.no_grad():
         unwrap(model).logit_scale.clamp_(0, math.log(100))
     return float(loss.detach())
-
-
-# -- checkpoints ----------------------------------------------------------------------------
-def checkpoint_path(out: str | Path, step: int) -> Path:
-    return Path(out) / CHECKPOINT_DIR / f"step_{step:08d}.pt"
-
-
-def list_checkpoints(out: str | Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the checkpoints in ``out/checkpoints``, oldest first."""
-    folder = Path(out) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
-    return sorted(found)
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The newest checkpoint of a ``curate train`` output folder, or ``None``."""
-    found = list_checkpoints(out)
-    return found[-1][1] if found else None
-
-
-def save_checkpoint(out: str | Path, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` atomically to ``out/checkpoints/step_{step:08d}.pt`` and prune old ones.
-
-    Args:
-        state: open_clip checkpoint dict with ``state["curate"]["step"]``.
-        keep: newest checkpoints to keep (0: all).
-    """
-    path = checkpoint_path(out, state["curate"]["step"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    if keep > 0:
-        for _, old in list_checkpoints(out)[:-keep]:
-            old.unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a ``curate train`` checkpoint (CPU tensors).
-
-    Raises:
-        ValueError: the file is not a checkpoint written by ``curate train``.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors of a file that is not a torch checkpoint
-        raise ValueError(f"{path} is not a curate train checkpoint (torch.load: {type(e).__name__})") from None
-    if not isinstance(state, dict) or "curate" not in state or "state_dict" not in state:
-        raise ValueError(f"{path} is not a curate train checkpoint (no 'curate' entry); to start from "
-                         f"other weights, train from scratch instead of --resume")
-    return state
-
-
-def resume_mismatches(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
-    """Fields in ``RESUME_FIELDS`` where the checkpoint's config and ``cfg`` differ."""
-    now = cfg.to_dict()
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in RESUME_FIELDS if saved.get(k) != now[k]]
 
 
 # -- the Ray Train worker ---------------------------------------------------------------------

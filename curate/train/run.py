@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from curate.train.config import TrainConfig
-from curate.train.loop import (
-    LOG_FILE,
-    SUMMARY_FILE,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    resume_mismatches,
-    worker_loop,
-)
+from curate.train.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, resume_mismatches
+from curate.train.loop import LOG_FILE, SUMMARY_FILE, worker_loop
 
 log = logging.getLogger(__name__)
 
@@ -150,15 +143,11 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from curate.io.shards import expand_shards
-    from curate.models import register_configs
-    from curate.runtime import init_ray
     from curate.io.subset import load_subset_counts
+    from curate.models import check_model_name
+    from curate.runtime import init_ray
 
-    import open_clip
-
-    register_configs()
-    if cfg.model not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {cfg.model!r}; see open_clip.list_models() (ours: tiny)")
+    check_model_name(cfg.model)
     urls = expand_shards(shards)
     missing = [u for u in urls if "://" not in u and not os.path.exists(u)]
     if missing:

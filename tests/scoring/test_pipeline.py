@@ -10,12 +10,12 @@ import pytest
 
 from curate import schema as S
 from curate.cli import main
-from curate.config import PipelineConfig, load_config
+from curate.scoring.config import PipelineConfig, load_config
 from curate.io.index import index_path, read_index, read_index_metadata
 from curate.scoring import IndexConfigMismatch, run_score
 from tests.conftest import NEMO_SHARD, SHARDS, samples_per_shard
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"
 
 
@@ -65,7 +65,8 @@ def test_bad_samples_carry_their_status(scored, sources):
 
 
 def test_caption_language_and_filter_on_the_real_index(scored, tmp_path):
-    from curate.query import query, run_filter
+    from curate.filters import run_filter
+    from curate.query import query
 
     out, _, _ = scored
     langs = query("SELECT caption_lang, count(*) AS n FROM scores WHERE status = 'ok' GROUP BY ALL", out)
@@ -105,6 +106,7 @@ def test_pipeline_boxes_match_the_stage(scored, pool, craft, sources):
             np.testing.assert_allclose(np.array(r[S.TEXT_BOXES]), (b / [w, h]).reshape(len(b), 8), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resume_skips_complete_shards_and_recomputes_deleted(scored, pool):
     out, cfg, first = scored
     complete = [index_path(out, str(pool / s.name)) for s in SHARDS]
@@ -146,6 +148,7 @@ def test_other_settings_never_mix_into_an_index(scored, pool):
         run_score([str(NEMO_SHARD)], out, other, progress=False)
 
 
+@pytest.mark.slow
 def test_dbnet_end_to_end(ray_cluster, tmp_path):
     cfg = load_config(TINY)
     cfg.detect.detector = "dbnet"
@@ -191,6 +194,7 @@ def test_cli_fails_fast_without_weights(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_the_nemo_curator_shard(ray_cluster, tmp_path, capsys):
     """`curate score` (the CLI's own code path, in this process and its cluster; the driver-kill
     test runs the CLI as a separate process that starts its own cluster)."""
@@ -208,7 +212,7 @@ def test_cli_end_to_end_on_the_nemo_curator_shard(ray_cluster, tmp_path, capsys)
 def test_tmars_preset_is_the_default_config():
     assert load_config(REPO / "pipelines" / "tmars.yaml") == PipelineConfig()
     with pytest.raises(ValueError, match="unknown key"):
-        from curate.config import config_from_dict
+        from curate.scoring.config import config_from_dict
 
         config_from_dict({"detect": {"long_sid": 512}})
 
@@ -257,6 +261,7 @@ def test_driver_killed_mid_job_resumes_to_the_same_index(tmp_path):
                 assert abs(x[col] - y[col]) <= 1e-5
 
 
+@pytest.mark.slow
 def test_no_config_fits_two_cpus_and_the_python_api_returns_the_summary(ray_cluster, tmp_path):
     """The defaults (no config; resources auto) run on this 2-CPU cluster; ``curate.score`` is
     the Python API (the tiny CLIP stands in for ViT-L/14, DBNet for speed)."""
@@ -277,6 +282,7 @@ def test_no_config_fits_two_cpus_and_the_python_api_returns_the_summary(ray_clus
     assert not (tmp_path / "index" / "_parts").exists()  # parts merged and removed
 
 
+@pytest.mark.slow
 def test_detector_none_end_to_end(ray_cluster, tmp_path):
     rc = main(["score", str(SHARDS[0]), "--out", str(tmp_path / "index"), "--clip-model", "tiny",
                "--detector", "none", "--num-cpus", "2", "--no-progress"])

@@ -21,7 +21,7 @@ from curate.evaluate.run import RESULTS_FILE, classification_metrics, retrieval_
 from curate.evaluate.tasks import DATACOMP_TASKS, NUM_AVERAGED, parse_tasks
 from curate.models import create_clip, resolve_pretrained
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 CIFAR_TEST = SHARED / "cifar10" / "test.tar"
 FLICKR = SHARED / "flickr30k_snli"

@@ -1,39 +1,21 @@
-"""``curate report``: a self-contained HTML page that shows what the scores and a filter did.
+"""The HTML page of ``curate report``, drawn from a ``ReportData`` (``curate.report.data``).
 
-The page (``index.html`` with its images in ``images/`` beside it, no network needed) holds:
-
-- the index's provenance (CLIP model and weights, detector, mask method from the Parquet metadata);
-- histograms of ``clip_score`` and ``masked_clip_score`` and their scatter (matplotlib PNGs);
-- a grid of examples per score band (quantile bands of ``--band-by``, highest first): the original
-  image with its detected text polygons drawn, the masked image the masked CLIP score saw
-  (re-made with the same ``curate.stages.mask`` code and method), the caption and both scores;
-- per-shard accounting: samples, ``ok``, errors by kind, the shard's read status;
-- with ``--subset``: kept and dropped counts (by status), score histograms of kept vs dropped, and
-  the dropped samples with the highest CLIP score (what the filter removed that a CLIP-score filter
-  would keep) next to the kept ones with the lowest.
-
-Images are read back from the shards named in the index (``shard`` column); ``--shards`` points at
-the shards when they have moved (matched by file name). A sample whose image cannot be read is
-shown with its error text, never as a broken image. Captions are HTML-escaped (Jinja2 autoescape).
+``render_report`` reads the shown samples' images back from their shards (once per shard),
+draws the text polygons and re-makes the masked image with ``curate.stages.mask``, writes JPEG
+thumbnails and matplotlib plots under ``images/``, and fills the Jinja2 template (autoescaped).
 """
 
 from __future__ import annotations
 
 import collections
-import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from curate import schema as S
-
-log = logging.getLogger("curate")
-
-SCORES = ("clip_score", "masked_clip_score")
+from curate.report.data import SCORES, ReportData
 
 
 @dataclass
@@ -75,75 +57,8 @@ class ReportSummary:
     problems: list[str] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- data
-
-
-def _index_table(index: str | Path) -> tuple[pa.Table, dict[str, dict[str, str]]]:
-    """The index (``read_index``) and each file's ``curate.*`` metadata, by file path."""
-    from curate.io.index import index_files, read_index, read_index_metadata
-
-    return read_index(index), {str(f): read_index_metadata(f) for f in index_files(index)}
-
-
 def _float(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
-
-
-def score_bands(scores: np.ndarray, bands: int) -> np.ndarray:
-    """Band edges: ``bands + 1`` quantiles of the finite ``scores`` (``np.quantile``), ascending.
-
-    Raises:
-        ValueError: ``bands < 1`` or no finite score.
-    """
-    if bands < 1:
-        raise ValueError(f"--bands must be at least 1, got {bands}")
-    finite = scores[np.isfinite(scores)]
-    if not len(finite):
-        raise ValueError("no sample has a score to band by")
-    return np.quantile(finite, np.linspace(0.0, 1.0, bands + 1))
-
-
-def shard_accounting(table: pa.Table, meta: dict[str, dict[str, str]], summary_path: Path | None) -> list[dict]:
-    """One row per shard: samples, ok, errors by kind and the shard's read status.
-
-    Shards without an index file (unreadable, or failed) come from ``_summary.json`` when the
-    index folder has one, so they are counted too.
-    """
-    per: dict[str, dict[str, Any]] = {}
-    shards = table.column(S.SHARD).to_pylist()
-    statuses = table.column(S.STATUS).to_pylist()
-    for shard, status in zip(shards, statuses):
-        row = per.setdefault(shard, {"shard": shard, "samples": 0, "ok": 0, "errors": collections.Counter(),
-                                     "status": "", "error": ""})
-        row["samples"] += 1
-        if status == S.STATUS_OK:
-            row["ok"] += 1
-        else:
-            row["errors"][status] += 1
-    for md in meta.values():
-        shard = md.get(S.META_SHARD)
-        if shard is None:
-            continue
-        row = per.setdefault(shard, {"shard": shard, "samples": 0, "ok": 0, "errors": collections.Counter(),
-                                     "status": "", "error": ""})
-        row["status"] = md.get(S.META_SHARD_STATUS, "")
-        row["error"] = md.get(S.META_SHARD_ERROR, "")
-    if summary_path is not None and summary_path.is_file():
-        try:
-            for s in json.loads(summary_path.read_text()).get("shards", []):
-                row = per.setdefault(s["url"], {"shard": s["url"], "samples": 0, "ok": 0,
-                                                "errors": collections.Counter(), "status": "", "error": ""})
-                if not row["status"] or s["status"] not in ("skipped", "complete"):
-                    row["status"] = s["status"] if s["status"] != "skipped" else row["status"] or "complete"
-                    row["error"] = row["error"] or (s.get("error") or "")
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring unreadable %s: %s", summary_path, e)
-    out = []
-    for shard in sorted(per):
-        row = per[shard]
-        row["errors"] = ", ".join(f"{k} {v}" for k, v in sorted(row["errors"].items())) or ""
-        out.append(row)
-    return out
 
 
 # --------------------------------------------------------------------------- images
@@ -176,9 +91,9 @@ def _render_examples(rows: dict[int, dict], out_dir: Path, locate, mask_method: 
     wanted: dict[str, dict[str, int]] = collections.defaultdict(dict)
     for i, r in rows.items():
         examples[i] = Example(
-            uid=r[S.UID], caption=r[S.TEXT] or "", clip_score=_float(r["clip_score"]),
-            masked_clip_score=_float(r["masked_clip_score"]), num_text_boxes=int(r["num_text_boxes"] or 0),
-            text_area_frac=_float(r["text_area_frac"]), shard=r[S.SHARD], key=r[S.KEY])
+            uid=r[S.UID], caption=r[S.TEXT] or "", clip_score=_float(r[S.CLIP_SCORE]),
+            masked_clip_score=_float(r[S.MASKED_CLIP_SCORE]), num_text_boxes=int(r[S.NUM_TEXT_BOXES] or 0),
+            text_area_frac=_float(r[S.TEXT_AREA_FRAC]), shard=r[S.SHARD], key=r[S.KEY])
         wanted[r[S.SHARD]][r[S.KEY]] = i
     for url, by_key in wanted.items():
         read = read_shard(locate(url))
@@ -189,17 +104,17 @@ def _render_examples(rows: dict[int, dict], out_dir: Path, locate, mask_method: 
         for key, i in by_key.items():
             r, ex = rows[i], examples[i]
             rec = found.get(key)
-            if rec is None or not rec["image_bytes"]:
+            if rec is None or not rec[S.IMAGE_BYTES]:
                 ex.problem = (f"sample {key} not found in {locate(url)}" + (f" ({read.error})" if read.error else "")
                               if rec is None else f"no image in the sample ({rec[S.STATUS]})")
                 continue
             try:
-                image = decode_image(rec["image_bytes"])
+                image = decode_image(rec[S.IMAGE_BYTES])
             except DecodeError as e:
                 ex.problem = f"{e.status}: {e}"
                 continue
             h, w = image.shape[:2]
-            polys = polygons_to_pixels(r["text_boxes"], w, h)
+            polys = polygons_to_pixels(r[S.TEXT_BOXES], w, h)
             masked, _ = mask_text(image, polys, method=mask_method)
             scale = min(1.0, thumb / max(h, w))
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -252,16 +167,16 @@ def _plots(scores: dict[str, np.ndarray], has_text: np.ndarray, out_dir: Path,
         ax.set_title("Score histograms")
         out["hist"] = _save(fig, img_dir, "hist_scores.png")
 
-        both = np.isfinite(scores["clip_score"]) & np.isfinite(scores["masked_clip_score"])
+        both = np.isfinite(scores[S.CLIP_SCORE]) & np.isfinite(scores[S.MASKED_CLIP_SCORE])
         fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
         for sel, label, colour in ((both & has_text, "text detected", "tab:red"),
                                    (both & ~has_text, "no text", "tab:blue")):
-            ax.scatter(scores["clip_score"][sel], scores["masked_clip_score"][sel], s=12, alpha=0.7,
+            ax.scatter(scores[S.CLIP_SCORE][sel], scores[S.MASKED_CLIP_SCORE][sel], s=12, alpha=0.7,
                        label=f"{label} (n={int(sel.sum())})", color=colour)
         lims = [min(lo, hi), max(lo, hi)]
         ax.plot(lims, lims, color="grey", lw=1, ls="--", label="masked = original")
-        ax.set_xlabel("clip_score")
-        ax.set_ylabel("masked_clip_score")
+        ax.set_xlabel(S.CLIP_SCORE)
+        ax.set_ylabel(S.MASKED_CLIP_SCORE)
         ax.legend(loc="upper left")
         ax.set_title("Masked vs original CLIP score")
         out["scatter"] = _save(fig, img_dir, "scatter_scores.png")
@@ -351,123 +266,55 @@ _GRID = """<div class="grid">{% for e in examples %}<div class="card">
 <div><small><code>{{ e.uid }}</code></small></div></div>{% else %}<p>(none)</p>{% endfor %}</div>"""
 
 
-def build_report(index: str | Path, out: str | Path, subset: str | None = None, shards: list[str] | None = None,
-                 band_by: str = "masked_clip_score", bands: int = 5, per_band: int = 8, seed: int = 0,
-                 thumb: int = 256) -> ReportSummary:
-    """Write ``out/index.html`` and ``out/images/`` for a score index.
+def render_report(data: ReportData, out: str | Path, shards: list[str] | None = None,
+                  thumb: int = 256) -> ReportSummary:
+    """Write ``out/index.html`` and ``out/images/`` for gathered ``data``.
 
     Args:
-        index: a score index folder (or one index file) written by ``curate score``.
+        data: from ``curate.report.data.gather_report``.
         out: output folder (created).
-        subset: a subset file (``subset.parquet`` or DataComp ``.npy``) to show what it kept.
         shards: where the shards are now, when not at the index's ``shard`` URLs (matched by name).
-        band_by: score column whose quantile bands group the examples.
-        bands: number of bands. per_band: examples per band. seed: example sampling seed.
         thumb: long side of the example thumbnails, pixels.
 
-    Raises:
-        FileNotFoundError: no index file. ValueError: bad ``band_by``, ``bands`` or ``per_band``,
-            or a bad subset file.
+    Returns:
+        ``ReportSummary``.
     """
     import jinja2
 
     import curate
-    from curate.io.subset import load_subset_counts
 
-    if band_by not in SCORES:
-        raise ValueError(f"--band-by must be one of {', '.join(SCORES)}, got {band_by!r}")
-    if per_band < 1:
-        raise ValueError(f"--per-band must be at least 1, got {per_band}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table, meta = _index_table(index)
-    n = table.num_rows
-    status = np.asarray(table.column(S.STATUS).to_pylist(), dtype=object)
-    ok = status == S.STATUS_OK
-    scores = {k: table.column(k).to_numpy(zero_copy_only=False).astype(np.float64) for k in SCORES}
-    for k in SCORES:
-        scores[k][~ok] = np.nan
-    has_text = table.column("num_text_boxes").to_numpy(zero_copy_only=False)
-    has_text = np.nan_to_num(has_text.astype(np.float64)) > 0
-    rng = np.random.default_rng(seed)
-    rows = table.to_pylist()
-
-    chosen: list[int] = []
-    band_rows = []
-    band_scores = scores[band_by]
-    if np.isfinite(band_scores).any():
-        edges = score_bands(band_scores, bands)
-        for b in reversed(range(bands)):
-            lo, hi = edges[b], edges[b + 1]
-            sel = np.flatnonzero((band_scores >= lo) & ((band_scores < hi) if b < bands - 1 else (band_scores <= hi)))
-            pick = np.sort(rng.choice(sel, size=min(per_band, len(sel)), replace=False)) if len(sel) else sel
-            pick = pick[np.argsort(-band_scores[pick], kind="stable")]
-            band_rows.append((float(lo), float(hi), len(sel), [int(i) for i in pick]))
-            chosen += [int(i) for i in pick]
-
-    kept = None
-    subset_info = None
-    if subset is not None:
-        counts = load_subset_counts(subset)
-        uids = table.column(S.UID).to_pylist()
-        mult = np.array([counts.get(u) for u in uids], dtype=np.int64)  # 0: not in the subset
-        kept = mult > 0
-        unique_subset = len(counts)
-        unknown = unique_subset - len(set(u for u, k in zip(uids, kept) if k))
-        by_status = collections.Counter(zip(status.tolist(), kept.tolist()))
-        clip = scores["clip_score"]
-        dropped_idx = np.flatnonzero(~kept & np.isfinite(clip))
-        dropped_idx = dropped_idx[np.argsort(-clip[dropped_idx], kind="stable")][:per_band]
-        kept_idx = np.flatnonzero(kept & np.isfinite(clip))
-        kept_idx = kept_idx[np.argsort(clip[kept_idx], kind="stable")][:per_band]
-        chosen += [int(i) for i in dropped_idx] + [int(i) for i in kept_idx]
-        subset_info = {
-            "path": str(subset), "kept": int(kept.sum()), "dropped": int((~kept).sum()),
-            "repeats": int((mult > 1).sum()), "unknown": int(unknown),
-            "by_status": [(s, by_status[(s, True)], by_status[(s, False)]) for s in sorted(set(status.tolist()))],
-            "dropped_idx": [int(i) for i in dropped_idx], "kept_idx": [int(i) for i in kept_idx],
-        }
-
-    md0 = next(iter(meta.values()), {})
-    mask_method = md0.get(S.META_MASK_METHOD, "mean")
-    uniq = sorted(set(chosen))
-    examples = _render_examples({i: rows[i] for i in uniq}, out_dir, _shard_locator(shards), mask_method, thumb)
-    plots = _plots(scores, has_text, out_dir, kept)
-
-    def ex(i: int) -> Example:
-        return examples[i]
+    examples = _render_examples(data.examples, out_dir, _shard_locator(shards), data.mask_method, thumb)
+    plots = _plots(data.scores, data.has_text, out_dir, None if data.subset is None else data.subset.kept)
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.globals["fmt"] = lambda v: "-" if v is None else f"{v:.4f}"
     grid_t = env.from_string(_GRID)
     env.globals["grid"] = lambda exs: jinja2.filters.Markup(grid_t.render(examples=exs))
-    if subset_info is not None:
-        subset_info["plot"] = plots.get("subset")
-        subset_info["dropped_examples"] = [ex(i) for i in subset_info.pop("dropped_idx")]
-        subset_info["kept_examples"] = [ex(i) for i in subset_info.pop("kept_idx")]
-    accounting = shard_accounting(table, meta, Path(index) / "_summary.json" if Path(index).is_dir() else None)
-    total_errors = collections.Counter(status[~ok].tolist())
-    provenance = [
-        ("CLIP model", md0.get(S.META_CLIP_MODEL, "?")),
-        ("CLIP weights", md0.get(S.META_CLIP_PRETRAINED, "?")),
-        ("text detector", f"{md0.get(S.META_DETECTOR, '?')}, long side {md0.get(S.META_DETECT_SIZE, '?')} px"),
-        ("mask method", mask_method),
-        ("code version", md0.get(S.META_CODE_VERSION, "?")),
-    ]
+    subset_info = None
+    if data.subset is not None:
+        v = data.subset
+        subset_info = {
+            "path": v.path, "kept": int(v.kept.sum()), "dropped": int((~v.kept).sum()), "repeats": v.repeats,
+            "unknown": v.unknown, "by_status": v.by_status, "plot": plots.get("subset"),
+            "dropped_examples": [examples[i] for i in v.dropped_rows],
+            "kept_examples": [examples[i] for i in v.kept_rows],
+        }
     page = env.from_string(_TEMPLATE).render(
-        index=str(index), num_samples=n, num_ok=int(ok.sum()), provenance=provenance,
-        pretrained=md0.get(S.META_CLIP_IS_PRETRAINED, "true") == "true",
-        plots=[p for k, p in plots.items() if k != "subset"], subset=subset_info,
-        band_by=band_by, per_band=per_band, seed=seed, mask_method=mask_method,
-        bands=[{"lo": lo, "hi": hi, "count": c, "examples": [ex(i) for i in idx]} for lo, hi, c, idx in band_rows],
-        shards=accounting, total_errors=", ".join(f"{k} {v}" for k, v in sorted(total_errors.items())),
+        index=data.index, num_samples=data.num_samples, num_ok=data.num_ok, provenance=data.provenance,
+        pretrained=data.is_pretrained, plots=[p for k, p in plots.items() if k != "subset"], subset=subset_info,
+        band_by=data.band_by, per_band=data.per_band, seed=data.seed, mask_method=data.mask_method,
+        bands=[{"lo": b.lo, "hi": b.hi, "count": b.count, "examples": [examples[i] for i in b.rows]}
+               for b in data.bands],
+        shards=data.accounting, total_errors=", ".join(f"{k} {v}" for k, v in data.total_errors.items()),
         version=getattr(curate, "__version__", "?"),
     )
     html_path = out_dir / "index.html"
     html_path.write_text(page, encoding="utf-8")
     shown = list(examples.values())
     missing = [e for e in shown if e.original is None]
-    return ReportSummary(html=html_path, num_samples=n, num_examples=len(shown),
+    return ReportSummary(html=html_path, num_samples=data.num_samples, num_examples=len(shown),
                          num_images=2 * (len(shown) - len(missing)) + len(plots), missing=len(missing),
-                         subset_kept=None if kept is None else int(kept.sum()),
+                         subset_kept=None if data.subset is None else int(data.subset.kept.sum()),
                          problems=[f"{e.uid}: {e.problem}" for e in missing])

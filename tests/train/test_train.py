@@ -22,13 +22,13 @@ from conftest import SHARD_SPEC, SHARDS
 from curate import schema as S
 from curate.io.samples import sample_to_record
 from curate.io.shards import read_shard
-from curate.query import uids_to_datacomp
+from curate.io.subset import uids_to_datacomp
 from curate.train.config import SCALES, train_config
 from curate.io.subset import UidCounts, load_subset_counts
 from curate.train.data import SubsetStream
 from curate.train.loop import build_model, build_optimizer, train_step
 
-REPO = Path(__file__).parents[1]
+REPO = Path(__file__).resolve().parents[2]
 URLS = [str(p) for p in SHARDS]
 
 
@@ -354,7 +354,7 @@ def test_a_run_the_cluster_cannot_place_is_refused(ray_cluster, tmp_path, capsys
 
 
 def test_bad_subsets_checkpoints_and_values_fail_before_any_worker(tmp_path, subset_file):
-    from curate.train.loop import load_checkpoint
+    from curate.train.checkpoints import load_checkpoint
     from curate.train.run import data_identity, run_train
 
     nulls = tmp_path / "null.parquet"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 spec = importlib.util.spec_from_file_location(
-    "detect_accuracy", Path(__file__).resolve().parents[1] / "benchmarks" / "detect_accuracy.py"
+    "detect_accuracy", Path(__file__).resolve().parents[2] / "benchmarks" / "detect_accuracy.py"
 )
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from curate import schema as S
-from curate.config import DETECTOR_NAMES, PipelineConfig, load_config
+from curate.scoring.config import PipelineConfig, config_from_dict, load_config
 from curate.models import resolve_pretrained
 from curate.runtime import ClusterResources
 from curate.scoring.plan import StageChain, check_resources, fit_to_cluster, stage_specs
@@ -92,10 +91,17 @@ def test_the_fingerprint_ignores_pool_sizes_but_not_the_detector():
     assert scoring_fingerprint(b, TINY_W)["detect"] == {"detector": "none"}
 
 
-def test_detector_names_are_the_registry():
+def test_choices_are_validated_against_the_registries():
+    from curate.models import PRECISIONS
     from curate.stages.detect import DETECTORS
+    from curate.stages.mask import MASK_METHODS
 
-    assert set(DETECTOR_NAMES) == set(DETECTORS)
+    for section, key, registry in (("detect", "detector", DETECTORS), ("mask", "method", MASK_METHODS),
+                                   ("score", "precision", PRECISIONS)):
+        for name in registry:
+            assert getattr(getattr(config_from_dict({section: {key: name}}), section), key) == name
+        with pytest.raises(ValueError, match=f"{section}.{key} must be one of {', '.join(registry)}"):
+            config_from_dict({section: {key: "bogus"}})
 
 
 def test_each_stage_writes_what_it_declares_and_drops_the_rest():

@@ -55,6 +55,7 @@ def test_icdar_at_512_finds_text_in_most_images(icdar_boxes_512):
     assert sum(found) >= 5, found
 
 
+@pytest.mark.slow
 def test_icdar_at_native_size_finds_text_in_every_legible_image(images):
     det = CraftDetector(long_side=1280)
     boxes = det([images[k] for k in ICDAR])

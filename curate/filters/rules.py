@@ -24,9 +24,12 @@ and rows with ``score >= threshold`` are kept. Rows whose ``status`` is not ``ok
 from __future__ import annotations
 
 import ast
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import duckdb
 
 from curate import schema as S
 
@@ -195,3 +198,67 @@ def resolve(tree, threshold_of: Callable[[str, float], float]) -> str:
         return "(" + joiner.join(sql(c) for c in node.children) + ")"
 
     return f"{OK} AND {sql(tree)}"
+
+
+def _has_class(tree, classes: set[str]) -> bool:
+    """True when a parse tree (``json_serialize_sql``) holds an expression of one of ``classes``
+    outside a subquery."""
+    if isinstance(tree, dict):
+        if tree.get("class") in classes:
+            return True
+        return any(_has_class(v, classes) for k, v in tree.items() if k != "subquery")
+    if isinstance(tree, list):
+        return any(_has_class(v, classes) for v in tree)
+    return False
+
+
+def check_predicate(where: str) -> str:
+    """Check that ``where`` is exactly one SQL expression and return it in canonical form.
+
+    DuckDB's own parser reads ``SELECT <where>`` (``json_serialize_sql``); the text is accepted
+    only when that is one plain ``SELECT`` with one unnamed expression and nothing else: every
+    clause of the statement must be as in a bare ``SELECT 1`` (no second statement, ``FROM``,
+    ``WHERE``, ``GROUP BY [ALL]``, ``UNION``, ``ORDER BY``, CTE or alias), and the expression
+    holds no ``*``, ``COLUMNS(...)`` or ``#n``. A subquery inside it is allowed: it is read-only
+    and runs in the locked connection of ``connect``.
+    The expression is then printed back from the parse tree (``json_deserialize_sql``), so
+    comments and stray parentheses in the text cannot reach the filter's SQL: whatever the user
+    typed, it can only ever be one parenthesised operand of ``AND``.
+
+    Returns:
+        The expression as DuckDB prints it, e.g. ``(num_text_boxes = 0)``.
+
+    Raises:
+        RuleError: empty, not parseable, or more than one expression.
+    """
+    if not where or not where.strip():
+        raise RuleError("--where is empty")
+    con = duckdb.connect(":memory:")
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", ["SELECT " + where]).fetchone()[0])
+    except duckdb.Error as e:
+        raise RuleError(f"--where cannot be parsed: {e}") from None
+    if tree.get("error"):
+        raise RuleError(f"--where is not one SQL expression: {tree.get('error_message', 'parse error')}")
+    statements = tree.get("statements", [])
+    node = statements[0].get("node", {}) if len(statements) == 1 else {}
+    baseline = json.loads(con.execute("SELECT json_serialize_sql('SELECT 1')").fetchone()[0])["statements"][0]["node"]
+    select_list = node.get("select_list", [])
+    plain = (
+        node.get("type") == "SELECT_NODE"
+        and len(select_list) == 1
+        and not select_list[0].get("alias")
+        # every clause of the statement (FROM, WHERE, GROUP BY [ALL], HAVING, QUALIFY, ORDER BY,
+        # LIMIT, CTEs, set operations) exactly as in the bare "SELECT 1"
+        and {k: v for k, v in node.items() if k != "select_list"} == {k: v for k, v in baseline.items() if k != "select_list"}
+        and not _has_class(select_list[0], {"STAR", "POSITIONAL_REFERENCE"})
+    )
+    if not plain:
+        raise RuleError(f"--where must be exactly one SQL expression over the index columns, got {where!r}")
+    try:
+        text = con.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(tree)]).fetchone()[0]
+    except duckdb.Error as e:
+        raise RuleError(f"--where cannot be used: {e}") from None
+    if not text.upper().startswith("SELECT "):
+        raise RuleError(f"--where must be exactly one SQL expression, got {where!r}")
+    return "(" + text[len("SELECT "):].strip().rstrip(";") + ")"

@@ -12,7 +12,7 @@ from curate.cli import main
 from curate.io.reshard import reshard
 from curate.io.samples import sample_to_record
 from curate.io.shards import read_shard
-from curate.query import uids_to_datacomp
+from curate.io.subset import uids_to_datacomp
 from tests.conftest import SHARD_SPEC, SHARDS
 
 

@@ -22,13 +22,13 @@ import psutil
 import pytest
 
 from curate import schema as S
-from curate.config import load_config
+from curate.scoring.config import load_config
 from curate.io.index import read_index
 from curate.scoring import run_score
 from curate.models import resolve_pretrained
 from tests.conftest import SHARDS, sample_members
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"
 N_SHARDS, PER_SHARD = 20, 3
 

@@ -264,7 +264,7 @@ def test_a_glob_in_a_folder_with_glob_characters(tmp_path):
 
 
 def _all_test_shards():
-    data = Path(__file__).parent / "data"
+    data = Path(__file__).resolve().parents[1] / "data"
     return sorted(str(p) for p in data.rglob("*.tar"))
 
 

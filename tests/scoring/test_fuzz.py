@@ -27,7 +27,7 @@ FUZZ_EXAMPLES = 40
 
 @pytest.fixture(scope="module")
 def chain():
-    from curate.config import load_config
+    from curate.scoring.config import load_config
     from curate.models import resolve_pretrained
     from curate.scoring.plan import StageChain
 
@@ -98,6 +98,7 @@ def test_stage_chain_on_fuzzed_shards(chain, tmp_path_factory, shard):
     assert check_readable(path.with_suffix(".parquet")) == len(rows)
 
 
+@pytest.mark.slow
 def test_curate_score_end_to_end_on_fuzzed_shards(ray_cluster, tmp_path):
     d = RandomDriver(13)
     pool = tmp_path / "pool"

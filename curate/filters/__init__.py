@@ -1,0 +1,13 @@
+"""Filters over the score index ("score once, filter many").
+
+- ``curate.filters.rules``: the rule language (``tmars(fraction=0.5) & basic()``), each rule a
+  DuckDB predicate, and the checked ``--where`` expression.
+- ``curate.filters.run``: ``run_filter`` (``curate filter``): pool-wide thresholds, the subset
+  files (``subset.parquet``, DataComp's ``subset.npy``) and ``filter_summary.json``.
+"""
+
+from curate.filters.rules import OK, RULES, Leaf, RuleError, check_predicate, leaves, parse_rule, resolve
+from curate.filters.run import FilterSummary, pool_threshold, run_filter
+
+__all__ = ["OK", "RULES", "Leaf", "RuleError", "check_predicate", "leaves", "parse_rule", "resolve",
+           "FilterSummary", "pool_threshold", "run_filter"]

@@ -1,0 +1,153 @@
+"""``curate filter``: evaluate a rule over the score index and write the subset.
+
+Thresholds for pool-wide fractions come from ``pool_threshold``; the rule is turned into SQL by
+``curate.filters.rules`` and run in the locked-down DuckDB connection of ``curate.query``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import schema as S
+from curate.filters.rules import OK, RuleError, check_predicate, leaves, parse_rule, resolve
+from curate.io.subset import uids_to_datacomp
+from curate.query import VIEW, connect
+
+
+def pool_threshold(con: duckdb.DuckDBPyConnection, column: str, fraction: float) -> float:
+    """Pool-wide threshold for keeping the top ``fraction`` by ``column`` (DataComp
+    ``baselines.get_threshold``): the value at index ``int(N * fraction)`` of the descending
+    sort over the ``N`` ok rows with a value; ``-inf`` (keep all) when that index is past the end.
+
+    The column (4 bytes a row) is fetched once and the order statistic found with
+    ``numpy.partition`` in linear time, instead of sorting the pool.
+    """
+    values = con.sql(f"SELECT {column} FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL").fetchnumpy()[column]
+    values = np.asarray(values)
+    n = len(values)
+    k = int(n * fraction)
+    if k >= n:
+        return -math.inf
+    # Descending index k is ascending index n - 1 - k.
+    return float(np.partition(values, n - 1 - k)[n - 1 - k])
+
+
+@dataclass
+class FilterSummary:
+    """What ``run_filter`` did; ``format()`` is the printed summary."""
+
+    rule: str
+    where: str | None
+    pool_rows: int
+    pool_ok: int
+    kept: int
+    removed_by: dict[str, int] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    shared_uid_rows: int = 0
+
+    def format(self) -> str:
+        frac = self.kept / self.pool_ok if self.pool_ok else 0.0
+        lines = [
+            "curate filter: summary",
+            f"  rule          {self.rule or '-'}" + (f"  WHERE {self.where}" if self.where else ""),
+            f"  pool          {self.pool_rows} rows, {self.pool_ok} ok ({self.pool_rows - self.pool_ok} not ok, never kept)",
+            f"  kept          {self.kept} ({frac:.2%} of ok rows)",
+        ]
+        for part, n in self.removed_by.items():
+            lines.append(f"  removed by    {part}: {n} ok rows fail it")
+        if self.shared_uid_rows:
+            lines.append(f"  shared uid    {self.shared_uid_rows} row(s) pass the rule but share their uid with another "
+                         "row of the pool: not kept (a uid must name one sample)")
+        for name, thr in self.thresholds.items():
+            lines.append(f"  threshold     {name} >= {thr:.6g}")
+        for kind, path in self.outputs.items():
+            lines.append(f"  wrote         {path}")
+        return "\n".join(lines)
+
+
+def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str | None = None) -> FilterSummary:
+    """Select a subset of the pool with a rule expression and/or a SQL predicate.
+
+    Writes ``out/subset.parquet`` (uid, shard, key and the columns the rule reads, sorted by uid)
+    and ``out/subset.npy`` (DataComp format, see ``uids_to_datacomp``). Only ``ok`` rows are
+    kept, whatever ``where`` says; a row whose uid is carried by a row of another sample (another
+    caption or size, or a row that is not ok; in one shard or in two) is never kept, since a
+    subset of uids could not tell them apart; they are counted in ``shared_uid_rows``. Rows that
+    are copies of one sample (all ok, with the same caption, width, height, number of text boxes
+    and CLIP score to 3 decimals) are each kept, so the subset lists the uid once per copy
+    (DataComp's upweighting).
+
+    Args:
+        index: score-index folder.
+        rule: e.g. ``"tmars(fraction=0.5) & basic()"`` (see ``curate.filters``), or ``None``.
+        out: output folder.
+        where: one extra SQL expression on the index columns, ANDed with the rule
+            (``check_predicate``: nothing else can run).
+
+    Raises:
+        RuleError: a bad rule, or ``where`` that is not exactly one expression.
+        FileNotFoundError: no index files.
+    """
+    if not rule and not where:
+        raise RuleError("give --rule and/or --where")
+    expr = check_predicate(where) if where else None
+    con = connect(index)
+    tree = parse_rule(rule) if rule else None
+    predicate = resolve(tree, lambda col, frac: pool_threshold(con, col, frac)) if tree else OK
+    if expr:
+        predicate = f"{predicate} AND coalesce({expr}, FALSE)"
+    parts = leaves(tree) if tree else []
+    columns = [S.UID, S.SHARD, S.KEY]
+    for leaf in parts:
+        columns += [c for c in leaf.columns if c not in columns]
+    cols = ", ".join(columns)
+    try:
+        # A uid carried by rows of different samples names no single sample: such rows are never
+        # kept (counted below). Rows that are copies of one sample (all ok, same caption, size,
+        # text boxes and CLIP score to 3 decimals: upweighted copies) are kept, each.
+        kept = con.sql(
+            f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({predicate})), "
+            f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM kept) "
+            f"GROUP BY {S.UID} HAVING count(*) > 1 AND NOT (bool_and({OK}) AND "
+            f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, "
+            f"round({S.CLIP_SCORE}, 3))) = 1)) "
+            f"SELECT {cols}, {S.UID} IN (SELECT {S.UID} FROM shared) AS _shared FROM kept "
+            f"ORDER BY {S.UID}, {S.SHARD}, {S.KEY}"
+        ).to_arrow_table()
+        # One scan for the pool size and for the rows each part of the rule removes on its own.
+        names = [str(leaf) for leaf in parts] + ([f"WHERE {where}"] if where else [])
+        preds = [leaf.sql for leaf in parts] + ([expr] if expr else [])
+        counts = ", ".join(f"count(*) FILTER (WHERE {OK} AND NOT coalesce({p}, FALSE))" for p in preds)
+        row = con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE {OK}){', ' + counts if counts else ''} FROM {VIEW}"
+        ).fetchall()[0]
+        pool_rows, pool_ok = row[0], row[1]
+        removed = dict(zip(names, row[2:]))
+    except duckdb.Error as e:
+        raise RuleError(f"DuckDB rejected the filter: {e}") from None
+    shared = kept.column("_shared").to_numpy(zero_copy_only=False).astype(bool)
+    shared_uid_rows = int(shared.sum())
+    kept = kept.drop_columns(["_shared"])
+    if shared_uid_rows:
+        kept = kept.filter(pa.array(~shared))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(kept, out / "subset.parquet")
+    np.save(out / "subset.npy", uids_to_datacomp(kept.column(S.UID).to_pylist()))
+    thresholds = {f"{leaf} on {col}": thr for leaf in parts for col, thr in leaf.thresholds.items()}
+    summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept.num_rows, removed, thresholds,
+                            {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")},
+                            shared_uid_rows)
+    # Strict JSON (no -Infinity): a "keep all" threshold is written as the string "-inf".
+    record = dict(summary.__dict__, thresholds={k: v if math.isfinite(v) else str(v) for k, v in thresholds.items()})
+    (out / "filter_summary.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
+    return summary

@@ -1,0 +1,53 @@
+"""``curate report``: a self-contained HTML page that shows what the scores and a filter did.
+
+The page (``index.html`` with its images in ``images/`` beside it, no network needed) holds:
+
+- the index's provenance (CLIP model and weights, detector, mask method from the Parquet metadata);
+- histograms of ``clip_score`` and ``masked_clip_score`` and their scatter (matplotlib PNGs);
+- a grid of examples per score band (quantile bands of ``--band-by``, highest first): the original
+  image with its detected text polygons drawn, the masked image the masked CLIP score saw
+  (re-made with the same ``curate.stages.mask`` code and method), the caption and both scores;
+- per-shard accounting: samples, ``ok``, errors by kind, the shard's read status;
+- with ``--subset``: kept and dropped counts (by status), score histograms of kept vs dropped, and
+  the dropped samples with the highest CLIP score (what the filter removed that a CLIP-score filter
+  would keep) next to the kept ones with the lowest.
+
+Two steps: ``curate.report.data.gather_report`` reads the index and chooses what to show (no image
+is read); ``curate.report.render.render_report`` reads those samples' images back from the shards
+named in the index (``shard`` column; ``--shards`` points at them when they have moved, matched by
+file name), draws them and writes the page. A sample whose image cannot be read is shown with its
+error text, never as a broken image. Captions are HTML-escaped (Jinja2 autoescape).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curate.report.data import ReportData, gather_report, score_bands, shard_accounting
+from curate.report.render import ReportSummary, render_report
+
+__all__ = ["ReportData", "ReportSummary", "build_report", "gather_report", "render_report", "score_bands",
+           "shard_accounting"]
+
+
+def build_report(index: str | Path, out: str | Path, subset: str | None = None, shards: list[str] | None = None,
+                 band_by: str = "masked_clip_score", bands: int = 5, per_band: int = 8, seed: int = 0,
+                 thumb: int = 256) -> ReportSummary:
+    """Write ``out/index.html`` and ``out/images/`` for a score index: ``gather_report`` then
+    ``render_report``.
+
+    Args:
+        index: a score index folder (or one index file) written by ``curate score``.
+        out: output folder (created).
+        subset: a subset file (``subset.parquet`` or DataComp ``.npy``) to show what it kept.
+        shards: where the shards are now, when not at the index's ``shard`` URLs (matched by name).
+        band_by: score column whose quantile bands group the examples.
+        bands: number of bands. per_band: examples per band. seed: example sampling seed.
+        thumb: long side of the example thumbnails, pixels.
+
+    Raises:
+        FileNotFoundError: no index file. ValueError: bad ``band_by``, ``bands`` or ``per_band``,
+            or a bad subset file.
+    """
+    data = gather_report(index, subset=subset, band_by=band_by, bands=bands, per_band=per_band, seed=seed)
+    return render_report(data, out, shards=shards, thumb=thumb)
