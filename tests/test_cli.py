@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from curate import schema as S
 from curate.cli import main
 from curate.scoring.config import PipelineConfig, config_from_dict, load_config
 from tests.conftest import SHARDS, TESTS
@@ -130,3 +131,57 @@ def test_resources_the_cluster_cannot_give():
     with pytest.raises(ValueError, match="GPUs"):
         check(gpu)
     check(gpu, ClusterResources(cpus=2, gpus=0, fixed=False))  # a cluster that may autoscale: warn only
+
+def test_one_name_per_setting_in_yaml_flags_api_and_metadata():
+    """Every setting's name is the same in YAML (section.key), on the command line (--section-key),
+    in curate.score's keyword arguments (section__key) and, for those recorded, in the index's
+    Parquet metadata (curate.section.key)."""
+    import dataclasses
+
+    from curate.cli import build_parser
+    from curate.scoring.config import SECTIONS, apply_settings
+
+    score = build_parser()._subparsers._group_actions[0].choices["score"]
+    flags = {opt for action in score._actions for opt in action.option_strings}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f"--{section}-{f.name}".replace("_", "-") in flags
+            value = getattr(cls(), f.name)
+            assert config_from_dict({section: {f.name: value}}) == PipelineConfig()  # the YAML key
+            expected = PipelineConfig()
+            if (section, f.name) == ("score", "clip_model"):
+                expected.score.pretrained = None  # a model given without weights: random init, as open_clip
+            assert apply_settings(PipelineConfig(), {f"{section}__{f.name}": value}) == expected
+    for key in (S.META_CLIP_MODEL, S.META_DETECTOR, S.META_DETECT_LONG_SIDE, S.META_MASK_METHOD):
+        section, name = key.removeprefix(S.META_PREFIX).split(".")
+        assert name in {f.name for f in dataclasses.fields(SECTIONS[section])}, key
+
+
+def test_every_setting_flag_has_help_from_its_dataclass():
+    """The help text of each generated flag is the field's docstring entry (no flag without one)."""
+    import dataclasses
+
+    from curate.config import field_docs
+    from curate.evaluate.make_evalset import EvalsetConfig
+    from curate.evaluate.run import EvalConfig
+    from curate.io.reshard import ReshardConfig
+    from curate.report.data import ReportConfig
+    from curate.scoring.config import SECTIONS
+    from curate.train.config import TrainConfig
+
+    for cls in (*SECTIONS.values(), TrainConfig, EvalConfig, ReportConfig, ReshardConfig, EvalsetConfig):
+        docs = field_docs(cls)
+        assert [f.name for f in dataclasses.fields(cls) if len(docs.get(f.name, "")) < 10] == [], cls.__name__
+
+
+def test_legacy_metadata_keys_are_read_under_their_names(tmp_path):
+    """An index file written before the settings were named as in the config is read with the new keys."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.io.index import read_index_metadata
+
+    path = tmp_path / "old.parquet"
+    table = pa.table({"x": [1]}).replace_schema_metadata({"curate.detect_long_side": "512", "curate.detector": "craft"})
+    pq.write_table(table, path)
+    assert read_index_metadata(path) == {S.META_DETECT_LONG_SIDE: "512", S.META_DETECTOR: "craft"}

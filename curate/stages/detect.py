@@ -221,7 +221,7 @@ class DBNetDetector:
     name = "dbnet"
 
     def __init__(self, long_side: int = 512, thresh: float = 0.3, box_thresh: float = 0.5, unclip_ratio: float = 1.6,
-                 device: str | None = None, torch_threads: int = 0, model_path: str | None = None, **_ignored):
+                 device: str | None = None, torch_threads: int = 0, model_path: str | None = None):
         import onnxruntime as ort
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARD_SPEC
+from tests.conftest import SHARD_SPEC
 
 from curate.cli import main
 from curate.evaluate.datasets import open_evalset

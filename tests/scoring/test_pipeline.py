@@ -43,7 +43,7 @@ def test_rows_per_shard_equal_samples_per_shard(scored, pool, shard):
     md = read_index_metadata(path)
     assert md[S.META_SHARD_STATUS] == "complete" and md[S.META_NUM_SAMPLES] == str(t.num_rows)
     assert md[S.META_CLIP_MODEL] == "tiny" and md[S.META_CLIP_IS_PRETRAINED] == "false"
-    assert md[S.META_SCHEMA_VERSION] == S.SCHEMA_VERSION and md[S.META_DETECT_SIZE] == "512"
+    assert md[S.META_SCHEMA_VERSION] == S.SCHEMA_VERSION and md[S.META_DETECT_LONG_SIDE] == "512"
     ok = t.filter(np.asarray(t.column(S.STATUS).to_pylist()) == "ok").to_pydict()
     for col in (S.CLIP_SCORE, S.MASKED_CLIP_SCORE, S.WIDTH, S.HEIGHT, S.NUM_TEXT_BOXES, S.TEXT_AREA_FRAC,
                 S.CAPTION_LANG, S.CAPTION_LANG_SCORE):

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import SHARD_SPEC, SHARDS
+from tests.conftest import SHARD_SPEC, SHARDS
 
 from curate import schema as S
 from curate.io.samples import sample_to_record
