@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curate import schema as S
+
 from curate.report.data import ReportData, gather_report, score_bands, shard_accounting
 from curate.report.render import ReportSummary, render_report
 
@@ -31,7 +33,7 @@ __all__ = ["ReportData", "ReportSummary", "build_report", "gather_report", "rend
 
 
 def build_report(index: str | Path, out: str | Path, subset: str | None = None, shards: list[str] | None = None,
-                 band_by: str = "masked_clip_score", bands: int = 5, per_band: int = 8, seed: int = 0,
+                 band_by: str = S.MASKED_CLIP_SCORE, bands: int = 5, per_band: int = 8, seed: int = 0,
                  thumb: int = 256) -> ReportSummary:
     """Write ``out/index.html`` and ``out/images/`` for a score index: ``gather_report`` then
     ``render_report``.

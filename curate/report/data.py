@@ -73,11 +73,13 @@ def shard_accounting(table: pa.Table, meta: dict[str, dict[str, str]], summary_p
     index folder has one, so they are counted too.
     """
     per: dict[str, dict[str, Any]] = {}
-    shards = table.column(S.SHARD).to_pylist()
-    statuses = table.column(S.STATUS).to_pylist()
-    for shard, status in zip(shards, statuses):
-        row = per.setdefault(shard, {"shard": shard, "samples": 0, "ok": 0, "errors": collections.Counter(),
-                                     "status": "", "error": ""})
+
+    def row_of(shard: str) -> dict[str, Any]:
+        return per.setdefault(shard, {"shard": shard, "samples": 0, "ok": 0, "errors": collections.Counter(),
+                                      "status": "", "error": ""})
+
+    for shard, status in zip(table.column(S.SHARD).to_pylist(), table.column(S.STATUS).to_pylist()):
+        row = row_of(shard)
         row["samples"] += 1
         if status == S.STATUS_OK:
             row["ok"] += 1
@@ -87,15 +89,13 @@ def shard_accounting(table: pa.Table, meta: dict[str, dict[str, str]], summary_p
         shard = md.get(S.META_SHARD)
         if shard is None:
             continue
-        row = per.setdefault(shard, {"shard": shard, "samples": 0, "ok": 0, "errors": collections.Counter(),
-                                     "status": "", "error": ""})
+        row = row_of(shard)
         row["status"] = md.get(S.META_SHARD_STATUS, "")
         row["error"] = md.get(S.META_SHARD_ERROR, "")
     if summary_path is not None and summary_path.is_file():
         try:
             for s in json.loads(summary_path.read_text()).get("shards", []):
-                row = per.setdefault(s["url"], {"shard": s["url"], "samples": 0, "ok": 0,
-                                                "errors": collections.Counter(), "status": "", "error": ""})
+                row = row_of(s["url"])
                 if not row["status"] or s["status"] not in ("skipped", "complete"):
                     row["status"] = s["status"] if s["status"] != "skipped" else row["status"] or "complete"
                     row["error"] = row["error"] or (s.get("error") or "")
