@@ -32,7 +32,16 @@ CAPTION_LANG_SCORE = "caption_lang_score"
 IMAGE_BYTES = "image_bytes"  # the sample's encoded image (bytes), until decode
 IMAGE = "image"  # (H, W, 3) uint8 RGB, from decode to the last model stage
 MASKED_IMAGE = "masked_image"  # (H, W, 3) uint8 RGB with the text masked; empty when nothing was masked
-BATCH_COLUMNS = (IMAGE_BYTES, IMAGE, MASKED_IMAGE)
+
+# Embedding files (`curate score --embeddings`): `<index>/embeddings/<index file name>`, one per
+# index file, row-aligned with it (same uid and key on each row), nulls where the row is not ok.
+EMBEDDINGS_DIR = "embeddings"
+IMAGE_EMBEDDING = "image_embedding"  # fixed_size_list<float16>[D], L2-normalised, of the original image
+MASKED_IMAGE_EMBEDDING = "masked_image_embedding"  # of the text-masked image (= image_embedding without text)
+TEXT_EMBEDDING = "text_embedding"  # of the caption
+EMBEDDING_COLUMNS = (IMAGE_EMBEDDING, MASKED_IMAGE_EMBEDDING, TEXT_EMBEDDING)
+IMAGE_HASH = "image_hash"  # binary(16): BLAKE2b-128 of the image bytes as stored (exact copies)
+IMAGE_PHASH = "image_phash"  # int64: 64-bit perceptual hash (imagehash.phash) of the decoded image
 
 # Status values. `ok` is the only status whose scores are meaningful.
 STATUS_OK = "ok"
@@ -102,6 +111,7 @@ META_IGNORED_MEMBERS = META_PREFIX + "ignored_members"  # tar members with no ex
 META_SHARD_ERROR = META_PREFIX + "shard_error"
 META_CAPTIONS_REPAIRED = META_PREFIX + "captions_repaired"  # captions changed by the caption policy
 META_NUM_SAMPLES = META_PREFIX + "num_samples"
+META_EMBEDDING_DIM = META_PREFIX + "score.embedding_dim"  # in embedding files: D
 META_CONFIG = META_PREFIX + "config"  # the settings fingerprint as JSON (what a resumed job must match)
 # Keys written before the settings were named as in the config (read as the new names).
 LEGACY_META = {

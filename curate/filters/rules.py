@@ -15,6 +15,14 @@ Rules (``RULES``), each with its source:
 - ``laion()``: ``clip_score >= 0.28`` and English caption (LAION-2B's filter as DataComp
   reproduces it; LAION-5B paper, Schuhmann et al. 2022, uses 0.28 with ViT-B/32).
 - ``text_area(max=0.1)``: ``text_area_frac <= max`` (an ablation: drop images mostly text).
+- ``dedup(threshold=0.95, phash_bits=4)``: keep one sample per group of duplicate images
+  (byte-identical; perceptual hashes within ``phash_bits`` bits; image-embedding cosine >=
+  threshold, SemDeDup-style, ``threshold=1`` to skip), the one with the highest
+  ``masked_clip_score`` (``curate.filters.dedup``). Needs ``--embeddings``.
+- ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=4)``: drop samples whose image is a
+  near-duplicate of an image of a test set (DataComp-format folder or image tree): perceptual
+  hash within ``phash_bits`` bits, or image-embedding cosine >= threshold
+  (``curate.filters.embedding_rules``). Needs ``--embeddings``.
 
 Pool-wide fraction (DataComp ``baselines.get_threshold``): over all ``ok`` rows of the whole
 index with a score, sorted descending, the threshold is the score at index ``int(N * fraction)``
@@ -50,6 +58,8 @@ class Leaf:
         sql: the predicate once thresholds are resolved (set by ``resolve``).
         thresholds: ``{column: threshold}`` computed from fractions.
         columns: index columns the rule reads.
+        details: what a rule over embeddings found (``{"groups": ..., "removed": ...}``), for
+            the summary.
     """
 
     name: str
@@ -57,6 +67,7 @@ class Leaf:
     sql: str = ""
     thresholds: dict[str, float] = field(default_factory=dict)
     columns: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -78,15 +89,40 @@ def _more_than_two_words(col: str) -> str:
     return f"regexp_matches({col}, '{token}{space}{token}{space}[^[:space:]]')"
 
 
+class Pool:
+    """What a rule may ask of the pool while it is resolved (``resolve``).
+
+    The base answers thresholds from a function only (enough for the SQL rules); ``curate
+    filter`` passes ``curate.filters.run.IndexPool``, which also lets a rule read the index's
+    embedding files and register the rows it keeps.
+    """
+
+    def __init__(self, threshold_of: Callable[[str, float], float]):
+        self._threshold_of = threshold_of
+
+    def threshold(self, column: str, fraction: float) -> float:
+        """The pool-wide threshold keeping the top ``fraction`` by ``column`` (``-inf``: keep all)."""
+        return self._threshold_of(column, fraction)
+
+    def keep_rows(self, leaf: Leaf, rows) -> str:
+        """Register ``rows`` (a ``pyarrow.Table`` of ``shard`` and ``key``) as the rows ``leaf``
+        keeps; return its SQL predicate.
+
+        Raises:
+            RuleError: this pool cannot hold row sets (rules over embeddings need ``curate filter``).
+        """
+        raise RuleError(f"{leaf.name}() needs the score index's embedding files: run it with curate filter")
+
+
 def _score_rule(column: str) -> Callable:
-    def build(leaf: Leaf, threshold_of: Callable[[str, float], float]) -> None:
+    def build(leaf: Leaf, pool: Pool) -> None:
         thr, frac = leaf.kwargs.get("threshold"), leaf.kwargs.get("fraction")
         if (thr is None) == (frac is None):
             raise RuleError(f"{leaf.name}() takes exactly one of threshold= or fraction=")
         if frac is not None:
             if not (isinstance(frac, (int, float)) and 0 <= frac <= 1):
                 raise RuleError(f"{leaf.name}(fraction=...) must be in [0, 1], got {frac!r}")
-            thr = threshold_of(column, float(frac))
+            thr = pool.threshold(column, float(frac))
             leaf.thresholds[column] = thr
         elif not isinstance(thr, (int, float)):
             raise RuleError(f"{leaf.name}(threshold=...) must be a number, got {thr!r}")
@@ -96,7 +132,7 @@ def _score_rule(column: str) -> Callable:
     return build
 
 
-def _basic(leaf: Leaf, threshold_of) -> None:
+def _basic(leaf: Leaf, pool: Pool) -> None:
     w, h, t = S.WIDTH, S.HEIGHT, S.TEXT
     leaf.sql = (
         f"({S.CAPTION_LANG} = 'en' AND length({t}) > 5 AND {_more_than_two_words(t)} "
@@ -105,18 +141,30 @@ def _basic(leaf: Leaf, threshold_of) -> None:
     leaf.columns = (S.CAPTION_LANG, S.TEXT, S.WIDTH, S.HEIGHT)
 
 
-def _laion(leaf: Leaf, threshold_of) -> None:
+def _laion(leaf: Leaf, pool: Pool) -> None:
     thr = leaf.kwargs.get("threshold", 0.28)
     leaf.sql = f"({S.CLIP_SCORE} >= {float(thr)!r} AND {S.CAPTION_LANG} = 'en')"
     leaf.columns = (S.CLIP_SCORE, S.CAPTION_LANG)
 
 
-def _text_area(leaf: Leaf, threshold_of) -> None:
+def _text_area(leaf: Leaf, pool: Pool) -> None:
     mx = leaf.kwargs.get("max", 0.1)
     if not isinstance(mx, (int, float)):
         raise RuleError(f"text_area(max=...) must be a number, got {mx!r}")
     leaf.sql = f"{S.TEXT_AREA_FRAC} <= {float(mx)!r}"
     leaf.columns = (S.TEXT_AREA_FRAC,)
+
+
+def _dedup(leaf: Leaf, pool: Pool) -> None:
+    from curate.filters.embedding_rules import dedup_rule
+
+    dedup_rule(leaf, pool)
+
+
+def _decontaminate(leaf: Leaf, pool: Pool) -> None:
+    from curate.filters.embedding_rules import decontaminate_rule
+
+    decontaminate_rule(leaf, pool)
 
 
 RULES: dict[str, tuple[Callable, set[str]]] = {
@@ -125,6 +173,8 @@ RULES: dict[str, tuple[Callable, set[str]]] = {
     "basic": (_basic, set()),
     "laion": (_laion, {"threshold"}),
     "text_area": (_text_area, {"max"}),
+    "dedup": (_dedup, {"threshold", "phash_bits"}),
+    "decontaminate": (_decontaminate, {"evalset", "threshold", "phash_bits"}),
 }
 
 
@@ -177,17 +227,19 @@ def leaves(tree) -> list[Leaf]:
     return [leaf for child in tree.children for leaf in leaves(child)]
 
 
-def resolve(tree, threshold_of: Callable[[str, float], float]) -> str:
-    """Fill every leaf's SQL (computing fraction thresholds with ``threshold_of``) and return
-    the whole predicate, always ANDed with ``status = 'ok'``.
+def resolve(tree, pool: Pool | Callable[[str, float], float]) -> str:
+    """Fill every leaf's SQL (computing fraction thresholds and row sets with ``pool``) and
+    return the whole predicate, always ANDed with ``status = 'ok'``.
 
     Args:
         tree: from ``parse_rule``.
-        threshold_of: ``(column, fraction) -> threshold`` over the whole pool
-            (``-inf`` keeps everything).
+        pool: a ``Pool``, or a ``(column, fraction) -> threshold`` function over the whole pool
+            (``-inf`` keeps everything) for the SQL rules alone.
     """
+    if not isinstance(pool, Pool):
+        pool = Pool(pool)
     for leaf in leaves(tree):
-        RULES[leaf.name][0](leaf, threshold_of)
+        RULES[leaf.name][0](leaf, pool)
 
     def sql(node) -> str:
         if isinstance(node, Leaf):

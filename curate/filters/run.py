@@ -17,9 +17,31 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate.filters.rules import OK, RuleError, check_predicate, leaves, parse_rule, resolve
+from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate, leaves, parse_rule, resolve
 from curate.io.subset import uids_to_datacomp
 from curate.query import VIEW, connect
+
+
+class IndexPool(Pool):
+    """The pool of ``curate filter``: thresholds from the locked DuckDB connection, row sets
+    registered in it as in-memory Arrow tables, the index folder for rules that read embedding
+    files, and the output folder for what they write for inspection."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, index: str | Path, out: str | Path):
+        super().__init__(lambda column, fraction: pool_threshold(con, column, fraction))
+        self.con, self.index, self.out = con, Path(index), Path(out)
+        self._sets = 0
+
+    def artifact(self, name: str) -> Path:
+        """``out/<name>``, for what a rule writes for inspection (the folder is created)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        return self.out / name
+
+    def keep_rows(self, leaf: Leaf, rows: pa.Table) -> str:
+        name = f"_keep_{self._sets}"  # our own identifier: nothing of the user's reaches the SQL
+        self._sets += 1
+        self.con.register(name, rows.select([S.SHARD, S.KEY]))
+        return f"(({S.SHARD}, {S.KEY}) IN (SELECT {S.SHARD}, {S.KEY} FROM {name}))"
 
 
 def pool_threshold(con: duckdb.DuckDBPyConnection, column: str, fraction: float) -> float:
@@ -53,6 +75,7 @@ class FilterSummary:
     thresholds: dict[str, float] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     shared_uid_rows: int = 0
+    details: dict[str, dict] = field(default_factory=dict)
 
     def format(self) -> str:
         frac = self.kept / self.pool_ok if self.pool_ok else 0.0
@@ -69,6 +92,8 @@ class FilterSummary:
                          "row of the pool: not kept (a uid must name one sample)")
         for name, thr in self.thresholds.items():
             lines.append(f"  threshold     {name} >= {thr:.6g}")
+        for name, found in self.details.items():
+            lines.append(f"  found         {name}: " + ", ".join(f"{k} {v}" for k, v in found.items()))
         for kind, path in self.outputs.items():
             lines.append(f"  wrote         {path}")
         return "\n".join(lines)
@@ -102,7 +127,7 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     expr = check_predicate(where) if where else None
     con = connect(index)
     tree = parse_rule(rule) if rule else None
-    predicate = resolve(tree, lambda col, frac: pool_threshold(con, col, frac)) if tree else OK
+    predicate = resolve(tree, IndexPool(con, index, out)) if tree else OK
     if expr:
         predicate = f"{predicate} AND coalesce({expr}, FALSE)"
     parts = leaves(tree) if tree else []
@@ -146,7 +171,9 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     thresholds = {f"{leaf} on {col}": thr for leaf in parts for col, thr in leaf.thresholds.items()}
     summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept.num_rows, removed, thresholds,
                             {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")},
-                            shared_uid_rows)
+                            shared_uid_rows, {str(leaf): leaf.details for leaf in parts if leaf.details})
+    for leaf in parts:
+        summary.outputs.update({f"{leaf.name} {k}": str(v) for k, v in leaf.details.pop("files", {}).items()})
     # Strict JSON (no -Infinity): a "keep all" threshold is written as the string "-inf".
     record = dict(summary.__dict__, thresholds={k: v if math.isfinite(v) else str(v) for k, v in thresholds.items()})
     (out / "filter_summary.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))

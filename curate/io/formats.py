@@ -50,11 +50,6 @@ def image_extensions() -> tuple[str, ...]:
     return tuple(e for e in _PREFERRED if e in decodable) + tuple(rest) + _GENERIC
 
 
-def is_image_ext(ext: str) -> bool:
-    """True when ``ext`` (``"JPG"``, ``".png"``, ``"avif"``) names an image format of this list."""
-    return ext.lower().lstrip(".") in image_extensions()
-
-
 def image_suffixes() -> frozenset[str]:
     """The same list as file suffixes with a dot (``{".jpg", ".png", ...}``), for folder trees;
     without webdataset's generic ``img`` / ``image``, which name no format of their own."""

@@ -104,10 +104,16 @@ def write_index_file(path: str | Path, table: pa.Table, metadata: dict[str, str]
     """
     if not table.schema.equals(S.SCHEMA, check_metadata=False):
         raise ValueError(f"table schema differs from the score-index schema:\n{table.schema}")
+    write_parquet_atomically(path, table, {S.META_SCHEMA_VERSION: S.SCHEMA_VERSION,
+                                           S.META_CODE_VERSION: __version__, **metadata})
+
+
+def write_parquet_atomically(path: str | Path, table: pa.Table, metadata: dict[str, str]) -> None:
+    """Write ``table`` (zstd) with string key-value ``metadata`` to a temporary file beside
+    ``path``, then rename it (``os.replace``): a reader never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {S.META_SCHEMA_VERSION: S.SCHEMA_VERSION, S.META_CODE_VERSION: __version__, **metadata}
-    table = table.replace_schema_metadata({_utf8(k).encode(): _utf8(str(v)).encode() for k, v in meta.items()})
+    table = table.replace_schema_metadata({_utf8(k).encode(): _utf8(str(v)).encode() for k, v in metadata.items()})
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:  # Python opens any file name the OS has, even non-UTF-8 bytes

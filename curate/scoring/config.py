@@ -16,7 +16,6 @@ checked against the registries that implement them (``curate.stages.detect.DETEC
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +154,9 @@ class ScoreConfig(ActorPoolConfig):
             init. T-MARS and DataComp's CLIP-score filter use OpenAI ViT-L/14.
         cache_dir: where open_clip / Hugging Face look for cached weights (``None``: defaults).
         precision: ``fp32``, ``bf16`` or ``auto`` (bf16 autocast on CUDA, fp32 on CPU).
+        embeddings: also store, per sample, the L2-normalised image, masked-image and text
+            embeddings (float16) and the image's hashes in ``<out>/embeddings/`` beside the
+            index (``curate.io.embeddings``), for dedup, decontamination and search.
         batch_size: samples per CLIP forward pass (original and masked images are scored in
             the same pass, so the tensor holds up to ``2 * batch_size`` images).
         num_actors, min_actors, max_actors, num_gpus, num_cpus, torch_threads: see
@@ -165,11 +167,12 @@ class ScoreConfig(ActorPoolConfig):
     pretrained: str | None = "openai"
     cache_dir: str | None = None
     precision: str = field(default="auto", metadata={"choices": PRECISIONS})
+    embeddings: bool = False
 
 
 @dataclass
 class PipelineConfig:
-    """The whole ``curate score`` configuration."""
+    """The whole ``curate score`` configuration: one dataclass per YAML section (``SECTIONS``)."""
 
     read: ReadConfig = field(default_factory=ReadConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
@@ -179,9 +182,6 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 SECTIONS = {
@@ -257,7 +257,8 @@ def validate(cfg: PipelineConfig) -> None:
 # Settings that also go by their bare field name (``clip_model`` and ``pretrained`` are handled
 # first: a model given without weights means random init, as in open_clip).
 SHORTCUTS = {"clip_model": ("score", "clip_model"), "pretrained": ("score", "pretrained"),
-             "cache_dir": ("score", "cache_dir"), "detector": ("detect", "detector")}
+             "cache_dir": ("score", "cache_dir"), "detector": ("detect", "detector"),
+             "embeddings": ("score", "embeddings")}
 
 
 def apply_settings(cfg: PipelineConfig, settings: dict[str, Any]) -> PipelineConfig:

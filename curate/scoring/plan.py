@@ -337,7 +337,7 @@ def stage_specs(cfg: PipelineConfig, weights: ResolvedWeights) -> list[StageSpec
     specs = [
         StageSpec("language", CaptionLanguage, {}, task, cfg.decode.batch_size),
         StageSpec("decode", Decode, {"max_pixels": cfg.decode.max_pixels, "background": tuple(cfg.decode.background),
-                                     **draft_sizes(cfg)}, task, cfg.decode.batch_size),
+                                     "hashes": cfg.score.embeddings, **draft_sizes(cfg)}, task, cfg.decode.batch_size),
     ]
     if cfg.detect.detector == "none":  # no model: a task, no actor to hold
         specs.append(StageSpec("detect", Detect, {"detector": "none"}, task, cfg.detect.batch_size))

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.scoring.config import PipelineConfig
+from curate.io.embeddings import embeddings_path
 from curate.io.index import INDEX_SUFFIX, complete_index_metadata, index_path, remove_stale_temporaries
 from curate.models import ResolvedWeights
 from curate.scoring.summary import SHARD_SKIPPED, ShardResult
@@ -61,6 +62,7 @@ def scoring_fingerprint(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[s
         "clip_model": weights.model,
         "clip_weights": _weights_identity(weights),
         "precision": cfg.score.precision,
+        **({"embeddings": True} if cfg.score.embeddings else {}),  # absent when off: older indexes still match
     }
 
 
@@ -94,6 +96,10 @@ def index_metadata(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, s
     }
 
 
+def _wants_embeddings(fingerprint: str) -> bool:
+    return bool(json.loads(fingerprint).get("embeddings"))
+
+
 def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrite: bool = False):
     """Split shards into those to process and those whose index file is already complete.
 
@@ -124,7 +130,8 @@ def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrit
             raise ValueError(f"shards {by_path[p]} and {url} would both write {p}; give them distinct file names")
         by_path[p] = url
         md = complete.get(p, {})
-        if md.get(S.META_SHARD) == url:  # a file written from another shard of the same name is redone
+        if md.get(S.META_SHARD) == url and not (_wants_embeddings(fingerprint) and not embeddings_path(p).is_file()):
+            # (a file written from another shard of the same name, or without its embedding file, is redone)
             statuses = collections.Counter(pq.read_table(p, columns=[S.STATUS]).column(S.STATUS).to_pylist())
             skipped.append(ShardResult(url, SHARD_SKIPPED, None, int(md[S.META_NUM_SAMPLES]), dict(statuses), str(p)))
         else:

@@ -96,8 +96,15 @@ def write_parts(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndar
 
 
 def _write_part(out_dir: str, url: str, cols: dict[str, np.ndarray], seqs: np.ndarray) -> str:
+    from curate.io.embeddings import as_matrix, vectors_to_arrow
+
     table = records_to_table(cols)
     n = len(seqs)
+    if S.IMAGE_EMBEDDING in cols:  # --embeddings: the vectors and hashes ride in the part too
+        for c in S.EMBEDDING_COLUMNS:
+            table = table.append_column(c, vectors_to_arrow(as_matrix(cols[c]), np.ones(n, dtype=bool)))
+        table = (table.append_column(S.IMAGE_HASH, pa.array([bytes(h or b"") for h in cols[S.IMAGE_HASH]], pa.binary()))
+                 .append_column(S.IMAGE_PHASH, pa.array(np.asarray(cols[S.IMAGE_PHASH], dtype=np.int64))))
     fixes = np.asarray([bool(f) for f in cols.get(FIXES, np.zeros(n, dtype=object))])
     digests = [bytes(d) for d in cols.get(DIGEST, [b""] * n)]
     table = (table.append_column(SEQ, pa.array(seqs, pa.int64())).append_column(FIXES, pa.array(fixes, pa.bool_()))
@@ -154,7 +161,10 @@ def finalize_shard(url: str, parts: list[str], shard_n: int, shard_status: str, 
             raise RuntimeError(f"internal error: rows of {url} do not add up ({len(unique)} of {shard_n})")
         merged = merged.take(pa.array(first))
         repaired = int(pc.sum(merged.column(FIXES)).as_py() or 0)
-        table = mark_duplicate_uids_in_table(merged).select(S.COLUMNS)
+        merged = mark_duplicate_uids_in_table(merged)
+        table = merged.select(S.COLUMNS)
+        if S.IMAGE_EMBEDDING in merged.column_names:  # written first: a complete index file has its embeddings
+            _write_embeddings(path, merged, metadata)
     md = dict(metadata)
     md.update({S.META_SHARD: url, S.META_SHARD_STATUS: shard_status, S.META_NUM_SAMPLES: str(table.num_rows),
                S.META_IGNORED_MEMBERS: str(ignored), S.META_CAPTIONS_REPAIRED: str(repaired)})
@@ -163,6 +173,21 @@ def finalize_shard(url: str, parts: list[str], shard_n: int, shard_status: str, 
     write_index_file(path, table, md)
     shutil.rmtree(parts_dir(out_dir, url), ignore_errors=True)
     return _result_of(url, path, table, shard_status, shard_error, ignored, repaired)
+
+
+def _write_embeddings(path: Path, merged: pa.Table, metadata: dict[str, str]) -> None:
+    """The embedding file of the index file ``path`` from a shard's merged rows (nulls where the
+    row is not ``ok``, e.g. after duplicate-uid marking)."""
+    from curate.io.embeddings import write_embeddings_file
+
+    valid = np.asarray(merged.column(S.STATUS).to_pylist()) == S.STATUS_OK
+    cols = {c: merged.column(c).to_numpy(zero_copy_only=False) for c in (S.UID, S.KEY, S.IMAGE_PHASH)}
+    cols[S.IMAGE_HASH] = merged.column(S.IMAGE_HASH).to_pylist()
+    for c in S.EMBEDDING_COLUMNS:
+        arr = merged.column(c).combine_chunks()
+        cols[c] = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)
+    identity = {k: v for k, v in metadata.items() if k in (S.META_CLIP_MODEL, S.META_CLIP_PRETRAINED, S.META_CONFIG)}
+    write_embeddings_file(path, cols, valid, identity)
 
 
 def mark_duplicate_uids_in_table(table: pa.Table) -> pa.Table:

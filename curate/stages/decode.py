@@ -220,6 +220,31 @@ def decode_sized(
     return (Image.fromarray(rgb, "RGB") if isinstance(rgb, np.ndarray) else rgb), size
 
 
+def image_hash(data: bytes | None) -> bytes:
+    """BLAKE2b-128 of the image bytes as stored (``hashlib.blake2b(digest_size=16)``); ``b""``
+    for no bytes. Equal hashes: byte-identical images."""
+    import hashlib
+
+    return hashlib.blake2b(bytes(data), digest_size=16).digest() if data else b""
+
+
+def perceptual_hash(image: np.ndarray) -> int:
+    """The 64-bit perceptual hash of an ``(H, W, 3) uint8`` image (``imagehash.phash``: the sign
+    of the low-frequency DCT of a 32x32 grey image against its median), as a signed int64.
+    Resizing and re-encoding change few of its bits; compare with ``phash_distance``."""
+    import imagehash
+
+    bits = imagehash.phash(Image.fromarray(image)).hash.ravel()
+    value = int("".join("1" if b else "0" for b in bits), 2)
+    return int(np.array(value, dtype=np.uint64).view(np.int64))
+
+
+def phash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances (bits, 0-64) between int64 perceptual hashes, broadcast like ``a ^ b``."""
+    x = np.bitwise_xor(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)).view(np.uint64)
+    return np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(axis=-1)
+
+
 class Decode(Stage):
     """Stage: decode the ``image_bytes`` column into ``image``, ``width`` and ``height``.
 
@@ -236,6 +261,10 @@ class Decode(Stage):
         min_side, min_long_side: decode large JPEGs at a reduced scale that keeps the shorter
             side at least ``min_side`` and the longer side at least ``min_long_side`` pixels
             (``decode_sized``); ``None``: decode in full.
+        hashes: also write ``image_hash`` (object ``bytes``: BLAKE2b-128 of the image bytes as
+            stored; ``b""`` for rows without an image) and ``image_phash`` (int64: the 64-bit
+            perceptual hash ``imagehash.phash`` of the decoded image, Zauner 2010's DCT hash;
+            0 for failed rows), for near-duplicate and test-set matching.
     """
 
     name = "decode"
@@ -245,8 +274,11 @@ class Decode(Stage):
     drops = (S.IMAGE_BYTES,)
 
     def __init__(self, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
-                 min_side: int | None = None, min_long_side: int | None = None):
+                 min_side: int | None = None, min_long_side: int | None = None, hashes: bool = False):
         self.max_pixels = int(max_pixels)
+        self.hashes = bool(hashes)
+        if self.hashes:
+            self.writes = Decode.writes + (S.IMAGE_HASH, S.IMAGE_PHASH)
         self.background = tuple(int(c) for c in background)
         self.min_side, self.min_long_side = min_side, min_long_side
         # Our own header check enforces the limit; keep Pillow's from firing first.
@@ -258,6 +290,9 @@ class Decode(Stage):
         width = np.full(n, -1, dtype=np.int32)
         height = np.full(n, -1, dtype=np.int32)
         data = batch.pop(S.IMAGE_BYTES)
+        if self.hashes:
+            batch[S.IMAGE_HASH] = object_array([image_hash(b) for b in data])
+            batch[S.IMAGE_PHASH] = np.zeros(n, dtype=np.int64)
         for i in rows:
             try:
                 im, (w, h) = decode_sized(data[i], self.max_pixels, self.background, self.min_side, self.min_long_side)
@@ -266,6 +301,8 @@ class Decode(Stage):
                 continue
             images[i] = np.ascontiguousarray(im, dtype=np.uint8)
             height[i], width[i] = h, w
+            if self.hashes:
+                batch[S.IMAGE_PHASH][i] = perceptual_hash(images[i])
         batch[S.IMAGE] = object_array(images)
         batch[S.WIDTH] = width
         batch[S.HEIGHT] = height

@@ -38,6 +38,10 @@ class Score(Stage):
         batch_size: samples per forward pass.
         device: ``cpu``, ``cuda`` or ``None`` (auto).
         torch_threads: intra-op threads (0: torch's default).
+        embeddings: also write ``image_embedding``, ``masked_image_embedding`` and
+            ``text_embedding``: ``(N, D) float16``, L2-normalised, the vectors the scores are
+            the dot products of (NaN rows where not computed); the masked image's is the
+            original's where nothing was masked.
     """
 
     name = "score"
@@ -57,8 +61,13 @@ class Score(Stage):
         device: str | None = None,
         torch_threads: int = 0,
         weights: ResolvedWeights | None = None,
+        embeddings: bool = False,
     ):
         import torch
+
+        self.embeddings = bool(embeddings)
+        if self.embeddings:
+            self.writes = Score.writes + S.EMBEDDING_COLUMNS
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
@@ -108,12 +117,13 @@ class Score(Stage):
                 txt_emb = F.normalize(self.model.encode_text(t).float(), dim=-1).cpu().numpy()
         return img_emb, txt_emb
 
-    def score(self, images, masked, captions, has_text) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, images, masked, captions, has_text, with_embeddings: bool = False):
         """CLIP and masked CLIP scores of aligned lists (one forward pass for all images).
 
         Returns:
             ``(clip_score (N,) float32, masked_clip_score (N,) float32)``, cosine similarities
-            in [-1, 1].
+            in [-1, 1]; with ``with_embeddings`` also the ``(N, D) float32`` image, masked-image
+            and text embeddings they come from.
         """
         # A row with boxes that masked nothing (degenerate polygons) has an empty masked image.
         extra = [m if m.size else im for im, m, t in zip(images, masked, has_text) if t]
@@ -125,22 +135,37 @@ class Score(Stage):
         if extra:
             masked_emb[np.flatnonzero(has_text)] = img_emb[n:]
         masked_score = (masked_emb * txt_emb).sum(axis=1)
+        if with_embeddings:
+            return clip.astype(np.float32), masked_score.astype(np.float32), orig, masked_emb, txt_emb
         return clip.astype(np.float32), masked_score.astype(np.float32)
 
     def process(self, batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         n = batch_len(batch)
         clip = np.full(n, np.nan, dtype=np.float32)
         masked = np.full(n, np.nan, dtype=np.float32)
+        vectors = {c: np.full((n, self.embedding_dim), np.nan, dtype=np.float16) for c in S.EMBEDDING_COLUMNS} \
+            if self.embeddings else {}
         for start in range(0, len(rows), self.batch_size):
             part = np.asarray(rows[start : start + self.batch_size])
-            c, m = self.score(
+            out = self.score(
                 [image_at(batch[S.IMAGE], i) for i in part],
                 [image_at(batch[S.MASKED_IMAGE], i) for i in part],
                 [str(batch[S.TEXT][i]) for i in part],
                 np.asarray(batch[S.NUM_TEXT_BOXES])[part] > 0,
+                with_embeddings=self.embeddings,
             )
-            clip[part] = c
-            masked[part] = m
+            clip[part] = out[0]
+            masked[part] = out[1]
+            for c, v in zip(S.EMBEDDING_COLUMNS, out[2:]):
+                vectors[c][part] = v
         batch[S.CLIP_SCORE] = clip
         batch[S.MASKED_CLIP_SCORE] = masked
+        batch.update(vectors)
         return batch
+
+    @property
+    def embedding_dim(self) -> int:
+        """``D``, the length of the model's joint embedding (open_clip config ``embed_dim``)."""
+        import open_clip
+
+        return int(open_clip.get_model_config(self.weights.model)["embed_dim"])

@@ -104,11 +104,13 @@ def test_choices_are_validated_against_the_registries():
             config_from_dict({section: {key: "bogus"}})
 
 
-def test_each_stage_writes_what_it_declares_and_drops_the_rest():
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_each_stage_writes_what_it_declares_and_drops_the_rest(embeddings):
     from curate.scoring.records import records_to_batch, shard_record_list
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.detect.detector = "dbnet"
+    cfg.score.embeddings = embeddings
     chain = StageChain(cfg, TINY_W)
     batch = records_to_batch(shard_record_list(str(SHARDS[0]))[:6])
     for spec, stage in zip(chain.specs, chain.stages):
@@ -120,6 +122,7 @@ def test_each_stage_writes_what_it_declares_and_drops_the_rest():
         assert all(c in batch for c in stage.writes), spec.name
         assert not any(c in batch for c in stage.drops), spec.name
     assert "image" not in batch and "masked_image" not in batch
+    assert all(c in batch for c in S.EMBEDDING_COLUMNS) == embeddings
 
 
 def test_detector_none_gives_clip_scores_only():

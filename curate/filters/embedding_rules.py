@@ -1,0 +1,204 @@
+"""Rules over the embedding files of a score index (``curate score --embeddings``).
+
+- ``dedup(threshold=0.95, phash_bits=4)``: one sample per group of duplicate images
+  (``curate.filters.dedup.dedup_groups``: byte-identical images by ``image_hash``; resized and
+  re-encoded copies by perceptual hashes within ``phash_bits`` bits; near-duplicates by image
+  embeddings with cosine similarity >= ``threshold``, which assumes a trained CLIP: a random-init
+  model maps all images close together, so there give ``threshold=1``). A group keeps its sample with the highest
+  ``masked_clip_score`` (the T-MARS score; the lowest row on ties). The groups are written to
+  ``OUT/dedup_groups.parquet``: ``uid``, ``shard``, ``key``, ``group`` (the kept sample's uid),
+  ``kept``.
+- ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=4)``: drop every pool sample whose
+  image matches an image of the test set in ``DIR``. DataComp removed such near-duplicates of its
+  evaluation images from its pool (Gadre et al., 2023, Sec. 3.2 and App. F); users who build
+  their own pools need the same. A match is either exact-ish (the 64-bit perceptual hashes,
+  ``imagehash.phash``, differ in at most ``phash_bits`` bits: resized and re-encoded copies) or
+  semantic (cosine similarity of the CLIP image embeddings >= ``threshold``: crops and edits). The
+  test images are embedded with the index's own model (its metadata names the model and weights).
+  Matches go to ``OUT/decontamination.parquet``: ``uid``, ``shard``, ``key``, ``eval_image``,
+  ``method`` (``phash`` or ``embedding``), ``phash_distance``, ``similarity``.
+
+``DIR`` is a folder written by ``curate make-evalset`` (``wds_<name>_test/`` with ``.tar``
+shards, or the data folder holding several), any folder of webdataset tars, or an image tree
+(ImageFolder); it is read as a literal path, never as a pattern.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import schema as S
+from curate.filters.rules import Leaf, Pool, RuleError
+
+
+def _number(leaf: Leaf, name: str, default: float, lo: float, hi: float) -> float:
+    value = leaf.kwargs.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise RuleError(f"{leaf.name}({name}=...) must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def _embeddings(pool: Pool, leaf: Leaf, index_columns):
+    from curate.io.embeddings import NoEmbeddings, read_embeddings
+
+    if not hasattr(pool, "index"):
+        raise RuleError(f"{leaf.name}() reads the score index's embedding files: run it with curate filter")
+    try:
+        return read_embeddings(pool.index, S.IMAGE_EMBEDDING, index_columns)
+    except NoEmbeddings as e:
+        raise RuleError(f"{leaf.name}(): {e}") from None
+
+
+def dedup_rule(leaf: Leaf, pool: Pool) -> None:
+    """Resolve ``dedup(threshold=...)`` (see the module docstring).
+
+    Raises:
+        RuleError: a bad threshold, or an index without embedding files.
+    """
+    from curate.filters.dedup import dedup_groups
+
+    threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
+    bits = int(_number(leaf, "phash_bits", 4, 0, 16))
+    rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY, S.MASKED_CLIP_SCORE))
+    n = rows.num_rows
+    priority = rows.column(S.MASKED_CLIP_SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
+    leader = dedup_groups(vectors if threshold < 1 else None, priority, threshold,
+                          image_hash=np.asarray(hashes.column(S.IMAGE_HASH).to_pylist(), dtype=object),
+                          phash=hashes.column(S.IMAGE_PHASH).to_numpy(zero_copy_only=False), phash_bits=bits) \
+        if n else np.zeros(0, dtype=np.int64)
+    kept = leader == np.arange(n)
+    sizes = np.bincount(leader, minlength=n) if n else np.zeros(0, dtype=np.int64)
+    in_group = sizes[leader] > 1
+    uids = np.asarray(rows.column(S.UID).to_pylist(), dtype=object)
+    groups = pa.table({S.UID: rows.column(S.UID).filter(pa.array(in_group)),
+                       S.SHARD: rows.column(S.SHARD).filter(pa.array(in_group)),
+                       S.KEY: rows.column(S.KEY).filter(pa.array(in_group)),
+                       "group": pa.array(uids[leader[in_group]].tolist(), pa.string()),
+                       "kept": pa.array(kept[in_group])})
+    path = pool.artifact("dedup_groups.parquet")
+    pq.write_table(groups.sort_by([("group", "ascending"), ("kept", "descending")]), path)
+    leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(kept)))
+    leaf.details = {"groups": int((sizes > 1).sum()), "duplicates removed": int(n - kept.sum()),
+                    "files": {"groups": path}}
+
+
+def read_evalset_images(folder: str | Path) -> list[tuple[str, bytes]]:
+    """``(name, image bytes)`` of every image in a test folder: the image members of its ``.tar``
+    files (webdataset, as ``curate make-evalset`` writes them) and its image files.
+
+    Raises:
+        FileNotFoundError: not a folder, or no image in it.
+    """
+    from curate.io.formats import image_extensions, image_suffixes
+    from curate.io.shards import read_shard
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"evalset {folder} is not a folder")
+    exts = image_extensions()
+    found: list[tuple[str, bytes]] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.suffix == ".tar":
+            for sample in read_shard(str(path)).samples:
+                ext = next((e for e in sample if e.lower() in exts), None)
+                if ext is not None:
+                    found.append((f"{path.relative_to(root)}:{sample['__key__']}", sample[ext]))
+        elif path.suffix.lower() in image_suffixes():
+            found.append((str(path.relative_to(root)), path.read_bytes()))
+    if not found:
+        raise FileNotFoundError(f"no images in evalset {folder} (looked for .tar shards and image files)")
+    return found
+
+
+def index_weights(index: str | Path):
+    """The CLIP model and weights an index was scored with (its ``curate.config`` fingerprint),
+    resolved offline: ``(model name, curate.models.ResolvedWeights)``."""
+    from curate.io.index import index_files, read_index_metadata
+    from curate.models import resolve_pretrained
+
+    md = read_index_metadata(index_files(index)[0])
+    fingerprint = json.loads(md.get(S.META_CONFIG, "{}"))
+    model, weights = fingerprint.get("clip_model") or md.get(S.META_CLIP_MODEL), fingerprint.get("clip_weights")
+    if weights is None:
+        return model, resolve_pretrained(model, None)
+    kind, _, rest = weights.partition(":")
+    return model, resolve_pretrained(model, rest.rsplit(":", 1)[0] if kind == "file" else rest)
+
+
+def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
+    """Resolve ``decontaminate(evalset=DIR, threshold=..., phash_bits=...)`` (see the module docstring).
+
+    Raises:
+        RuleError: no ``evalset``, bad numbers, an index without embedding files, or an evalset
+            folder without images.
+    """
+    import faiss
+
+    from curate.stages.decode import DecodeError, decode_image, perceptual_hash, phash_distance
+    from curate.stages.score import Score
+
+    evalset = leaf.kwargs.get("evalset")
+    if not isinstance(evalset, str) or not evalset:
+        raise RuleError("decontaminate() needs evalset='DIR' (a test-set folder, e.g. from curate make-evalset)")
+    threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
+    bits = int(_number(leaf, "phash_bits", 4, 0, 64))
+    rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
+    try:
+        images = read_evalset_images(evalset)
+    except FileNotFoundError as e:
+        raise RuleError(f"decontaminate(): {e}") from None
+    names, decoded = [], []
+    for name, data in images:
+        try:
+            decoded.append(decode_image(data))
+            names.append(name)
+        except DecodeError:
+            continue
+    if threshold < 1:  # threshold=1: perceptual hashes only (e.g. a random-init model's index)
+        model, weights = index_weights(pool.index)
+        scorer = Score(clip_model=model, weights=weights, device="cpu")
+        eval_vecs = np.concatenate([scorer.embed(decoded[i:i + 64], [])[0] for i in range(0, len(decoded), 64)])
+    else:
+        eval_vecs = np.zeros((1, vectors.shape[1]), dtype=np.float32)
+    eval_phash = np.asarray([perceptual_hash(im) for im in decoded], dtype=np.int64)
+
+    n = rows.num_rows
+    best_sim = np.full(n, -np.inf, dtype=np.float32)
+    best_emb = np.zeros(n, dtype=np.int64)
+    index = faiss.IndexFlatIP(eval_vecs.shape[1])
+    index.add(eval_vecs.astype(np.float32))
+    for start in range(0, n, 65_536):
+        q = vectors[start:start + 65_536].astype(np.float32)
+        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        sim, idx = index.search(q, 1)
+        best_sim[start:start + len(q)], best_emb[start:start + len(q)] = sim[:, 0], idx[:, 0]
+    pool_phash = hashes.column(S.IMAGE_PHASH).to_numpy(zero_copy_only=False).astype(np.int64)
+    best_bits = np.full(n, 65, dtype=np.int64)
+    best_ph = np.zeros(n, dtype=np.int64)
+    for start in range(0, len(eval_phash), 256):  # (pool x 256) Hamming distances at a time
+        d = phash_distance(pool_phash[:, None], eval_phash[None, start:start + 256])
+        j = d.argmin(axis=1)
+        better = d[np.arange(n), j] < best_bits
+        best_bits[better], best_ph[better] = d[np.arange(n), j][better], (start + j)[better]
+    by_phash = best_bits <= bits
+    by_emb = (best_sim >= threshold) if threshold < 1 else np.zeros(n, dtype=bool)
+    hit = by_phash | by_emb
+    method = np.where(by_phash, "phash", "embedding")
+    match = np.where(by_phash, best_ph, best_emb)
+    matches = pa.table({
+        S.UID: rows.column(S.UID).filter(pa.array(hit)), S.SHARD: rows.column(S.SHARD).filter(pa.array(hit)),
+        S.KEY: rows.column(S.KEY).filter(pa.array(hit)),
+        "eval_image": pa.array([names[j] for j in match[hit]], pa.string()),
+        "method": pa.array(method[hit].tolist(), pa.string()),
+        "phash_distance": pa.array(best_bits[hit], pa.int32()), "similarity": pa.array(best_sim[hit], pa.float32()),
+    })
+    path = pool.artifact("decontamination.parquet")
+    pq.write_table(matches, path)
+    leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(~hit)))
+    leaf.details = {"test images": len(names), "matched by phash": int(by_phash.sum()),
+                    "by embedding only": int((by_emb & ~by_phash).sum()), "files": {"matches": path}}
