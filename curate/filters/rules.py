@@ -22,7 +22,12 @@ Rules (``RULES``), each with its source:
 - ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=4)``: drop samples whose image is a
   near-duplicate of an image of a test set (DataComp-format folder or image tree): perceptual
   hash within ``phash_bits`` bits, or image-embedding cosine >= threshold
-  (``curate.filters.embedding_rules``). Needs ``--embeddings``.
+  (``curate.filters.pool_rules``). Needs ``--embeddings``.
+- ``text_based(classes=FILE)``: DataComp's text-based baseline: the caption mentions a class
+  name of ``FILE`` (``curate.filters.pool_rules``).
+- ``image_based(target=DIR, clusters=1000)``: DataComp's image-based baseline: the sample's
+  image-embedding cluster is the nearest of some target image's (``curate.filters.pool_rules``).
+  Needs ``--embeddings``.
 
 Pool-wide fraction (DataComp ``baselines.get_threshold``): over all ``ok`` rows of the whole
 index with a score, sorted descending, the threshold is the score at index ``int(N * fraction)``
@@ -156,15 +161,27 @@ def _text_area(leaf: Leaf, pool: Pool) -> None:
 
 
 def _dedup(leaf: Leaf, pool: Pool) -> None:
-    from curate.filters.embedding_rules import dedup_rule
+    from curate.filters.pool_rules import dedup_rule
 
     dedup_rule(leaf, pool)
 
 
 def _decontaminate(leaf: Leaf, pool: Pool) -> None:
-    from curate.filters.embedding_rules import decontaminate_rule
+    from curate.filters.pool_rules import decontaminate_rule
 
     decontaminate_rule(leaf, pool)
+
+
+def _text_based(leaf: Leaf, pool: Pool) -> None:
+    from curate.filters.pool_rules import text_based_rule
+
+    text_based_rule(leaf, pool)
+
+
+def _image_based(leaf: Leaf, pool: Pool) -> None:
+    from curate.filters.pool_rules import image_based_rule
+
+    image_based_rule(leaf, pool)
 
 
 RULES: dict[str, tuple[Callable, set[str]]] = {
@@ -175,6 +192,8 @@ RULES: dict[str, tuple[Callable, set[str]]] = {
     "text_area": (_text_area, {"max"}),
     "dedup": (_dedup, {"threshold", "phash_bits"}),
     "decontaminate": (_decontaminate, {"evalset", "threshold", "phash_bits"}),
+    "text_based": (_text_based, {"classes"}),
+    "image_based": (_image_based, {"target", "clusters"}),
 }
 
 

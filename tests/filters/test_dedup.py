@@ -171,3 +171,41 @@ def test_decontaminate_drops_the_test_images_and_writes_the_matches(injected, tm
     assert s.removed_by[rule] == 2
     with pytest.raises(RuleError, match="evalset"):
         run_filter(injected["index"], "decontaminate(threshold=0.9)", tmp_path / "y")
+
+
+def test_text_based_keeps_captions_that_mention_a_class_name(scored, tmp_path):
+    """DataComp's text-based baseline on the real index: whole words and phrases, any case; a
+    class file with SQL or regex syntax in it is only ever text."""
+    import re
+
+    out, _, _ = scored
+    rows = pq.read_table(out, columns=[S.KEY, S.SHARD, S.TEXT, S.STATUS]).to_pylist()
+    ok = [r for r in rows if r[S.STATUS] == S.STATUS_OK]
+    words = {r[S.KEY]: set(re.findall(r"[a-z0-9]+", (r[S.TEXT] or "").lower())) for r in ok}
+    common = sorted({w for ws in words.values() for w in ws if len(w) > 3})[:3]
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(common + ["') OR TRUE --", "(.*)"]) + "\n")
+    s = run_filter(out, f"text_based(classes={str(classes)!r})", tmp_path / "t")
+    kept = set(pq.read_table(tmp_path / "t" / "subset.parquet").column(S.KEY).to_pylist())
+    assert kept == {k for k, ws in words.items() if ws & set(common)} and kept
+    prefix = tmp_path / "prefix.txt"
+    prefix.write_text(common[0][:-1] + "\n")  # a prefix of a word is not the word
+    run_filter(out, f"text_based(classes={str(prefix)!r})", tmp_path / "p")
+    kept = set(pq.read_table(tmp_path / "p" / "subset.parquet").column(S.KEY).to_pylist())
+    assert kept == {k for k, ws in words.items() if common[0][:-1] in ws}
+    assert "text_based" in s.format()
+
+
+@pytest.mark.slow
+def test_image_based_keeps_the_clusters_of_the_target_images(injected, tmp_path):
+    """With the pool's own images as targets, their samples are kept; the rule composes."""
+    target = injected["dir"] / "target"
+    target.mkdir()
+    src = injected["sources"]
+    for i in (0, 1):
+        (target / f"t{i}.jpg").write_bytes(src[injected["pool"][i]]["image"])
+    s = run_filter(injected["index"], f"image_based(target={str(target)!r}, clusters=4) & ~text_area(max=0.99)",
+                   tmp_path / "i")
+    kept = set(pq.read_table(tmp_path / "i" / "subset.parquet").column(S.KEY).to_pylist())
+    assert {src[injected["pool"][0]]["key"], src[injected["pool"][1]]["key"]} <= kept
+    assert s.details["image_based(target=" + repr(str(target)) + ", clusters=4)"]["clusters chosen"] <= 2

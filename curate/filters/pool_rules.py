@@ -1,4 +1,16 @@
-"""Rules over the embedding files of a score index (``curate score --embeddings``).
+"""Rules computed over the whole pool in Python, then handed to the SQL filter as the set of rows
+they keep (``Pool.keep_rows``): DataComp's other baselines, dedup and decontamination. All but
+``text_based`` read the embedding files of a score index (``curate score --embeddings``).
+
+- ``text_based(classes=FILE)``: DataComp's text-based filter (Gadre et al., 2023, Sec. 4.2 and
+  App. "Text-based filtering"): keep samples whose caption mentions one of the class names in
+  ``FILE`` (one per line; DataComp used the ImageNet-1k class names), as a whole word or phrase,
+  case-insensitive. The names are matched by Python's ``re`` (escaped), never put into SQL.
+- ``image_based(target=DIR, clusters=K)``: DataComp's image-based filter (same section): k-means
+  the pool's image embeddings into ``K`` clusters, embed the target images (DataComp: ImageNet-1k
+  train; here any test or train folder, read as ``decontaminate`` reads one) with the index's own
+  model, and keep the pool samples whose cluster is the nearest cluster of at least one target
+  image.
 
 - ``dedup(threshold=0.95, phash_bits=4)``: one sample per group of duplicate images
   (``curate.filters.dedup.dedup_groups``: byte-identical images by ``image_hash``; resized and
@@ -87,6 +99,94 @@ def dedup_rule(leaf: Leaf, pool: Pool) -> None:
                     "files": {"groups": path}}
 
 
+def text_based_rule(leaf: Leaf, pool: Pool) -> None:
+    """Resolve ``text_based(classes=FILE)`` (see the module docstring).
+
+    Raises:
+        RuleError: no ``classes`` file, or an empty one.
+    """
+    import re
+
+    path = leaf.kwargs.get("classes")
+    if not isinstance(path, str) or not Path(path).is_file():
+        raise RuleError(f"text_based() needs classes='FILE' (class names, one per line), got {path!r}")
+    names = sorted({ln.strip().lower() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()},
+                   key=len, reverse=True)
+    if not names:
+        raise RuleError(f"text_based(): {path} holds no class names")
+    if not hasattr(pool, "con"):
+        raise RuleError("text_based() reads the captions of the pool: run it with curate filter")
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in names) + r")(?!\w)")
+    from curate.query import VIEW
+
+    rows = pool.con.sql(f"SELECT {S.SHARD}, {S.KEY}, {S.TEXT} FROM {VIEW} WHERE {S.STATUS} = '{S.STATUS_OK}'"
+                        ).to_arrow_table()
+    texts = rows.column(S.TEXT).to_pylist()
+    hit = np.asarray([bool(t) and pattern.search(t.lower()) is not None for t in texts], dtype=bool)
+    leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(hit)))
+    leaf.columns = (S.TEXT,)
+    leaf.details = {"class names": len(names), "captions that mention one": int(hit.sum())}
+
+
+def image_based_rule(leaf: Leaf, pool: Pool) -> None:
+    """Resolve ``image_based(target=DIR, clusters=K)`` (see the module docstring).
+
+    Raises:
+        RuleError: no ``target`` folder or no image in it, bad ``clusters``, or an index without
+            embedding files.
+    """
+    import faiss
+
+    target = leaf.kwargs.get("target")
+    if not isinstance(target, str) or not target:
+        raise RuleError("image_based() needs target='DIR' (a folder of target images, e.g. from curate make-evalset)")
+    k = leaf.kwargs.get("clusters", 1000)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise RuleError(f"image_based(clusters=...) must be a positive integer, got {k!r}")
+    rows, vectors, _ = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
+    targets = _embed_images(pool, _load_folder(target, leaf)[1])
+    n, d = vectors.shape
+    k = min(k, n)
+    pool_vecs = vectors.astype(np.float32)
+    pool_vecs /= np.maximum(np.linalg.norm(pool_vecs, axis=1, keepdims=True), 1e-12)
+    km = faiss.Kmeans(d, k, niter=20, seed=0, spherical=True, verbose=False)
+    km.train(pool_vecs)
+    _, pool_cluster = km.index.search(pool_vecs, 1)
+    _, target_cluster = km.index.search(targets, 1)
+    chosen = np.unique(target_cluster[:, 0])
+    hit = np.isin(pool_cluster[:, 0], chosen)
+    leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(hit)))
+    leaf.details = {"clusters": k, "target images": len(targets), "clusters chosen": len(chosen)}
+
+
+def _load_folder(folder: str, leaf: Leaf) -> tuple[list[str], list[np.ndarray]]:
+    """Names and decoded ``(H, W, 3) uint8`` images of a folder (``read_evalset_images``);
+    undecodable images are skipped."""
+    from curate.stages.decode import DecodeError, decode_image
+
+    try:
+        images = read_evalset_images(folder)
+    except FileNotFoundError as e:
+        raise RuleError(f"{leaf.name}(): {e}") from None
+    names, decoded = [], []
+    for name, data in images:
+        try:
+            decoded.append(decode_image(data))
+            names.append(name)
+        except DecodeError:
+            continue
+    return names, decoded
+
+
+def _embed_images(pool: Pool, images: list[np.ndarray]) -> np.ndarray:
+    """``images`` embedded with the index's own model: ``(M, D) float32``, L2-normalised."""
+    from curate.stages.score import Score
+
+    model, weights = index_weights(pool.index)
+    scorer = Score(clip_model=model, weights=weights, device="cpu")
+    return np.concatenate([scorer.embed(images[i:i + 64], [])[0] for i in range(0, len(images), 64)])
+
+
 def read_evalset_images(folder: str | Path) -> list[tuple[str, bytes]]:
     """``(name, image bytes)`` of every image in a test folder: the image members of its ``.tar``
     files (webdataset, as ``curate make-evalset`` writes them) and its image files.
@@ -139,8 +239,7 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     """
     import faiss
 
-    from curate.stages.decode import DecodeError, decode_image, perceptual_hash, phash_distance
-    from curate.stages.score import Score
+    from curate.stages.decode import perceptual_hash, phash_distance
 
     evalset = leaf.kwargs.get("evalset")
     if not isinstance(evalset, str) or not evalset:
@@ -148,21 +247,9 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
     bits = int(_number(leaf, "phash_bits", 4, 0, 64))
     rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
-    try:
-        images = read_evalset_images(evalset)
-    except FileNotFoundError as e:
-        raise RuleError(f"decontaminate(): {e}") from None
-    names, decoded = [], []
-    for name, data in images:
-        try:
-            decoded.append(decode_image(data))
-            names.append(name)
-        except DecodeError:
-            continue
+    names, decoded = _load_folder(evalset, leaf)
     if threshold < 1:  # threshold=1: perceptual hashes only (e.g. a random-init model's index)
-        model, weights = index_weights(pool.index)
-        scorer = Score(clip_model=model, weights=weights, device="cpu")
-        eval_vecs = np.concatenate([scorer.embed(decoded[i:i + 64], [])[0] for i in range(0, len(decoded), 64)])
+        eval_vecs = _embed_images(pool, decoded)
     else:
         eval_vecs = np.zeros((1, vectors.shape[1]), dtype=np.float32)
     eval_phash = np.asarray([perceptual_hash(im) for im in decoded], dtype=np.int64)
