@@ -12,9 +12,11 @@
     curate evaluate (--model ARCH --pretrained TAG_OR_PATH | --train-dir DIR) --tasks TASKS
                     --data-dir DIR --out DIR
     curate make-evalset (--imagefolder DIR_OR_TAR | --captions FILE.jsonl --image-root DIR) --name NAME --out DIR
+    curate report --index DIR --out DIR [--subset FILE]
+    curate search ("TEXT" | --image PATH) --index DIR [-k 20] [--html OUT.html]
 
 Settings: every command's settings are one dataclass (``PipelineConfig``, ``TrainConfig``,
-``EvalConfig``, ``ReportConfig``, ``ReshardConfig``, ``EvalsetConfig``) and ``_add_settings``
+``EvalConfig``, ``ReportConfig``, ``ReshardConfig``, ``EvalsetConfig``, ``SearchConfig``) and ``_add_settings``
 makes one flag per field, named as the field (``--section-field`` for ``curate score``'s nested
 config), typed and range-checked by ``curate.config.check_field`` and documented from the
 dataclass's docstring. Inputs and outputs (shards, ``--out``, ``--index``) and how to run
@@ -87,8 +89,9 @@ def _add_settings(parser, cls: type, title: str, section: str | None = None, ali
     defaults = cls()
     for f in dataclasses.fields(cls):
         names = ["--" + "-".join(filter(None, [section, f.name])).replace("_", "-")]
-        if aliases and f.name in aliases:
-            names.append("--" + aliases[f.name].replace("_", "-"))
+        if aliases and f.name in aliases:  # "-k" as it is; a field name as "--field-name"
+            alias = aliases[f.name]
+            names.append(alias if alias.startswith("-") else "--" + alias.replace("_", "-"))
         dest = "__".join(filter(None, ["set", section, f.name]))
         default = getattr(defaults, f.name)
         text = docs.get(f.name, "").replace("%", "%%")
@@ -226,6 +229,31 @@ def _cmd_report(args) -> int:
           f"{r.num_images} images" + (f", {r.missing} image(s) unreadable, shown with the reason" if r.missing else "")
           + (f"; subset kept {r.subset_kept}" if r.subset_kept is not None else "") + ")")
     return 0
+
+
+def _add_search(sub) -> None:
+    from curate.report.search import SearchConfig
+
+    p = sub.add_parser(
+        "search",
+        help="the pool samples nearest to a text or an image, over the stored embeddings (score --embeddings)",
+        description="Embeds the query with the index's own CLIP model and searches the stored image embeddings "
+        "(exact inner product, faiss). Example: curate search \"a red double-decker bus\" --index out/index -k 20",
+    )
+    p.add_argument("query", nargs="?", help="a text query (or give --image)")
+    p.add_argument("--image", help="a query image file instead of a text")
+    p.add_argument("--index", required=True, help="score-index folder written by `curate score --embeddings`")
+    p.add_argument("--html", help="also write a page of the hits' thumbnails to this .html file")
+    p.add_argument("--shards", nargs="+", help="where the shards are now, if moved since scoring (for --html)")
+    _add_settings(p, SearchConfig, "settings", aliases={"top_k": "-k"})
+
+
+def _cmd_search(args) -> int:
+    from curate.models import PretrainedNotAvailable
+    from curate.report.search import search
+
+    return _run_command("search", lambda: search(args.index, text=args.query, image=args.image, html=args.html,
+                                                 shards=args.shards, **_settings(args)), PretrainedNotAvailable)
 
 
 def _add_train(sub) -> None:
@@ -394,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_make_evalset(sub)
     _add_report(sub)
+    _add_search(sub)
     return parser
 
 
@@ -424,6 +453,8 @@ def _dispatch(args) -> int:
         return _cmd_make_evalset(args)
     if args.command == "report":
         return _cmd_report(args)
+    if args.command == "search":
+        return _cmd_search(args)
     raise AssertionError(args.command)
 
 

@@ -33,9 +33,11 @@ IMAGE_BYTES = "image_bytes"  # the sample's encoded image (bytes), until decode
 IMAGE = "image"  # (H, W, 3) uint8 RGB, from decode to the last model stage
 MASKED_IMAGE = "masked_image"  # (H, W, 3) uint8 RGB with the text masked; empty when nothing was masked
 
-# Embedding files (`curate score --embeddings`): `<index>/embeddings/<index file name>`, one per
+# Embedding files (`curate score --embeddings`): `<index>/_embeddings/<index file name>`, one per
 # index file, row-aligned with it (same uid and key on each row), nulls where the row is not ok.
-EMBEDDINGS_DIR = "embeddings"
+# The leading underscore keeps `pyarrow.parquet.read_table(index)` / pandas reading the index
+# folder alone (they skip `_` and `.` entries).
+EMBEDDINGS_DIR = "_embeddings"
 IMAGE_EMBEDDING = "image_embedding"  # fixed_size_list<float16>[D], L2-normalised, of the original image
 MASKED_IMAGE_EMBEDDING = "masked_image_embedding"  # of the text-masked image (= image_embedding without text)
 TEXT_EMBEDDING = "text_embedding"  # of the caption

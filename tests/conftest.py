@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tarfile
@@ -117,3 +118,62 @@ def scored(pool, tmp_path_factory, ray_cluster):
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     summary = run_score([str(pool / "*.tar")], out, cfg, progress=False)
     return out, cfg, summary
+
+
+def jpeg_bytes(image, quality=90) -> bytes:
+    """``image`` (a PIL image) as JPEG bytes."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write_shard(path, samples):
+    """A webdataset tar of ``(key, {extension: bytes})`` samples."""
+    with tarfile.open(path, "w") as tf:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="session")
+def embedded_pool(tmp_path_factory, ray_cluster, sources):
+    """The sample shards, plus a shard of copies of four pool images (exact bytes, half size,
+    re-encoded at JPEG quality 40, a 10% crop), plus a test set holding two other pool images
+    (re-encoded, resized) and two images the pool does not hold; scored with --embeddings."""
+    from PIL import Image
+
+    from curate.evaluate.make_evalset import make_classification_set
+    from curate.scoring import run_score
+    from curate.scoring.config import load_config
+
+    d = tmp_path_factory.mktemp("embedded_pool")
+    pool = [k for k, v in sources.items() if v["image"] and v["caption"] and k.startswith(("photos/", "flickr30k"))]
+    pool = sorted(pool)[:6]
+    imgs = {k: Image.open(io.BytesIO(sources[k]["image"])) for k in pool}
+    copies = [("copy-exact", sources[pool[0]]["image"]),
+              ("copy-half", jpeg_bytes(imgs[pool[1]].resize((imgs[pool[1]].width // 2, imgs[pool[1]].height // 2)))),
+              ("copy-q40", jpeg_bytes(imgs[pool[2]], quality=40)),
+              ("copy-crop", jpeg_bytes(imgs[pool[3]].crop((0, 0, int(imgs[pool[3]].width * 0.9),
+                                                       int(imgs[pool[3]].height * 0.9)))))]
+    write_shard(d / "injected-000000.tar", [(k, {"jpg": b, "txt": b"an injected copy of a pool image"})
+                                            for k, b in copies])
+    tree = d / "evaltree" / "things"
+    tree.mkdir(parents=True)
+    (tree / "a.jpg").write_bytes(jpeg_bytes(imgs[pool[4]], quality=50))
+    (tree / "b.jpg").write_bytes(jpeg_bytes(imgs[pool[5]].resize((imgs[pool[5]].width // 2, imgs[pool[5]].height // 2))))
+    import numpy as np
+
+    rng = np.random.default_rng(0)  # two pictures the pool does not hold: a gradient and noise
+    gradient = np.tile(np.linspace(0, 255, 256, dtype=np.uint8)[None, :, None], (192, 1, 3))
+    noise = rng.integers(0, 256, (192, 256, 3), dtype=np.uint8)
+    for i, pixels in enumerate((gradient, noise)):
+        (tree / f"outside{i}.jpg").write_bytes(jpeg_bytes(Image.fromarray(pixels)))
+    make_classification_set(d / "evaltree", "injected", d / "evaldata")
+    cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
+    cfg.score.embeddings = True
+    index = d / "index"
+    shards = [str(s) for s in SHARDS] + [str(d / "injected-000000.tar")]
+    assert run_score(shards, index, cfg, progress=False).exit_code == 0
+    return {"index": index, "pool": pool, "sources": sources, "evaldata": d / "evaldata", "dir": d}

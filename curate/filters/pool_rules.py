@@ -12,15 +12,17 @@ they keep (``Pool.keep_rows``): DataComp's other baselines, dedup and decontamin
   model, and keep the pool samples whose cluster is the nearest cluster of at least one target
   image.
 
-- ``dedup(threshold=0.95, phash_bits=4)``: one sample per group of duplicate images
+- ``dedup(threshold=0.95, phash_bits=2)``: one sample per group of duplicate images
   (``curate.filters.dedup.dedup_groups``: byte-identical images by ``image_hash``; resized and
-  re-encoded copies by perceptual hashes within ``phash_bits`` bits; near-duplicates by image
+  re-encoded copies by perceptual hashes within ``phash_bits`` bits (on the bundled sample pool,
+  half-size and JPEG-quality-40 copies stay within 2 bits of their original, while the closest
+  two different pictures, two illustrations with the same layout, are 4 bits apart); near-duplicates by image
   embeddings with cosine similarity >= ``threshold``, which assumes a trained CLIP: a random-init
   model maps all images close together, so there give ``threshold=1``). A group keeps its sample with the highest
   ``masked_clip_score`` (the T-MARS score; the lowest row on ties). The groups are written to
   ``OUT/dedup_groups.parquet``: ``uid``, ``shard``, ``key``, ``group`` (the kept sample's uid),
   ``kept``.
-- ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=4)``: drop every pool sample whose
+- ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=2)``: drop every pool sample whose
   image matches an image of the test set in ``DIR``. DataComp removed such near-duplicates of its
   evaluation images from its pool (Gadre et al., 2023, Sec. 3.2 and App. F); users who build
   their own pools need the same. A match is either exact-ish (the 64-bit perceptual hashes,
@@ -75,7 +77,7 @@ def dedup_rule(leaf: Leaf, pool: Pool) -> None:
     from curate.filters.dedup import dedup_groups
 
     threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
-    bits = int(_number(leaf, "phash_bits", 4, 0, 16))
+    bits = int(_number(leaf, "phash_bits", 2, 0, 16))
     rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY, S.MASKED_CLIP_SCORE))
     n = rows.num_rows
     priority = rows.column(S.MASKED_CLIP_SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -245,7 +247,7 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     if not isinstance(evalset, str) or not evalset:
         raise RuleError("decontaminate() needs evalset='DIR' (a test-set folder, e.g. from curate make-evalset)")
     threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
-    bits = int(_number(leaf, "phash_bits", 4, 0, 64))
+    bits = int(_number(leaf, "phash_bits", 2, 0, 64))
     rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
     names, decoded = _load_folder(evalset, leaf)
     if threshold < 1:  # threshold=1: perceptual hashes only (e.g. a random-init model's index)

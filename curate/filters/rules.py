@@ -15,11 +15,11 @@ Rules (``RULES``), each with its source:
 - ``laion()``: ``clip_score >= 0.28`` and English caption (LAION-2B's filter as DataComp
   reproduces it; LAION-5B paper, Schuhmann et al. 2022, uses 0.28 with ViT-B/32).
 - ``text_area(max=0.1)``: ``text_area_frac <= max`` (an ablation: drop images mostly text).
-- ``dedup(threshold=0.95, phash_bits=4)``: keep one sample per group of duplicate images
+- ``dedup(threshold=0.95, phash_bits=2)``: keep one sample per group of duplicate images
   (byte-identical; perceptual hashes within ``phash_bits`` bits; image-embedding cosine >=
   threshold, SemDeDup-style, ``threshold=1`` to skip), the one with the highest
   ``masked_clip_score`` (``curate.filters.dedup``). Needs ``--embeddings``.
-- ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=4)``: drop samples whose image is a
+- ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=2)``: drop samples whose image is a
   near-duplicate of an image of a test set (DataComp-format folder or image tree): perceptual
   hash within ``phash_bits`` bits, or image-embedding cosine >= threshold
   (``curate.filters.pool_rules``). Needs ``--embeddings``.

@@ -1,6 +1,6 @@
 """Embedding files beside a score index (``curate score --embeddings``).
 
-One Parquet file per index file, ``<index>/embeddings/<index file name>``, with one row per index
+One Parquet file per index file, ``<index>/_embeddings/<index file name>``, with one row per index
 row in the same order (the ``uid`` and ``key`` columns repeat the index's, so a join is never
 needed and a misaligned file is detected):
 
@@ -12,7 +12,7 @@ needed and a misaligned file is detected):
 | ``image_phash`` | int64: 64-bit perceptual hash (``imagehash.phash``) of the decoded image |
 
 Any Parquet reader reads them without curate: ``pyarrow.parquet.read_table``, DuckDB
-(``SELECT uid, image_embedding FROM 'index/embeddings/*.parquet'``), or numpy via
+(``SELECT uid, image_embedding FROM 'index/_embeddings/*.parquet'``), or numpy via
 ``read_embeddings``. DataComp ships its pool's CLIP embeddings the same way, beside the metadata.
 """
 
@@ -29,7 +29,7 @@ from curate.io.index import index_files, write_parquet_atomically
 
 
 def embeddings_path(index_file: str | Path) -> Path:
-    """The embedding file of an index file: ``<folder>/embeddings/<name>``."""
+    """The embedding file of an index file: ``<folder>/_embeddings/<name>``."""
     index_file = Path(index_file)
     return index_file.parent / S.EMBEDDINGS_DIR / index_file.name
 

@@ -140,6 +140,10 @@ class SubsetView:
         dropped_rows: dropped rows with the highest ``clip_score`` first (what a CLIP-score filter
             would have kept), at most ``per_band``.
         kept_rows: kept rows with the lowest ``clip_score`` first, at most ``per_band``.
+        duplicate_groups: from ``dedup_groups.parquet`` beside the subset (``dedup()``): up to
+            ``per_band`` groups, each a list of ``(row, kept)``, the kept row first.
+        test_matches: from ``decontamination.parquet`` beside the subset (``decontaminate()``):
+            up to ``4 * per_band`` ``(row, eval image, method, phash distance, similarity)``.
     """
 
     path: str
@@ -149,6 +153,8 @@ class SubsetView:
     by_status: list[tuple[str, int, int]]
     dropped_rows: list[int]
     kept_rows: list[int]
+    duplicate_groups: list[list[tuple[int, bool]]] = field(default_factory=list)
+    test_matches: list[tuple[int, str, str, int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -187,6 +193,30 @@ class ReportData:
     provenance: list[tuple[str, str]]
     mask_method: str
     is_pretrained: bool
+
+
+def _filter_findings(view: SubsetView, folder: Path, table: pa.Table, per_band: int) -> None:
+    """Fill ``view``'s duplicate groups and test-set matches from the files ``curate filter``
+    wrote beside the subset (``dedup_groups.parquet``, ``decontamination.parquet``), if any.
+    Rows are matched to the index by ``(shard, key)``."""
+    import pyarrow.parquet as pq
+
+    where = {(s, k): i for i, (s, k) in enumerate(zip(table.column(S.SHARD).to_pylist(),
+                                                      table.column(S.KEY).to_pylist()))}
+    groups_file, matches_file = folder / "dedup_groups.parquet", folder / "decontamination.parquet"
+    if groups_file.is_file():
+        groups: dict[str, list[tuple[int, bool]]] = {}
+        for r in pq.read_table(groups_file).to_pylist():
+            row = where.get((r[S.SHARD], r[S.KEY]))
+            if row is not None:
+                groups.setdefault(r["group"], []).append((row, bool(r["kept"])))
+        view.duplicate_groups = [sorted(g, key=lambda x: not x[1]) for g in list(groups.values())[:per_band]]
+    if matches_file.is_file():
+        for r in pq.read_table(matches_file).to_pylist()[: 4 * per_band]:
+            row = where.get((r[S.SHARD], r[S.KEY]))
+            if row is not None:
+                view.test_matches.append((row, r["eval_image"], r["method"], int(r["phash_distance"]),
+                                          float(r["similarity"])))
 
 
 def gather_report(index: str | Path, subset: str | None = None, band_by: str = S.MASKED_CLIP_SCORE,
@@ -251,6 +281,8 @@ def gather_report(index: str | Path, subset: str | None = None, band_by: str = S
         view = SubsetView(str(subset), kept, int((mult > 1).sum()), int(unknown),
                           [(s, by_status[(s, True)], by_status[(s, False)]) for s in sorted(set(status.tolist()))],
                           [int(i) for i in dropped_idx], [int(i) for i in kept_idx])
+        _filter_findings(view, Path(subset).parent, table, per_band)
+        chosen += [i for g in view.duplicate_groups for i, _ in g] + [m[0] for m in view.test_matches]
 
     uniq = sorted(set(chosen))
     examples = dict(zip(uniq, table.take(pa.array(uniq, pa.int64())).to_pylist())) if uniq else {}

@@ -237,6 +237,14 @@ code { font-size: 90%; }
 {{ grid(subset.dropped_examples) }}
 <h3>Kept, lowest clip_score first</h3>
 {{ grid(subset.kept_examples) }}
+{% if subset.groups %}<h3>Duplicate groups (dedup): the kept sample first, then the ones dropped</h3>
+{% for g in subset.groups %}{{ grid(g) }}{% endfor %}{% endif %}
+{% if subset.matches %}<h3>Test-set matches (decontaminate): pool samples dropped as copies of test images</h3>
+<table><tr><th>uid</th><th>test image</th><th>method</th><th class="n">phash bits</th><th class="n">similarity</th></tr>
+{% for e, name, method, bits, sim in subset.matches %}<tr><td><code>{{ e.uid }}</code></td><td><code>{{ name }}</code></td>
+<td>{{ method }}</td><td class="n">{{ bits }}</td><td class="n">{{ "%.4f"|format(sim) }}</td></tr>
+{% endfor %}</table>
+{{ grid(subset.matches|map(attribute=0)|list) }}{% endif %}
 {% endif %}
 
 <h2>Examples by {{ band_by }} band</h2>
@@ -266,6 +274,58 @@ _GRID = """<div class="grid">{% for e in examples %}<div class="card">
 <div><small><code>{{ e.uid }}</code></small></div></div>{% else %}<p>(none)</p>{% endfor %}</div>"""
 
 
+def _environment():
+    """The Jinja2 environment of curate's pages: autoescaped, ``fmt`` for scores, ``grid`` for
+    a list of ``Example`` cards."""
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env.globals["fmt"] = lambda v: "-" if v is None else f"{v:.4f}"
+    grid_t = env.from_string(_GRID)
+    env.globals["grid"] = lambda exs: jinja2.filters.Markup(grid_t.render(examples=exs))
+    return env
+
+
+_SEARCH_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>curate search: {{ query }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+.grid { display: flex; flex-wrap: wrap; gap: 10px; }
+.card { width: 280px; border: 1px solid #ccc; border-radius: 4px; padding: 6px; font-size: 85%; }
+.card img { max-width: 136px; max-height: 136px; vertical-align: top; }
+.caption { margin: 4px 0; overflow-wrap: anywhere; }
+.problem { color: #a00; }
+</style></head><body>
+<h1>curate search</h1>
+<p>Query <code>{{ query }}</code>: the {{ n }} nearest samples of <code>{{ index }}</code>, most similar first
+(cosine similarity {{ sims }}).</p>
+{{ grid(examples) }}
+<p><small>Written by <code>curate search</code> {{ version }}.</small></p>
+</body></html>
+"""
+
+
+def render_search(result, html: str | Path, index: str | Path = "", shards: list[str] | None = None,
+                  mask_method: str = "mean", thumb: int = 256) -> Path:
+    """Write a page of a search's hits (``curate.report.search.SearchResult``) to ``html``, with
+    thumbnails in ``images/`` beside it (original with text polygons, and masked, as the report).
+
+    Returns:
+        The page's path.
+    """
+    import curate
+
+    html = Path(html)
+    html.parent.mkdir(parents=True, exist_ok=True)
+    examples = _render_examples(dict(enumerate(result.rows)), html.parent, _shard_locator(shards), mask_method, thumb)
+    page = _environment().from_string(_SEARCH_TEMPLATE).render(
+        query=result.query, n=len(result.rows), index=str(index),
+        sims=", ".join(f"{s:.3f}" for s in result.similarity[:10]) + (" ..." if len(result.rows) > 10 else ""),
+        examples=[examples[i] for i in range(len(result.rows))], version=getattr(curate, "__version__", "?"))
+    html.write_text(page, encoding="utf-8")
+    return html
+
+
 def render_report(data: ReportData, out: str | Path, shards: list[str] | None = None,
                   thumb: int = 256) -> ReportSummary:
     """Write ``out/index.html`` and ``out/images/`` for gathered ``data``.
@@ -279,8 +339,6 @@ def render_report(data: ReportData, out: str | Path, shards: list[str] | None = 
     Returns:
         ``ReportSummary``.
     """
-    import jinja2
-
     import curate
 
     out_dir = Path(out)
@@ -288,10 +346,7 @@ def render_report(data: ReportData, out: str | Path, shards: list[str] | None = 
     examples = _render_examples(data.examples, out_dir, _shard_locator(shards), data.mask_method, thumb)
     plots = _plots(data.scores, data.has_text, out_dir, None if data.subset is None else data.subset.kept)
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    env.globals["fmt"] = lambda v: "-" if v is None else f"{v:.4f}"
-    grid_t = env.from_string(_GRID)
-    env.globals["grid"] = lambda exs: jinja2.filters.Markup(grid_t.render(examples=exs))
+    env = _environment()
     subset_info = None
     if data.subset is not None:
         v = data.subset
@@ -300,6 +355,8 @@ def render_report(data: ReportData, out: str | Path, shards: list[str] | None = 
             "unknown": v.unknown, "by_status": v.by_status, "plot": plots.get("subset"),
             "dropped_examples": [examples[i] for i in v.dropped_rows],
             "kept_examples": [examples[i] for i in v.kept_rows],
+            "groups": [[examples[i] for i, _ in g] for g in v.duplicate_groups],
+            "matches": [(examples[m[0]], *m[1:]) for m in v.test_matches],
         }
     page = env.from_string(_TEMPLATE).render(
         index=data.index, num_samples=data.num_samples, num_ok=data.num_ok, provenance=data.provenance,

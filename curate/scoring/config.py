@@ -155,7 +155,7 @@ class ScoreConfig(ActorPoolConfig):
         cache_dir: where open_clip / Hugging Face look for cached weights (``None``: defaults).
         precision: ``fp32``, ``bf16`` or ``auto`` (bf16 autocast on CUDA, fp32 on CPU).
         embeddings: also store, per sample, the L2-normalised image, masked-image and text
-            embeddings (float16) and the image's hashes in ``<out>/embeddings/`` beside the
+            embeddings (float16) and the image's hashes in ``<out>/_embeddings/`` beside the
             index (``curate.io.embeddings``), for dedup, decontamination and search.
         batch_size: samples per CLIP forward pass (original and masked images are scored in
             the same pass, so the tensor holds up to ``2 * batch_size`` images).

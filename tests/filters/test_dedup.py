@@ -3,13 +3,9 @@ scored pool with injected copies and test-set images (``dedup()``, ``decontamina
 
 from __future__ import annotations
 
-import io
-import tarfile
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from curate import schema as S
 from curate.filters import RuleError, run_filter
@@ -65,71 +61,19 @@ def test_rules_over_embeddings_need_an_index_scored_with_them(scored, tmp_path):
 # ---------------------------------------------------------------- a real pool with injected copies
 
 
-def _jpeg(image: Image.Image, quality=90) -> bytes:
-    buf = io.BytesIO()
-    image.convert("RGB").save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def _write_shard(path, samples):
-    with tarfile.open(path, "w") as tf:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-
-
-@pytest.fixture(scope="module")
-def injected(tmp_path_factory, ray_cluster, sources):
-    """The sample shards, plus a shard of copies of four pool images (exact bytes, half size,
-    re-encoded at JPEG quality 40, a 10% crop), plus a test set holding two other pool images
-    (re-encoded, resized) and two images the pool does not hold; scored with --embeddings."""
-    from curate.evaluate.make_evalset import make_classification_set
-    from curate.scoring import run_score
-    from curate.scoring.config import load_config
-    from tests.conftest import REPO, SHARDS
-
-    d = tmp_path_factory.mktemp("injected")
-    pool = [k for k, v in sources.items() if v["image"] and v["caption"] and k.startswith(("photos/", "flickr30k"))]
-    pool = sorted(pool)[:6]
-    imgs = {k: Image.open(io.BytesIO(sources[k]["image"])) for k in pool}
-    copies = [("copy-exact", sources[pool[0]]["image"]),
-              ("copy-half", _jpeg(imgs[pool[1]].resize((imgs[pool[1]].width // 2, imgs[pool[1]].height // 2)))),
-              ("copy-q40", _jpeg(imgs[pool[2]], quality=40)),
-              ("copy-crop", _jpeg(imgs[pool[3]].crop((0, 0, int(imgs[pool[3]].width * 0.9),
-                                                       int(imgs[pool[3]].height * 0.9)))))]
-    _write_shard(d / "injected-000000.tar", [(k, {"jpg": b, "txt": b"an injected copy of a pool image"})
-                                            for k, b in copies])
-    tree = d / "evaltree" / "things"
-    tree.mkdir(parents=True)
-    (tree / "a.jpg").write_bytes(_jpeg(imgs[pool[4]], quality=50))
-    (tree / "b.jpg").write_bytes(_jpeg(imgs[pool[5]].resize((imgs[pool[5]].width // 2, imgs[pool[5]].height // 2))))
-    outside = [k for k in sources if k.startswith("dj_images/") and sources[k]["image"]][:2]
-    for i, k in enumerate(outside):
-        (tree / f"outside{i}.jpg").write_bytes(_jpeg(Image.open(io.BytesIO(sources[k]["image"]))))
-    make_classification_set(d / "evaltree", "injected", d / "evaldata")
-    cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
-    cfg.score.embeddings = True
-    index = d / "index"
-    shards = [str(s) for s in SHARDS] + [str(d / "injected-000000.tar")]
-    assert run_score(shards, index, cfg, progress=False).exit_code == 0
-    return {"index": index, "pool": pool, "sources": sources, "evaldata": d / "evaldata", "dir": d}
-
-
 def _key_of(sources, source_key):
     return sources[source_key]["key"]
 
 
 @pytest.mark.slow
-def test_dedup_finds_the_injected_copies_and_keeps_one_of_each(injected, tmp_path):
-    s = run_filter(injected["index"], "dedup(threshold=1.0, phash_bits=4)", tmp_path / "d")
+def test_dedup_finds_the_injected_copies_and_keeps_one_of_each(embedded_pool, tmp_path):
+    s = run_filter(embedded_pool["index"], "dedup(threshold=1.0)", tmp_path / "d")
     groups = pq.read_table(tmp_path / "d" / "dedup_groups.parquet").to_pylist()
     by_group: dict[str, set] = {}
     for r in groups:
         by_group.setdefault(r["group"], set()).add(r[S.KEY])
-    src = injected["sources"]
-    expected = [{_key_of(src, injected["pool"][i]), copy} for i, copy in
+    src = embedded_pool["sources"]
+    expected = [{_key_of(src, embedded_pool["pool"][i]), copy} for i, copy in
                 ((0, "copy-exact"), (1, "copy-half"), (2, "copy-q40"))]
     for pair in expected:
         assert any(pair <= g for g in by_group.values()), (pair, by_group)
@@ -139,38 +83,57 @@ def test_dedup_finds_the_injected_copies_and_keeps_one_of_each(injected, tmp_pat
     kept_keys = set(pq.read_table(tmp_path / "d" / "subset.parquet").column(S.KEY).to_pylist())
     assert not any(r[S.KEY] in kept_keys for r in groups if not r["kept"])
     assert "dedup" in s.format()
+    # curate report shows the groups beside the subset, with thumbnails
+    from curate.report import build_report
+
+    build_report(embedded_pool["index"], tmp_path / "rep", subset=str(tmp_path / "d" / "subset.parquet"))
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Duplicate groups" in page and all(r[S.UID] in page for r in groups)
 
 
 @pytest.mark.slow
-def test_a_clean_pool_loses_only_its_byte_identical_copy(injected, tmp_path):
-    """On the sample shards alone (no injected copies) dedup removes exactly the samples whose
-    image bytes repeat another's: the pool's one planted exact copy, nothing else."""
+def test_a_clean_pool_loses_only_its_byte_identical_copy(embedded_pool, tmp_path):
+    """On the sample shards alone (no injected copies), at the default settings, dedup removes
+    exactly the samples whose image bytes repeat another's: the pool's planted exact copy, and
+    not the two different illustrations with the same layout (4 bits apart in perceptual hash)."""
     import shutil
 
     clean = tmp_path / "clean"
-    (clean / "embeddings").mkdir(parents=True)
-    for f in sorted(injected["index"].glob("sample-*.parquet")):
+    (clean / S.EMBEDDINGS_DIR).mkdir(parents=True)
+    for f in sorted(embedded_pool["index"].glob("sample-*.parquet")):
         shutil.copy(f, clean / f.name)
-        shutil.copy(injected["index"] / "embeddings" / f.name, clean / "embeddings" / f.name)
-    s = run_filter(clean, "dedup(threshold=1.0, phash_bits=4)", tmp_path / "c")
-    images = [v["image"] for v in injected["sources"].values() if v["image"]]
+        shutil.copy(embedded_pool["index"] / S.EMBEDDINGS_DIR / f.name, clean / S.EMBEDDINGS_DIR / f.name)
+    s = run_filter(clean, "dedup(threshold=1.0)", tmp_path / "c")
+    from pathlib import Path
+
+    from curate.io.index import read_index
+    from tests.conftest import sample_members
+
+    ok = {(Path(r[S.SHARD]).name, r[S.KEY]) for r in read_index(clean).to_pylist() if r[S.STATUS] == S.STATUS_OK}
+    images = [next(v for e, v in m.items() if e in ("jpg", "jpeg", "png", "webp")) for shard, key, m in sample_members()
+              if (Path(shard).name, key) in ok]
     repeats = len(images) - len(set(images))
-    assert s.removed_by["dedup(threshold=1.0, phash_bits=4)"] == repeats >= 1
+    assert s.removed_by["dedup(threshold=1.0)"] == repeats >= 1
 
 
 @pytest.mark.slow
-def test_decontaminate_drops_the_test_images_and_writes_the_matches(injected, tmp_path):
-    rule = f"decontaminate(evalset={str(injected['evaldata'])!r}, threshold=1.0)"
-    s = run_filter(injected["index"], f"tmars(fraction=1.0) & {rule}", tmp_path / "x")
+def test_decontaminate_drops_the_test_images_and_writes_the_matches(embedded_pool, tmp_path):
+    rule = f"decontaminate(evalset={str(embedded_pool['evaldata'])!r}, threshold=1.0)"
+    s = run_filter(embedded_pool["index"], f"tmars(fraction=1.0) & {rule}", tmp_path / "x")
     matches = pq.read_table(tmp_path / "x" / "decontamination.parquet").to_pylist()
-    src = injected["sources"]
-    assert {m[S.KEY] for m in matches} == {_key_of(src, injected["pool"][4]), _key_of(src, injected["pool"][5])}
-    assert all(m["method"] == "phash" and m["phash_distance"] <= 4 for m in matches)
+    src = embedded_pool["sources"]
+    assert {m[S.KEY] for m in matches} == {_key_of(src, embedded_pool["pool"][4]), _key_of(src, embedded_pool["pool"][5])}
+    assert all(m["method"] == "phash" and m["phash_distance"] <= 2 for m in matches)
     kept = set(pq.read_table(tmp_path / "x" / "subset.parquet").column(S.KEY).to_pylist())
     assert not kept & {m[S.KEY] for m in matches}
     assert s.removed_by[rule] == 2
+    from curate.report import build_report
+
+    build_report(embedded_pool["index"], tmp_path / "rep", subset=str(tmp_path / "x" / "subset.parquet"))
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "Test-set matches" in page and all(m[S.UID] in page and m["eval_image"] in page for m in matches)
     with pytest.raises(RuleError, match="evalset"):
-        run_filter(injected["index"], "decontaminate(threshold=0.9)", tmp_path / "y")
+        run_filter(embedded_pool["index"], "decontaminate(threshold=0.9)", tmp_path / "y")
 
 
 def test_text_based_keeps_captions_that_mention_a_class_name(scored, tmp_path):
@@ -197,15 +160,15 @@ def test_text_based_keeps_captions_that_mention_a_class_name(scored, tmp_path):
 
 
 @pytest.mark.slow
-def test_image_based_keeps_the_clusters_of_the_target_images(injected, tmp_path):
+def test_image_based_keeps_the_clusters_of_the_target_images(embedded_pool, tmp_path):
     """With the pool's own images as targets, their samples are kept; the rule composes."""
-    target = injected["dir"] / "target"
+    target = embedded_pool["dir"] / "target"
     target.mkdir()
-    src = injected["sources"]
+    src = embedded_pool["sources"]
     for i in (0, 1):
-        (target / f"t{i}.jpg").write_bytes(src[injected["pool"][i]]["image"])
-    s = run_filter(injected["index"], f"image_based(target={str(target)!r}, clusters=4) & ~text_area(max=0.99)",
+        (target / f"t{i}.jpg").write_bytes(src[embedded_pool["pool"][i]]["image"])
+    s = run_filter(embedded_pool["index"], f"image_based(target={str(target)!r}, clusters=4) & tmars(fraction=1.0)",
                    tmp_path / "i")
     kept = set(pq.read_table(tmp_path / "i" / "subset.parquet").column(S.KEY).to_pylist())
-    assert {src[injected["pool"][0]]["key"], src[injected["pool"][1]]["key"]} <= kept
+    assert {src[embedded_pool["pool"][0]]["key"], src[embedded_pool["pool"][1]]["key"]} <= kept
     assert s.details["image_based(target=" + repr(str(target)) + ", clusters=4)"]["clusters chosen"] <= 2

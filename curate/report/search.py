@@ -1,0 +1,139 @@
+"""``curate search``: the pool samples nearest to a text or an image, over the stored embeddings.
+
+The query is embedded with the index's own CLIP model (its metadata names the model and weights;
+``curate.filters.pool_rules.index_weights``): a caption-like text with the text tower, an image
+with the image tower. Each index file's embedding file (``curate score --embeddings``) is then
+searched in turn with an exact inner-product index (``faiss.IndexFlatIP``) and the best ``top_k``
+kept across files, so memory holds one file's vectors at a time and the result is exact (cosine
+similarity: the stored vectors are L2-normalised). With ``--html`` the hits are shown as a grid
+of thumbnails read back from their shards, as in ``curate report``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import schema as S
+
+
+@dataclass
+class SearchConfig:
+    """Settings of ``curate search``.
+
+    Attributes:
+        top_k: samples returned, most similar first.
+        column: which stored image embedding to search: image_embedding (the image as it is) or
+            masked_image_embedding (with its text masked: finds what the picture shows, not what
+            is written in it).
+    """
+
+    top_k: int = field(default=20, metadata={"min": 1})
+    column: str = field(default=S.IMAGE_EMBEDDING, metadata={"choices": (S.IMAGE_EMBEDDING, S.MASKED_IMAGE_EMBEDDING)})
+
+
+@dataclass
+class SearchResult:
+    """The hits of one query.
+
+    Attributes:
+        query: the text, or ``image:PATH``.
+        rows: index rows of the hits (``dict`` of the index columns), most similar first.
+        similarity: ``(K,) float32`` cosine similarity of each hit to the query.
+        html: the page written with ``--html``, else ``None``.
+    """
+
+    query: str
+    rows: list[dict]
+    similarity: np.ndarray
+    html: Path | None = None
+
+    def format(self) -> str:
+        lines = [f"curate search: {self.query!r}: {len(self.rows)} nearest samples",
+                 f"{'rank':>4}  {'sim':>6}  {'clip':>6}  {'masked':>6}  uid                               caption"]
+        for i, (r, s) in enumerate(zip(self.rows, self.similarity), 1):
+            clip = "-" if r[S.CLIP_SCORE] is None else f"{r[S.CLIP_SCORE]:.4f}"
+            masked = "-" if r[S.MASKED_CLIP_SCORE] is None else f"{r[S.MASKED_CLIP_SCORE]:.4f}"
+            caption = " ".join((r[S.TEXT] or "").split())[:80]
+            lines.append(f"{i:>4}  {s:6.4f}  {clip:>6}  {masked:>6}  {r[S.UID]}  {caption}")
+        if self.html:
+            lines.append(f"wrote {self.html}")
+        return "\n".join(lines)
+
+
+def search(index: str | Path, text: str | None = None, image: str | Path | None = None, top_k: int = 20,
+           column: str = S.IMAGE_EMBEDDING, html: str | Path | None = None,
+           shards: list[str] | None = None) -> SearchResult:
+    """The ``top_k`` pool samples whose stored image embedding is nearest to the query.
+
+    Args:
+        index: score-index folder scored with ``--embeddings``.
+        text: a text query (e.g. ``"a red double-decker bus"``); or
+        image: the path of a query image.
+        top_k: how many hits.
+        column: ``image_embedding`` or ``masked_image_embedding``.
+        html: write a page of the hits' thumbnails here (images read back from the shards).
+        shards: where the shards are now, if moved since scoring (as ``curate report --shards``).
+
+    Raises:
+        ValueError: neither or both of ``text`` and ``image``, a bad ``top_k`` or ``column``, or an
+            index without embedding files (``curate.io.embeddings.NoEmbeddings``).
+        FileNotFoundError: no index files, or no such query image.
+    """
+    import faiss
+
+    from curate.filters.pool_rules import index_weights
+    from curate.io.embeddings import NoEmbeddings, embeddings_path
+    from curate.io.index import index_files
+    from curate.stages.decode import decode_image
+    from curate.stages.score import Score
+
+    if (text is None) == (image is None):
+        raise ValueError("give a text query or --image, not both")
+    if top_k < 1 or column not in (S.IMAGE_EMBEDDING, S.MASKED_IMAGE_EMBEDDING):
+        raise ValueError(f"top_k must be >= 1 and column an image embedding, got {top_k}, {column!r}")
+    files = index_files(index)
+    missing = [f for f in files if not embeddings_path(f).is_file()]
+    if missing:
+        raise NoEmbeddings(f"{missing[0]} has no embedding file: score the pool with --embeddings to search it")
+    model, weights = index_weights(index)
+    scorer = Score(clip_model=model, weights=weights, device="cpu")
+    if text is not None:
+        query = scorer.embed([], [text])[1]
+    else:
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"--image {image}: no such file")
+        query = scorer.embed([decode_image(path.read_bytes())], [])[0]
+    query = np.ascontiguousarray(query, dtype=np.float32)
+
+    best: list[tuple[float, int, int]] = []  # (similarity, file number, row)
+    for n, f in enumerate(files):
+        emb = pq.read_table(embeddings_path(f), columns=[column]).column(column).combine_chunks()
+        valid = np.flatnonzero(~np.asarray(emb.is_null()))
+        if not len(valid):
+            continue
+        vecs = emb.take(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        flat = faiss.IndexFlatIP(emb.type.list_size)
+        flat.add(np.ascontiguousarray(vecs.astype(np.float32).reshape(len(valid), -1)))
+        sims, idx = flat.search(query, min(top_k, len(valid)))
+        best += [(float(s), n, int(valid[i])) for s, i in zip(sims[0], idx[0]) if i >= 0]
+        best = sorted(best, key=lambda t: (-t[0], t[1], t[2]))[:top_k]
+    rows = []
+    for _, n, row in best:
+        rows.append(pq.read_table(files[n]).slice(row, 1).to_pylist()[0])
+    result = SearchResult(text if text is not None else f"image:{image}", rows,
+                          np.asarray([b[0] for b in best], dtype=np.float32))
+    if html is not None:
+        from curate.report.render import render_search
+
+        from curate.io.index import read_index_metadata
+
+        mask_method = read_index_metadata(files[0]).get(S.META_MASK_METHOD, "mean")
+        result.html = render_search(result, html, index=index, shards=shards,
+                                    mask_method=mask_method if mask_method != "none" else "mean")
+    return result
