@@ -23,7 +23,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/curate score "tests/data/shards/sample-{000000..000002}.tar" --out out/index \
-		--config pipelines/tiny_cpu.yaml --num-cpus 2
+		--config pipelines/tiny_cpu.yaml --num-cpus 2 --embeddings
 	$(BIN)/curate report --index out/index --out out/report
 
 # Headless Chromium for the `curate report` tests (Debian packages chromium, chromium-driver).

@@ -64,3 +64,25 @@ def test_toy_datacomp_pool_has_the_kinds_it_claims(tmp_path):
         text_pixels.setdefault(meta["kind"], []).append(dark_on_white)
     assert min(text_pixels["text_spot"] + text_pixels["match_text"]) >= 20
     assert max(text_pixels["match"] + text_pixels["mismatch"]) < 20
+
+
+def _run_bench(*args: str, timeout: int = 600) -> str:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_dedup_bench_runs_small_and_finds_its_planted_copies():
+    out = _run_bench(str(REPO / "benchmarks" / "dedup_bench.py"), "--sizes", "4000", "8000", "--dim", "32")
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["n"] for r in rows] == [4000, 8000]
+    assert all(r["recall"] >= 0.95 and r["extra_removed"] == 0 for r in rows), rows
+    assert "| 8,000 | 32 |" in out
+
+
+@pytest.mark.slow
+def test_embeddings_bench_runs_small():
+    out = _run_bench(str(REPO / "benchmarks" / "embeddings_bench.py"), "--model", "tiny", "--detector", "none",
+                     "--repeats", "1")
+    assert "D = 64" in out and "| ratio |" in out
