@@ -176,4 +176,4 @@ def embedded_pool(tmp_path_factory, ray_cluster, sources):
     index = d / "index"
     shards = [str(s) for s in SHARDS] + [str(d / "injected-000000.tar")]
     assert run_score(shards, index, cfg, progress=False).exit_code == 0
-    return {"index": index, "pool": pool, "sources": sources, "evaldata": d / "evaldata", "dir": d}
+    return {"index": index, "pool": pool, "sources": sources, "evaldata": d / "evaldata", "dir": d, "shards": shards}

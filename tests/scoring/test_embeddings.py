@@ -45,14 +45,20 @@ def test_scores_are_the_dot_products_of_the_stored_embeddings():
 
 
 @pytest.mark.slow
-def test_score_job_writes_aligned_embedding_files_and_resumes(ray_cluster, tmp_path):
+def test_score_job_writes_aligned_embedding_files_and_resumes(embedded_pool, tmp_path):
+    """On the scored pool of ``tests/conftest.py`` (the sample shards plus injected copies, scored
+    with --embeddings): every index file has an aligned embedding file whose vectors give its
+    scores; a deleted embedding file makes only its shard be scored again; a run without
+    embeddings is refused on that folder (another fingerprint)."""
+    import shutil
+
     from curate.io.embeddings import embeddings_path, read_embeddings
-    from curate.scoring import run_score
+    from curate.scoring import IndexConfigMismatch, run_score
 
     out = tmp_path / "index"
-    summary = run_score([str(s) for s in SHARDS[:2]], out, tiny_config(), progress=False)
-    assert summary.exit_code == 0
-    for f in sorted(out.glob("*.parquet")):
+    shutil.copytree(embedded_pool["index"], out)
+    files = sorted(out.glob("*.parquet"))
+    for f in files:
         idx, emb = pq.read_table(f), pq.read_table(embeddings_path(f))
         assert emb.column(S.UID) == idx.column(S.UID) and emb.column(S.KEY) == idx.column(S.KEY)
         ok = np.asarray(idx.column(S.STATUS).to_pylist()) == S.STATUS_OK
@@ -65,14 +71,10 @@ def test_score_job_writes_aligned_embedding_files_and_resumes(ray_cluster, tmp_p
         np.testing.assert_allclose((img * txt).sum(1), clip, atol=3e-3)
     rows, vectors, hashes = read_embeddings(out)
     assert len(rows) == len(vectors) == len(hashes) and vectors.dtype == np.float16
-    # a deleted embedding file makes its shard be scored again; the others are skipped
-    first = sorted(out.glob("*.parquet"))[0]
-    embeddings_path(first).unlink()
-    again = run_score([str(s) for s in SHARDS[:2]], out, tiny_config(), progress=False)
-    assert sorted(r.status for r in again.shards) == ["complete", "skipped"]
-    assert embeddings_path(first).is_file()
-    # an index scored with embeddings refuses a run without them (another fingerprint)
-    from curate.scoring import IndexConfigMismatch
-
+    assert pq.read_table(out).num_rows == sum(pq.read_table(f).num_rows for f in files)  # pyarrow skips _embeddings
+    embeddings_path(files[0]).unlink()
+    again = run_score(embedded_pool["shards"], out, tiny_config(), progress=False)
+    assert sorted(r.status for r in again.shards) == ["complete"] + ["skipped"] * (len(files) - 1)
+    assert embeddings_path(files[0]).is_file()
     with pytest.raises(IndexConfigMismatch):
-        run_score([str(s) for s in SHARDS[:2]], out, tiny_config(embeddings=False), progress=False)
+        run_score(embedded_pool["shards"], out, tiny_config(embeddings=False), progress=False)
