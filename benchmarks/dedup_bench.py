@@ -86,7 +86,7 @@ def main() -> None:
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
-    print(f"\n| rows | dim | wall | rows/s | peak RSS | recall of planted copies | extra removed | time growth (rows growth) |")
+    print("\n| rows | dim | wall | rows/s | peak RSS | recall of planted copies | extra removed | time growth (rows growth) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['n']:,} | {r['dim']} | {r['wall_s']:.1f} s | {r['rows_per_s']:,.0f} | {r['peak_rss_gib']:.2f} GiB "

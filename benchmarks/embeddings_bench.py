@@ -76,8 +76,8 @@ def main() -> None:
     off, on = min(times[False]) / n, min(times[True]) / n
     print(f"model {args.model} (D = {dim}), detector {args.detector}, {n} samples ({int(ok.sum())} ok), "
           f"best of {args.repeats}, 2 threads")
-    print(f"| | seconds a sample | bytes a sample |")
-    print(f"| --- | --- | --- |")
+    print("| | seconds a sample | bytes a sample |")
+    print("| --- | --- | --- |")
     print(f"| score without embeddings | {off:.4f} | {index_bytes / n:,.0f} (index file) |")
     print(f"| score with embeddings | {on:.4f} | {emb_bytes / n:,.0f} (embedding file; raw 3 x D x 2 = {6 * dim:,}) |")
     print(f"| ratio | {on / off:.3f} | |")

@@ -14,6 +14,8 @@ original-image pixels and clipped to the image.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import cv2
@@ -93,8 +95,8 @@ class CraftDetector:
             (``easyocr.Reader.detect`` defaults 0.7 / 0.4 / 0.4).
         min_size: drop boxes whose longer side is at most this many canvas pixels.
         device: ``cpu``, ``cuda`` or ``None`` (auto).
-        model_dir: folder holding ``craft_mlt_25k.pth``; default
-            ``easyocr_en_models.model_dir()``.
+        model_dir: folder holding ``craft_mlt_25k.pth``; default ``$CURATE_EASYOCR_MODEL_DIR``
+            if set, else ``easyocr_en_models.model_dir()``.
         torch_threads: intra-op threads (0: torch's default).
 
     Raises:
@@ -122,6 +124,8 @@ class CraftDetector:
             raise ValueError(f"long_side must be a multiple of 32, got {long_side}")
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
+        if model_dir is None:  # a folder given by the environment (e.g. weights carried to a GPU machine)
+            model_dir = os.environ.get("CURATE_EASYOCR_MODEL_DIR")
         if model_dir is None:
             import easyocr_en_models
 
