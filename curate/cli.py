@@ -168,7 +168,9 @@ def _add_filter(sub) -> None:
         "filter",
         help="select a subset of the pool by rules over the score index (no image is re-read)",
         description="Rules: tmars(threshold=|fraction=), clip_score(threshold=|fraction=), basic(), "
-        "laion(), text_area(max=); combine with & | ~ and parentheses. Fractions are pool-wide.",
+        "laion(), text_area(max=), text_based(classes=FILE); over the embeddings of an index scored with "
+        "--embeddings: dedup(threshold=, phash_bits=), decontaminate(evalset=DIR, threshold=, phash_bits=), "
+        "image_based(target=DIR, clusters=). Combine with & | ~ and parentheses. Fractions are pool-wide.",
     )
     p.add_argument("--index", required=True, help="score-index folder written by `curate score`")
     p.add_argument("--rule", help='e.g. "tmars(fraction=0.5) & basic()"')
