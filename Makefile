@@ -34,7 +34,7 @@ browser:
 	fi
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The fast tier for a developer's loop: everything not marked slow (one local Ray cluster and one
 # score job shared by the tests; no node kills, no training runs, no browser), under 3 minutes on

@@ -141,7 +141,8 @@ def write_shard(path, samples):
 def embedded_pool(tmp_path_factory, ray_cluster, sources):
     """The sample shards, plus a shard of copies of four pool images (exact bytes, half size,
     re-encoded at JPEG quality 40, a 10% crop), plus a test set holding two other pool images
-    (re-encoded, resized) and two images the pool does not hold; scored with --embeddings."""
+    (re-encoded, resized) and two images the pool does not hold; scored with --embeddings (the
+    tiny CLIP, no text detector)."""
     from PIL import Image
 
     from curate.evaluate.make_evalset import make_classification_set
@@ -173,6 +174,7 @@ def embedded_pool(tmp_path_factory, ray_cluster, sources):
     make_classification_set(d / "evaltree", "injected", d / "evaldata")
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.score.embeddings = True
+    cfg.detect.detector = "none"  # dedup, decontamination and search read images, not text boxes
     index = d / "index"
     shards = [str(s) for s in SHARDS] + [str(d / "injected-000000.tar")]
     assert run_score(shards, index, cfg, progress=False).exit_code == 0

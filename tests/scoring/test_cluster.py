@@ -30,7 +30,7 @@ from tests.conftest import SHARDS, sample_members
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"
-N_SHARDS, PER_SHARD = 12, 3
+N_SHARDS, PER_SHARD = 20, 3
 
 
 def write_unique_pool(folder: Path, n_shards: int, per_shard: int, max_bytes: int = 200_000) -> dict[tuple[str, str], str]:

@@ -15,9 +15,10 @@ from curate.scoring.records import records_to_batch, shard_record_list
 from tests.conftest import REPO, SHARDS
 
 
-def tiny_config(embeddings: bool = True):
+def tiny_config(embeddings: bool = True, detector: str = "craft"):
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.score.embeddings = embeddings
+    cfg.detect.detector = detector
     return cfg
 
 
@@ -73,8 +74,8 @@ def test_score_job_writes_aligned_embedding_files_and_resumes(embedded_pool, tmp
     assert len(rows) == len(vectors) == len(hashes) and vectors.dtype == np.float16
     assert pq.read_table(out).num_rows == sum(pq.read_table(f).num_rows for f in files)  # pyarrow skips _embeddings
     embeddings_path(files[0]).unlink()
-    again = run_score(embedded_pool["shards"], out, tiny_config(), progress=False)
+    again = run_score(embedded_pool["shards"], out, tiny_config(detector="none"), progress=False)
     assert sorted(r.status for r in again.shards) == ["complete"] + ["skipped"] * (len(files) - 1)
     assert embeddings_path(files[0]).is_file()
     with pytest.raises(IndexConfigMismatch):
-        run_score(embedded_pool["shards"], out, tiny_config(embeddings=False), progress=False)
+        run_score(embedded_pool["shards"], out, tiny_config(embeddings=False, detector="none"), progress=False)
