@@ -75,20 +75,36 @@ def neighbour_lists(emb: np.ndarray, threshold: float, clusters: int, nprobe: in
             np.concatenate(sims) if sims else np.zeros(0, np.float32))
 
 
-def phash_neighbours(phash: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs of rows whose 64-bit perceptual hashes differ in at most ``bits`` bits, found with
-    multi-index hashing (``faiss.IndexBinaryMultiHash``: ``bits + 1`` sub-hashes, so by the
-    pigeonhole principle every pair within ``bits`` shares one sub-hash exactly; Norouzi et al.,
-    2012). Returns ``(lims, nbr, sim)`` as ``neighbour_lists``, ``sim = 1 - distance / 64``."""
+def phash_range(query: np.ndarray, base: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every ``(query, base)`` pair of 64-bit perceptual hashes (int64) that differ in at most
+    ``bits`` bits (0 to 16), found with multi-index hashing (``faiss.IndexBinaryMultiHash``:
+    ``bits + 1`` sub-hashes, so by the pigeonhole principle every such pair shares one sub-hash
+    exactly; Norouzi et al., 2012), without comparing all pairs.
+
+    Returns:
+        ``(lims, dist, ids)`` as faiss's ``range_search``: the hits of query ``i`` are
+        ``ids[lims[i]:lims[i + 1]]`` (rows of ``base``) at Hamming distances ``dist[...]``.
+    """
     import faiss
 
-    n = len(phash)
-    codes = np.ascontiguousarray(np.asarray(phash, dtype=np.int64)).view(np.uint8).reshape(n, 8)
+    def codes(h):
+        return np.ascontiguousarray(np.asarray(h, dtype=np.int64)).view(np.uint8).reshape(len(h), 8)
+
+    if not 0 <= bits <= 16:
+        raise ValueError(f"bits must be in [0, 16], got {bits}")
     tables = int(bits) + 1
     index = faiss.IndexBinaryMultiHash(64, tables, 64 // tables)
-    index.add(codes)
-    lims, dist, ids = index.range_search(codes, int(bits) + 1)  # distance < radius
-    lims = lims.astype(np.int64)
+    index.add(codes(base))
+    lims, dist, ids = index.range_search(codes(query), int(bits) + 1)  # distance < radius
+    return lims.astype(np.int64), np.asarray(dist, dtype=np.int64), np.asarray(ids, dtype=np.int64)
+
+
+def phash_neighbours(phash: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of rows whose perceptual hashes differ in at most ``bits`` bits (``phash_range``
+    of the rows against themselves). Returns ``(lims, nbr, sim)`` as ``neighbour_lists``,
+    ``sim = 1 - distance / 64``."""
+    n = len(phash)
+    lims, dist, ids = phash_range(phash, phash, bits)
     rows = np.repeat(np.arange(n), np.diff(lims))
     keep = ids != rows
     counts = np.bincount(rows[keep], minlength=n)

@@ -22,7 +22,7 @@ they keep (``Pool.keep_rows``): DataComp's other baselines, dedup and decontamin
   ``masked_clip_score`` (the T-MARS score; the lowest row on ties). The groups are written to
   ``OUT/dedup_groups.parquet``: ``uid``, ``shard``, ``key``, ``group`` (the kept sample's uid),
   ``kept``.
-- ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=2)``: drop every pool sample whose
+- ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=2)`` (``phash_bits`` 0 to 16): drop every pool sample whose
   image matches an image of the test set in ``DIR``. DataComp removed such near-duplicates of its
   evaluation images from its pool (Gadre et al., 2023, Sec. 3.2 and App. F); users who build
   their own pools need the same. A match is either exact-ish (the 64-bit perceptual hashes,
@@ -241,13 +241,14 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     """
     import faiss
 
-    from curate.stages.decode import perceptual_hash, phash_distance
+    from curate.filters.dedup import phash_range
+    from curate.stages.decode import perceptual_hash
 
     evalset = leaf.kwargs.get("evalset")
     if not isinstance(evalset, str) or not evalset:
         raise RuleError("decontaminate() needs evalset='DIR' (a test-set folder, e.g. from curate make-evalset)")
     threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
-    bits = int(_number(leaf, "phash_bits", 2, 0, 64))
+    bits = int(_number(leaf, "phash_bits", 2, 0, 16))
     rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
     names, decoded = _load_folder(evalset, leaf)
     if threshold < 1:  # threshold=1: perceptual hashes only (e.g. a random-init model's index)
@@ -266,14 +267,15 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
         q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         sim, idx = index.search(q, 1)
         best_sim[start:start + len(q)], best_emb[start:start + len(q)] = sim[:, 0], idx[:, 0]
+    # each pool row's nearest test image within `bits` (65: none), by multi-index hashing
     pool_phash = hashes.column(S.IMAGE_PHASH).to_numpy(zero_copy_only=False).astype(np.int64)
+    lims, dist, ids = phash_range(pool_phash, eval_phash, bits)
+    owner = np.repeat(np.arange(n), np.diff(lims))  # the pool row of each hit
+    first = np.lexsort((dist, owner))  # by pool row, nearest first
+    first = first[np.r_[True, owner[first][1:] != owner[first][:-1]]] if len(first) else first
     best_bits = np.full(n, 65, dtype=np.int64)
     best_ph = np.zeros(n, dtype=np.int64)
-    for start in range(0, len(eval_phash), 256):  # (pool x 256) Hamming distances at a time
-        d = phash_distance(pool_phash[:, None], eval_phash[None, start:start + 256])
-        j = d.argmin(axis=1)
-        better = d[np.arange(n), j] < best_bits
-        best_bits[better], best_ph[better] = d[np.arange(n), j][better], (start + j)[better]
+    best_bits[owner[first]], best_ph[owner[first]] = dist[first], ids[first]
     by_phash = best_bits <= bits
     by_emb = (best_sim >= threshold) if threshold < 1 else np.zeros(n, dtype=bool)
     hit = by_phash | by_emb

@@ -123,9 +123,12 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
         sims, idx = flat.search(query, min(top_k, len(valid)))
         best += [(float(s), n, int(valid[i])) for s, i in zip(sims[0], idx[0]) if i >= 0]
         best = sorted(best, key=lambda t: (-t[0], t[1], t[2]))[:top_k]
-    rows = []
-    for _, n, row in best:
-        rows.append(pq.read_table(files[n]).slice(row, 1).to_pylist()[0])
+    rows_of: dict[tuple[int, int], dict] = {}
+    for n in sorted({n for _, n, _ in best}):  # each file with hits read once, only its hit rows
+        picked = sorted(row for _, m, row in best if m == n)
+        for row, values in zip(picked, pq.read_table(files[n]).take(pa.array(picked)).to_pylist()):
+            rows_of[(n, row)] = values
+    rows = [rows_of[(n, row)] for _, n, row in best]
     result = SearchResult(text if text is not None else f"image:{image}", rows,
                           np.asarray([b[0] for b in best], dtype=np.float32))
     if html is not None:

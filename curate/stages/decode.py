@@ -231,18 +231,13 @@ def image_hash(data: bytes | None) -> bytes:
 def perceptual_hash(image: np.ndarray) -> int:
     """The 64-bit perceptual hash of an ``(H, W, 3) uint8`` image (``imagehash.phash``: the sign
     of the low-frequency DCT of a 32x32 grey image against its median), as a signed int64.
-    Resizing and re-encoding change few of its bits; compare with ``phash_distance``."""
+    Resizing and re-encoding change few of its bits (``curate.filters.dedup.phash_range`` finds
+    the hashes within a number of bits)."""
     import imagehash
 
     bits = imagehash.phash(Image.fromarray(image)).hash.ravel()
     value = int("".join("1" if b else "0" for b in bits), 2)
     return int(np.array(value, dtype=np.uint64).view(np.int64))
-
-
-def phash_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances (bits, 0-64) between int64 perceptual hashes, broadcast like ``a ^ b``."""
-    x = np.bitwise_xor(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)).view(np.uint64)
-    return np.unpackbits(x[..., None].view(np.uint8), axis=-1).sum(axis=-1)
 
 
 class Decode(Stage):

@@ -79,6 +79,10 @@ class Score(Stage):
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.batch_size = int(batch_size)
+        import open_clip
+
+        # D, the length of the joint embedding (open_clip config ``embed_dim``): read once, not per batch
+        self.embedding_dim = int(open_clip.get_model_config(self.weights.model)["embed_dim"])
         if precision == "auto":
             precision = "bf16" if self.device.startswith("cuda") else "fp32"
         self.precision = precision
@@ -163,9 +167,3 @@ class Score(Stage):
         batch.update(vectors)
         return batch
 
-    @property
-    def embedding_dim(self) -> int:
-        """``D``, the length of the model's joint embedding (open_clip config ``embed_dim``)."""
-        import open_clip
-
-        return int(open_clip.get_model_config(self.weights.model)["embed_dim"])
