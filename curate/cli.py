@@ -176,6 +176,7 @@ def _add_filter(sub) -> None:
     p.add_argument("--rule", help='e.g. "tmars(fraction=0.5) & basic()"')
     p.add_argument("--where", help="one extra SQL expression over the index columns, ANDed with the rule, e.g. \"num_text_boxes = 0\" (nothing else is accepted; non-ok rows are never kept)")
     p.add_argument("--out", required=True, help="output folder: subset.parquet, subset.npy (DataComp), filter_summary.json")
+    _add_memory_limit(p, "sorts and joins beyond it spill to OUT/.duckdb-tmp; the subset is streamed to its files")
 
 
 def _add_query(sub) -> None:
@@ -188,6 +189,12 @@ def _add_query(sub) -> None:
     p.add_argument("--index", required=True, help="score-index folder written by `curate score`")
     p.add_argument("--output", help="write the result to a .csv, .parquet, .json or .jsonl file instead of printing")
     p.add_argument("--max-rows", type=_positive_int, default=40, help="rows to print (default 40)")
+    _add_memory_limit(p, "--output is streamed; DuckDB spills sorts and joins beyond this to disk")
+
+
+def _add_memory_limit(p, what: str) -> None:
+    p.add_argument("--memory-limit", default="2GiB",
+                   help=f"most memory DuckDB may hold, DuckDB syntax (default 2GiB); {what}")
 
 
 def _add_reshard(sub) -> None:
@@ -386,20 +393,21 @@ def _cmd_reshard(args) -> int:
 def _cmd_filter(args) -> int:
     from curate.filters import RuleError, run_filter
 
-    return _run_command("filter", lambda: run_filter(args.index, args.rule, args.out, where=args.where), RuleError)
+    return _run_command("filter", lambda: run_filter(args.index, args.rule, args.out, where=args.where,
+                                                                memory_limit=args.memory_limit), RuleError)
 
 
 def _cmd_query(args) -> int:
-    from curate.query import QueryError, query, write_table
+    from curate.query import QueryError, query, query_to_file
 
     try:
-        table = query(args.sql, args.index)
         if args.output:
-            write_table(table, args.output)
-            print(f"{table.num_rows} rows written to {args.output}")
+            rows = query_to_file(args.sql, args.index, args.output, memory_limit=args.memory_limit)
+            print(f"{rows} rows written to {args.output}")
         else:
             import duckdb
 
+            table = query(args.sql, args.index)
             rel = duckdb.from_arrow(table)
             rel.show(max_rows=args.max_rows, max_width=200)
             print(f"({table.num_rows} rows)")

@@ -36,8 +36,14 @@ def _literal_glob(path: str) -> str:
     return "".join(f"[{c}]" if c in "[*?" else c for c in path)
 
 
-def connect(index: str | Path) -> duckdb.DuckDBPyConnection:
+def connect(index: str | Path, memory_limit: str | None = None,
+            temp_directory: str | Path | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the view ``scores`` over the index at ``index``.
+
+    ``memory_limit`` (DuckDB syntax, e.g. ``"2GiB"``) caps what DuckDB holds; sorts, joins and
+    aggregations beyond it spill to ``temp_directory`` (DuckDB's out-of-core operators), which
+    is created if missing. ``None``: DuckDB's defaults (80% of RAM, ``.tmp`` in the working
+    folder).
 
     Files are listed by curate (``index_files``) and handed to DuckDB's Parquet reader one by
     one, each as a pattern that matches only its own name (``_literal_glob``): a name with
@@ -54,6 +60,11 @@ def connect(index: str | Path) -> duckdb.DuckDBPyConnection:
     """
     files = [str(f.resolve()) for f in index_files(index)]
     con = duckdb.connect(":memory:")
+    if memory_limit is not None:
+        con.execute(f"SET memory_limit = {_sql_string(str(memory_limit))}")
+    if temp_directory is not None:
+        Path(temp_directory).mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = {_sql_string(str(Path(temp_directory).resolve()))}")
     allowed = ", ".join(_sql_string(p) for p in sorted(set(files) | {_literal_glob(f) for f in files}))
     con.execute(f"SET allowed_paths = [{allowed}]")
     patterns = ", ".join(_sql_string(_literal_glob(f)) for f in files)
@@ -98,32 +109,100 @@ def query(sql: str, index: str | Path) -> pa.Table:
         raise QueryError(str(e)) from None
 
 
-def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write a table as CSV, Parquet or JSON lines, chosen by the file extension.
+BATCH_ROWS = 1 << 18  # rows a batch when a result is streamed to a file
+
+
+def query_to_file(sql: str, index: str | Path, path: str | Path, memory_limit: str | None = "2GiB") -> int:
+    """Run a read-only query and stream its result to ``path`` (``.parquet``, ``.csv``,
+    ``.json``/``.jsonl``), ``BATCH_ROWS`` rows at a time from DuckDB's Arrow reader, so the
+    result is never held whole: memory is bounded by ``memory_limit`` (DuckDB, spilling to
+    ``<path>.duckdb-tmp``) plus one batch. The file is written under a temporary name and
+    renamed when complete.
+
+    Returns:
+        Rows written.
 
     Raises:
+        QueryError: not read-only, or DuckDB rejects it.
         ValueError: unknown extension.
+        FileNotFoundError: no index files.
     """
+    check_read_only(sql)
     path = Path(path)
     ext = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if ext == ".parquet":
-        pq.write_table(table, path)
-    elif ext == ".csv":
-        import pyarrow.csv as pacsv
-
-        # CSV has no nested values: list columns (text_boxes) are written as JSON text.
-        for i, f in enumerate(table.schema):
-            if pa.types.is_list(f.type) or pa.types.is_struct(f.type) or pa.types.is_large_list(f.type):
-                values = [None if v is None else json.dumps(v) for v in table.column(i).to_pylist()]
-                table = table.set_column(i, f.name, pa.array(values, pa.string()))
-        pacsv.write_csv(table, path)
-    elif ext in (".json", ".jsonl"):
-        with open(path, "w") as f:
-            for row in table.to_pylist():
-                f.write(json.dumps(_json_safe(row), default=str) + "\n")
-    else:
+    if ext not in (".parquet", ".csv", ".json", ".jsonl"):
         raise ValueError(f"--output must end in .csv, .parquet, .json or .jsonl, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spill = path.with_name(path.name + ".duckdb-tmp")
+    part = path.with_name(path.name + ".part")
+    con = connect(index, memory_limit=memory_limit, temp_directory=spill)
+    rows = 0
+    try:
+        reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
+        with _BatchWriter(part, ext, reader.schema) as out:
+            for batch in reader:
+                out.write(batch)
+                rows += batch.num_rows
+    except duckdb.Error as e:
+        part.unlink(missing_ok=True)
+        raise QueryError(str(e)) from None
+    finally:
+        con.close()
+        import shutil
+
+        shutil.rmtree(spill, ignore_errors=True)
+    part.replace(path)
+    return rows
+
+
+class _BatchWriter:
+    """Append Arrow record batches to one Parquet, CSV or JSON-lines file (``write_table``'s
+    formats: list and struct columns as JSON text in CSV, non-finite floats as ``null`` in
+    JSON)."""
+
+    def __init__(self, path: Path, ext: str, schema: pa.Schema):
+        self.path, self.ext, self.schema = path, ext, schema
+        self.csv_schema = pa.schema([pa.field(f.name, pa.string()) if _nested(f.type) else f for f in schema])
+        self._out = None
+
+    def __enter__(self):
+        if self.ext == ".parquet":
+            self._out = pq.ParquetWriter(self.path, self.schema)
+        elif self.ext == ".csv":
+            import pyarrow.csv as pacsv
+
+            self._out = pacsv.CSVWriter(self.path, self.csv_schema)
+        else:
+            self._out = open(self.path, "w")
+        return self
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.ext == ".parquet":
+            self._out.write_batch(batch)
+        elif self.ext == ".csv":
+            self._out.write_batch(_csv_ready(batch, self.csv_schema))
+        else:
+            for row in batch.to_pylist():
+                self._out.write(json.dumps(_json_safe(row), default=str) + "\n")
+
+    def __exit__(self, *exc):
+        self._out.close()
+
+
+def _nested(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_struct(t) or pa.types.is_large_list(t)
+
+
+def _csv_ready(batch: pa.RecordBatch | pa.Table, schema: pa.Schema):
+    """``batch`` with its list and struct columns as JSON text (CSV has no nested values)."""
+    columns = []
+    for i, f in enumerate(batch.schema):
+        column = batch.column(i)
+        if _nested(f.type):
+            column = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+        columns.append(column)
+    return pa.RecordBatch.from_arrays([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+                                       for c in columns], schema=schema)
 
 
 def _json_safe(value):

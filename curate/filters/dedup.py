@@ -2,17 +2,19 @@
 
 SemDeDup (Abbas et al., 2023, "SemDeDup: Data-efficient learning at web-scale through semantic
 deduplication", Sec. 3): cluster the L2-normalised embeddings with k-means, then compare samples
-only within their cluster, so the work is ``N * K * D`` for the assignment plus about
-``N^2 / K * D`` within clusters instead of ``N^2 * D``; with ``K = sqrt(N)`` both are
-``N^1.5 * D``. Inside a cluster, samples are visited from the highest priority down (curate: the
-highest ``masked_clip_score``, the T-MARS score, then the lowest row number); a sample whose
-cosine similarity to an already kept sample of its cluster is at least ``threshold`` joins that
-sample's group and is dropped. Each group therefore keeps exactly one sample: its
-highest-priority member. (SemDeDup itself keeps the member farthest from the cluster centre.)
+only within their cluster, so the work is about ``N^2 / K * D`` instead of ``N^2 * D``. curate
+keeps the clusters ("leaves") at about ``LEAF`` rows, so the within-leaf work, one matrix
+product a leaf, grows linearly with ``N``; the ``N / LEAF`` centroids come from a two-level
+k-means (``leaf_centroids``) so that training and assignment stay cheap as well. Rows are
+visited from the highest priority down (curate: the highest ``masked_clip_score``, the T-MARS
+score, then the lowest row number); a row whose cosine similarity to an already kept row is at
+least ``threshold`` joins that row's group and is dropped. Each group therefore keeps exactly one
+sample: its highest-priority member. (SemDeDup itself keeps the member farthest from the
+cluster centre.)
 
-A near-copy that k-means puts in a neighbouring cluster is still found: each sample is compared
-with the samples of its ``nprobe`` nearest clusters (an inverted-file index, ``faiss``). Exact
-copies (same image bytes) are grouped by their hash first, whatever their clusters.
+A near-copy that k-means puts in a neighbouring leaf is still found: each row is compared with
+the rows stored in its ``NPROBE`` nearest leaves, as an inverted-file index probes several
+lists. Exact copies (same image bytes) are grouped by their hash first, whatever their leaves.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import math
 import numpy as np
 
 CHUNK = 65_536  # rows converted to float32 at a time (bounded memory for float16 inputs)
+LEAF = 1024  # target rows per leaf cluster: the within-cluster products are about N * LEAF * D
+NPROBE = 4  # leaves each row is compared with: its own and the next nearest ones
+SAMPLE = 40  # k-means training points per leaf centroid (faiss warns below 39)
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
@@ -30,49 +35,126 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def neighbour_lists(emb: np.ndarray, threshold: float, clusters: int, nprobe: int = 4, seed: int = 0,
-                    sample: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs of rows with cosine similarity >= ``threshold``, found within k-means clusters.
+def leaf_centroids(emb: np.ndarray, leaves: int, seed: int = 0) -> np.ndarray:
+    """Spherical k-means centroids of ``emb``, two-level when there are many.
 
-    An inverted-file index (``faiss.IndexIVFScalarQuantizer``, float16 storage, inner product)
-    with ``clusters`` lists is trained on at most ``sample`` points per list; each row is then
-    compared with the rows of its ``nprobe`` nearest lists (``range_search``), so a near-copy that
-    k-means put in a neighbouring cluster is still found.
+    Up to 256 leaves, one ``faiss.Kmeans`` run; beyond, ``ceil(sqrt(leaves))`` coarse clusters,
+    each split into leaves in proportion to its share of the training sample (as
+    ``faiss.contrib.clustering.two_level_clustering``, with at least one leaf per coarse
+    cluster), so training costs about ``sqrt(leaves)`` instead of ``leaves`` distance
+    computations a point. Trained on ``SAMPLE`` rows a leaf, drawn with ``seed``.
 
     Args:
-        emb: ``(N, D)`` float16 or float32 embeddings (normalised here, ``CHUNK`` rows at a time).
+        emb: ``(N, D)`` float16 or float32 embeddings.
+        leaves: wanted number of centroids, >= 1.
 
     Returns:
-        ``(lims, nbr, sim)``: the neighbours of row ``i`` are ``nbr[lims[i]:lims[i + 1]]``
-        (``int64``, itself excluded) with similarities ``sim[...]`` (``float32``).
+        ``(K, D)`` float32 unit-norm centroids, ``K <= leaves`` (fewer when the sample is small).
     """
     import faiss
 
     n, d = emb.shape
-    k = max(1, min(int(clusters), n // 4 or 1))
     rng = np.random.default_rng(seed)
-    train = _normalised(emb[np.sort(rng.choice(n, size=min(n, k * sample), replace=False))])
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, d, k, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    index.train(train)
-    for start in range(0, n, CHUNK):
-        index.add(_normalised(emb[start : start + CHUNK]))
-    index.nprobe = min(nprobe, k)
-    lims, nbrs, sims = [np.zeros(1, dtype=np.int64)], [], []
-    for start in range(0, n, CHUNK):
-        q = _normalised(emb[start : start + CHUNK])
-        lim, dist, ids = index.range_search(q, float(threshold) - 1e-6)
-        lim = lim.astype(np.int64)
-        rows = np.repeat(np.arange(start, start + len(q)), np.diff(lim))
-        keep = ids != rows  # not itself
-        counts = np.add.reduceat(keep, lim[:-1]) if len(keep) else np.zeros(len(q), dtype=np.int64)
-        counts = np.where(np.diff(lim) > 0, counts, 0)
-        lims.append(lims[-1][-1] + np.cumsum(counts))
-        nbrs.append(ids[keep].astype(np.int64))
-        sims.append(dist[keep].astype(np.float32))
-    return (np.concatenate(lims), np.concatenate(nbrs) if nbrs else np.zeros(0, np.int64),
-            np.concatenate(sims) if sims else np.zeros(0, np.float32))
+    m = min(n, max(1, leaves) * SAMPLE)
+    xs = _normalised(emb[np.sort(rng.choice(n, size=m, replace=False))])
+    leaves = max(1, min(leaves, m))
+    if leaves == 1:
+        return _normalised(xs.mean(axis=0, keepdims=True))
+
+    def kmeans(x, k):
+        if k >= len(x):
+            return x
+        km = faiss.Kmeans(d, k, niter=20, seed=seed, spherical=True, max_points_per_centroid=256)
+        km.train(x)
+        return km.centroids
+
+    if leaves <= 256:
+        return _normalised(kmeans(xs, leaves))
+    coarse = kmeans(xs, math.ceil(math.sqrt(leaves)))
+    top = np.argmax(xs @ coarse.T, axis=1)
+    parts = []
+    for c in range(len(coarse)):
+        members = xs[top == c]
+        if len(members):
+            parts.append(kmeans(members, max(1, round(leaves * len(members) / m))))
+    return _normalised(np.vstack(parts))
+
+
+def _nearest_leaves(centroids: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
+    """``(len(x), k)`` int64 ids of the ``k`` centroids nearest each row of ``x`` (unit
+    vectors), nearest first; searched through an inverted file over the centroids when they
+    are many (``faiss.IndexIVFFlat``, its coarse lists probed 4 deep), else exactly."""
+    import faiss
+
+    kk, d = centroids.shape
+    if kk <= 4096:
+        index = faiss.IndexFlatIP(d)
+    else:
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, math.ceil(math.sqrt(kk)), faiss.METRIC_INNER_PRODUCT)
+        index.train(centroids)
+        index.nprobe = 4
+    index.add(centroids)
+    return index.search(x, min(k, kk))[1].astype(np.int64)
+
+
+def neighbour_lists(emb: np.ndarray, threshold: float, clusters: int | None = None, nprobe: int = NPROBE,
+                    seed: int = 0, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of rows with cosine similarity >= ``threshold``, found within k-means leaves.
+
+    The rows are clustered into ``clusters`` leaves (``leaf_centroids``; default
+    ``ceil(N / LEAF)``). Each row is stored in its nearest leaf and compared, by one matrix
+    product a leaf (BLAS), with the rows stored in its ``nprobe`` nearest leaves, so a
+    near-copy that k-means put in a neighbouring leaf is still found; pairs found from either
+    side count. The work is about ``N * nprobe * LEAF * D`` multiply-adds, linear in ``N``.
+    Below ``LEAF`` rows there is one leaf, and the search is exact.
+
+    Args:
+        emb: ``(N, D)`` float16 or float32 embeddings (normalised here, a leaf at a time; a
+            ``numpy.memmap`` is read a leaf at a time).
+        order: ``(N,)`` visiting position of each row (``None``: row number). Only pairs whose
+            neighbour comes earlier are returned: all that the greedy grouping reads.
+
+    Returns:
+        ``(lims, nbr, sim)``: the neighbours of row ``i`` are ``nbr[lims[i]:lims[i + 1]]``
+        (``int64``, itself excluded, each once) with similarities ``sim[...]`` (``float32``).
+    """
+    n, d = emb.shape
+    pos = np.arange(n) if order is None else np.asarray(order)
+    leaves = max(1, int(clusters) if clusters else math.ceil(n / LEAF))
+    centroids = leaf_centroids(emb, leaves, seed)
+    probes = np.concatenate([_nearest_leaves(centroids, _normalised(emb[s : s + CHUNK]), nprobe)
+                             for s in range(0, n, CHUNK)]) if len(centroids) > 1 else np.zeros((n, 1), np.int64)
+    home = probes[:, 0]
+    stored = np.argsort(home, kind="stable")
+    stored_at = np.searchsorted(home[stored], np.arange(len(centroids) + 1))
+    q_rows = np.repeat(np.arange(n), probes.shape[1])
+    q_leaf = probes.ravel()
+    valid = q_leaf >= 0
+    q_rows, q_leaf = q_rows[valid], q_leaf[valid]
+    by_leaf = np.argsort(q_leaf, kind="stable")
+    q_rows = q_rows[by_leaf]
+    q_at = np.searchsorted(q_leaf[by_leaf], np.arange(len(centroids) + 1))
+    rows, nbrs, sims = [], [], []
+    for c in range(len(centroids)):
+        db, q = stored[stored_at[c] : stored_at[c + 1]], q_rows[q_at[c] : q_at[c + 1]]
+        if not len(db) or not len(q):
+            continue
+        sim = _normalised(emb[q]) @ _normalised(emb[db]).T
+        i, j = np.nonzero(sim >= threshold - 1e-6)
+        a, b = q[i], db[j]
+        keep = a != b
+        rows += [a[keep], b[keep]]
+        nbrs += [b[keep], a[keep]]
+        sims += [sim[i, j][keep]] * 2
+    if not rows:
+        return np.zeros(n + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    row, nbr, sim = np.concatenate(rows), np.concatenate(nbrs), np.concatenate(sims).astype(np.float32)
+    earlier = pos[nbr] < pos[row]
+    row, nbr, sim = row[earlier], nbr[earlier], sim[earlier]
+    _, first = np.unique(row * n + nbr, return_index=True)  # sorted by row, each pair once
+    row, nbr, sim = row[first], nbr[first], sim[first]
+    return np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n))]).astype(np.int64), nbr, sim
 
 
 def phash_range(query: np.ndarray, base: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,7 +220,7 @@ def dedup_groups(emb: np.ndarray | None, priority: np.ndarray, threshold: float,
             (no embedding comparison).
         priority: ``(N,)`` higher is kept first (NaN lowest); ties go to the lower row.
         threshold: cosine similarity at or above which two embeddings are duplicates, (0, 1].
-        clusters: k-means clusters of the embedding search; ``None``: ``ceil(sqrt(N))``.
+        clusters: k-means leaves of the embedding search; ``None``: ``ceil(N / LEAF)``.
         image_hash: ``(N,)`` hashes of the image bytes (empty or ``None``: never equal), or ``None``.
         phash: ``(N,)`` int64 perceptual hashes (``curate.stages.decode.perceptual_hash``), or
             ``None``; compared only when ``phash_bits > 0``.
@@ -168,25 +250,26 @@ def dedup_groups(emb: np.ndarray | None, priority: np.ndarray, threshold: float,
     alive = np.flatnonzero(leader == np.arange(n))  # hash leaders go on to the near-duplicate step
     if len(alive) < 2:
         return leader
+    pos_in_rank = np.empty(n, dtype=np.int64)
+    pos_in_rank[rank] = np.arange(n)
     lists = []
     if emb is not None:
-        lists.append(neighbour_lists(emb[alive], threshold, clusters or math.ceil(math.sqrt(len(alive))), seed=seed))
+        lists.append(neighbour_lists(emb[alive] if len(alive) < n else emb, threshold, clusters, seed=seed,
+                                     order=pos_in_rank[alive]))
     if phash is not None and phash_bits > 0:
         lists.append(phash_neighbours(np.asarray(phash)[alive], phash_bits))
     if not lists:
         return leader
     lims, nbr, sim = _merge(*lists) if len(lists) > 1 else lists[0]
-    kept = np.zeros(len(alive), dtype=bool)
-    pos_in_rank = np.empty(n, dtype=np.int64)
-    pos_in_rank[rank] = np.arange(n)
-    for j in np.argsort(pos_in_rank[alive], kind="stable"):  # alive rows, highest priority first
+    kept = np.diff(lims) == 0  # a row without a duplicate is kept; the others are visited in order
+    visit = np.flatnonzero(~kept)
+    for j in visit[np.argsort(pos_in_rank[alive][visit], kind="stable")]:  # highest priority first
         lo, hi = lims[j], lims[j + 1]
-        if hi > lo:
-            hits = kept[nbr[lo:hi]]
-            if hits.any():  # the most similar kept row leads the group
-                best = np.flatnonzero(hits)[np.argmax(sim[lo:hi][hits])]
-                leader[alive[j]] = alive[nbr[lo + best]]
-                continue
-        kept[j] = True
+        hits = kept[nbr[lo:hi]]
+        if hits.any():  # the most similar kept row leads the group
+            best = np.flatnonzero(hits)[np.argmax(sim[lo:hi][hits])]
+            leader[alive[j]] = alive[nbr[lo + best]]
+        else:
+            kept[j] = True
     # rows that joined a hash leader follow that leader if it joined a group itself
     return leader[leader]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,22 +45,54 @@ class IndexPool(Pool):
         return f"(({S.SHARD}, {S.KEY}) IN (SELECT {S.SHARD}, {S.KEY} FROM {name}))"
 
 
+EXACT_ROWS = 1 << 22  # at most this many values are fetched to find an order statistic exactly
+BUCKETS = 4096  # histogram buckets a narrowing pass
+
+
 def pool_threshold(con: duckdb.DuckDBPyConnection, column: str, fraction: float) -> float:
     """Pool-wide threshold for keeping the top ``fraction`` by ``column`` (DataComp
     ``baselines.get_threshold``): the value at index ``int(N * fraction)`` of the descending
-    sort over the ``N`` ok rows with a value; ``-inf`` (keep all) when that index is past the end.
+    sort over the ``N`` ok rows with a value (NaN sorting above every number, as in NumPy);
+    ``-inf`` (keep all) when that index is past the end.
 
-    The column (4 bytes a row) is fetched once and the order statistic found with
-    ``numpy.partition`` in linear time, instead of sorting the pool.
+    Found exactly in bounded memory, without sorting or fetching the column: while more than
+    ``EXACT_ROWS`` values remain in the range that holds the answer, one DuckDB pass counts
+    them into ``BUCKETS`` equal-width buckets (with each bucket's min and max) and the range
+    narrows to the bucket holding the wanted rank; the last few values are fetched and the
+    order statistic taken with ``numpy.partition``. Buckets are monotone in the value (a
+    subtraction and a multiplication by a positive constant, then ``floor``), so their value
+    ranges never overlap; ties end the search as soon as a range holds one value. A pool of
+    ``N`` rows takes about ``log(N / EXACT_ROWS) / log(BUCKETS)`` passes, usually none or one.
     """
-    values = con.sql(f"SELECT {column} FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL").fetchnumpy()[column]
-    values = np.asarray(values)
-    n = len(values)
+    base = f"FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL"
+    value = f"CAST({column} AS DOUBLE)"
+    n, nans, lo, hi = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE isnan({value})), min({value}) FILTER (WHERE NOT isnan({value})), "
+        f"max({value}) FILTER (WHERE NOT isnan({value})) {base}").fetchall()[0]
     k = int(n * fraction)
     if k >= n:
         return -math.inf
-    # Descending index k is ascending index n - 1 - k.
-    return float(np.partition(values, n - 1 - k)[n - 1 - k])
+    if k < nans:
+        return math.nan
+    rank, left = k - nans, n - nans  # descending rank among the numbers in [lo, hi]
+    while lo != hi and left > EXACT_ROWS:
+        scale = BUCKETS / (hi - lo)
+        bucket = f"least(CAST(floor(({value} - $lo) * $scale) AS BIGINT), {BUCKETS - 1})"
+        buckets = con.execute(
+            f"SELECT {bucket} AS b, count(*), min({value}), max({value}) {base} AND NOT isnan({value}) "
+            f"AND {value} BETWEEN $lo AND $hi GROUP BY b ORDER BY b DESC",
+            {"lo": lo, "hi": hi, "scale": scale}).fetchall()
+        for _, count, b_lo, b_hi in buckets:
+            if rank < count:
+                lo, hi, left = b_lo, b_hi, count
+                break
+            rank -= count
+    if lo == hi:
+        return float(lo)
+    values = con.execute(f"SELECT {value} AS v {base} AND NOT isnan({value}) AND {value} BETWEEN $lo AND $hi",
+                         {"lo": lo, "hi": hi}).fetchnumpy()["v"]
+    # Descending rank r is ascending index len - 1 - r.
+    return float(np.partition(values, len(values) - 1 - rank)[len(values) - 1 - rank])
 
 
 @dataclass
@@ -99,7 +132,8 @@ class FilterSummary:
         return "\n".join(lines)
 
 
-def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str | None = None) -> FilterSummary:
+def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str | None = None,
+               memory_limit: str | None = "2GiB") -> FilterSummary:
     """Select a subset of the pool with a rule expression and/or a SQL predicate.
 
     Writes ``out/subset.parquet`` (uid, shard, key and the columns the rule reads, sorted by uid)
@@ -111,12 +145,21 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     and CLIP score to 3 decimals) are each kept, so the subset lists the uid once per copy
     (DataComp's upweighting).
 
+    Memory is bounded whatever the pool size: DuckDB holds at most ``memory_limit`` and sorts
+    and joins out of core beyond it (spilling to ``out/.duckdb-tmp``, removed afterwards);
+    thresholds come from ``pool_threshold`` (histogram passes, no column fetched); the kept rows
+    are streamed to ``subset.parquet`` (``BATCH_ROWS`` a row group) and from there to
+    ``subset.npy``, which is written in place (``numpy.lib.format.open_memmap``). Pool rules that
+    read embedding files (``dedup`` and the like) hold their vectors in memory.
+
     Args:
         index: score-index folder.
         rule: e.g. ``"tmars(fraction=0.5) & basic()"`` (see ``curate.filters``), or ``None``.
         out: output folder.
         where: one extra SQL expression on the index columns, ANDed with the rule
             (``check_predicate``: nothing else can run).
+        memory_limit: DuckDB's memory limit (DuckDB syntax, e.g. ``"2GiB"``); ``None``: DuckDB's
+            default, 80% of RAM.
 
     Raises:
         RuleError: a bad rule, or ``where`` that is not exactly one expression.
@@ -125,7 +168,20 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     if not rule and not where:
         raise RuleError("give --rule and/or --where")
     expr = check_predicate(where) if where else None
-    con = connect(index)
+    out = Path(out)
+    spill = out / ".duckdb-tmp"
+    con = connect(index, memory_limit=memory_limit, temp_directory=spill if memory_limit else None)
+    try:
+        return _run_filter(con, index, rule, out, where, expr)
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+BATCH_ROWS = 1 << 20  # kept rows a batch (one Parquet row group)
+
+
+def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
     tree = parse_rule(rule) if rule else None
     predicate = resolve(tree, IndexPool(con, index, out)) if tree else OK
     if expr:
@@ -135,19 +191,32 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     for leaf in parts:
         columns += [c for c in leaf.columns if c not in columns]
     cols = ", ".join(columns)
+    out.mkdir(parents=True, exist_ok=True)
+    parquet_path, npy_path = out / "subset.parquet", out / "subset.npy"
+    kept_rows = shared_uid_rows = 0
     try:
         # A uid carried by rows of different samples names no single sample: such rows are never
         # kept (counted below). Rows that are copies of one sample (all ok, same caption, size,
-        # text boxes and CLIP score to 3 decimals: upweighted copies) are kept, each.
-        kept = con.sql(
+        # text boxes and CLIP score to 3 decimals: upweighted copies) are kept, each. Only uids
+        # on more than one row are looked at closely (an out-of-core aggregation over the uids).
+        reader = con.sql(
             f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({predicate})), "
-            f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM kept) "
-            f"GROUP BY {S.UID} HAVING count(*) > 1 AND NOT (bool_and({OK}) AND "
+            f"repeated AS (SELECT {S.UID} FROM {VIEW} GROUP BY {S.UID} HAVING count(*) > 1), "
+            f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM repeated) "
+            f"GROUP BY {S.UID} HAVING NOT (bool_and({OK}) AND "
             f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, "
             f"round({S.CLIP_SCORE}, 3))) = 1)) "
             f"SELECT {cols}, {S.UID} IN (SELECT {S.UID} FROM shared) AS _shared FROM kept "
             f"ORDER BY {S.UID}, {S.SHARD}, {S.KEY}"
-        ).to_arrow_table()
+        ).to_arrow_reader(BATCH_ROWS)
+        schema = reader.schema.remove(reader.schema.get_field_index("_shared"))
+        with pq.ParquetWriter(parquet_path, schema) as writer:
+            for batch in reader:
+                shared = batch.column("_shared").to_numpy(zero_copy_only=False).astype(bool)
+                shared_uid_rows += int(shared.sum())
+                batch = pa.Table.from_batches([batch]).drop_columns(["_shared"]).filter(pa.array(~shared))
+                writer.write_table(batch.cast(schema))
+                kept_rows += batch.num_rows
         # One scan for the pool size and for the rows each part of the rule removes on its own.
         names = [str(leaf) for leaf in parts] + ([f"WHERE {where}"] if where else [])
         preds = [leaf.sql for leaf in parts] + ([expr] if expr else [])
@@ -159,18 +228,10 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
         removed = dict(zip(names, row[2:]))
     except duckdb.Error as e:
         raise RuleError(f"DuckDB rejected the filter: {e}") from None
-    shared = kept.column("_shared").to_numpy(zero_copy_only=False).astype(bool)
-    shared_uid_rows = int(shared.sum())
-    kept = kept.drop_columns(["_shared"])
-    if shared_uid_rows:
-        kept = kept.filter(pa.array(~shared))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(kept, out / "subset.parquet")
-    np.save(out / "subset.npy", uids_to_datacomp(kept.column(S.UID).to_pylist()))
+    write_datacomp_subset(parquet_path, npy_path)
     thresholds = {f"{leaf} on {col}": thr for leaf in parts for col, thr in leaf.thresholds.items()}
-    summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept.num_rows, removed, thresholds,
-                            {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")},
+    summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept_rows, removed, thresholds,
+                            {"parquet": str(parquet_path), "npy": str(npy_path)},
                             shared_uid_rows, {str(leaf): leaf.details for leaf in parts if leaf.details})
     for leaf in parts:
         summary.outputs.update({f"{leaf.name} {k}": str(v) for k, v in leaf.details.pop("files", {}).items()})
@@ -178,3 +239,33 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     record = dict(summary.__dict__, thresholds={k: v if math.isfinite(v) else str(v) for k, v in thresholds.items()})
     (out / "filter_summary.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
     return summary
+
+
+def write_datacomp_subset(parquet_path: str | Path, npy_path: str | Path) -> int:
+    """Write the DataComp subset array (``uids_to_datacomp``: sorted structured ``u8,u8``) of
+    the ``uid`` column of ``parquet_path`` to ``npy_path``, ``BATCH_ROWS`` uids at a time into a
+    memory-mapped ``.npy``: 16 bytes a uid on disk, one batch in memory. Batches are sorted
+    each; if the file's uids are not in hex order as well (mixed-case hex), the array is sorted
+    in place at the end.
+
+    Returns:
+        Uids written.
+
+    Raises:
+        ValueError: a uid that is not 32 hex characters.
+    """
+    pf = pq.ParquetFile(parquet_path)
+    n = pf.metadata.num_rows
+    arr = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.dtype("u8,u8"), shape=(n,))
+    at, in_order = 0, True
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[S.UID]):
+        part = uids_to_datacomp(batch.column(0).to_pylist())
+        if at and len(part) and part[0].item() < arr[at - 1].item():
+            in_order = False
+        arr[at : at + len(part)] = part
+        at += len(part)
+    if not in_order:
+        arr.sort()
+    arr.flush()
+    del arr
+    return n

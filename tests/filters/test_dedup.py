@@ -9,7 +9,7 @@ import pytest
 
 from curate import schema as S
 from curate.filters import RuleError, run_filter
-from curate.filters.dedup import dedup_groups
+from curate.filters.dedup import dedup_groups, neighbour_lists
 
 
 def planted(n=5000, d=32, copies=60, noise=0.02, seed=0):
@@ -30,6 +30,31 @@ def test_planted_near_copies_are_grouped_and_the_higher_priority_is_kept():
     assert len(dropped) == len(src)  # and nothing else: random vectors are far apart
     assert all(prio[leader[i]] >= prio[i] for i in dropped)
     assert (leader[leader] == leader).all()  # a leader leads itself
+
+
+@pytest.mark.parametrize("leaves", [1, 30, 300])  # one exact leaf; one-level k-means; two-level k-means
+def test_leaf_search_finds_the_pairs_brute_force_finds(leaves):
+    """``neighbour_lists`` against all pairs: no pair that is not >= threshold, its similarity
+    exact, and (probing 4 leaves) at least 99% of the true pairs; exact with one leaf."""
+    rng = np.random.default_rng(3)
+    n, d = 10_000, 16
+    centres = rng.standard_normal((150, d)).astype(np.float32)
+    x = centres[rng.integers(0, 150, n)] + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sim = x @ x.T
+    i, j = np.nonzero(sim >= 0.97 - 1e-5)  # the search allows 1e-6; products differ by ~1e-7
+    upper = i < j
+    i, j, s = i[upper], j[upper], sim[i[upper], j[upper]]
+    near = set(zip(i.tolist(), j.tolist()))
+    truth = set(zip(i[s >= 0.97].tolist(), j[s >= 0.97].tolist()))
+    assert len(truth) > 1000  # dense enough that leaf boundaries matter
+    lims, nbr, got_sim = neighbour_lists(x, 0.97, clusters=leaves)
+    rows = np.repeat(np.arange(n), np.diff(lims))
+    assert (nbr < rows).all()  # only earlier rows (the default visiting order), each pair once
+    found = set(zip(nbr.tolist(), rows.tolist()))
+    assert len(found) == len(nbr) and found <= near
+    np.testing.assert_allclose(got_sim, sim[nbr, rows], atol=1e-5)
+    assert len(found & truth) / len(truth) >= (1.0 if leaves == 1 else 0.99)
 
 
 def test_exact_hashes_and_perceptual_hashes_group_without_embeddings():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -223,3 +224,97 @@ def test_basic_counts_on_real_captions(tmp_path):
                 if len([w for w in re.split(r"[ \t\n\v\f\r]+", t) if w]) > 2 and len(t) > 5]
     assert keys == expected
     assert 0 < len(expected) < len(captions)
+
+
+def _in_memory_threshold(con, column, fraction):
+    """The pool threshold as curate computed it before issue 19: the whole column fetched,
+    ``numpy.partition`` (NaN sorting last); the reference for the bounded-memory search."""
+    from curate.filters.rules import OK
+
+    values = np.asarray(con.sql(f"SELECT {column} FROM scores WHERE {OK} AND {column} IS NOT NULL").fetchnumpy()[column])
+    k = int(len(values) * fraction)
+    if k >= len(values):
+        return -math.inf
+    return float(np.partition(values, len(values) - 1 - k)[len(values) - 1 - k])
+
+
+ties = st.lists(st.tuples(st.sampled_from(["ok", "ok", "ok", "decode_error"]),
+                          st.one_of(st.sampled_from([0.1, 0.25, 0.25, 0.25, 0.3, -0.5, float("nan")]),
+                                    st.floats(min_value=-1, max_value=1, width=32))),
+                min_size=1, max_size=60)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=ties, fraction=st.floats(min_value=0, max_value=1))
+def test_narrowing_threshold_equals_the_in_memory_one(tmp_path_factory, monkeypatch, rows, fraction):
+    """Ties at the threshold, NaN scores and non-ok rows: the histogram search (forced to
+    narrow: at most 3 values fetched, 4 buckets a pass) finds the in-memory order statistic."""
+    import curate.filters.run as run
+
+    idx = make_index(tmp_path_factory.mktemp("n"), [(f"{i:03d}", st_, "a photo of a dog", "en", 400, 400, 0.0, v, v)
+                                                     for i, (st_, v) in enumerate(rows)])
+    con = connect(idx)
+    expected = _in_memory_threshold(con, S.CLIP_SCORE, fraction)
+    with monkeypatch.context() as m:
+        m.setattr(run, "EXACT_ROWS", 3)
+        m.setattr(run, "BUCKETS", 4)
+        got = pool_threshold(con, S.CLIP_SCORE, fraction)
+    assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+def test_streamed_subset_equals_the_one_read_in_one_batch(tmp_path, monkeypatch):
+    """``curate filter`` with one-row batches, a forced narrowing threshold and a 64 MiB DuckDB
+    limit writes the same subset files, byte for byte, as with one batch and a fetched column;
+    on a pool with ties at the threshold, NaN scores, non-ok rows and a uid shared by two
+    samples."""
+    import curate.filters.run as run
+
+    rng = np.random.default_rng(0)
+    rows = [(f"{i:03d}", "ok" if i % 7 else "decode_error", "a photo of a dog on a mat", "en", 400, 400, 0.0,
+             float(rng.choice([0.25, 0.3, np.nan, rng.random()])), float(rng.random())) for i in range(300)]
+    rows.append((rows[5][0], "ok", "another caption entirely", "en", 300, 300, 0.0, 0.9, 0.9))  # a shared uid
+    idx = make_index(tmp_path / "index", rows)
+    rule = "clip_score(fraction=0.4) & tmars(fraction=0.7)"
+    one = run_filter(idx, rule, tmp_path / "one", memory_limit=None)
+    with monkeypatch.context() as m:
+        m.setattr(run, "BATCH_ROWS", 1)
+        m.setattr(run, "EXACT_ROWS", 5)
+        m.setattr(run, "BUCKETS", 3)
+        many = run_filter(idx, rule, tmp_path / "many", memory_limit="64MiB")
+    assert one.thresholds == many.thresholds and one.kept == many.kept > 0 and many.shared_uid_rows == 1
+    assert (tmp_path / "one/subset.npy").read_bytes() == (tmp_path / "many/subset.npy").read_bytes()
+    assert pq.read_table(tmp_path / "one/subset.parquet").equals(pq.read_table(tmp_path / "many/subset.parquet"))
+    assert not (tmp_path / "many/.duckdb-tmp").exists()
+
+
+def test_query_output_is_streamed_in_batches(index, tmp_path, monkeypatch):
+    """``curate query --output`` written two rows a batch holds what ``query`` returns whole:
+    Parquet equal, CSV with the box lists as JSON text, JSON lines with NaN as null."""
+    import json
+
+    import pyarrow.csv as pacsv
+
+    import curate.query as Q
+
+    sql = "SELECT key, clip_score, text_boxes FROM scores ORDER BY key"
+    whole = query(sql, index)
+    monkeypatch.setattr(Q, "BATCH_ROWS", 2)
+    for ext in ("parquet", "csv", "jsonl"):
+        dest = tmp_path / f"r.{ext}"
+        assert Q.query_to_file(sql, index, dest, memory_limit="64MiB") == whole.num_rows
+        assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.duckdb-tmp"))
+        if ext == "parquet":
+            assert pq.read_table(dest).equals(whole)
+        elif ext == "csv":
+            got = pacsv.read_csv(dest, convert_options=pacsv.ConvertOptions(
+                column_types={"key": pa.string()}, strings_can_be_null=True))
+            assert got.column("key").to_pylist() == whole.column("key").to_pylist()
+            boxes = [None if v is None else json.loads(v) for v in got.column("text_boxes").to_pylist()]
+            assert boxes == whole.column("text_boxes").to_pylist()
+        else:
+            lines = [json.loads(line) for line in dest.read_text().splitlines()]
+            assert [r["key"] for r in lines] == whole.column("key").to_pylist()
+            assert [r["clip_score"] is None for r in lines] == [k in {"08", "09"} for k in whole.column("key").to_pylist()]
+    with pytest.raises(QueryError):
+        Q.query_to_file("DELETE FROM scores", index, tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
