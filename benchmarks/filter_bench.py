@@ -1,19 +1,27 @@
 #!/usr/bin/env python
-"""Filter throughput: `curate filter` (DuckDB) against a vectorised pyarrow + numpy baseline.
+"""Filter throughput and memory: `curate filter` (DuckDB) at growing pool sizes, against a
+vectorised pyarrow + numpy baseline where that fits in memory.
 
-    python benchmarks/filter_bench.py [--rows 10000000] [--files 100] [--workdir /tmp/filter_bench]
+    python benchmarks/filter_bench.py [--rows 10000000 40000000 160000000] [--workdir /tmp/filter_bench]
 
-Builds a synthetic score index of ``--rows`` rows in the real schema (``curate.schema``), split
-into ``--files`` Parquet files like one file per shard, with real web captions from
-``tests/data/captions/laion_sample_1000.parquet`` and random sizes, scores and languages. Then
-runs ``tmars(fraction=0.3) & basic()`` with ``curate.filters.run_filter`` and the same rule written
-the way a user would with pyarrow.compute and numpy, checks both keep the same uids, and prints
-rows/s of each and their ratio. Goal (issue 3): at least 2 million rows/s on 2 cores.
+Builds one synthetic score index of the largest ``--rows`` in the real schema (``curate.schema``),
+``--rows-per-file`` rows a Parquet file like one file per shard, with real web captions from
+``tests/data/captions/laion_sample_1000.parquet`` and random sizes, scores and languages; a
+smaller size is a folder of links to the first of those files. The build is kept and reused.
+Each size then runs ``tmars(fraction=0.3) & basic()`` with ``curate.filters.run_filter`` in its
+own process (its peak RSS is its own), under ``--memory-limit``. Up to ``--baseline-max`` rows
+the same rule is also run the way a user would with pyarrow.compute and numpy (whole columns
+in memory), checking both keep the same uids. Printed: rows/s, peak RSS, the RSS ratio to the
+smallest size (issue 19: within 1.2x from 10M to 160M) and the rows/s ratio to the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
+import subprocess
 import shutil
 import sys
 import time
@@ -93,31 +101,80 @@ def baseline(index: Path, fraction: float) -> set[str]:
     return set(pc.filter(t[S.UID], keep).to_pylist())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--files", type=int, default=100)
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/filter_bench"))
-    args = ap.parse_args()
-    t0 = time.perf_counter()
-    index = build(args.workdir, args.rows, args.files)
-    print(f"built {args.rows:,} rows in {args.files} files in {time.perf_counter() - t0:.1f} s")
+def link_index(files: Path, index: Path, rows: int, rows_per_file: int) -> Path:
+    """``index``: links to the first ``rows / rows_per_file`` files of ``files``."""
+    if index.exists():
+        shutil.rmtree(index)
+    index.mkdir(parents=True)
+    for f in sorted(files.glob("*.parquet"))[: -(-rows // rows_per_file)]:
+        os.symlink(f, index / f.name)
+    return index
+
+
+def run_one(index: Path, out: Path, memory_limit: str) -> dict:
+    """``run_filter`` once, in this process: wall seconds, peak RSS, what it kept."""
     rule = "tmars(fraction=0.3) & basic()"
     t0 = time.perf_counter()
-    summary = run_filter(index, rule, args.workdir / "subset")
-    ours_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    base = baseline(index, 0.3)
-    base_s = time.perf_counter() - t0
-    ours = set(pq.read_table(args.workdir / "subset" / "subset.parquet", columns=[S.UID]).column(S.UID).to_pylist())
-    same = ours == base
-    print(f"rule: {rule}; kept {summary.kept:,} of {summary.pool_ok:,} ok rows; same uids as baseline: {same}")
-    print(f"{'':24}{'seconds':>10}{'rows/s':>16}")
-    print(f"{'curate filter (DuckDB)':24}{ours_s:10.2f}{args.rows / ours_s:16,.0f}")
-    print(f"{'pyarrow+numpy baseline':24}{base_s:10.2f}{args.rows / base_s:16,.0f}")
-    print(f"ratio (curate / baseline rows/s): {base_s / ours_s:.2f}x")
-    if not same:
-        sys.exit(1)
+    summary = run_filter(index, rule, out, memory_limit=memory_limit)
+    wall = time.perf_counter() - t0
+    return {"rows": summary.pool_rows, "kept": summary.kept, "wall_s": wall,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "thresholds": summary.thresholds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[10_000_000, 40_000_000, 160_000_000])
+    ap.add_argument("--rows-per-file", type=int, default=100_000)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/filter_bench"))
+    ap.add_argument("--memory-limit", default="2GiB", help="curate filter --memory-limit")
+    ap.add_argument("--baseline-max", type=int, default=10_000_000,
+                    help="run the in-memory pyarrow baseline up to this many rows")
+    ap.add_argument("--one", nargs=2, metavar=("INDEX", "OUT"), help=argparse.SUPPRESS)  # internal
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(Path(args.one[0]), Path(args.one[1]), args.memory_limit)))
+        return
+    largest = max(args.rows)
+    files = args.workdir / "files"
+    stamp = files / f".built-{largest}-{args.rows_per_file}"
+    if not stamp.exists():
+        t0 = time.perf_counter()
+        build(args.workdir / "build", largest, -(-largest // args.rows_per_file))
+        if files.exists():
+            shutil.rmtree(files)
+        (args.workdir / "build" / "index").rename(files)
+        stamp.touch()
+        print(f"built {largest:,} rows in {time.perf_counter() - t0:.1f} s", flush=True)
+    results = []
+    for rows in sorted(args.rows):
+        index = link_index(files, args.workdir / f"index-{rows}", rows, args.rows_per_file)
+        out = args.workdir / f"subset-{rows}"
+        r = subprocess.run([sys.executable, __file__, "--one", str(index), str(out), "--memory-limit", args.memory_limit],
+                           capture_output=True, text=True)
+        if r.returncode:
+            sys.exit(f"curate filter failed at {rows:,} rows:\n{r.stderr[-3000:]}")
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        if rows <= args.baseline_max:
+            t0 = time.perf_counter()
+            base = baseline(index, 0.3)
+            res["baseline_s"] = time.perf_counter() - t0
+            ours = set(pq.read_table(out / "subset.parquet", columns=[S.UID]).column(S.UID).to_pylist())
+            res["same_uids"] = ours == base
+            if not res["same_uids"]:
+                sys.exit(f"curate filter and the baseline disagree at {rows:,} rows")
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    first = results[0]
+    print(f"\nrule: tmars(fraction=0.3) & basic(); --memory-limit {args.memory_limit}; {os.cpu_count()} CPUs")
+    print("| rows | index on disk | curate filter wall | rows/s | peak RSS | RSS vs smallest | baseline rows/s | same uids |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        size = sum(f.stat().st_size for f in (args.workdir / f"index-{r['rows']}").iterdir())
+        base = f"{r['rows'] / r['baseline_s']:,.0f}" if "baseline_s" in r else "-"
+        print(f"| {r['rows']:,} | {size / 1e6:,.0f} MB | {r['wall_s']:.1f} s | {r['rows'] / r['wall_s']:,.0f} | "
+              f"{r['peak_rss_gib']:.2f} GiB | {r['peak_rss_gib'] / first['peak_rss_gib']:.2f}x | {base} | "
+              f"{r.get('same_uids', '-')} |")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Any
 
@@ -177,6 +178,8 @@ def _add_filter(sub) -> None:
     p.add_argument("--where", help="one extra SQL expression over the index columns, ANDed with the rule, e.g. \"num_text_boxes = 0\" (nothing else is accepted; non-ok rows are never kept)")
     p.add_argument("--out", required=True, help="output folder: subset.parquet, subset.npy (DataComp), filter_summary.json")
     _add_memory_limit(p, "sorts and joins beyond it spill to OUT/.duckdb-tmp; the subset is streamed to its files")
+    p.add_argument("--address", help="run on this Ray cluster (or RAY_ADDRESS's), a task per group of index files; "
+                   "the index and --out must be on storage every node reads (default: one process)")
 
 
 def _add_query(sub) -> None:
@@ -393,6 +396,12 @@ def _cmd_reshard(args) -> int:
 def _cmd_filter(args) -> int:
     from curate.filters import RuleError, run_filter
 
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        from curate.filters.distributed import run_filter_distributed
+
+        return _run_command("filter", lambda: run_filter_distributed(
+            args.index, args.rule, args.out, where=args.where, memory_limit=args.memory_limit,
+            address=args.address), RuleError)
     return _run_command("filter", lambda: run_filter(args.index, args.rule, args.out, where=args.where,
                                                                 memory_limit=args.memory_limit), RuleError)
 

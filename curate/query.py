@@ -58,7 +58,13 @@ def connect(index: str | Path, memory_limit: str | None = None,
     Raises:
         FileNotFoundError: no index files.
     """
-    files = [str(f.resolve()) for f in index_files(index)]
+    return connect_files([str(f.resolve()) for f in index_files(index)], memory_limit, temp_directory)
+
+
+def connect_files(files: list[str], memory_limit: str | None = None,
+                  temp_directory: str | Path | None = None) -> duckdb.DuckDBPyConnection:
+    """``connect`` over exactly the Parquet files ``files`` (absolute paths, at least one),
+    with the same lock-down: a part of an index, as one task of a distributed filter reads."""
     con = duckdb.connect(":memory:")
     if memory_limit is not None:
         con.execute(f"SET memory_limit = {_sql_string(str(memory_limit))}")

@@ -92,3 +92,16 @@ def test_embeddings_bench_runs_small():
     out = _run_bench(str(REPO / "benchmarks" / "embeddings_bench.py"), "--model", "tiny", "--detector", "none",
                      "--repeats", "1")
     assert "D = 64" in out and "| ratio |" in out
+
+
+def test_filter_bench_runs_small_and_agrees_with_its_baseline(tmp_path):
+    """benchmarks/filter_bench.py at two small sizes: one build reused through links, each size
+    filtered in its own process, the same uids as the in-memory pyarrow baseline, the table."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "filter_bench.py"), "--rows", "20000", "60000",
+                           "--rows-per-file", "10000", "--baseline-max", "60000", "--memory-limit", "256MiB",
+                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["rows"] for r in rows] == [20000, 60000] and all(r["same_uids"] for r in rows)
+    assert 0 < rows[0]["kept"] < rows[1]["kept"] < 0.3 * 60000
+    assert len(list((tmp_path / "index-20000").iterdir())) == 2 and "| 60,000 |" in proc.stdout

@@ -35,21 +35,23 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def leaf_centroids(emb: np.ndarray, leaves: int, seed: int = 0) -> np.ndarray:
+def leaf_centroids(emb: np.ndarray, leaves: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Spherical k-means centroids of ``emb``, two-level when there are many.
 
     Up to 256 leaves, one ``faiss.Kmeans`` run; beyond, ``ceil(sqrt(leaves))`` coarse clusters,
     each split into leaves in proportion to its share of the training sample (as
     ``faiss.contrib.clustering.two_level_clustering``, with at least one leaf per coarse
-    cluster), so training costs about ``sqrt(leaves)`` instead of ``leaves`` distance
-    computations a point. Trained on ``SAMPLE`` rows a leaf, drawn with ``seed``.
+    cluster), so training and assignment cost about ``sqrt(leaves)`` instead of ``leaves``
+    distance computations a point. Trained on ``SAMPLE`` rows a leaf, drawn with ``seed``.
 
     Args:
         emb: ``(N, D)`` float16 or float32 embeddings.
         leaves: wanted number of centroids, >= 1.
 
     Returns:
-        ``(K, D)`` float32 unit-norm centroids, ``K <= leaves`` (fewer when the sample is small).
+        ``(centroids, coarse, parent)``: ``(K, D)`` float32 unit-norm leaf centroids
+        (``K <= leaves``: fewer when the sample is small); for two levels the ``(C, D)`` coarse
+        centroids and the ``(K,)`` int64 coarse cluster of each leaf, else ``None, None``.
     """
     import faiss
 
@@ -59,7 +61,7 @@ def leaf_centroids(emb: np.ndarray, leaves: int, seed: int = 0) -> np.ndarray:
     xs = _normalised(emb[np.sort(rng.choice(n, size=m, replace=False))])
     leaves = max(1, min(leaves, m))
     if leaves == 1:
-        return _normalised(xs.mean(axis=0, keepdims=True))
+        return _normalised(xs.mean(axis=0, keepdims=True)), None, None
 
     def kmeans(x, k):
         if k >= len(x):
@@ -69,33 +71,53 @@ def leaf_centroids(emb: np.ndarray, leaves: int, seed: int = 0) -> np.ndarray:
         return km.centroids
 
     if leaves <= 256:
-        return _normalised(kmeans(xs, leaves))
-    coarse = kmeans(xs, math.ceil(math.sqrt(leaves)))
+        return _normalised(kmeans(xs, leaves)), None, None
+    coarse = _normalised(kmeans(xs, math.ceil(math.sqrt(leaves))))
     top = np.argmax(xs @ coarse.T, axis=1)
-    parts = []
+    parts, parent = [], []
     for c in range(len(coarse)):
         members = xs[top == c]
         if len(members):
-            parts.append(kmeans(members, max(1, round(leaves * len(members) / m))))
-    return _normalised(np.vstack(parts))
+            parts.append(kmeans(members, max(1, min(round(leaves * len(members) / m), len(members) // 39))))
+            parent.append(np.full(len(parts[-1]), c, dtype=np.int64))
+    return _normalised(np.vstack(parts)), coarse, np.concatenate(parent)
 
 
-def _nearest_leaves(centroids: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
-    """``(len(x), k)`` int64 ids of the ``k`` centroids nearest each row of ``x`` (unit
-    vectors), nearest first; searched through an inverted file over the centroids when they
-    are many (``faiss.IndexIVFFlat``, its coarse lists probed 4 deep), else exactly."""
+COARSE_PROBE = 6  # coarse clusters whose leaves are searched for a row's nearest leaves
+
+
+def _nearest_leaves(tree, x: np.ndarray, k: int) -> np.ndarray:
+    """``(len(x), k)`` int64 ids of the ``k`` leaf centroids nearest each row of ``x`` (unit
+    vectors), nearest first (``-1`` where fewer exist). One level: exact (``faiss.IndexFlatIP``).
+    Two levels: the leaves of the row's ``COARSE_PROBE`` nearest coarse clusters, one matrix
+    product a coarse cluster (BLAS)."""
     import faiss
 
-    kk, d = centroids.shape
-    if kk <= 4096:
-        index = faiss.IndexFlatIP(d)
-    else:
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, math.ceil(math.sqrt(kk)), faiss.METRIC_INNER_PRODUCT)
-        index.train(centroids)
-        index.nprobe = 4
-    index.add(centroids)
-    return index.search(x, min(k, kk))[1].astype(np.int64)
+    centroids, coarse, parent = tree
+    if coarse is None:
+        index = faiss.IndexFlatIP(centroids.shape[1])
+        index.add(centroids)
+        return index.search(x, min(k, len(centroids)))[1].astype(np.int64)
+    c = min(COARSE_PROBE, len(coarse))
+    near = np.argpartition(-(x @ coarse.T), c - 1, axis=1)[:, :c] if c < len(coarse) else \
+        np.tile(np.arange(len(coarse)), (len(x), 1))
+    cand_leaf = np.full((len(x), c * k), -1, dtype=np.int64)
+    cand_sim = np.full((len(x), c * k), -np.inf, dtype=np.float32)
+    children = [np.flatnonzero(parent == j) for j in range(len(coarse))]
+    for slot in range(c):
+        for j in np.unique(near[:, slot]):
+            rows = np.flatnonzero(near[:, slot] == j)
+            kids = children[j]
+            if not len(kids):
+                continue
+            sim = x[rows] @ centroids[kids].T
+            kk = min(k, len(kids))
+            best = np.argpartition(-sim, kk - 1, axis=1)[:, :kk] if kk < len(kids) else \
+                np.tile(np.arange(len(kids)), (len(rows), 1))
+            cand_leaf[rows, slot * k : slot * k + kk] = kids[best]
+            cand_sim[rows, slot * k : slot * k + kk] = np.take_along_axis(sim, best, axis=1)
+    order = np.argsort(-cand_sim, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cand_leaf, order, axis=1)
 
 
 def neighbour_lists(emb: np.ndarray, threshold: float, clusters: int | None = None, nprobe: int = NPROBE,
@@ -122,8 +144,9 @@ def neighbour_lists(emb: np.ndarray, threshold: float, clusters: int | None = No
     n, d = emb.shape
     pos = np.arange(n) if order is None else np.asarray(order)
     leaves = max(1, int(clusters) if clusters else math.ceil(n / LEAF))
-    centroids = leaf_centroids(emb, leaves, seed)
-    probes = np.concatenate([_nearest_leaves(centroids, _normalised(emb[s : s + CHUNK]), nprobe)
+    tree = leaf_centroids(emb, leaves, seed)
+    centroids = tree[0]
+    probes = np.concatenate([_nearest_leaves(tree, _normalised(emb[s : s + CHUNK]), nprobe)
                              for s in range(0, n, CHUNK)]) if len(centroids) > 1 else np.zeros((n, 1), np.int64)
     home = probes[:, 0]
     stored = np.argsort(home, kind="stable")

@@ -60,8 +60,7 @@ def _number(leaf: Leaf, name: str, default: float, lo: float, hi: float) -> floa
 def _embeddings(pool: Pool, leaf: Leaf, index_columns):
     from curate.io.embeddings import NoEmbeddings, read_embeddings
 
-    if not hasattr(pool, "index"):
-        raise RuleError(f"{leaf.name}() reads the score index's embedding files: run it with curate filter")
+    pool.need_whole_pool(leaf, "the score index's embedding files")
     try:
         return read_embeddings(pool.index, S.IMAGE_EMBEDDING, index_columns)
     except NoEmbeddings as e:
@@ -116,8 +115,7 @@ def text_based_rule(leaf: Leaf, pool: Pool) -> None:
                    key=len, reverse=True)
     if not names:
         raise RuleError(f"text_based(): {path} holds no class names")
-    if not hasattr(pool, "con"):
-        raise RuleError("text_based() reads the captions of the pool: run it with curate filter")
+    pool.need_whole_pool(leaf, "the captions of the pool")
     pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in names) + r")(?!\w)")
     from curate.query import VIEW
 

@@ -109,6 +109,14 @@ class Pool:
         """The pool-wide threshold keeping the top ``fraction`` by ``column`` (``-inf``: keep all)."""
         return self._threshold_of(column, fraction)
 
+    def need_whole_pool(self, leaf: Leaf, what: str) -> None:
+        """Called by a rule computed in one process over the whole pool (``what`` it reads).
+
+        Raises:
+            RuleError: this pool cannot give it (only ``curate filter``'s single-node pool can).
+        """
+        raise RuleError(f"{leaf.name}() reads {what}: run it with curate filter")
+
     def keep_rows(self, leaf: Leaf, rows) -> str:
         """Register ``rows`` (a ``pyarrow.Table`` of ``shard`` and ``key``) as the rows ``leaf``
         keeps; return its SQL predicate.

@@ -11,6 +11,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 import numpy as np
@@ -33,6 +34,9 @@ class IndexPool(Pool):
         self.con, self.index, self.out = con, Path(index), Path(out)
         self._sets = 0
 
+    def need_whole_pool(self, leaf: Leaf, what: str) -> None:
+        """This pool holds the whole index: every rule may read it."""
+
     def artifact(self, name: str) -> Path:
         """``out/<name>``, for what a rule writes for inspection (the folder is created)."""
         self.out.mkdir(parents=True, exist_ok=True)
@@ -53,44 +57,64 @@ def pool_threshold(con: duckdb.DuckDBPyConnection, column: str, fraction: float)
     """Pool-wide threshold for keeping the top ``fraction`` by ``column`` (DataComp
     ``baselines.get_threshold``): the value at index ``int(N * fraction)`` of the descending
     sort over the ``N`` ok rows with a value (NaN sorting above every number, as in NumPy);
-    ``-inf`` (keep all) when that index is past the end.
+    ``-inf`` (keep all) when that index is past the end. Computed by ``search_threshold`` on
+    the one connection ``con``."""
+    return search_threshold(lambda sql, params: [con.execute(sql, params).fetchall()],
+                            lambda sql, params: con.execute(sql, params).fetchnumpy()["v"], column, fraction)
+
+
+def search_threshold(rows_of: Callable[[str, dict], list[list[tuple]]], values_of: Callable[[str, dict], np.ndarray],
+                     column: str, fraction: float) -> float:
+    """``pool_threshold``, over a pool in one or many parts.
 
     Found exactly in bounded memory, without sorting or fetching the column: while more than
-    ``EXACT_ROWS`` values remain in the range that holds the answer, one DuckDB pass counts
-    them into ``BUCKETS`` equal-width buckets (with each bucket's min and max) and the range
-    narrows to the bucket holding the wanted rank; the last few values are fetched and the
-    order statistic taken with ``numpy.partition``. Buckets are monotone in the value (a
-    subtraction and a multiplication by a positive constant, then ``floor``), so their value
-    ranges never overlap; ties end the search as soon as a range holds one value. A pool of
-    ``N`` rows takes about ``log(N / EXACT_ROWS) / log(BUCKETS)`` passes, usually none or one.
+    ``EXACT_ROWS`` values remain in the range that holds the answer, one pass counts them into
+    ``BUCKETS`` equal-width buckets (with each bucket's min and max) and the range narrows to the
+    bucket holding the wanted rank; the last few values are fetched and the order statistic taken
+    with ``numpy.partition``. Buckets are monotone in the value (a subtraction and a
+    multiplication by a positive constant, then ``floor``), so their value ranges never overlap;
+    ties end the search as soon as a range holds one value. A pool of ``N`` rows takes about
+    ``log(N / EXACT_ROWS) / log(BUCKETS)`` passes, usually none or one.
+
+    Args:
+        rows_of: runs one SQL query (named parameters ``params``) over the view ``scores`` of
+            every part of the pool; returns each part's rows. Counts, minima and maxima are
+            merged here, so a part can be one file or one node.
+        values_of: runs a query selecting one column ``v`` over every part; returns the values
+            of all parts as one array.
     """
     base = f"FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL"
     value = f"CAST({column} AS DOUBLE)"
-    n, nans, lo, hi = con.execute(
+    stats = [part[0] for part in rows_of(
         f"SELECT count(*), count(*) FILTER (WHERE isnan({value})), min({value}) FILTER (WHERE NOT isnan({value})), "
-        f"max({value}) FILTER (WHERE NOT isnan({value})) {base}").fetchall()[0]
+        f"max({value}) FILTER (WHERE NOT isnan({value})) {base}", {})]
+    n, nans = sum(s[0] for s in stats), sum(s[1] for s in stats)
     k = int(n * fraction)
     if k >= n:
         return -math.inf
     if k < nans:
         return math.nan
+    lo = min(s[2] for s in stats if s[2] is not None)
+    hi = max(s[3] for s in stats if s[3] is not None)
     rank, left = k - nans, n - nans  # descending rank among the numbers in [lo, hi]
+    numbers = f"{base} AND NOT isnan({value}) AND {value} BETWEEN $lo AND $hi"
     while lo != hi and left > EXACT_ROWS:
-        scale = BUCKETS / (hi - lo)
         bucket = f"least(CAST(floor(({value} - $lo) * $scale) AS BIGINT), {BUCKETS - 1})"
-        buckets = con.execute(
-            f"SELECT {bucket} AS b, count(*), min({value}), max({value}) {base} AND NOT isnan({value}) "
-            f"AND {value} BETWEEN $lo AND $hi GROUP BY b ORDER BY b DESC",
-            {"lo": lo, "hi": hi, "scale": scale}).fetchall()
-        for _, count, b_lo, b_hi in buckets:
+        merged: dict[int, list] = {}
+        for part in rows_of(f"SELECT {bucket} AS b, count(*), min({value}), max({value}) {numbers} GROUP BY b",
+                            {"lo": lo, "hi": hi, "scale": BUCKETS / (hi - lo)}):
+            for b, count, b_lo, b_hi in part:
+                m = merged.setdefault(b, [0, b_lo, b_hi])
+                m[0], m[1], m[2] = m[0] + count, min(m[1], b_lo), max(m[2], b_hi)
+        for b in sorted(merged, reverse=True):
+            count, b_lo, b_hi = merged[b]
             if rank < count:
                 lo, hi, left = b_lo, b_hi, count
                 break
             rank -= count
     if lo == hi:
         return float(lo)
-    values = con.execute(f"SELECT {value} AS v {base} AND NOT isnan({value}) AND {value} BETWEEN $lo AND $hi",
-                         {"lo": lo, "hi": hi}).fetchnumpy()["v"]
+    values = np.asarray(values_of(f"SELECT {value} AS v {numbers}", {"lo": lo, "hi": hi}))
     # Descending rank r is ascending index len - 1 - r.
     return float(np.partition(values, len(values) - 1 - rank)[len(values) - 1 - rank])
 
@@ -229,13 +253,19 @@ def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
     except duckdb.Error as e:
         raise RuleError(f"DuckDB rejected the filter: {e}") from None
     write_datacomp_subset(parquet_path, npy_path)
+    return write_summary(out, rule, where, parts, pool_rows, pool_ok, kept_rows, removed, shared_uid_rows)
+
+
+def write_summary(out: Path, rule: str | None, where: str | None, parts: list[Leaf], pool_rows: int, pool_ok: int,
+                  kept: int, removed: dict[str, int], shared_uid_rows: int) -> FilterSummary:
+    """The ``FilterSummary`` of a filter run, also written to ``out/filter_summary.json`` (strict
+    JSON: a "keep all" threshold is the string ``"-inf"``)."""
     thresholds = {f"{leaf} on {col}": thr for leaf in parts for col, thr in leaf.thresholds.items()}
-    summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept_rows, removed, thresholds,
-                            {"parquet": str(parquet_path), "npy": str(npy_path)},
+    summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept, removed, thresholds,
+                            {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")},
                             shared_uid_rows, {str(leaf): leaf.details for leaf in parts if leaf.details})
     for leaf in parts:
         summary.outputs.update({f"{leaf.name} {k}": str(v) for k, v in leaf.details.pop("files", {}).items()})
-    # Strict JSON (no -Infinity): a "keep all" threshold is written as the string "-inf".
     record = dict(summary.__dict__, thresholds={k: v if math.isfinite(v) else str(v) for k, v in thresholds.items()})
     (out / "filter_summary.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
     return summary

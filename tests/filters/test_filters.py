@@ -318,3 +318,44 @@ def test_query_output_is_streamed_in_batches(index, tmp_path, monkeypatch):
     with pytest.raises(QueryError):
         Q.query_to_file("DELETE FROM scores", index, tmp_path / "x.parquet")
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_distributed_filter_writes_the_single_node_subset(ray_cluster, tmp_path, monkeypatch):
+    """``curate filter --address`` (Ray tasks, a file a task, 4 uid ranges, thresholds merged from
+    partial histograms) against the single-node filter on a pool of 3 files with ties at the
+    threshold, NaN scores, non-ok rows, a uid on two samples in two files and a sample copied
+    into another file: the same subset files byte for byte and the same summary."""
+    import curate.filters.run as run
+    from curate.filters.distributed import run_filter_distributed
+
+    rng = np.random.default_rng(1)
+    idx = tmp_path / "index"
+    for f in range(3):
+        rows = [(f"{f}{i:03d}", "ok" if i % 9 else "decode_error", "a photo of a dog on a mat", "en", 400, 400, 0.0,
+                 float(rng.choice([0.25, 0.3, np.nan, rng.random()])), float(rng.random())) for i in range(200)]
+        if f == 1:
+            rows.append(("0005", "ok", "another caption entirely", "en", 300, 300, 0.0, 0.9, 0.9))  # uid of file 0
+        if f == 2:
+            rows.append(("1007", "ok", "a photo of a dog on a mat", "en", 400, 400, 0.0, 0.5, 0.5))
+        make_index(idx, rows, shard=f"pool-{f:06d}.tar")
+    src = pq.read_table(idx / "pool-000001.parquet").to_pylist()
+    copy = next(r for r in src if r["key"] == "1007")  # make file 2's 1007 an exact copy of file 1's
+    rows2 = pq.read_table(idx / "pool-000002.parquet").to_pylist()
+    for r in rows2:
+        if r["key"] == "1007":
+            r.update({k: copy[k] for k in (S.TEXT, S.WIDTH, S.HEIGHT, S.NUM_TEXT_BOXES, S.CLIP_SCORE, S.STATUS)})
+    pq.write_table(pa.Table.from_pylist(rows2, pq.read_schema(idx / "pool-000002.parquet")), idx / "pool-000002.parquet")
+    rule = "clip_score(fraction=0.4) & tmars(fraction=0.7) & basic()"
+    one = run_filter(idx, rule, tmp_path / "one", where="width >= 300")
+    monkeypatch.setattr(run, "EXACT_ROWS", 7)
+    monkeypatch.setattr(run, "BUCKETS", 5)
+    many = run_filter_distributed(idx, rule, tmp_path / "many", where="width >= 300", files_per_task=1, partitions=4)
+    assert many.shared_uid_rows == one.shared_uid_rows >= 1 and many.kept == one.kept > 0
+    assert (many.pool_rows, many.pool_ok, many.removed_by, many.thresholds) == \
+        (one.pool_rows, one.pool_ok, one.removed_by, one.thresholds)
+    assert (tmp_path / "one/subset.npy").read_bytes() == (tmp_path / "many/subset.npy").read_bytes()
+    assert pq.read_table(tmp_path / "one/subset.parquet").equals(pq.read_table(tmp_path / "many/subset.parquet"))
+    assert not (tmp_path / "many/.filter-parts").exists()
+    (tmp_path / "c.txt").write_text("dog\n")
+    with pytest.raises(RuleError, match="without --address"):
+        run_filter_distributed(idx, f"text_based(classes={str(tmp_path / 'c.txt')!r})", tmp_path / "x")
