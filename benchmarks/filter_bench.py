@@ -117,9 +117,21 @@ def run_one(index: Path, out: Path, memory_limit: str) -> dict:
     t0 = time.perf_counter()
     summary = run_filter(index, rule, out, memory_limit=memory_limit)
     wall = time.perf_counter() - t0
-    return {"rows": summary.pool_rows, "kept": summary.kept, "wall_s": wall,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    return {"rows": summary.pool_rows, "kept": summary.kept, "wall_s": wall, "peak_rss_gib": peak_rss_gib(),
             "thresholds": summary.thresholds}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak RSS: ``VmHWM`` of ``/proc/self/status`` (Linux). Not ``getrusage``:
+    its ``ru_maxrss`` keeps the parent's RSS at the fork across ``exec``, so a child of a large
+    parent (this script after its in-memory baseline) would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def main() -> None:
@@ -130,6 +142,9 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="2GiB", help="curate filter --memory-limit")
     ap.add_argument("--baseline-max", type=int, default=10_000_000,
                     help="run the in-memory pyarrow baseline up to this many rows")
+    ap.add_argument("--ray-nodes", type=int, default=0,
+                    help="also run the Ray path (curate filter --address) on a local cluster of this many nodes")
+    ap.add_argument("--ray-rows", type=int, default=40_000_000, help="pool size of the Ray run")
     ap.add_argument("--one", nargs=2, metavar=("INDEX", "OUT"), help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
     if args.one:
@@ -165,6 +180,9 @@ def main() -> None:
                 sys.exit(f"curate filter and the baseline disagree at {rows:,} rows")
         results.append(res)
         print(json.dumps(res), flush=True)
+    ray_row = None
+    if args.ray_nodes:
+        ray_row = run_ray(args, files, results)
     first = results[0]
     print(f"\nrule: tmars(fraction=0.3) & basic(); --memory-limit {args.memory_limit}; {os.cpu_count()} CPUs")
     print("| rows | index on disk | curate filter wall | rows/s | peak RSS | RSS vs smallest | baseline rows/s | same uids |")
@@ -175,6 +193,45 @@ def main() -> None:
         print(f"| {r['rows']:,} | {size / 1e6:,.0f} MB | {r['wall_s']:.1f} s | {r['rows'] / r['wall_s']:,.0f} | "
               f"{r['peak_rss_gib']:.2f} GiB | {r['peak_rss_gib'] / first['peak_rss_gib']:.2f}x | {base} | "
               f"{r.get('same_uids', '-')} |")
+    if ray_row:
+        print(f"\nRay path (curate filter --address) on a local {args.ray_nodes}-node cluster, 1 CPU a node:")
+        print("| rows | single node wall | Ray path wall | same subset.npy bytes |")
+        print("| --- | --- | --- | --- |")
+        print(f"| {ray_row['rows']:,} | {ray_row['single_s']:.1f} s | {ray_row['ray_s']:.1f} s | {ray_row['same']} |")
+
+
+def run_ray(args, files: Path, results: list[dict]) -> dict:
+    """The Ray path on a fresh ``ray.cluster_utils.Cluster`` of ``--ray-nodes`` 1-CPU nodes over
+    ``--ray-rows`` rows, against the single-node subset of the same size."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from curate.filters.distributed import run_filter_distributed
+
+    rows = args.ray_rows
+    single = next((r for r in results if r["rows"] == rows), None)
+    if single is None:
+        sys.exit(f"--ray-rows {rows} must be one of --rows")
+    index = args.workdir / f"index-{rows}"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(args.ray_nodes - 1):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        t0 = time.perf_counter()
+        run_filter_distributed(index, "tmars(fraction=0.3) & basic()", args.workdir / f"subset-ray-{rows}",
+                               memory_limit=args.memory_limit, address=cluster.address)
+        ray_s = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    same = (args.workdir / f"subset-ray-{rows}" / "subset.npy").read_bytes() == \
+        (args.workdir / f"subset-{rows}" / "subset.npy").read_bytes()
+    row = {"rows": rows, "single_s": single["wall_s"], "ray_s": ray_s, "same": same}
+    print(json.dumps({"ray": row}), flush=True)
+    if not same:
+        sys.exit("the Ray path and the single-node path disagree")
+    return row
 
 
 if __name__ == "__main__":

@@ -179,3 +179,81 @@ def embedded_pool(tmp_path_factory, ray_cluster, sources):
     shards = [str(s) for s in SHARDS] + [str(d / "injected-000000.tar")]
     assert run_score(shards, index, cfg, progress=False).exit_code == 0
     return {"index": index, "pool": pool, "sources": sources, "evaldata": d / "evaldata", "dir": d, "shards": shards}
+
+
+# ---------------------------------------------------------------- a pool of unique uids, scored once
+N_SHARDS, PER_SHARD = 20, 3
+
+
+def write_unique_pool(folder: Path, n_shards: int, per_shard: int, max_bytes: int = 200_000) -> dict[tuple[str, str], str]:
+    """``n_shards`` shards of ``per_shard`` samples taken in turn from the bundled sample shards
+    (images under ``max_bytes``, plus the broken JPEG and the sample without caption), each with
+    a fresh uid. Returns ``{(shard path, key): uid}``, read back from the tars with tarfile."""
+    samples = [m for _, _, m in sample_members() if max(len(v) for v in m.values()) <= max_bytes]
+    folder.mkdir(parents=True)
+    i = 0
+    for s in range(n_shards):
+        with tarfile.open(folder / f"pool-{s:06d}.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+            for _ in range(per_shard):
+                sample = dict(samples[i % len(samples)])
+                meta = json.loads(sample["json"])
+                meta["uid"] = f"{i:032x}"
+                sample["json"] = json.dumps(meta).encode()
+                for ext, data in sample.items():
+                    info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+                i += 1
+    expected = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    expected[(str(shard), m.name.split(".")[0])] = json.load(tf.extractfile(m))["uid"]
+    return expected
+
+
+def rows_by_uid(index_dir: Path) -> dict[str, dict]:
+    from curate import schema as S
+    from curate.io.index import read_index
+
+    rows = read_index(index_dir).to_pylist()
+    by = {r[S.UID]: r for r in rows}
+    assert len(by) == len(rows), "duplicate uids in the index"
+    return by
+
+
+def assert_same_scores(a: dict[str, dict], b: dict[str, dict]) -> None:
+    import numpy as np
+
+    from curate import schema as S
+
+    assert a.keys() == b.keys()
+    for uid, x in a.items():
+        y = b[uid]
+        assert (x[S.STATUS], x[S.KEY], x["num_text_boxes"]) == (y[S.STATUS], y[S.KEY], y["num_text_boxes"]), uid
+        for col in ("clip_score", "masked_clip_score"):
+            if x[col] is None or np.isnan(x[col]):
+                assert y[col] is None or np.isnan(y[col]), (uid, col)
+            else:
+                assert abs(x[col] - y[col]) <= 1e-5, (uid, col, x[col], y[col])
+
+
+
+@pytest.fixture(scope="session")
+def dbnet_unique_pool(tmp_path_factory, ray_cluster):
+    """``N_SHARDS`` shards of ``PER_SHARD`` samples with unique uids (``write_unique_pool``),
+    scored once on the session's cluster with ``pipelines/tiny_cpu.yaml`` and DBNet: the
+    reference of the driver-kill and node-kill tests. Returns ``(pool folder, {(shard, key):
+    uid}, {uid: index row})``."""
+    from curate.scoring import run_score
+    from curate.scoring.config import load_config
+
+    d = tmp_path_factory.mktemp("unique")
+    expected = write_unique_pool(d / "pool", N_SHARDS, PER_SHARD)
+    assert len(expected) == N_SHARDS * PER_SHARD
+    cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
+    cfg.detect.detector = "dbnet"
+    single = run_score([str(d / "pool" / "*.tar")], d / "index", cfg, progress=False)
+    assert single.exit_code == 0
+    return d / "pool", expected, rows_by_uid(d / "index")

@@ -221,11 +221,13 @@ def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
     try:
         # A uid carried by rows of different samples names no single sample: such rows are never
         # kept (counted below). Rows that are copies of one sample (all ok, same caption, size,
-        # text boxes and CLIP score to 3 decimals: upweighted copies) are kept, each. Only uids
-        # on more than one row are looked at closely (an out-of-core aggregation over the uids).
+        # text boxes and CLIP score to 3 decimals: upweighted copies) are kept, each. Only the
+        # kept uids on several rows (usually none) are compared closely; DuckDB spills the joins
+        # and aggregations beyond the memory limit.
         reader = con.sql(
             f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({predicate})), "
-            f"repeated AS (SELECT {S.UID} FROM {VIEW} GROUP BY {S.UID} HAVING count(*) > 1), "
+            f"repeated AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM kept) "
+            f"GROUP BY {S.UID} HAVING count(*) > 1), "
             f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM repeated) "
             f"GROUP BY {S.UID} HAVING NOT (bool_and({OK}) AND "
             f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, "
@@ -289,7 +291,7 @@ def write_datacomp_subset(parquet_path: str | Path, npy_path: str | Path) -> int
     arr = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.dtype("u8,u8"), shape=(n,))
     at, in_order = 0, True
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[S.UID]):
-        part = uids_to_datacomp(batch.column(0).to_pylist())
+        part = uids_to_datacomp(batch.column(0))
         if at and len(part) and part[0].item() < arr[at - 1].item():
             in_order = False
         arr[at : at + len(part)] = part

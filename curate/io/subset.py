@@ -11,24 +11,48 @@ import numpy as np
 from curate import schema as S
 
 
-def uids_to_datacomp(uids: list[str]) -> np.ndarray:
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
+def uids_to_datacomp(uids) -> np.ndarray:
     """32-hex uids to DataComp's subset array: structured ``np.dtype("u8,u8")`` (the two 64-bit
     halves of the uid), sorted, as DataComp's ``baselines.py`` saves and its resharder loads.
+
+    Args:
+        uids: a list of ``str`` or a ``pyarrow`` string array (decoded without Python objects,
+            a lookup table over the string bytes).
 
     Raises:
         ValueError: a uid that is not 32 hex characters.
     """
-    bad = next((u for u in uids if len(u) != 32), None)
-    if bad is not None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
+    arr = pa.array(arr, pa.string()) if not isinstance(arr, pa.Array) else arr.cast(pa.string())
+    if arr.null_count:
+        raise ValueError("a uid is missing (null)")
+    lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
+    if len(arr) and (lengths != 32).any():
+        bad = arr[int(np.flatnonzero(lengths != 32)[0])].as_py()
         raise ValueError(f"uid {bad!r} is not 32 hex characters")
-    try:
-        halves = np.frombuffer(bytes.fromhex("".join(uids)), dtype=">u8").reshape(-1, 2)
-    except ValueError:
-        raise ValueError("a uid holds characters that are not hex") from None
-    arr = np.empty(len(halves), dtype=np.dtype("u8,u8"))
-    arr["f0"], arr["f1"] = halves[:, 0], halves[:, 1]
-    arr.sort()
-    return arr
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]] if len(arr) else \
+        np.zeros(0, np.uint8)
+    nibbles = _HEX[data].reshape(-1, 32)
+    if (nibbles == 255).any():
+        raise ValueError("a uid holds characters that are not hex")
+    halves = np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).view(">u8").reshape(-1, 2)
+    hi, lo = halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64)
+    if not ((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] >= lo[:-1]))).all():
+        order = np.lexsort((lo, hi))  # a structured sort is slow: sort the halves as keys
+        hi, lo = hi[order], lo[order]
+    out = np.empty(len(halves), dtype=np.dtype("u8,u8"))
+    out["f0"], out["f1"] = hi, lo
+    return out
 
 
 class UidCounts:

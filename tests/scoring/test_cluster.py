@@ -8,12 +8,9 @@ no duplicate uid, and the same scores as a single-node run.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -24,60 +21,11 @@ import pytest
 from curate import schema as S
 from curate.scoring.config import load_config
 from curate.io.index import read_index
-from curate.scoring import run_score
 from curate.models import resolve_pretrained
-from tests.conftest import SHARDS, sample_members
+from tests.conftest import SHARDS, N_SHARDS, assert_same_scores, rows_by_uid
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"
-N_SHARDS, PER_SHARD = 20, 3
-
-
-def write_unique_pool(folder: Path, n_shards: int, per_shard: int, max_bytes: int = 200_000) -> dict[tuple[str, str], str]:
-    """``n_shards`` shards of ``per_shard`` samples taken in turn from the bundled sample shards
-    (images under ``max_bytes``, plus the broken JPEG and the sample without caption), each with
-    a fresh uid. Returns ``{(shard path, key): uid}``, read back from the tars with tarfile."""
-    samples = [m for _, _, m in sample_members() if max(len(v) for v in m.values()) <= max_bytes]
-    folder.mkdir(parents=True)
-    i = 0
-    for s in range(n_shards):
-        with tarfile.open(folder / f"pool-{s:06d}.tar", "w", format=tarfile.GNU_FORMAT) as tf:
-            for _ in range(per_shard):
-                sample = dict(samples[i % len(samples)])
-                meta = json.loads(sample["json"])
-                meta["uid"] = f"{i:032x}"
-                sample["json"] = json.dumps(meta).encode()
-                for ext, data in sample.items():
-                    info = tarfile.TarInfo(f"{i:09d}.{ext}")
-                    info.size = len(data)
-                    tf.addfile(info, io.BytesIO(data))
-                i += 1
-    expected = {}
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
-                if m.name.endswith(".json"):
-                    expected[(str(shard), m.name.split(".")[0])] = json.load(tf.extractfile(m))["uid"]
-    return expected
-
-
-def rows_by_uid(index_dir: Path) -> dict[str, dict]:
-    rows = read_index(index_dir).to_pylist()
-    by = {r[S.UID]: r for r in rows}
-    assert len(by) == len(rows), "duplicate uids in the index"
-    return by
-
-
-def assert_same_scores(a: dict[str, dict], b: dict[str, dict]) -> None:
-    assert a.keys() == b.keys()
-    for uid, x in a.items():
-        y = b[uid]
-        assert (x[S.STATUS], x[S.KEY], x["num_text_boxes"]) == (y[S.STATUS], y[S.KEY], y["num_text_boxes"]), uid
-        for col in ("clip_score", "masked_clip_score"):
-            if x[col] is None or np.isnan(x[col]):
-                assert y[col] is None or np.isnan(y[col]), (uid, col)
-            else:
-                assert abs(x[col] - y[col]) <= 1e-5, (uid, col, x[col], y[col])
 
 
 def busy_job_workers(raylet_pid: int) -> list[str]:
@@ -138,19 +86,11 @@ def test_parts_delivered_twice_are_written_once(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_node_killed_mid_job(ray_cluster, tmp_path):
-    expected = write_unique_pool(tmp_path / "pool", N_SHARDS, PER_SHARD)
-    assert len(expected) == N_SHARDS * PER_SHARD
-    cfg = load_config(TINY)
-    cfg.detect.detector = "dbnet"
-    # single-node reference, on this session's local cluster
-    single = run_score([str(tmp_path / "pool" / "*.tar")], tmp_path / "single", cfg, progress=False)
-    assert single.exit_code == 0
-    reference = rows_by_uid(tmp_path / "single")
-
+def test_worker_node_killed_mid_job(dbnet_unique_pool, tmp_path):
+    pool, expected, reference = dbnet_unique_pool
     for attempt in range(3):  # the kill races the job: a kill after the last shard tests nothing, so rerun
         out = tmp_path / f"cluster-{attempt}"
-        proc, killed_at, busy, stdout, stderr = _score_and_kill_worker(tmp_path / "pool", out)
+        proc, killed_at, busy, stdout, stderr = _score_and_kill_worker(pool, out)
         assert proc.returncode == 0, stderr[-3000:]
         if killed_at < N_SHARDS:
             break
