@@ -15,9 +15,13 @@ test images matched) and extra matches (rows removed beyond the planted ones, pe
 samples). CIFAR-10 holds near-duplicates of its own (Barz and Denzler, 2020, "Do we train on
 test data?": 3.3% of CIFAR-10's test images have a near-duplicate in its train split), so some
 extra matches are true duplicates. The embedding path needs a trained CLIP: with the random-init
-``tiny`` model every image is close to every other, so only ``threshold=1`` (hashes) is run here.
+``tiny`` model every image is close to every other, so by default only ``threshold=1`` (hashes)
+is run. ``--train-samples-seen N`` also trains ``tiny`` on the pool itself (``curate train``),
+scores it again with that checkpoint and runs both rules on embeddings alone (``phash_bits=0``,
+``--threshold``), printing the cosine of each kind of planted pair beside that of different images.
 
     .venv/bin/python benchmarks/dedup_pool_bench.py --out out/dedup_pool
+    .venv/bin/python benchmarks/dedup_pool_bench.py --out out/dedup_pool --train-samples-seen 40000
 """
 
 from __future__ import annotations
@@ -85,6 +89,9 @@ def main() -> None:
     ap.add_argument("--pool-size", type=int, default=4000)
     ap.add_argument("--copies", type=int, default=100, help="planted copies of each kind")
     ap.add_argument("--test-images", type=int, default=200)
+    ap.add_argument("--train-samples-seen", type=int, default=0,
+                    help="also train tiny on the pool (curate train) and measure the embedding path with it")
+    ap.add_argument("--threshold", type=float, default=0.95, help="cosine threshold of the embedding path")
     args = ap.parse_args()
     t0 = time.time()
     rng = random.Random(0)
@@ -120,13 +127,49 @@ def main() -> None:
     t_score = time.time() - t_score
 
     n = len(samples)
+    evalset = args.out / "evalsets" / "wds_cifar10_test"
+    runs = [("hashes: threshold=1, phash_bits=2", measure(args.out / "index", args.out / "hashes", evalset, origin, n,
+                                                           "threshold=1.0"))]
+    if args.train_samples_seen:
+        # The embedding path with a CLIP trained by curate on this very pool (captions name the class).
+        ckpt_dir = args.out / "train"
+        curate("train", *shards, "--scale", "tiny", "--out", str(ckpt_dir), "--samples-seen",
+               str(args.train_samples_seen), "--no-progress")
+        ckpt = sorted((ckpt_dir / "checkpoints").glob("step_*.pt"))[-1]
+        curate("score", *shards, "--out", str(args.out / "index-trained"), "--config", str(cfg), "--pretrained",
+               str(ckpt), "--embeddings", "--no-progress")
+        runs.append((f"embeddings only (tiny trained on the pool, {args.train_samples_seen} samples seen): "
+                     f"threshold={args.threshold}, phash_bits=0",
+                     measure(args.out / "index-trained", args.out / "embeddings", evalset, origin, n,
+                             f"threshold={args.threshold}, phash_bits=0")))
+        runs[-1][1]["cosines"] = cosines(args.out / "index-trained", origin)
+    print(f"\npool {n} samples ({args.pool_size} CIFAR-10 train, {args.copies} copies of each of {len(KINDS)} kinds, "
+          f"{args.test_images} CIFAR-10 test images); scoring {t_score:.0f} s, total {time.time() - t0:.0f} s")
+    for name, m in runs:
+        print(f"\n| method ({name}) | recall | planted |")
+        print("| --- | --- | --- |")
+        for label, recall, k in m["rows"]:
+            print(f"| {label} | {recall:.3f} | {k} |")
+        print(f"\nextra rows dropped by dedup beyond the planted copies: {m['extra_dedup']} "
+              f"({1000 * m['extra_dedup'] / n:.2f} per 1,000 samples); dedup {m['dedup_s']:.1f} s")
+        print(f"extra pool rows matched to the test set beyond the injected ones: {m['extra_decon']} "
+              f"({1000 * m['extra_decon'] / n:.2f} per 1,000 samples); decontaminate {m['decon_s']:.1f} s")
+        if "cosines" in m:
+            print("image-embedding cosine, median [1st percentile] of each kind of planted pair; "
+                  "different images: median [99th percentile]: "
+                  + ", ".join(f"{k} {v[0]:.3f} [{v[1]:.3f}]" for k, v in m["cosines"].items()))
+    json.dump({"runs": runs, "n": n}, open(args.out / "result.json", "w"), default=str)
+
+
+def measure(index: Path, out: Path, evalset: Path, origin: dict, n: int, args: str) -> dict:
+    """``dedup({args})`` and ``decontaminate(evalset, {args})`` through ``curate filter``: recall
+    per planted kind and extra matches."""
     rows = []
     t = time.time()
-    curate("filter", "--index", str(args.out / "index"), "--rule", "dedup(threshold=1.0)", "--out", str(args.out / "dedup"))
+    curate("filter", "--index", str(index), "--rule", f"dedup({args})", "--out", str(out / "dedup"))
     dedup_s = time.time() - t
-    groups = pq.read_table(args.out / "dedup" / "dedup_groups.parquet").to_pylist()
+    groups = pq.read_table(out / "dedup" / "dedup_groups.parquet").to_pylist()
     group_of = {r["key"]: r["group"] for r in groups}
-    uid_of = {r["key"]: r["uid"] for r in groups}
     planted_keys = set()
     for kind in KINDS:
         pairs = [(k, src) for k, (kd, src) in origin.items() if kd == kind]
@@ -135,28 +178,37 @@ def main() -> None:
         rows.append((f"dedup: {kind} copies", found / len(pairs), len(pairs)))
     extra = sum(1 for r in groups if not r["kept"] and r["key"] not in planted_keys)
     t = time.time()
-    evalset = args.out / "evalsets" / "wds_cifar10_test"
-    curate("filter", "--index", str(args.out / "index"), "--rule", f"decontaminate(evalset={str(evalset)!r}, threshold=1.0)",
-           "--out", str(args.out / "decon"))
+    curate("filter", "--index", str(index), "--rule", f"decontaminate(evalset={str(evalset)!r}, {args})",
+           "--out", str(out / "decon"))
     decon_s = time.time() - t
-    matches = pq.read_table(args.out / "decon" / "decontamination.parquet").to_pylist()
-    matched = {m["key"] for m in matches}
+    matched = {m["key"] for m in pq.read_table(out / "decon" / "decontamination.parquet").to_pylist()}
     tests = [k for k, (kd, _) in origin.items() if kd == "test"]
     rows.append(("decontaminate: injected test images", sum(k in matched for k in tests) / len(tests), len(tests)))
-    decon_extra = len(matched - set(tests))
-    print(f"\npool {n} samples ({args.pool_size} CIFAR-10 train, {args.copies} copies of each of {len(KINDS)} kinds, "
-          f"{args.test_images} CIFAR-10 test images); scoring {t_score:.0f} s, dedup {dedup_s:.1f} s, "
-          f"decontaminate {decon_s:.1f} s, total {time.time() - t0:.0f} s")
-    print("\n| method (hashes: threshold=1, phash_bits=2) | recall | planted |")
-    print("| --- | --- | --- |")
-    for name, recall, k in rows:
-        print(f"| {name} | {recall:.3f} | {k} |")
-    print(f"\nextra rows dropped by dedup beyond the planted copies: {extra} ({1000 * extra / n:.2f} per 1,000 samples)")
-    print(f"extra pool rows matched to the test set beyond the injected ones: {decon_extra} "
-          f"({1000 * decon_extra / n:.2f} per 1,000 samples)")
-    json.dump({"rows": rows, "extra_dedup": extra, "extra_decon": decon_extra, "n": n, "uids": len(uid_of)},
-              open(args.out / "result.json", "w"))
+    return {"rows": rows, "extra_dedup": extra, "extra_decon": len(matched - set(tests)), "dedup_s": dedup_s,
+            "decon_s": decon_s}
 
+
+def cosines(index: Path, origin: dict) -> dict:
+    """Image-embedding cosine of each kind of planted pair (median, 1st percentile) and of random
+    pairs of different pool images (median, 99th percentile)."""
+    import numpy as np
+
+    from curate.io.embeddings import read_embeddings
+
+    rows, vectors, _ = read_embeddings(index)
+    keys = rows.column("key").to_pylist()
+    at = {k: i for i, k in enumerate(keys)}
+    x = np.asarray(vectors, dtype=np.float32)
+    out = {}
+    for kind in KINDS:
+        sims = [float(x[at[k]] @ x[at[src]]) for k, (kd, src) in origin.items() if kd == kind and k in at and src in at]
+        out[kind] = (float(np.median(sims)), float(np.percentile(sims, 1)))
+    rng = np.random.default_rng(0)
+    plain = [i for i, k in enumerate(keys) if k not in origin]
+    a, b = rng.choice(plain, 5000), rng.choice(plain, 5000)
+    sims = (x[a] * x[b]).sum(1)[a != b]
+    out["different images"] = (float(np.median(sims)), float(np.percentile(sims, 99)))
+    return out
 
 if __name__ == "__main__":
     main()

@@ -301,7 +301,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     cmd = [sys.executable, "-m", "curate.cli", "train", SHARD_SPEC, *common]
     whole = tmp_path / "whole"
-    subprocess.run(cmd + ["--out", str(whole)], check=True, env=env, capture_output=True, timeout=600)
+    # The uninterrupted run goes on beside the one that is killed (their start-ups overlap).
+    uninterrupted = subprocess.Popen(cmd + ["--out", str(whole)], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
 
     cut = tmp_path / "cut"
     proc = subprocess.Popen(cmd + ["--out", str(cut)], env=env, start_new_session=True,
@@ -314,6 +316,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     proc.wait()
     done = json.loads((cut / "train_log.jsonl").read_text().splitlines()[-1])["step"]
     assert done < 30, "killed too late to test anything"
+    _, err = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, err[-2000:]
     resumed = subprocess.run(cmd + ["--out", str(cut), "--resume", "latest"], env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
