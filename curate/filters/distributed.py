@@ -35,8 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate, leaves, parse_rule, resolve
-from curate.filters.run import BATCH_ROWS, FilterSummary, search_threshold, write_datacomp_subset, write_summary
+from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate
+from curate.filters.run import (BATCH_ROWS, FilterSummary, plan_filter, search_threshold, write_datacomp_subset,
+                                write_summary)
 from curate.io.index import index_files
 from curate.query import VIEW, connect_files
 
@@ -184,20 +185,10 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
     parts_dir = out / ".filter-parts"
     shutil.rmtree(parts_dir, ignore_errors=True)
     try:
-        tree = parse_rule(rule) if rule else None
         try:
-            predicate = resolve(tree, RayPool(groups, memory_limit)) if tree else OK
-            if expr:
-                predicate = f"{predicate} AND coalesce({expr}, FALSE)"
-            parts = leaves(tree) if tree else []
-            cols = [S.UID, S.SHARD, S.KEY]
-            for leaf in parts:
-                cols += [c for c in leaf.columns if c not in cols]
-            names = [str(leaf) for leaf in parts] + ([f"WHERE {where}"] if where else [])
-            preds = [leaf.sql for leaf in parts] + ([expr] if expr else [])
-            counts_sql = (f"SELECT count(*), count(*) FILTER (WHERE {OK})"
-                          + "".join(f", count(*) FILTER (WHERE {OK} AND NOT coalesce({p}, FALSE))" for p in preds)
-                          + f" FROM {VIEW}")
+            plan = plan_filter(rule, where, expr, RayPool(groups, memory_limit))
+            predicate, parts, cols, names, counts_sql = (plan.predicate, plan.parts, plan.columns, plan.names,
+                                                         plan.counts_sql)
             bounds = uid_bounds(partitions)
             select = _remote(_select, num_cpus=1)
             counts = np.sum(ray.get([select.remote(g, i, predicate, counts_sql, cols, bounds, str(parts_dir), memory_limit)

@@ -205,16 +205,53 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
 BATCH_ROWS = 1 << 20  # kept rows a batch (one Parquet row group)
 
 
-def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
+@dataclass
+class FilterPlan:
+    """A rule and ``--where`` resolved against a pool (``plan_filter``).
+
+    Attributes:
+        predicate: the SQL of a kept row (with ``--where``; ``ok`` is added by the caller).
+        parts: the rule's leaves.
+        columns: the subset's columns: uid, shard, key, then those the rule reads.
+        names: a name for each part (and ``WHERE ...``), in the order of ``counts_sql``'s counts.
+        counts_sql: one aggregate over the view: pool rows, ok rows, then the ok rows each part
+            removes on its own.
+    """
+
+    predicate: str
+    parts: list[Leaf]
+    columns: list[str]
+    names: list[str]
+    counts_sql: str
+
+
+def plan_filter(rule: str | None, where: str | None, expr: str | None, pool: Pool) -> FilterPlan:
+    """Parse ``rule``, resolve it against ``pool`` (thresholds, pool rules) and add the checked
+    ``--where`` expression ``expr``.
+
+    Raises:
+        RuleError: a bad rule.
+    """
     tree = parse_rule(rule) if rule else None
-    predicate = resolve(tree, IndexPool(con, index, out)) if tree else OK
+    predicate = resolve(tree, pool) if tree else OK
     if expr:
         predicate = f"{predicate} AND coalesce({expr}, FALSE)"
     parts = leaves(tree) if tree else []
     columns = [S.UID, S.SHARD, S.KEY]
     for leaf in parts:
         columns += [c for c in leaf.columns if c not in columns]
-    cols = ", ".join(columns)
+    names = [str(leaf) for leaf in parts] + ([f"WHERE {where}"] if where else [])
+    preds = [leaf.sql for leaf in parts] + ([expr] if expr else [])
+    counts_sql = (f"SELECT count(*), count(*) FILTER (WHERE {OK})"
+                  + "".join(f", count(*) FILTER (WHERE {OK} AND NOT coalesce({p}, FALSE))" for p in preds)
+                  + f" FROM {VIEW}")
+    return FilterPlan(predicate, parts, columns, names, counts_sql)
+
+
+def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
+    plan = plan_filter(rule, where, expr, IndexPool(con, index, out))
+    predicate, parts = plan.predicate, plan.parts
+    cols = ", ".join(plan.columns)
     out.mkdir(parents=True, exist_ok=True)
     parquet_path, npy_path = out / "subset.parquet", out / "subset.npy"
     kept_rows = shared_uid_rows = 0
@@ -244,14 +281,9 @@ def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
                 writer.write_table(batch.cast(schema))
                 kept_rows += batch.num_rows
         # One scan for the pool size and for the rows each part of the rule removes on its own.
-        names = [str(leaf) for leaf in parts] + ([f"WHERE {where}"] if where else [])
-        preds = [leaf.sql for leaf in parts] + ([expr] if expr else [])
-        counts = ", ".join(f"count(*) FILTER (WHERE {OK} AND NOT coalesce({p}, FALSE))" for p in preds)
-        row = con.execute(
-            f"SELECT count(*), count(*) FILTER (WHERE {OK}){', ' + counts if counts else ''} FROM {VIEW}"
-        ).fetchall()[0]
+        row = con.execute(plan.counts_sql).fetchall()[0]
         pool_rows, pool_ok = row[0], row[1]
-        removed = dict(zip(names, row[2:]))
+        removed = dict(zip(plan.names, row[2:]))
     except duckdb.Error as e:
         raise RuleError(f"DuckDB rejected the filter: {e}") from None
     write_datacomp_subset(parquet_path, npy_path)
