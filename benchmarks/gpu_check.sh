@@ -102,6 +102,9 @@ log "environment: $(tail -1 "$OUT/env.txt")"
 status=0
 bench_args=(--out "$OUT")
 [ "$REHEARSAL" = 1 ] && bench_args+=(--tiny)
+# GPU_BENCH_ARGS: extra gpu_bench.py arguments (the CI test of the rehearsal adds --no-end-to-end)
+read -r -a extra_bench_args <<< "${GPU_BENCH_ARGS:-}"
+bench_args+=("${extra_bench_args[@]}")
 log "gpu_bench.py ${bench_args[*]}"
 "$PY" benchmarks/gpu_bench.py "${bench_args[@]}" > "$OUT/gpu_bench.txt" 2>"$OUT/gpu_bench.err" || status=1
 tail -25 "$OUT/gpu_bench.txt" | tee -a "$OUT/summary.txt"
