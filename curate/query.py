@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -154,8 +155,6 @@ def query_to_file(sql: str, index: str | Path, path: str | Path, memory_limit: s
         raise QueryError(str(e)) from None
     finally:
         con.close()
-        import shutil
-
         shutil.rmtree(spill, ignore_errors=True)
     part.replace(path)
     return rows
@@ -199,16 +198,11 @@ def _nested(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_struct(t) or pa.types.is_large_list(t)
 
 
-def _csv_ready(batch: pa.RecordBatch | pa.Table, schema: pa.Schema):
+def _csv_ready(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     """``batch`` with its list and struct columns as JSON text (CSV has no nested values)."""
-    columns = []
-    for i, f in enumerate(batch.schema):
-        column = batch.column(i)
-        if _nested(f.type):
-            column = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
-        columns.append(column)
-    return pa.RecordBatch.from_arrays([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
-                                       for c in columns], schema=schema)
+    columns = [pa.array([None if v is None else json.dumps(v) for v in c.to_pylist()], pa.string())
+               if _nested(f.type) else c for f, c in zip(batch.schema, batch.columns)]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 def _json_safe(value):

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from curate import schema as S
 from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate
 from curate.filters.run import (BATCH_ROWS, FilterSummary, plan_filter, search_threshold, write_datacomp_subset,
-                                write_summary)
+                                write_summary, write_unshared)
 from curate.io.index import index_files
 from curate.query import VIEW, connect_files
 
@@ -117,16 +117,7 @@ def _finish(part_dir: str, cols: list[str], out_path: str, memory_limit: str | N
             f"GROUP BY {S.UID} HAVING NOT (bool_and(_ok) AND count(DISTINCT _sig) = 1)) "
             f"SELECT {names}, {S.UID} IN (SELECT {S.UID} FROM shared) AS _shared FROM {VIEW} WHERE _kept "
             f"ORDER BY {S.UID}, {S.SHARD}, {S.KEY}").to_arrow_reader(BATCH_ROWS)
-        schema = reader.schema.remove(reader.schema.get_field_index("_shared"))
-        kept = shared = 0
-        with pq.ParquetWriter(out_path, schema) as writer:
-            for batch in reader:
-                mask = batch.column("_shared").to_numpy(zero_copy_only=False).astype(bool)
-                shared += int(mask.sum())
-                table = pa.Table.from_batches([batch]).drop_columns(["_shared"]).filter(pa.array(~mask))
-                writer.write_table(table)
-                kept += table.num_rows
-        return kept, shared
+        return write_unshared(reader, out_path)
     finally:
         con.close()
 

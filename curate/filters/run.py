@@ -254,7 +254,6 @@ def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
     cols = ", ".join(plan.columns)
     out.mkdir(parents=True, exist_ok=True)
     parquet_path, npy_path = out / "subset.parquet", out / "subset.npy"
-    kept_rows = shared_uid_rows = 0
     try:
         # A uid carried by rows of different samples names no single sample: such rows are never
         # kept (counted below). Rows that are copies of one sample (all ok, same caption, size,
@@ -272,14 +271,7 @@ def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
             f"SELECT {cols}, {S.UID} IN (SELECT {S.UID} FROM shared) AS _shared FROM kept "
             f"ORDER BY {S.UID}, {S.SHARD}, {S.KEY}"
         ).to_arrow_reader(BATCH_ROWS)
-        schema = reader.schema.remove(reader.schema.get_field_index("_shared"))
-        with pq.ParquetWriter(parquet_path, schema) as writer:
-            for batch in reader:
-                shared = batch.column("_shared").to_numpy(zero_copy_only=False).astype(bool)
-                shared_uid_rows += int(shared.sum())
-                batch = pa.Table.from_batches([batch]).drop_columns(["_shared"]).filter(pa.array(~shared))
-                writer.write_table(batch.cast(schema))
-                kept_rows += batch.num_rows
+        kept_rows, shared_uid_rows = write_unshared(reader, parquet_path)
         # One scan for the pool size and for the rows each part of the rule removes on its own.
         row = con.execute(plan.counts_sql).fetchall()[0]
         pool_rows, pool_ok = row[0], row[1]
@@ -288,6 +280,25 @@ def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
         raise RuleError(f"DuckDB rejected the filter: {e}") from None
     write_datacomp_subset(parquet_path, npy_path)
     return write_summary(out, rule, where, parts, pool_rows, pool_ok, kept_rows, removed, shared_uid_rows)
+
+
+def write_unshared(reader: pa.RecordBatchReader, path: str | Path) -> tuple[int, int]:
+    """Stream ``reader``'s rows to the Parquet file ``path`` (a row group a batch), leaving out
+    the rows whose boolean column ``_shared`` is true, and the column itself.
+
+    Returns:
+        ``(rows written, rows left out)``.
+    """
+    schema = reader.schema.remove(reader.schema.get_field_index("_shared"))
+    kept = shared = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in reader:
+            mask = batch.column("_shared").to_numpy(zero_copy_only=False).astype(bool)
+            shared += int(mask.sum())
+            table = pa.Table.from_batches([batch]).drop_columns(["_shared"]).filter(pa.array(~mask))
+            writer.write_table(table)
+            kept += table.num_rows
+    return kept, shared
 
 
 def write_summary(out: Path, rule: str | None, where: str | None, parts: list[Leaf], pool_rows: int, pool_ok: int,
