@@ -288,6 +288,8 @@ def _add_train(sub) -> None:
     p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--address", help="address of an existing Ray cluster (default: start a local one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--local", action="store_true", help="train in this process without Ray Train: one worker, "
+                   "no start-up cost, no restarts after a failure (small runs, notebooks, benchmarks)")
     _add_settings(p, TrainConfig, "recipe fields (override the scale and --config; defaults: the scale's)",
                   show_defaults=False)
 
@@ -300,7 +302,8 @@ def _cmd_train(args) -> int:
     def call():
         cfg = train_config(args.scale, args.config, _settings(args))
         return run_train(args.shards, args.out, cfg, subset=args.subset, resume=args.resume,
-                         num_cpus=args.num_cpus, address=args.address, progress=not args.no_progress)
+                         num_cpus=args.num_cpus, address=args.address, progress=not args.no_progress,
+                         local=args.local)
 
     try:
         return _run_command("train", call)

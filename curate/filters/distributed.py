@@ -138,6 +138,15 @@ class RayPool(Pool):
             return np.concatenate(ray.get([answer.remote(g, sql, params, True, memory_limit) for g in groups]))
 
         super().__init__(lambda column, fraction: search_threshold(rows_of, values_of, column, fraction))
+        self._rows_of = rows_of
+
+    def has_values(self, column: str) -> bool:
+        """Whether some ``ok`` row of any file group has a value in ``column``."""
+        names = self._rows_of(f"SELECT count(*) FROM (DESCRIBE {VIEW}) WHERE column_name = '{column}'", {})
+        if not any(part[0][0] for part in names):
+            return False  # an index written before the column existed
+        found = self._rows_of(f"SELECT count(*) FROM (SELECT 1 FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL LIMIT 1)", {})
+        return any(part[0][0] for part in found)
 
     def need_whole_pool(self, leaf: Leaf, what: str) -> None:
         raise RuleError(f"{leaf.name}() reads {what} in one process: run curate filter without --address")

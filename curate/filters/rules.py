@@ -14,7 +14,11 @@ Rules (``RULES``), each with its source:
   ``max / min <= 3``.
 - ``laion()``: ``clip_score >= 0.28`` and English caption (LAION-2B's filter as DataComp
   reproduces it; LAION-5B paper, Schuhmann et al. 2022, uses 0.28 with ViT-B/32).
-- ``text_area(max=0.1)``: ``text_area_frac <= max`` (an ablation: drop images mostly text).
+- ``text_area(max=0.1)``: ``text_area_frac <= max`` (an ablation: drop images mostly text;
+  ``text_area(max=0)`` drops every image with text).
+- ``text_match(threshold=0.5, min_confidence=0.5)``: T-MARS's text-match baseline (Maini et al.
+  2023, Sec. 5, after the text-spotting filter of Radenovic et al., CVPR 2023): drop samples
+  whose caption repeats the text read in the image (``text_match_sql``). Needs ``--ocr``.
 - ``dedup(threshold=0.95, phash_bits=2)``: keep one sample per group of duplicate images
   (byte-identical; perceptual hashes within ``phash_bits`` bits; image-embedding cosine >=
   threshold, SemDeDup-style, ``threshold=1`` to skip), the one with the highest
@@ -109,6 +113,11 @@ class Pool:
         """The pool-wide threshold keeping the top ``fraction`` by ``column`` (``-inf``: keep all)."""
         return self._threshold_of(column, fraction)
 
+    def has_values(self, column: str) -> bool | None:
+        """Whether some ``ok`` row of the pool has a value in ``column`` (``None``: this pool
+        cannot tell; the rule then runs unchecked)."""
+        return None
+
     def need_whole_pool(self, leaf: Leaf, what: str) -> None:
         """Called by a rule computed in one process over the whole pool (``what`` it reads).
 
@@ -168,6 +177,46 @@ def _text_area(leaf: Leaf, pool: Pool) -> None:
     leaf.columns = (S.TEXT_AREA_FRAC,)
 
 
+MIN_MATCH_WORD = 3  # characters: shorter tokens ("a", "of", OCR noise) match any caption by chance
+
+
+def text_match_sql(min_confidence: float = 0.5) -> str:
+    """SQL of the text-match score of a row: the share, by characters, of the text read in its
+    image that the caption repeats, in [0, 1].
+
+    The words read are the lower-cased alphanumeric runs of the ``ocr_text`` entries whose
+    ``ocr_confidence`` is at least ``min_confidence``, of at least ``MIN_MATCH_WORD``
+    characters; a word counts as repeated when it occurs inside the lower-cased caption (so a
+    word the crop cut short, ``automobi``, still matches ``automobile``). 0 when no word is
+    read; NULL when the row was not read (scored without ``--ocr``, or not ``ok``).
+
+    T-MARS (Maini et al. 2023) compares against a "text-match" filter that removes images whose
+    text matches the caption, after Radenovic et al. (CVPR 2023); neither gives a formula, so
+    this share-of-characters form is ours, with its constants named here.
+    """
+    conf = float(min_confidence)
+    words = (f"list_filter(flatten(list_transform(list_filter(list_zip({S.OCR_TEXT}, {S.OCR_CONFIDENCE}), "
+             f"lambda p: p[2] >= {conf!r}), lambda p: regexp_split_to_array(lower(p[1]), '[^[:alnum:]]+'))), "
+             f"lambda w: length(w) >= {MIN_MATCH_WORD})")
+    matched = f"list_sum(list_transform({words}, lambda w: CASE WHEN contains(lower({S.TEXT}), w) THEN length(w) ELSE 0 END))"
+    total = f"list_sum(list_transform({words}, lambda w: length(w)))"
+    return (f"(CASE WHEN {S.OCR_TEXT} IS NULL THEN NULL "
+            f"ELSE coalesce(CAST({matched} AS DOUBLE) / nullif({total}, 0), 0.0) END)")
+
+
+def _text_match(leaf: Leaf, pool: Pool) -> None:
+    thr = leaf.kwargs.get("threshold", 0.5)
+    conf = leaf.kwargs.get("min_confidence", 0.5)
+    for name, v in (("threshold", thr), ("min_confidence", conf)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+            raise RuleError(f"text_match({name}=...) must be a number in [0, 1], got {v!r}")
+    if pool.has_values(S.OCR_TEXT) is False:
+        raise RuleError("text_match() reads the text in the images (ocr_text): score the pool with "
+                        "`curate score --ocr` (or detect.ocr: true in the config)")
+    leaf.sql = f"{text_match_sql(conf)} < {float(thr)!r}"
+    leaf.columns = (S.TEXT, S.OCR_TEXT, S.OCR_CONFIDENCE)
+
+
 def _dedup(leaf: Leaf, pool: Pool) -> None:
     from curate.filters.pool_rules import dedup_rule
 
@@ -198,6 +247,7 @@ RULES: dict[str, tuple[Callable, set[str]]] = {
     "basic": (_basic, set()),
     "laion": (_laion, {"threshold"}),
     "text_area": (_text_area, {"max"}),
+    "text_match": (_text_match, {"threshold", "min_confidence"}),
     "dedup": (_dedup, {"threshold", "phash_bits"}),
     "decontaminate": (_decontaminate, {"evalset", "threshold", "phash_bits"}),
     "text_based": (_text_based, {"classes"}),

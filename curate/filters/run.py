@@ -34,6 +34,12 @@ class IndexPool(Pool):
         self.con, self.index, self.out = con, Path(index), Path(out)
         self._sets = 0
 
+    def has_values(self, column: str) -> bool:
+        """Whether some ``ok`` row has a value in ``column`` (stops at the first)."""
+        if column not in {row[0] for row in self.con.execute(f"DESCRIBE {VIEW}").fetchall()}:
+            return False  # an index written before the column existed
+        return self.con.execute(f"SELECT 1 FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL LIMIT 1").fetchall() != []
+
     def need_whole_pool(self, leaf: Leaf, what: str) -> None:
         """This pool holds the whole index: every rule may read it."""
 

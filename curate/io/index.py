@@ -9,6 +9,7 @@ and whether the whole shard was read (``curate.shard_status``: ``complete`` or `
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -65,6 +66,9 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
         elif field.name == S.NUM_TEXT_BOXES:
             v = np.asarray(values, dtype=np.int64)
             arrays.append(pa.array(v.astype(np.int32), mask=~ok | (v < 0), type=field.type))
+        elif field.name in (S.OCR_TEXT, S.OCR_CONFIDENCE):  # null when not ok or not read (no --ocr)
+            arrays.append(pa.array([_ocr_value(field.name, v) if o else None for v, o in zip(values, ok)],
+                                   type=field.type))
         elif field.name == S.TEXT_BOXES:
             vals = [
                 _polygon_rows(boxes)
@@ -79,6 +83,18 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
                 vals = [v or None for v in vals]  # "" means no value
             arrays.append(pa.array(vals, type=field.type))
     return pa.Table.from_arrays(arrays, schema=S.SCHEMA)
+
+
+def _ocr_value(name: str, value) -> list | None:
+    """An ``ocr_text`` / ``ocr_confidence`` cell: the stage carries the texts as one JSON list
+    (a string: Ray's blocks need one type per column) and the confidences as an array; ``""`` or
+    ``None``: not read."""
+    if value is None or (isinstance(value, str) and not value):
+        return None
+    if name == S.OCR_TEXT:
+        texts = json.loads(value) if isinstance(value, str) else list(value)
+        return [_utf8(str(t)) for t in texts]
+    return np.asarray(value, dtype=np.float32).reshape(-1).tolist()
 
 
 def _utf8(text: str) -> str:

@@ -112,6 +112,9 @@ class DetectConfig(ActorPoolConfig):
         text_threshold, link_threshold, low_text: CRAFT score-map thresholds (EasyOCR defaults).
         min_size: boxes whose longer side is at most this many pixels of the detector input are
             dropped (EasyOCR ``Reader.detect(min_size=20)`` uses 20 at full resolution).
+        ocr: also read the text in each box into ``ocr_text`` / ``ocr_confidence``
+            (``curate.stages.recognize``: EasyOCR ``english_g2`` for CRAFT, PP-OCRv4's
+            recognizer for DBNet), for ``text_match()`` and queries.
         batch_size, num_actors, min_actors, max_actors, num_gpus, num_cpus, torch_threads: see
             ``ActorPoolConfig``.
     """
@@ -122,6 +125,7 @@ class DetectConfig(ActorPoolConfig):
     link_threshold: float = 0.4
     low_text: float = 0.4
     min_size: int = 4
+    ocr: bool = False
     batch_size: int = 16
 
 
@@ -250,6 +254,8 @@ def validate(cfg: PipelineConfig) -> None:
         pool = getattr(cfg, section)
         if pool.max_actors is not None and pool.max_actors < pool.min_actors:
             raise ValueError(f"{section}.max_actors ({pool.max_actors}) is below {section}.min_actors ({pool.min_actors})")
+    if cfg.detect.ocr and cfg.detect.detector == "none":
+        raise ValueError("detect.ocr reads the text in detected boxes: choose detect.detector craft or dbnet")
     if cfg.detect.long_side % 32:
         raise ValueError("detect.long_side must be a multiple of 32 (CRAFT's stride)")
 
@@ -258,7 +264,7 @@ def validate(cfg: PipelineConfig) -> None:
 # first: a model given without weights means random init, as in open_clip).
 SHORTCUTS = {"clip_model": ("score", "clip_model"), "pretrained": ("score", "pretrained"),
              "cache_dir": ("score", "cache_dir"), "detector": ("detect", "detector"),
-             "embeddings": ("score", "embeddings")}
+             "embeddings": ("score", "embeddings"), "ocr": ("detect", "ocr")}
 
 
 def apply_settings(cfg: PipelineConfig, settings: dict[str, Any]) -> PipelineConfig:

@@ -14,6 +14,7 @@ original-image pixels and clipped to the image.
 
 from __future__ import annotations
 
+import json
 import os
 
 from pathlib import Path
@@ -298,11 +299,20 @@ class Detect(Stage):
     A batch whose forward pass raises is retried image by image, and an image that still fails
     gets status ``detect_error`` (``curate.stages.base.Stage``).
 
+    With ``ocr=True`` it also reads the text in each box (``curate.stages.recognize``: EasyOCR's
+    ``english_g2`` for CRAFT, PP-OCRv4's recognizer for DBNet, in the same actor) and adds
+    ``ocr_text`` (object: the box texts as one JSON list string, ``""`` for failed rows) and
+    ``ocr_confidence`` (object: one ``(N,) float32`` array per row, in [0, 1]).
+
     Args:
         detector: a name of ``DETECTORS``: ``craft`` (``CraftDetector``), ``dbnet``
             (``DBNetDetector``) or ``none`` (``NoTextDetector``: no boxes, CLIP score only).
         batch_size: images per forward pass.
+        ocr: also recognize the text in each box.
         **kwargs: passed to the detector.
+
+    Raises:
+        ValueError: an unknown detector, or ``ocr`` with ``detector="none"``.
     """
 
     name = "detect"
@@ -312,12 +322,19 @@ class Detect(Stage):
     resources = Resources(cpus=1.0, actor=True)
     batch_size = 16
 
-    def __init__(self, detector: str = "craft", batch_size: int = 16, **kwargs):
+    def __init__(self, detector: str = "craft", batch_size: int = 16, ocr: bool = False, **kwargs):
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; available: {sorted(DETECTORS)}")
         if detector == "dbnet":  # CRAFT's score-map thresholds do not apply to DBNet
             for k in ("text_threshold", "link_threshold", "low_text", "min_size"):
                 kwargs.pop(k, None)
+        self.recognizer = None
+        if ocr:
+            from curate.stages.recognize import recognizer_for
+
+            self.recognizer = recognizer_for(detector, batch_size=batch_size, device=kwargs.get("device"),
+                                             torch_threads=kwargs.get("torch_threads", 0))
+            self.writes = Detect.writes + (S.OCR_TEXT, S.OCR_CONFIDENCE)
         self.detector = DETECTORS[detector](**kwargs)
         self.batch_size = int(batch_size)
 
@@ -325,6 +342,8 @@ class Detect(Stage):
         n = batch_len(batch)
         boxes: list = [EMPTY_BOXES] * n
         counts = np.full(n, -1, dtype=np.int32)
+        texts = np.full(n, "", dtype=object)  # --ocr: "" is "not read" (a failed row)
+        confidences: list = [np.zeros(0, dtype=np.float32)] * n
         images = batch[S.IMAGE]
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
@@ -334,6 +353,30 @@ class Detect(Stage):
                 norm = polys / np.array([w, h], dtype=np.float32)
                 boxes[i] = np.ascontiguousarray(norm.reshape(len(norm), BOX_DIMS), dtype=np.float32)
                 counts[i] = len(norm)
+            if self.recognizer is not None:
+                self._recognize(images, chunk, results, texts, confidences)
         batch[S.TEXT_BOXES] = object_array(boxes)
         batch[S.NUM_TEXT_BOXES] = counts
+        if self.recognizer is not None:
+            batch[S.OCR_TEXT] = texts
+            batch[S.OCR_CONFIDENCE] = object_array(confidences)
         return batch
+
+    def _recognize(self, images, rows, polys_of_rows, texts: np.ndarray, confidences: list) -> None:
+        """Read every box of ``rows`` (one recognizer call for the chunk) into ``texts`` /
+        ``confidences`` (in place)."""
+        from curate.stages.recognize import crop_quad
+
+        crops, owners = [], []
+        for i, polys in zip(rows, polys_of_rows):
+            image = image_at(images, i)
+            for quad in polys:
+                crops.append(crop_quad(image, quad))
+                owners.append(i)
+        read = self.recognizer(crops)
+        per_row: dict[int, list] = {int(i): [] for i in rows}
+        for i, (text, conf) in zip(owners, read):
+            per_row[int(i)].append((text, conf))
+        for i, found in per_row.items():
+            texts[i] = json.dumps([t for t, _ in found], ensure_ascii=False)
+            confidences[i] = np.asarray([c for _, c in found], dtype=np.float32)

@@ -126,20 +126,58 @@ def _make_log_writer(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def worker_loop(config: dict[str, Any]) -> None:
-    """The function every Ray Train worker runs (``TorchTrainer(train_loop_per_worker=...)``).
+class RayTrainContext:
+    """What the loop asks of its launcher, from Ray Train (``ray.train.get_context()`` and
+    ``ray.train.torch``): rank, world size, device, DDP wrapping and progress reports."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, parallel_strategy="ddp" if self.world_size > 1 else None)
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        ray.train.report(metrics)
+
+
+class LocalContext:
+    """The loop in the calling process (``curate train --local``): one worker, rank 0, the first
+    GPU when ``use_gpu`` else the CPU; no DDP, no Ray Train reports."""
+
+    def __init__(self, use_gpu: bool = False):
+        self.rank, self.world_size = 0, 1
+        self.device = torch.device("cuda:0" if use_gpu else "cpu")
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        pass
+
+
+def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext | None = None) -> None:
+    """The function every Ray Train worker runs (``TorchTrainer(train_loop_per_worker=...)``),
+    or the calling process runs with ``context=LocalContext()`` (``curate train --local``).
 
     Args:
         config: ``{"train": TrainConfig fields, "shards": [url], "subset": path | None,
             "out": folder, "run_id": str, "resume": checkpoint path | None}``.
+        context: where the loop runs; ``None``: inside a Ray Train worker.
 
     Writes (rank 0): checkpoints, ``train_log.jsonl`` (one JSON object per ``log_every`` steps:
     step, samples_seen, loss, lr, logit_scale, samples_per_s, epoch, skipped), TensorBoard events
     when available, and ``train_summary.json`` at the end.
     """
     import open_clip
-    import ray.train
-    import ray.train.torch
 
     from curate.models import clip_input_size
     from curate.io.subset import load_subset_counts
@@ -147,10 +185,10 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     cfg = TrainConfig(**config["train"])
     out = Path(config["out"])
-    ctx = ray.train.get_context()
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    ctx = context if context is not None else RayTrainContext()
+    rank, world_size = ctx.rank, ctx.world_size
     torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
-    device = ray.train.torch.get_device()
+    device = ctx.device
     num_streams = max(1, cfg.data_workers)
 
     model, preprocess, tokenizer = build_model(cfg, device="cpu")
@@ -167,7 +205,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         unwrap(model).load_state_dict(state["state_dict"])
         start_step = int(state["curate"]["step"])
         cursors = state["curate"]["cursors"][rank]
-    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world_size > 1 else None)
+    model = ctx.prepare_model(model)
     model.train()
     optimizer = build_optimizer(unwrap(model), cfg)
     if state is not None:
@@ -230,7 +268,7 @@ def worker_loop(config: dict[str, Any]) -> None:
                         "samples_seen": step * cfg.batch_size,
                         "loss": sum(x[0] for x in losses) / len(losses),
                         "lr": optimizer.param_groups[0]["lr"],
-                        "logit_scale": float(unwrap(model).logit_scale.exp()),
+                        "logit_scale": float(unwrap(model).logit_scale.detach().exp()),
                         "samples_per_s": (step - step_last) * cfg.batch_size / max(now - t_last, 1e-9),
                         "epoch": epoch,
                         "skipped": all_skipped,
@@ -256,7 +294,7 @@ def worker_loop(config: dict[str, Any]) -> None:
                                    "data": config.get("data")},
                     }
                     save_checkpoint(out, state, cfg.keep_checkpoints)
-                ray.train.report({"step": step, "samples_seen": step * cfg.batch_size})
+                ctx.report({"step": step, "samples_seen": step * cfg.batch_size})
     finally:
         if log_file is not None:
             log_file.close()
