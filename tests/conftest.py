@@ -109,13 +109,15 @@ def pool(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scored(pool, tmp_path_factory, ray_cluster):
-    """``(index folder, config, ScoreSummary)``: ``pool`` scored with CRAFT and the tiny CLIP
-    (``pipelines/tiny_cpu.yaml``). Tests may rerun into the folder but leave it complete."""
+    """``(index folder, config, ScoreSummary)``: ``pool`` scored with CRAFT, EasyOCR's recognizer
+    (``--ocr``) and the tiny CLIP (``pipelines/tiny_cpu.yaml``). Tests may rerun into the folder
+    but leave it complete."""
     out = tmp_path_factory.mktemp("index")
     from curate.scoring.config import load_config
     from curate.scoring import run_score
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
+    cfg.detect.ocr = True
     summary = run_score([str(pool / "*.tar")], out, cfg, progress=False)
     return out, cfg, summary
 

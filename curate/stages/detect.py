@@ -309,6 +309,8 @@ class Detect(Stage):
             (``DBNetDetector``) or ``none`` (``NoTextDetector``: no boxes, CLIP score only).
         batch_size: images per forward pass.
         ocr: also recognize the text in each box.
+        recognizer: ``auto`` (the detector's own: ``easyocr`` for CRAFT, ``ppocr`` for DBNet),
+            ``easyocr`` or ``ppocr`` (``curate.stages.recognize.RECOGNIZERS``).
         **kwargs: passed to the detector.
 
     Raises:
@@ -322,7 +324,8 @@ class Detect(Stage):
     resources = Resources(cpus=1.0, actor=True)
     batch_size = 16
 
-    def __init__(self, detector: str = "craft", batch_size: int = 16, ocr: bool = False, **kwargs):
+    def __init__(self, detector: str = "craft", batch_size: int = 16, ocr: bool = False, recognizer: str = "auto",
+                 **kwargs):
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; available: {sorted(DETECTORS)}")
         if detector == "dbnet":  # CRAFT's score-map thresholds do not apply to DBNet
@@ -332,7 +335,7 @@ class Detect(Stage):
         if ocr:
             from curate.stages.recognize import recognizer_for
 
-            self.recognizer = recognizer_for(detector, batch_size=batch_size, device=kwargs.get("device"),
+            self.recognizer = recognizer_for(detector, recognizer, batch_size=batch_size, device=kwargs.get("device"),
                                              torch_threads=kwargs.get("torch_threads", 0))
             self.writes = Detect.writes + (S.OCR_TEXT, S.OCR_CONFIDENCE)
         self.detector = DETECTORS[detector](**kwargs)

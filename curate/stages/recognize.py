@@ -123,7 +123,8 @@ class EasyOCRRecognizer:
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.reader = easyocr.Reader(["en"], gpu=self.device.startswith("cuda"), model_storage_directory=model_dir,
-                                     download_enabled=False, detector=False, recognizer=True, verbose=False)
+                                     download_enabled=False, detector=False, recognizer=True, verbose=False,
+                                     quantize=False)
 
     def __call__(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
         """Read ``crops`` (each ``(h, w, 3) uint8`` RGB): one ``(text, confidence in [0, 1])`` per crop."""
@@ -139,15 +140,20 @@ class EasyOCRRecognizer:
         return out
 
 
-RECOGNIZERS = {"craft": EasyOCRRecognizer, "dbnet": PPOCRRecognizer}
+RECOGNIZERS = {"easyocr": EasyOCRRecognizer, "ppocr": PPOCRRecognizer}
+PAIRED = {"craft": "easyocr", "dbnet": "ppocr"}  # recognizer "auto": the one of the detector's own toolkit
 
 
-def recognizer_for(detector: str, **kwargs):
-    """The recognizer paired with ``detector`` (``RECOGNIZERS``).
+def recognizer_for(detector: str, recognizer: str = "auto", **kwargs):
+    """The recognizer ``recognizer`` (a key of ``RECOGNIZERS``), or with ``auto`` the one paired
+    with ``detector`` (``PAIRED``: EasyOCR's for CRAFT, PP-OCRv4's for DBNet).
 
     Raises:
-        ValueError: the detector has no recognizer (``none``: there are no boxes to read).
+        ValueError: an unknown recognizer, or no boxes to read (detector ``none``).
     """
-    if detector not in RECOGNIZERS:
-        raise ValueError(f"--ocr needs a text detector with a recognizer ({', '.join(RECOGNIZERS)}), got {detector!r}")
-    return RECOGNIZERS[detector](**kwargs)
+    if detector not in PAIRED:
+        raise ValueError(f"--ocr needs a text detector ({', '.join(PAIRED)}), got {detector!r}")
+    name = PAIRED[detector] if recognizer == "auto" else recognizer
+    if name not in RECOGNIZERS:
+        raise ValueError(f"unknown recognizer {recognizer!r}; available: auto, {', '.join(RECOGNIZERS)}")
+    return RECOGNIZERS[name](**kwargs)

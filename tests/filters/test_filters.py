@@ -46,6 +46,7 @@ def make_index(path, rows=ROWS, shard="pool-000000.tar"):
             S.NUM_TEXT_BOXES: 0, S.TEXT_AREA_FRAC: np.nan if area is None else area,
             S.CLIP_SCORE: np.nan if clip is None else clip, S.MASKED_CLIP_SCORE: np.nan if masked is None else masked,
             S.CAPTION_LANG: lang, S.CAPTION_LANG_SCORE: np.nan if lang is None else 0.9,
+            S.OCR_TEXT: None, S.OCR_CONFIDENCE: None,
         }
         for c in S.COLUMNS:
             cols[c].append(vals[c])
@@ -75,6 +76,40 @@ def test_each_rule_on_a_hand_checked_pool(index, tmp_path):
     assert keys == ["01", "07"]
     assert s.pool_rows == 10 and s.pool_ok == 8
     assert s.removed_by["basic()"] == 4
+
+
+def test_text_match_drops_captions_that_repeat_the_image_text(tmp_path):
+    """T-MARS's text-match baseline on hand-checked rows: the share, by characters, of the words
+    read (confidence >= 0.5, >= 3 characters) that the caption repeats; dropped at >= 0.5."""
+    index = make_index(tmp_path / "index")
+    t = pq.read_table(next(index.glob("*.parquet")))
+    ocr = {  # key: (texts, confidences)
+        "01": ([], []),  # no text in the image: kept
+        "02": (["SALE", "50%", "OFF"], [0.9, 0.9, 0.9]),  # the caption is the text: dropped
+        "03": (["Hund"], [0.2]),  # read, but below min_confidence: kept
+        "04": (["tin"], [0.9]),  # a word cut short still matches ("tin" in "tiny"): dropped
+        "05": (["PANORAMA", "xyzzy qwerty"], [0.9, 0.9]),  # 8 of 19 characters: kept
+        "07": (["RED", "CAR", "CARPARK"], [0.9, 0.9, 0.9]),  # 6 of 13 characters (carpark is not in it): kept
+        "10": (["STOP", "a"], [0.9, 0.9]),  # a 1-character word does not count: 4 of 4, dropped
+    }
+    keys = t.column(S.KEY).to_pylist()
+    texts = [ocr[k][0] if k in ocr else None for k in keys]
+    confs = [ocr[k][1] if k in ocr else None for k in keys]
+    t = t.set_column(t.schema.get_field_index(S.OCR_TEXT), S.OCR_TEXT, pa.array(texts, pa.list_(pa.string())))
+    t = t.set_column(t.schema.get_field_index(S.OCR_CONFIDENCE), S.OCR_CONFIDENCE, pa.array(confs, pa.list_(pa.float32())))
+    pq.write_table(t, next(index.glob("*.parquet")))
+    # "06" was not read (null ocr_text): never passes the rule.
+    assert kept_keys(index, "text_match()", tmp_path)[0] == ["01", "03", "05", "07"]
+    assert kept_keys(index, "text_match(min_confidence=0.1)", tmp_path)[0] == ["01", "05", "07"]
+    assert kept_keys(index, "text_match(threshold=0.4)", tmp_path)[0] == ["01", "03"]
+    # It composes: T-MARS's real photos, less the text-matching ones.
+    assert kept_keys(index, "text_match() & ~text_area(max=0.1)", tmp_path)[0] == []
+    assert kept_keys(index, "text_match() | clip_score(threshold=0.33)", tmp_path)[0] == ["01", "02", "03", "05", "07", "10"]
+    with pytest.raises(RuleError, match="threshold"):
+        kept_keys(index, "text_match(threshold=2)", tmp_path)
+    # An index scored without --ocr has no text to match: a clear error, not an empty subset.
+    with pytest.raises(RuleError, match="--ocr"):
+        kept_keys(make_index(tmp_path / "plain"), "text_match()", tmp_path)
 
 
 def test_fraction_threshold_is_pool_wide_datacomp_style(index):

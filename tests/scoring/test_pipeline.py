@@ -76,6 +76,30 @@ def test_caption_language_and_filter_on_the_real_index(scored, tmp_path):
     assert 0 < s.kept < s.pool_ok and (tmp_path / "subset" / "subset.npy").exists()
 
 
+def test_ocr_text_rides_with_the_boxes_and_text_match_reads_it(scored, tmp_path):
+    """``--ocr``: one text and one confidence per box on every ok row, the recognizer named in the
+    metadata; ``text_match()`` drops the samples whose caption is the text read in the image and
+    keeps every photo whose caption describes it."""
+    from curate.filters import run_filter
+
+    out, _, _ = scored
+    rows = [r for f in sorted(out.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    ok = [r for r in rows if r[S.STATUS] == S.STATUS_OK]
+    assert all(len(r[S.OCR_TEXT]) == len(r[S.OCR_CONFIDENCE]) == r[S.NUM_TEXT_BOXES] for r in ok)
+    assert all(0.0 <= c <= 1.0 for r in ok for c in r[S.OCR_CONFIDENCE])
+    assert all(r[S.OCR_TEXT] is None for r in rows if r[S.STATUS] != S.STATUS_OK)
+    assert "english_g2" in read_index_metadata(index_path(out, str(SHARDS[0])))[S.META_RECOGNIZER]
+    by_text = {r[S.TEXT]: r for r in ok}
+    assert {"PAY", "FOR", "NOTHING?"} <= set(by_text["WHY PAY FOR NOTHING?"][S.OCR_TEXT])
+    s = run_filter(out, "text_match()", tmp_path / "subset")
+    kept = set(pq.read_table(tmp_path / "subset" / "subset.parquet").column(S.TEXT).to_pylist())
+    # The EasyOCR example sign and the ICDAR poster: the caption is the text they show.
+    assert {"WHY PAY FOR NOTHING?", "50 40 BASRURKAR MARKET SPEED LIMIT"}.isdisjoint(kept)
+    photos = [r[S.TEXT] for r in ok if r[S.SHARD].endswith(SHARDS[0].name)]
+    assert len(photos) >= 8 and set(photos) <= kept
+    assert s.removed_by["text_match()"] >= 3
+
+
 def test_truncated_and_empty_shards(scored, pool):
     out, _, _ = scored
     p = index_path(out, str(pool / "cut-000000.tar"))
@@ -146,18 +170,28 @@ def test_other_settings_never_mix_into_an_index(scored, pool):
     other.detect.long_side = 256
     with pytest.raises(IndexConfigMismatch):
         run_score([str(NEMO_SHARD)], out, other, progress=False)
+    # The same settings without --ocr (no text read) are other settings too.
+    assert cfg.detect.ocr
+    with pytest.raises(IndexConfigMismatch):
+        run_score([str(SHARDS[0])], out, load_config(TINY), progress=False)
 
 
 @pytest.mark.slow
 def test_dbnet_end_to_end(ray_cluster, tmp_path):
     cfg = load_config(TINY)
     cfg.detect.detector = "dbnet"
+    cfg.detect.ocr = True
     summary = run_score([str(SHARDS[1])], tmp_path / "idx", cfg, progress=False)
     assert summary.exit_code == 0 and summary.num_samples == 10
     path = index_path(tmp_path / "idx", str(SHARDS[1]))
     assert "PP-OCRv4" in read_index_metadata(path)[S.META_DETECTOR]
+    assert "PP-OCRv4" in read_index_metadata(path)[S.META_RECOGNIZER]
     t = pq.read_table(path)
     assert sum(n > 0 for n in t.column(S.NUM_TEXT_BOXES).to_pylist()) >= 5
+    # PP-OCRv4 reads the ICDAR words DBNet finds at 512 px (measured: 7 boxes, these 3 exact).
+    read = [w for texts in t.column(S.OCR_TEXT).to_pylist() for w in texts or []]
+    assert len(read) == sum(t.column(S.NUM_TEXT_BOXES).to_pylist())
+    assert {"NOTHING?", "Reserve", "citi"} <= set(read)
 
 
 def test_same_checkpoint_typed_two_ways_is_one_setting(tmp_path, monkeypatch):
