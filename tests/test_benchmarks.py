@@ -107,3 +107,32 @@ def test_filter_bench_runs_small_and_agrees_with_its_baseline(tmp_path):
     assert [r["rows"] for r in rows] == [20000, 60000] and all(r["same_uids"] for r in rows)
     assert 0 < rows[0]["kept"] < rows[1]["kept"] < 0.3 * 60000
     assert len(list((tmp_path / "index-20000").iterdir())) == 2 and "| 60,000 |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_toy_datacomp_quick_runs_every_step_and_measures_its_mechanism(tmp_path):
+    """benchmarks/toy_datacomp.py --quick (400 samples, one pool, one seed, 500 test images): every
+    subset trained and evaluated; matched sizes really matched; and the mechanism on a real
+    scored pool: DBNet finds and masks the rendered words, PP-OCRv4 reads them, text-match drops
+    exactly the samples with a rendered word, T-MARS keeps matching-with-text samples that
+    text-match and text-area drop."""
+    out = _run_bench(str(REPO / "benchmarks" / "toy_datacomp.py"), "--quick", "--out", str(tmp_path), timeout=900)
+    assert "Paired comparisons" in out and "Mechanism, pool 0" in out
+    res = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["name"]: r for r in res["rows"]}
+    assert set(rows) == {"no filter", "CLIP score 30%", "T-MARS 30%", "T-MARS ∩ CLIP score 30%", "CLIP score 50%",
+                         "T-MARS 50%", "T-MARS ∩ CLIP score 50%", "text-match", "text-area (drop all text)"}
+    assert all(0.0 < r["acc"]["0"] < 1.0 for r in rows.values())
+    for pct in (30, 50):
+        sizes = [rows[f"{name} {pct}%"]["size"] for name in ("CLIP score", "T-MARS", "T-MARS ∩ CLIP score")]
+        assert max(sizes) - min(sizes) <= 4 and abs(sizes[0] - 4 * pct) <= 2, sizes
+    mech = res["mechanism"]["0"]
+    for kind in ("match_text", "text_spot"):
+        assert mech[kind]["boxes"] >= 0.95 and mech[kind]["masked"] >= 0.9 and mech[kind]["read"] >= 0.9, mech[kind]
+    for kind in ("match", "mismatch"):
+        assert mech[kind]["boxes"] <= 0.05 and mech[kind]["tm"] <= 0.05, mech[kind]
+    for name in ("text-match", "text-area (drop all text)"):
+        kept = rows[name]["kept"]
+        assert kept["text_spot"] <= 0.02 and kept["match_text"] <= 0.02 and kept["match"] >= 0.95, (name, kept)
+    assert rows["T-MARS 50%"]["kept"]["match_text"] >= 0.2
+    assert {t["a"] for t in res["tests"]} >= {"T-MARS 30%", "T-MARS 50%"}
