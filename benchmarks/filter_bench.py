@@ -72,6 +72,7 @@ def build(workdir: Path, rows: int, files: int, seed: int = 0) -> Path:
                 S.TEXT_AREA_FRAC: pa.array(np.zeros(n, np.float32), mask=~ok),
                 S.CLIP_SCORE: pa.array(clip, mask=~ok), S.MASKED_CLIP_SCORE: pa.array(masked, mask=~ok),
                 S.CAPTION_LANG: pa.array(lang.astype(object)), S.CAPTION_LANG_SCORE: pa.array(np.full(n, 0.9, np.float32)),
+                S.OCR_TEXT: pa.nulls(n, pa.list_(pa.string())), S.OCR_CONFIDENCE: pa.nulls(n, pa.list_(pa.float32())),
             },
             schema=S.SCHEMA,
         )

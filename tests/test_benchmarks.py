@@ -111,7 +111,7 @@ def test_filter_bench_runs_small_and_agrees_with_its_baseline(tmp_path):
 
 @pytest.mark.slow
 def test_toy_datacomp_quick_runs_every_step_and_measures_its_mechanism(tmp_path):
-    """benchmarks/toy_datacomp.py --quick (400 samples, one pool, one seed, 500 test images): every
+    """benchmarks/toy_datacomp.py --quick (300 samples, one pool, one seed, 300 test images): every
     subset trained and evaluated; matched sizes really matched; and the mechanism on a real
     scored pool: DBNet finds and masks the rendered words, PP-OCRv4 reads them, text-match drops
     exactly the samples with a rendered word, T-MARS keeps matching-with-text samples that
@@ -125,7 +125,7 @@ def test_toy_datacomp_quick_runs_every_step_and_measures_its_mechanism(tmp_path)
     assert all(0.0 < r["acc"]["0"] < 1.0 for r in rows.values())
     for pct in (30, 50):
         sizes = [rows[f"{name} {pct}%"]["size"] for name in ("CLIP score", "T-MARS", "T-MARS ∩ CLIP score")]
-        assert max(sizes) - min(sizes) <= 4 and abs(sizes[0] - 4 * pct) <= 2, sizes
+        assert max(sizes) - min(sizes) <= 4 and abs(sizes[0] - 3 * pct) <= 2, sizes
     mech = res["mechanism"]["0"]
     for kind in ("match_text", "text_spot"):
         assert mech[kind]["boxes"] >= 0.95 and mech[kind]["masked"] >= 0.9 and mech[kind]["read"] >= 0.9, mech[kind]

@@ -391,6 +391,9 @@ def test_distributed_filter_writes_the_single_node_subset(ray_cluster, tmp_path,
     assert (tmp_path / "one/subset.npy").read_bytes() == (tmp_path / "many/subset.npy").read_bytes()
     assert pq.read_table(tmp_path / "one/subset.parquet").equals(pq.read_table(tmp_path / "many/subset.parquet"))
     assert not (tmp_path / "many/.filter-parts").exists()
+    # text_match() asks every file group whether the pool was read (--ocr): this one was not.
+    with pytest.raises(RuleError, match="--ocr"):
+        run_filter_distributed(idx, "text_match()", tmp_path / "tm", files_per_task=1)
     (tmp_path / "c.txt").write_text("dog\n")
     with pytest.raises(RuleError, match="without --address"):
         run_filter_distributed(idx, f"text_based(classes={str(tmp_path / 'c.txt')!r})", tmp_path / "x")

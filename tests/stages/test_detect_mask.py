@@ -56,8 +56,10 @@ def test_icdar_at_512_finds_text_in_most_images(icdar_boxes_512):
 
 
 @pytest.mark.slow
-def test_icdar_at_native_size_finds_text_in_every_legible_image(images):
-    det = CraftDetector(long_side=1280)
+def test_icdar_near_native_size_finds_text_in_every_legible_image(images):
+    # 960 px (3/4 of the native 1280): the smallest size that finds text in all 10 images
+    # (768 misses img_2), at half the time of 1280; detect_accuracy.py measures 1280.
+    det = CraftDetector(long_side=960)
     boxes = det([images[k] for k in ICDAR])
     hits = total = 0
     for i, b in enumerate(boxes, start=1):

@@ -291,7 +291,7 @@ def pc_ok(table) -> int:
 @pytest.mark.slow
 def test_two_workers_see_the_same_samples_as_one(ray_cluster, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert _train(one) == 0
+    assert _train(one, "--local") == 0  # one worker: the same loop as under Ray Train (checked above)
     assert _train(two, "--num-workers", "2") == 0
     s1 = json.loads((one / "train_summary.json").read_text())
     s2 = json.loads((two / "train_summary.json").read_text())
@@ -309,8 +309,9 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     cmd = [sys.executable, "-m", "curate.cli", "train", SHARD_SPEC, *common]
     whole = tmp_path / "whole"
-    # The uninterrupted run goes on beside the one that is killed (their start-ups overlap).
-    uninterrupted = subprocess.Popen(cmd + ["--out", str(whole)], env=env, stdout=subprocess.DEVNULL,
+    # The uninterrupted run goes on beside the one that is killed, in one process (--local: the
+    # same loop and weights as Ray Train, without a second Ray cluster starting beside the first).
+    uninterrupted = subprocess.Popen(cmd + ["--out", str(whole), "--local"], env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
 
     cut = tmp_path / "cut"
