@@ -40,7 +40,6 @@ import argparse
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import statistics
@@ -163,33 +162,27 @@ def subset_uids(subset: Path | None) -> frozenset | None:
     return None if subset is None else frozenset(pq.read_table(subset, columns=["uid"]).column("uid").to_pylist())
 
 
-def datacomp_threshold(values: np.ndarray, fraction: float) -> float:
-    """DataComp's ``get_threshold``: the value at index ``int(N * fraction)`` of the descending sort."""
-    k = int(len(values) * fraction)
-    return -math.inf if k >= len(values) else float(np.sort(values)[::-1][k])
-
-
 def intersection_fraction(index: Path, target: float) -> float:
     """The fraction ``g`` for which ``tmars(fraction=g) & clip_score(fraction=g)`` keeps about
-    ``target`` of the ok rows (bisection on the index's own scores; the filter recomputes the
-    thresholds from ``g``)."""
-    import pyarrow.compute as pc
+    ``target`` of the ok rows: bisection over ``g``, each step with ``curate filter``'s own
+    pool-wide thresholds (``curate.filters.run.pool_threshold``) on the index."""
+    from curate.filters.rules import OK
+    from curate.filters.run import pool_threshold
+    from curate.query import VIEW, connect
 
-    from curate.io.index import read_index
-
-    t = read_index(index)
-    t = t.filter(pc.equal(t.column("status"), "ok"))
-    clip = t.column("clip_score").to_numpy(zero_copy_only=False)
-    masked = t.column("masked_clip_score").to_numpy(zero_copy_only=False)
-    want = target * len(clip)
+    con = connect(index)
+    want = target * con.execute(f"SELECT count(*) FROM {VIEW} WHERE {OK}").fetchone()[0]
 
     def kept(g: float) -> int:
-        return int(((masked >= datacomp_threshold(masked, g)) & (clip >= datacomp_threshold(clip, g))).sum())
+        masked, clip = pool_threshold(con, "masked_clip_score", g), pool_threshold(con, "clip_score", g)
+        return con.execute(f"SELECT count(*) FROM {VIEW} WHERE {OK} AND masked_clip_score >= ? AND clip_score >= ?",
+                           [masked, clip]).fetchone()[0]
 
     lo, hi = target, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if kept(mid) < want else (lo, mid)
+    con.close()
     return round(hi, 4)
 
 
@@ -249,15 +242,15 @@ def mechanism(index: Path, truth: dict[str, dict]) -> dict[str, dict[str, float]
     word cut at the image's edge still counts); mean CLIP and masked CLIP score; mean
     text-match score (``curate.filters.rules.text_match_sql``)."""
     import cv2
-    import duckdb
 
-    from curate.filters.rules import text_match_sql
+    from curate.filters.rules import OK, text_match_sql
+    from curate.query import VIEW, connect
 
-    con = duckdb.connect()
-    files = [str(p) for p in sorted(Path(index).glob("*.parquet"))]
+    con = connect(index)
     rows = con.execute(
         f"SELECT uid, num_text_boxes, text_boxes, ocr_text, clip_score, masked_clip_score, {text_match_sql()} AS tm "
-        "FROM read_parquet($files, union_by_name = true) WHERE status = 'ok'", {"files": files}).fetchall()
+        f"FROM {VIEW} WHERE {OK}").fetchall()
+    con.close()
     scale = 4  # rasterise at 4x the 64 px image
     acc: dict[str, dict[str, list]] = {k: {m: [] for m in ("boxes", "masked", "read", "clip", "masked_clip", "tm")}
                                        for k in KINDS}

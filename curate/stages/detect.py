@@ -26,6 +26,7 @@ from curate import schema as S
 from curate.models import resolve_device
 from curate.stages.base import Resources, Stage
 from curate.stages.common import BOX_DIMS, EMPTY_BOXES, batch_len, image_at, object_array
+from curate.stages.recognize import crop_quad, recognizer_for
 
 # ImageNet mean / std in 0-255 units, as easyocr.imgproc.normalizeMeanVariance uses them.
 _MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
@@ -333,8 +334,6 @@ class Detect(Stage):
                 kwargs.pop(k, None)
         self.recognizer = None
         if ocr:
-            from curate.stages.recognize import recognizer_for
-
             self.recognizer = recognizer_for(detector, recognizer, batch_size=batch_size, device=kwargs.get("device"),
                                              torch_threads=kwargs.get("torch_threads", 0))
             self.writes = Detect.writes + (S.OCR_TEXT, S.OCR_CONFIDENCE)
@@ -368,8 +367,6 @@ class Detect(Stage):
     def _recognize(self, images, rows, polys_of_rows, texts: np.ndarray, confidences: list) -> None:
         """Read every box of ``rows`` (one recognizer call for the chunk) into ``texts`` /
         ``confidences`` (in place)."""
-        from curate.stages.recognize import crop_quad
-
         crops, owners = [], []
         for i, polys in zip(rows, polys_of_rows):
             image = image_at(images, i)

@@ -143,9 +143,6 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
         ValueError, FileNotFoundError: bad arguments, found before any worker starts.
         TrainFailed: a worker raised (its message is included).
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from curate.io.shards import expand_shards
     from curate.io.subset import load_subset_counts
     from curate.models import check_model_name
@@ -209,6 +206,9 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
             if follower is not None:
                 follower.join(timeout=5)
         return _summary(out, summary_file, resume_path, subset, counts)
+    import ray.train  # the Ray path only: --local never pays for importing Ray Train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     init_ray(num_cpus=num_cpus, address=address)
     _check_cluster(cfg, strict=not (address or os.environ.get("RAY_ADDRESS")))
     trainer = TorchTrainer(
