@@ -156,9 +156,12 @@ def _score_rule(column: str) -> Callable:
 
 def _basic(leaf: Leaf, pool: Pool) -> None:
     w, h, t = S.WIDTH, S.HEIGHT, S.TEXT
+    # The word count (a regular expression, the costly test) runs only on rows that pass the
+    # others: DuckDB evaluates every operand of an AND in a projection, but a CASE branch only
+    # on its rows. A null value fails, as it does in every rule (``resolve``'s coalesce).
     leaf.sql = (
-        f"({S.CAPTION_LANG} = 'en' AND length({t}) > 5 AND {_more_than_two_words(t)} "
-        f"AND least({w}, {h}) >= 200 AND greatest({w}, {h}) <= 3 * least({w}, {h}))"
+        f"(CASE WHEN {S.CAPTION_LANG} = 'en' AND length({t}) > 5 AND least({w}, {h}) >= 200 "
+        f"AND greatest({w}, {h}) <= 3 * least({w}, {h}) THEN {_more_than_two_words(t)} ELSE FALSE END)"
     )
     leaf.columns = (S.CAPTION_LANG, S.TEXT, S.WIDTH, S.HEIGHT)
 
@@ -317,16 +320,18 @@ def resolve(tree, pool: Pool | Callable[[str, float], float]) -> str:
         pool = Pool(pool)
     for leaf in leaves(tree):
         RULES[leaf.name][0](leaf, pool)
+    return f"{OK} AND {rule_sql(tree, lambda leaf: f'coalesce({leaf.sql}, FALSE)')}"  # null never passes
 
-    def sql(node) -> str:
-        if isinstance(node, Leaf):
-            return f"coalesce({node.sql}, FALSE)"  # a null (missing) value never passes a rule
-        if node.op == "not":
-            return f"(NOT {sql(node.children[0])})"
-        joiner = " AND " if node.op == "and" else " OR "
-        return "(" + joiner.join(sql(c) for c in node.children) + ")"
 
-    return f"{OK} AND {sql(tree)}"
+def rule_sql(tree, leaf_sql: Callable[[Leaf], str]) -> str:
+    """The SQL of a rule tree: ``&``, ``|`` and ``~`` as ``AND``, ``OR`` and ``NOT``, and each
+    leaf written by ``leaf_sql`` (its own SQL, or a column that holds its value)."""
+    if isinstance(tree, Leaf):
+        return leaf_sql(tree)
+    if tree.op == "not":
+        return f"(NOT {rule_sql(tree.children[0], leaf_sql)})"
+    joiner = " AND " if tree.op == "and" else " OR "
+    return "(" + joiner.join(rule_sql(c, leaf_sql) for c in tree.children) + ")"
 
 
 def _has_class(tree, classes: set[str]) -> bool:

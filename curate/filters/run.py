@@ -16,10 +16,12 @@ from typing import Callable
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate, leaves, parse_rule, resolve
+from curate.filters.rules import (OK, Leaf, Pool, RuleError, check_predicate, leaves, parse_rule, resolve,
+                                  rule_sql)
 from curate.io.subset import uids_to_datacomp
 from curate.query import VIEW, connect
 
@@ -57,6 +59,7 @@ class IndexPool(Pool):
 
 EXACT_ROWS = 1 << 22  # at most this many values are fetched to find an order statistic exactly
 BUCKETS = 4096  # histogram buckets a narrowing pass
+FIRST_RANGE = (-1.0, 1.0)  # the first pass's range: that of a cosine similarity (CLIP scores)
 
 
 def pool_threshold(con: duckdb.DuckDBPyConnection, column: str, fraction: float) -> float:
@@ -73,14 +76,18 @@ def search_threshold(rows_of: Callable[[str, dict], list[list[tuple]]], values_o
                      column: str, fraction: float) -> float:
     """``pool_threshold``, over a pool in one or many parts.
 
-    Found exactly in bounded memory, without sorting or fetching the column: while more than
-    ``EXACT_ROWS`` values remain in the range that holds the answer, one pass counts them into
-    ``BUCKETS`` equal-width buckets (with each bucket's min and max) and the range narrows to the
-    bucket holding the wanted rank; the last few values are fetched and the order statistic taken
-    with ``numpy.partition``. Buckets are monotone in the value (a subtraction and a
-    multiplication by a positive constant, then ``floor``), so their value ranges never overlap;
-    ties end the search as soon as a range holds one value. A pool of ``N`` rows takes about
-    ``log(N / EXACT_ROWS) / log(BUCKETS)`` passes, usually none or one.
+    Found exactly in bounded memory, without sorting or fetching the column. Each pass counts
+    the values of a range ``[lo, hi]`` into ``BUCKETS`` equal-width buckets, with each bucket's
+    exact min and max (values below ``lo`` counted in the first bucket, above ``hi`` in the last,
+    NaN apart), and the range narrows to the bucket that holds the wanted rank; once that bucket
+    holds at most ``EXACT_ROWS`` values they are fetched and the order statistic taken with
+    ``numpy.partition``. The first pass also counts the pool (the rows and NaNs that fix the
+    rank), over ``FIRST_RANGE``, where CLIP scores live; a column outside it costs one pass more,
+    as every later range is the exact min and max of a bucket. Buckets are monotone in the value
+    (a subtraction and a multiplication by a positive constant, then ``floor``, clamped at the
+    ends), so their value ranges never overlap; ties end the search as soon as a range holds one
+    value. A pool of ``N`` rows takes about ``1 + log(N / EXACT_ROWS) / log(BUCKETS)`` passes
+    and the fetch: at 160M rows one pass and the fetch.
 
     Args:
         rows_of: runs one SQL query (named parameters ``params``) over the view ``scores`` of
@@ -89,37 +96,43 @@ def search_threshold(rows_of: Callable[[str, dict], list[list[tuple]]], values_o
         values_of: runs a query selecting one column ``v`` over every part; returns the values
             of all parts as one array.
     """
-    base = f"FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL"
     value = f"CAST({column} AS DOUBLE)"
-    stats = [part[0] for part in rows_of(
-        f"SELECT count(*), count(*) FILTER (WHERE isnan({value})), min({value}) FILTER (WHERE NOT isnan({value})), "
-        f"max({value}) FILTER (WHERE NOT isnan({value})) {base}", {})]
-    n, nans = sum(s[0] for s in stats), sum(s[1] for s in stats)
-    k = int(n * fraction)
-    if k >= n:
-        return -math.inf
-    if k < nans:
-        return math.nan
-    lo = min(s[2] for s in stats if s[2] is not None)
-    hi = max(s[3] for s in stats if s[3] is not None)
-    rank, left = k - nans, n - nans  # descending rank among the numbers in [lo, hi]
+    base = f"FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL"
     numbers = f"{base} AND NOT isnan({value}) AND {value} BETWEEN $lo AND $hi"
-    while lo != hi and left > EXACT_ROWS:
-        bucket = f"least(CAST(floor(({value} - $lo) * $scale) AS BIGINT), {BUCKETS - 1})"
+    bucket = (f"CASE WHEN isnan({value}) THEN -1 WHEN {value} <= $lo THEN 0 WHEN {value} >= $hi THEN {BUCKETS - 1} "
+              f"WHEN $scale = 0 THEN {BUCKETS // 2} "
+              f"ELSE least(CAST(floor(({value} - $lo) * $scale) AS BIGINT), {BUCKETS - 1}) END")
+    lo, hi = FIRST_RANGE
+    rank = left = None
+    while True:
+        span = hi - lo
+        scale = BUCKETS / span if math.isfinite(span) and span > 0 and math.isfinite(BUCKETS / span) else 0.0
+        where = base if rank is None else numbers
         merged: dict[int, list] = {}
-        for part in rows_of(f"SELECT {bucket} AS b, count(*), min({value}), max({value}) {numbers} GROUP BY b",
-                            {"lo": lo, "hi": hi, "scale": BUCKETS / (hi - lo)}):
+        for part in rows_of(f"SELECT {bucket} AS b, count(*), min({value}), max({value}) {where} GROUP BY b",
+                            {"lo": lo, "hi": hi, "scale": scale}):
             for b, count, b_lo, b_hi in part:
                 m = merged.setdefault(b, [0, b_lo, b_hi])
                 m[0], m[1], m[2] = m[0] + count, min(m[1], b_lo), max(m[2], b_hi)
+        if rank is None:  # the first pass: the pool's size fixes the rank
+            nans = merged.pop(-1, [0])[0]
+            n = nans + sum(m[0] for m in merged.values())
+            k = int(n * fraction)
+            if k >= n:
+                return -math.inf
+            if k < nans:
+                return math.nan
+            rank = k - nans  # descending rank among the numbers
         for b in sorted(merged, reverse=True):
             count, b_lo, b_hi = merged[b]
             if rank < count:
                 lo, hi, left = b_lo, b_hi, count
                 break
             rank -= count
-    if lo == hi:
-        return float(lo)
+        if lo == hi:
+            return float(lo)
+        if left <= EXACT_ROWS:
+            break
     values = np.asarray(values_of(f"SELECT {value} AS v {numbers}", {"lo": lo, "hi": hi}))
     # Descending rank r is ascending index len - 1 - r.
     return float(np.partition(values, len(values) - 1 - rank)[len(values) - 1 - rank])
@@ -222,6 +235,9 @@ class FilterPlan:
         names: a name for each part (and ``WHERE ...``), in the order of ``counts_sql``'s counts.
         counts_sql: one aggregate over the view: pool rows, ok rows, then the ok rows each part
             removes on its own.
+        passes_sql: the SQL of each of ``names`` on its own: whether a row passes it (never null).
+        on_passes: the predicate (without ``ok``) over columns ``_p0``, ``_p1``, ... holding
+            ``passes_sql``: each part is evaluated once a row.
     """
 
     predicate: str
@@ -229,6 +245,8 @@ class FilterPlan:
     columns: list[str]
     names: list[str]
     counts_sql: str
+    passes_sql: list[str]
+    on_passes: str
 
 
 def plan_filter(rule: str | None, where: str | None, expr: str | None, pool: Pool) -> FilterPlan:
@@ -251,41 +269,339 @@ def plan_filter(rule: str | None, where: str | None, expr: str | None, pool: Poo
     counts_sql = (f"SELECT count(*), count(*) FILTER (WHERE {OK})"
                   + "".join(f", count(*) FILTER (WHERE {OK} AND NOT coalesce({p}, FALSE))" for p in preds)
                   + f" FROM {VIEW}")
-    return FilterPlan(predicate, parts, columns, names, counts_sql)
+    position = {id(leaf): i for i, leaf in enumerate(parts)}
+    on_flags = [rule_sql(tree, lambda leaf: f"_p{position[id(leaf)]}")] if tree else []
+    on_flags += [f"_p{len(parts)}"] if expr else []
+    return FilterPlan(predicate, parts, columns, names, counts_sql,
+                      [f"coalesce(({p}), FALSE)" for p in preds], " AND ".join(on_flags) or "TRUE")
+
+
+PART_POOL_ROWS = 1 << 19  # pool rows a uid range of the kept rows covers (about, for hex uids)
+RANGE_ROWS = 1 << 18  # kept rows a range is split into when it holds more than twice this
+PENDING_ROWS = 1 << 18  # kept rows that wait before they are routed to their ranges
+SPLIT_SAMPLE = 1 << 16  # uids sampled to split a range
+HASH_BUCKET_ROWS = 1 << 23  # uid hashes a bucket of the duplicate search holds (about)
+MAX_FILES = 512  # at most this many uid ranges and hash buckets (open files) in a run
+UID_HASH = f"hash({S.UID})"  # DuckDB's 64-bit hash: equal uids, equal hashes
+SAME_SAMPLE = (f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, "
+               f"round({S.CLIP_SCORE}, 3))) = 1")  # rows of one uid are copies of one sample
 
 
 def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
     plan = plan_filter(rule, where, expr, IndexPool(con, index, out))
-    predicate, parts = plan.predicate, plan.parts
-    cols = ", ".join(plan.columns)
     out.mkdir(parents=True, exist_ok=True)
-    parquet_path, npy_path = out / "subset.parquet", out / "subset.npy"
+    work = out / ".filter-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     try:
-        # A uid carried by rows of different samples names no single sample: such rows are never
-        # kept (counted below). Rows that are copies of one sample (all ok, same caption, size,
-        # text boxes and CLIP score to 3 decimals: upweighted copies) are kept, each. Only the
-        # kept uids on several rows (usually none) are compared closely; DuckDB spills the joins
-        # and aggregations beyond the memory limit.
-        reader = con.sql(
-            f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({predicate})), "
-            f"repeated AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM kept) "
-            f"GROUP BY {S.UID} HAVING count(*) > 1), "
-            f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM repeated) "
-            f"GROUP BY {S.UID} HAVING NOT (bool_and({OK}) AND "
-            f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, "
-            f"round({S.CLIP_SCORE}, 3))) = 1)) "
-            f"SELECT {cols}, {S.UID} IN (SELECT {S.UID} FROM shared) AS _shared FROM kept "
-            f"ORDER BY {S.UID}, {S.SHARD}, {S.KEY}"
-        ).to_arrow_reader(BATCH_ROWS)
-        kept_rows, shared_uid_rows = write_unshared(reader, parquet_path)
-        # One scan for the pool size and for the rows each part of the rule removes on its own.
-        row = con.execute(plan.counts_sql).fetchall()[0]
-        pool_rows, pool_ok = row[0], row[1]
-        removed = dict(zip(plan.names, row[2:]))
-    except duckdb.Error as e:
-        raise RuleError(f"DuckDB rejected the filter: {e}") from None
-    write_datacomp_subset(parquet_path, npy_path)
-    return write_summary(out, rule, where, parts, pool_rows, pool_ok, kept_rows, removed, shared_uid_rows)
+        try:
+            pool_rows, pool_ok, removed, runs = select_pool(con, plan, work)
+            shared = shared_uids(con, runs.duplicate_hashes())
+        except duckdb.Error as e:
+            raise RuleError(f"DuckDB rejected the filter: {e}") from None
+        kept_rows, shared_uid_rows = runs.write_subset(out / "subset.parquet", out / "subset.npy", shared)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return write_summary(out, rule, where, plan.parts, pool_rows, pool_ok, kept_rows, dict(zip(plan.names, removed)),
+                         shared_uid_rows)
+
+
+def select_pool(con: duckdb.DuckDBPyConnection, plan: FilterPlan, work: Path) -> tuple[int, int, list[int], "KeptRuns"]:
+    """One scan of the pool: evaluate the rule on every row, count what each part removes, and
+    spill the kept rows to uid ranges and every row's uid hash to hash buckets (``KeptRuns``).
+
+    Returns:
+        ``(pool rows, ok rows, ok rows each part of plan.names removes, the spilled runs)``.
+    """
+    (pool_rows,) = con.execute(f"SELECT count(*) FROM {VIEW}").fetchall()[0]
+    n = len(plan.passes_sql)
+    passes = "".join(f", {p} AS _p{i}" for i, p in enumerate(plan.passes_sql))
+    # Each part is evaluated once a row (columns _p<i>); the kept rows' columns travel as one
+    # struct, null on the other rows (a CASE a column costs more).
+    row = ", ".join(f"{c} := {c}" for c in plan.columns)
+    reader = con.sql(
+        f"SELECT _h, _ok, _kept{''.join(f', NOT _p{i} AS _f{i}' for i in range(n))}, "
+        f"CASE WHEN _kept THEN struct_pack({row}) END AS _row FROM ("
+        f"SELECT *, _ok AND ({plan.on_passes}) AS _kept FROM ("
+        f"SELECT *, {UID_HASH} AS _h, coalesce({OK}, FALSE) AS _ok{passes} FROM {VIEW}))").to_arrow_reader(BATCH_ROWS)
+    runs = KeptRuns(work, reader.schema, pool_rows)
+    pool_ok, removed = 0, [0] * n
+    with runs:
+        for batch in reader:
+            ok = batch.column("_ok").to_numpy(zero_copy_only=False)
+            pool_ok += int(ok.sum())
+            for i in range(len(removed)):
+                removed[i] += int((batch.column(f"_f{i}").to_numpy(zero_copy_only=False) & ok).sum())
+            runs.add(batch.column("_h").to_numpy(), batch.column("_kept").to_numpy(zero_copy_only=False), batch)
+    return int(pool_rows), pool_ok, removed, runs
+
+
+KEY_BYTES = 32  # uid bytes that route a row to its uid range (a DataComp uid is 32 hex characters)
+
+
+def uid_sort_keys(uids: pa.Array) -> np.ndarray:
+    """Each uid's first ``KEY_BYTES`` bytes, zero-padded: ``(N,) "S32"``. NumPy compares them
+    bytewise, so the map is monotone (never decreasing) in DuckDB's and Arrow's string order;
+    a null uid is ``b"\xff" * 32``, at the end (``ORDER BY`` puts nulls last)."""
+    arr = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
+    arr = arr.cast(pa.large_binary())
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    if n and (lengths == KEY_BYTES).all():  # the usual case: one reshape
+        mat = data[offsets[0]:offsets[-1]].reshape(n, KEY_BYTES).copy()
+    else:
+        mat = np.zeros((n, KEY_BYTES), dtype=np.uint8)
+        for j in range(KEY_BYTES):
+            has = lengths > j
+            mat[has, j] = data[starts[has] + j]
+    if arr.null_count:
+        mat[~np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), bool)] = 255
+    return mat.view(f"S{KEY_BYTES}").reshape(n)
+
+
+def hex_range_bounds(ranges: int) -> np.ndarray:
+    """The ``ranges - 1`` lower bounds (after the first) of uid ranges that split uniformly
+    spread hex uids (DataComp's, or md5 ones) evenly: 4-hex-digit prefixes as ``uid_sort_keys``
+    keys. Any uid, hex or not, falls in exactly one range; a range that receives too many rows
+    is split again (``KeptRuns``)."""
+    return np.asarray([f"{j * 16**4 // ranges:04x}".encode() for j in range(1, ranges)], dtype=f"S{KEY_BYTES}")
+
+
+class KeptRuns:
+    """What ``select_pool`` spills, in bounded memory whatever the pool size.
+
+    - The kept rows (the subset's columns and the uid hash ``_h``), split into disjoint uid
+      ranges in order, one LZ4 Arrow IPC stream a range (``hex_range_bounds``: about
+      ``PART_POOL_ROWS`` pool rows a range for hex uids). Rows wait in one pending table of at
+      most ``PENDING_ROWS`` rows before they are routed, so writes stay large.
+    - Every row's 64-bit uid hash (``UID_HASH``), split by its top bits into buckets of about
+      ``HASH_BUCKET_ROWS`` hashes (raw ``uint64`` files), where ``duplicate_hashes`` looks for
+      uids carried by several rows.
+
+    ``write_subset`` then sorts one range at a time; a range of more than ``2 * RANGE_ROWS``
+    rows (uids that are not spread hex, or a rule that keeps one uid range) is first split into
+    pieces of about ``RANGE_ROWS`` rows at quantiles of a strided sample of its uids. So at most
+    ``2 * RANGE_ROWS`` rows are sorted in memory, unless more rows than that share their first
+    ``KEY_BYTES`` uid bytes. ``MAX_FILES`` caps the open files (above ``MAX_FILES *
+    PART_POOL_ROWS`` pool rows the ranges grow, and are split).
+    """
+
+    def __init__(self, work: Path, schema: pa.Schema, pool_rows: int):
+        self.work = work
+        self.schema = pa.schema(list(schema.field("_row").type) + [schema.field("_h")])
+        ranges = int(min(MAX_FILES, max(1, -(-pool_rows // PART_POOL_ROWS))))
+        self.bounds = hex_range_bounds(ranges)
+        self.counts = np.zeros(ranges, dtype=np.int64)
+        bits = int(min(int(math.log2(MAX_FILES)), max(0, math.ceil(math.log2(max(1, pool_rows / HASH_BUCKET_ROWS))))))
+        self.buckets = 1 << bits
+        self.bucket_starts = (np.arange(1, self.buckets, dtype=np.uint64) << np.uint64(64 - bits)) if bits else \
+            np.zeros(0, np.uint64)
+        self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+        self._hash_files: list = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._pieces = 0
+
+    def _range_path(self, j: int) -> Path:
+        return self.work / f"kept-{j:04d}.arrow"
+
+    def _bucket_path(self, j: int) -> Path:
+        return self.work / f"hashes-{j:04d}.u64"
+
+    def __enter__(self):
+        self._hash_files = [open(self._bucket_path(j), "wb") for j in range(self.buckets)]
+        return self
+
+    def __exit__(self, *exc):
+        self._flush()
+        for f in self._hash_files:
+            f.close()
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+    def add(self, hashes: np.ndarray, kept: np.ndarray, batch: pa.RecordBatch) -> None:
+        """Spill one scanned batch: ``hashes`` ``(N,) uint64`` of every row, ``kept`` ``(N,)
+        bool``, and the batch (its struct column ``_row`` holds a kept row's columns)."""
+        hashes = np.sort(hashes)
+        for f, part in zip(self._hash_files, np.split(hashes, np.searchsorted(hashes, self.bucket_starts))):
+            part.tofile(f)
+        if not kept.any():
+            return
+        mask = pa.array(kept)
+        fields = batch.column("_row").filter(mask).flatten()
+        rows = pa.Table.from_arrays(fields + [batch.column("_h").filter(mask)], schema=self.schema)
+        self._pending.append(rows)
+        self._pending_rows += rows.num_rows
+        if self._pending_rows >= PENDING_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        rows = pa.concat_tables(self._pending)
+        self._pending, self._pending_rows = [], 0
+        which = np.searchsorted(self.bounds, uid_sort_keys(rows.column(S.UID)), side="right")
+        order = np.argsort(which, kind="stable")
+        rows, which = rows.take(pa.array(order)), which[order]
+        cuts = np.searchsorted(which, np.arange(len(self.counts) + 1))
+        for j in np.flatnonzero(np.diff(cuts)):
+            if j not in self._writers:
+                self._writers[j] = _ipc_writer(self._range_path(j), self.schema)
+            self._writers[j].write_table(rows.slice(cuts[j], cuts[j + 1] - cuts[j]))
+            self.counts[j] += cuts[j + 1] - cuts[j]
+
+    def duplicate_hashes(self) -> np.ndarray:
+        """The uid hashes that occur on more than one row of the pool: ``(D,) uint64``, sorted.
+        One bucket in memory at a time (``numpy.sort``)."""
+        found = [np.zeros(0, np.uint64)]
+        for j in range(self.buckets):
+            h = np.fromfile(self._bucket_path(j), dtype=np.uint64)
+            h.sort()
+            found.append(np.unique(h[1:][h[1:] == h[:-1]]))
+            self._bucket_path(j).unlink()
+        return np.concatenate(found)
+
+    def sorted_ranges(self):
+        """The kept rows, one sorted ``pyarrow.Table`` a uid range, in uid order (uid, shard,
+        key; nulls last, as DuckDB's ``ORDER BY``); each range's file is removed once read."""
+        for j in range(len(self.counts)):
+            if self.counts[j]:
+                yield from self._sorted(self._range_path(j), int(self.counts[j]))
+
+    def _sorted(self, path: Path, rows: int):
+        if rows > 2 * RANGE_ROWS:
+            pieces = self._split(path, rows)
+            if pieces is not None:
+                for piece, n in pieces:
+                    if n:
+                        yield from self._sorted(piece, n)
+                return
+        with pa.ipc.open_stream(path) as reader:
+            table = reader.read_all()
+        path.unlink()
+        yield table.sort_by([(S.UID, "ascending"), (S.SHARD, "ascending"), (S.KEY, "ascending")])
+
+    def _split(self, path: Path, rows: int) -> list[tuple[Path, int]] | None:
+        """Split one range file into pieces of about ``RANGE_ROWS`` rows at the quantiles of a
+        strided sample of its uids (two reads of the file, one batch in memory); ``None`` when
+        its uids cannot be told apart by their first ``KEY_BYTES`` bytes."""
+        stride = max(1, rows // SPLIT_SAMPLE)
+        sample = []
+        with pa.ipc.open_stream(path) as reader:
+            for batch in reader:
+                sample.append(uid_sort_keys(batch.column(S.UID))[::stride])
+        sample = np.sort(np.concatenate(sample))
+        n_pieces = -(-rows // RANGE_ROWS)
+        bounds = np.unique(sample[(np.arange(1, n_pieces) * len(sample)) // n_pieces])
+        bounds = bounds[bounds > sample[0]]  # an empty first piece would split nothing
+        if not len(bounds):
+            return None
+        self._pieces += 1
+        paths = [self.work / f"piece-{self._pieces:04d}-{i:04d}.arrow" for i in range(len(bounds) + 1)]
+        counts = [0] * len(paths)
+        writers = [_ipc_writer(p, self.schema) for p in paths]
+        try:
+            with pa.ipc.open_stream(path) as reader:
+                for batch in reader:
+                    which = np.searchsorted(bounds, uid_sort_keys(batch.column(S.UID)), side="right")
+                    order = np.argsort(which, kind="stable")
+                    batch, which = batch.take(pa.array(order)), which[order]
+                    cuts = np.searchsorted(which, np.arange(len(paths) + 1))
+                    for i in np.flatnonzero(np.diff(cuts)):
+                        writers[i].write_batch(batch.slice(cuts[i], cuts[i + 1] - cuts[i]))
+                        counts[i] += int(cuts[i + 1] - cuts[i])
+        finally:
+            for w in writers:
+                w.close()
+        path.unlink()
+        return list(zip(paths, counts))
+
+    def write_subset(self, parquet_path: Path, npy_path: Path, shared: pa.Array) -> tuple[int, int]:
+        """Append the sorted ranges in order to ``parquet_path`` (the subset's columns) and
+        ``npy_path`` (``uids_to_datacomp``), leaving out the rows whose uid is in ``shared``.
+
+        Returns:
+            ``(rows written, rows left out as shared)``.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        written = left_out = 0
+        uids = self.work / "uids.u8u8"
+        schema = self.schema.remove(self.schema.get_field_index("_h"))
+        last: list = [None, True]  # the last uid pair written, whether all came in order
+
+        def write(rows: pa.Table) -> None:
+            for start in range(0, rows.num_rows, BATCH_ROWS):
+                chunk = rows.slice(start, BATCH_ROWS)
+                writer.write_table(chunk)
+                pairs = uids_to_datacomp(chunk.column(S.UID))
+                if len(pairs):
+                    if last[0] is not None and pairs[0].item() < last[0]:
+                        last[1] = False
+                    last[0] = pairs[-1].item()
+                pairs.tofile(raw)
+
+        # One thread writes a range (Parquet encoding, uid decoding) while this one sorts the next.
+        with pq.ParquetWriter(parquet_path, schema) as writer, open(uids, "wb") as raw, \
+                ThreadPoolExecutor(1) as pool:
+            pending = None
+            for rows in self.sorted_ranges():
+                rows = rows.drop_columns(["_h"])
+                if len(shared):
+                    drop = pc.fill_null(pc.is_in(rows.column(S.UID), value_set=shared), False)
+                    left_out += int(pc.sum(drop).as_py() or 0)
+                    rows = rows.filter(pc.invert(drop))
+                written += rows.num_rows
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(write, rows)
+            if pending is not None:
+                pending.result()
+        in_order = last[1]
+        write_npy_from_raw(uids, npy_path, np.dtype("u8,u8"), written, sort=not in_order)
+        return written, left_out
+
+
+def _ipc_writer(path: Path, schema: pa.Schema) -> pa.ipc.RecordBatchStreamWriter:
+    return pa.ipc.new_stream(path, schema, options=pa.ipc.IpcWriteOptions(compression="lz4"))
+
+
+def write_npy_from_raw(raw: Path, npy_path: Path, dtype: np.dtype, n: int, sort: bool = False) -> None:
+    """``npy_path``: the ``n`` records of ``dtype`` in the raw file ``raw`` behind a ``.npy``
+    header (``numpy.lib.format``), copied in blocks; sorted in place (memory-mapped) if
+    ``sort``. ``raw`` is removed."""
+    with open(npy_path, "wb") as out, open(raw, "rb") as src:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                    "fortran_order": False, "shape": (n,)})
+        shutil.copyfileobj(src, out, 1 << 24)
+    raw.unlink()
+    if sort and n:
+        arr = np.load(npy_path, mmap_mode="r+")
+        arr.sort()
+        arr.flush()
+        del arr
+
+
+def shared_uids(con: duckdb.DuckDBPyConnection, duplicate_hashes: np.ndarray) -> pa.Array:
+    """The uids that name no single sample: carried by several rows of which one is not ok, or
+    which differ in caption, size, number of text boxes or CLIP score to 3 decimals. Only the
+    rows whose uid hash is in ``duplicate_hashes`` (usually none) are read.
+
+    Returns:
+        A string array (empty when no hash repeats).
+    """
+    if not len(duplicate_hashes):
+        return pa.array([], pa.string())
+    con.register("_repeated_hashes", pa.table({"h": pa.array(duplicate_hashes, pa.uint64())}))
+    try:
+        return con.sql(
+            f"SELECT {S.UID} FROM {VIEW} WHERE {UID_HASH} IN (SELECT h FROM _repeated_hashes) GROUP BY {S.UID} "
+            f"HAVING count(*) > 1 AND NOT (bool_and({OK}) AND {SAME_SAMPLE})").to_arrow_table().column(0).combine_chunks()
+    finally:
+        con.unregister("_repeated_hashes")
 
 
 def write_unshared(reader: pa.RecordBatchReader, path: str | Path) -> tuple[int, int]:
