@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Filter throughput and memory: `curate filter` (DuckDB) at growing pool sizes, against a
-vectorised pyarrow + numpy baseline where that fits in memory.
+"""Filter throughput and memory: `curate filter` at growing pool sizes, against the one-query
+DuckDB filter it replaced (issue 19) and a vectorised pyarrow + numpy baseline where that fits
+in memory.
 
     python benchmarks/filter_bench.py [--rows 10000000 40000000 160000000] [--workdir /tmp/filter_bench]
 
@@ -9,10 +10,13 @@ Builds one synthetic score index of the largest ``--rows`` in the real schema (`
 ``tests/data/captions/laion_sample_1000.parquet`` and random sizes, scores and languages; a
 smaller size is a folder of links to the first of those files. The build is kept and reused.
 Each size then runs ``tmars(fraction=0.3) & basic()`` with ``curate.filters.run_filter`` in its
-own process (its peak RSS is its own), under ``--memory-limit``. Up to ``--baseline-max`` rows
+own process (its peak RSS is its own), under ``--memory-limit``, and so does the one-query
+filter (``one_query_subset``; ``--no-query-baseline`` skips it), which must write the same
+``subset.npy`` byte for byte. Up to ``--baseline-max`` rows
 the same rule is also run the way a user would with pyarrow.compute and numpy (whole columns
 in memory), checking both keep the same uids. Printed: rows/s, peak RSS, the RSS ratio to the
-smallest size (issue 19: within 1.2x from 10M to 160M) and the rows/s ratio to the baseline.
+smallest size (issue 19: within 1.2x from 10M to 160M), the speed-up over the one-query filter
+and the rows/s of the pyarrow baseline.
 """
 
 from __future__ import annotations
@@ -39,7 +43,18 @@ from curate import schema as S  # noqa: E402
 from curate.filters import run_filter  # noqa: E402
 
 
-def build(workdir: Path, rows: int, files: int, seed: int = 0) -> Path:
+def hex_uids(rng: np.random.Generator, n: int) -> pa.Array:
+    """``n`` random 32-hex uids (128 random bits each, as DataComp's uids are spread), built
+    from bytes without Python strings."""
+    raw = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+    digits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    text = np.empty((n, 32), np.uint8)
+    text[:, 0::2], text[:, 1::2] = digits[raw >> 4], digits[raw & 15]
+    offsets = np.arange(0, 32 * n + 1, 32, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text.tobytes())])
+
+
+def build(workdir: Path, rows: int, files: int, seed: int = 0, uids: str = "hex") -> Path:
     index = workdir / "index"
     if index.exists():
         shutil.rmtree(index)
@@ -52,7 +67,7 @@ def build(workdir: Path, rows: int, files: int, seed: int = 0) -> Path:
         if n <= 0:
             break
         start = f * per
-        uid = pa.array([f"{i:032x}" for i in range(start, start + n)])
+        uid = hex_uids(rng, n) if uids == "hex" else pa.array([f"{i:032x}" for i in range(start, start + n)])
         status = np.where(rng.random(n) < 0.02, "decode_error", "ok")
         ok = status == "ok"
         w = rng.integers(64, 2048, n).astype(np.int32)
@@ -112,14 +127,73 @@ def link_index(files: Path, index: Path, rows: int, rows_per_file: int) -> Path:
     return index
 
 
+RULE = "tmars(fraction=0.3) & basic()"
+
+
 def run_one(index: Path, out: Path, memory_limit: str) -> dict:
     """``run_filter`` once, in this process: wall seconds, peak RSS, what it kept."""
-    rule = "tmars(fraction=0.3) & basic()"
     t0 = time.perf_counter()
-    summary = run_filter(index, rule, out, memory_limit=memory_limit)
+    summary = run_filter(index, RULE, out, memory_limit=memory_limit)
     wall = time.perf_counter() - t0
     return {"rows": summary.pool_rows, "kept": summary.kept, "wall_s": wall, "peak_rss_gib": peak_rss_gib(),
             "thresholds": summary.thresholds}
+
+
+def one_query_subset(index: Path, rule: str | None, out: Path, memory_limit: str | None = "2GiB",
+                     where: str | None = None) -> dict:
+    """``curate filter`` as it was before its streaming scan (issue 19), the reference the
+    streaming path is checked and timed against: one DuckDB query selects the kept rows, checks
+    their uids against the pool (a semi-join) and sorts them, out of core under the same memory
+    limit; a second scan counts what each part removes. Same thresholds (``plan_filter``).
+    Writes ``out/subset.parquet`` and ``out/subset.npy``.
+
+    Returns:
+        ``pool_rows``, ``pool_ok``, ``kept``, ``shared_uid_rows``, ``removed_by``.
+    """
+    from curate.filters.rules import OK, check_predicate
+    from curate.filters.run import IndexPool, plan_filter, write_datacomp_subset, write_unshared
+    from curate.query import VIEW, connect
+
+    spill = out / ".duckdb-tmp"
+    out.mkdir(parents=True, exist_ok=True)
+    con = connect(index, memory_limit=memory_limit, temp_directory=spill if memory_limit else None)
+    try:
+        plan = plan_filter(rule, where, check_predicate(where) if where else None, IndexPool(con, index, out))
+        cols = ", ".join(plan.columns)
+        reader = con.sql(
+            f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({plan.predicate})), "
+            f"repeated AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM kept) "
+            f"GROUP BY {S.UID} HAVING count(*) > 1), "
+            f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM repeated) "
+            f"GROUP BY {S.UID} HAVING NOT (bool_and({OK}) AND count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, "
+            f"{S.NUM_TEXT_BOXES}, round({S.CLIP_SCORE}, 3))) = 1)) "
+            f"SELECT {cols}, {S.UID} IN (SELECT {S.UID} FROM shared) AS _shared FROM kept "
+            f"ORDER BY {S.UID}, {S.SHARD}, {S.KEY}").to_arrow_reader(1 << 20)
+        kept, shared = write_unshared(reader, out / "subset.parquet")
+        counts = con.execute(plan.counts_sql).fetchall()[0]
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+    write_datacomp_subset(out / "subset.parquet", out / "subset.npy")
+    return {"pool_rows": counts[0], "pool_ok": counts[1], "kept": kept, "shared_uid_rows": shared,
+            "removed_by": dict(zip(plan.names, counts[2:]))}
+
+
+def run_one_query(index: Path, out: Path, memory_limit: str) -> dict:
+    """``one_query_subset`` once, in this process: wall seconds, peak RSS, what it kept."""
+    t0 = time.perf_counter()
+    res = one_query_subset(index, RULE, out, memory_limit)
+    return {"kept": res["kept"], "wall_s": time.perf_counter() - t0, "peak_rss_gib": peak_rss_gib()}
+
+
+def one(how: str, index: Path, out: Path, memory_limit: str) -> dict:
+    """``run_one`` (``how="stream"``) or ``run_one_query`` in a fresh process: its peak RSS is
+    its own."""
+    r = subprocess.run([sys.executable, __file__, "--one", how, str(index), str(out), "--memory-limit", memory_limit],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"curate filter ({how}) failed on {index}:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def peak_rss_gib() -> float:
@@ -139,6 +213,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[10_000_000, 40_000_000, 160_000_000])
     ap.add_argument("--rows-per-file", type=int, default=100_000)
+    ap.add_argument("--uids", choices=["hex", "sequential"], default="hex",
+                    help="random 32-hex uids, spread like DataComp's (default), or 0, 1, 2, ... in hex: every "
+                         "kept row in the first uid range, which the filter must split")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/filter_bench"))
     ap.add_argument("--memory-limit", default="2GiB", help="curate filter --memory-limit")
     ap.add_argument("--baseline-max", type=int, default=10_000_000,
@@ -146,17 +223,20 @@ def main() -> None:
     ap.add_argument("--ray-nodes", type=int, default=0,
                     help="also run the Ray path (curate filter --address) on a local cluster of this many nodes")
     ap.add_argument("--ray-rows", type=int, default=40_000_000, help="pool size of the Ray run")
-    ap.add_argument("--one", nargs=2, metavar=("INDEX", "OUT"), help=argparse.SUPPRESS)  # internal
+    ap.add_argument("--no-query-baseline", action="store_true",
+                    help="skip the one-query baseline (curate filter before its streaming scan)")
+    ap.add_argument("--one", nargs=3, metavar=("HOW", "INDEX", "OUT"), help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(Path(args.one[0]), Path(args.one[1]), args.memory_limit)))
+        how, index, out = args.one
+        print(json.dumps((run_one if how == "stream" else run_one_query)(Path(index), Path(out), args.memory_limit)))
         return
     largest = max(args.rows)
-    files = args.workdir / "files"
+    files = args.workdir / f"files-{args.uids}"
     stamp = files / f".built-{largest}-{args.rows_per_file}"
     if not stamp.exists():
         t0 = time.perf_counter()
-        build(args.workdir / "build", largest, -(-largest // args.rows_per_file))
+        build(args.workdir / "build", largest, -(-largest // args.rows_per_file), uids=args.uids)
         if files.exists():
             shutil.rmtree(files)
         (args.workdir / "build" / "index").rename(files)
@@ -166,11 +246,14 @@ def main() -> None:
     for rows in sorted(args.rows):
         index = link_index(files, args.workdir / f"index-{rows}", rows, args.rows_per_file)
         out = args.workdir / f"subset-{rows}"
-        r = subprocess.run([sys.executable, __file__, "--one", str(index), str(out), "--memory-limit", args.memory_limit],
-                           capture_output=True, text=True)
-        if r.returncode:
-            sys.exit(f"curate filter failed at {rows:,} rows:\n{r.stderr[-3000:]}")
-        res = json.loads(r.stdout.strip().splitlines()[-1])
+        res = one("stream", index, out, args.memory_limit)
+        if not args.no_query_baseline:
+            q = one("query", index, args.workdir / f"subset-query-{rows}", args.memory_limit)
+            res["query_s"], res["query_rss_gib"] = q["wall_s"], q["peak_rss_gib"]
+            res["same_as_query"] = (out / "subset.npy").read_bytes() == \
+                (args.workdir / f"subset-query-{rows}" / "subset.npy").read_bytes()
+            if not res["same_as_query"]:
+                sys.exit(f"curate filter and the one-query baseline disagree at {rows:,} rows")
         if rows <= args.baseline_max:
             t0 = time.perf_counter()
             base = baseline(index, 0.3)
@@ -185,14 +268,17 @@ def main() -> None:
     if args.ray_nodes:
         ray_row = run_ray(args, files, results)
     first = results[0]
-    print(f"\nrule: tmars(fraction=0.3) & basic(); --memory-limit {args.memory_limit}; {os.cpu_count()} CPUs")
-    print("| rows | index on disk | curate filter wall | rows/s | peak RSS | RSS vs smallest | baseline rows/s | same uids |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"\nrule: {RULE}; --memory-limit {args.memory_limit}; {os.cpu_count()} CPUs")
+    print("| rows | index on disk | curate filter wall | rows/s | peak RSS | RSS vs smallest | one query wall | "
+          "one query peak RSS | speed-up | same subset.npy | pyarrow rows/s | same uids as pyarrow |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         size = sum(f.stat().st_size for f in (args.workdir / f"index-{r['rows']}").iterdir())
         base = f"{r['rows'] / r['baseline_s']:,.0f}" if "baseline_s" in r else "-"
+        query = (f"{r['query_s']:.1f} s | {r['query_rss_gib']:.2f} GiB | {r['query_s'] / r['wall_s']:.2f}x | "
+                 f"{r['same_as_query']}") if "query_s" in r else "- | - | - | -"
         print(f"| {r['rows']:,} | {size / 1e6:,.0f} MB | {r['wall_s']:.1f} s | {r['rows'] / r['wall_s']:,.0f} | "
-              f"{r['peak_rss_gib']:.2f} GiB | {r['peak_rss_gib'] / first['peak_rss_gib']:.2f}x | {base} | "
+              f"{r['peak_rss_gib']:.2f} GiB | {r['peak_rss_gib'] / first['peak_rss_gib']:.2f}x | {query} | {base} | "
               f"{r.get('same_uids', '-')} |")
     if ray_row:
         print(f"\nRay path (curate filter --address) on a local {args.ray_nodes}-node cluster, 1 CPU a node:")

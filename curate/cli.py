@@ -177,7 +177,7 @@ def _add_filter(sub) -> None:
     p.add_argument("--rule", help='e.g. "tmars(fraction=0.5) & basic()"')
     p.add_argument("--where", help="one extra SQL expression over the index columns, ANDed with the rule, e.g. \"num_text_boxes = 0\" (nothing else is accepted; non-ok rows are never kept)")
     p.add_argument("--out", required=True, help="output folder: subset.parquet, subset.npy (DataComp), filter_summary.json")
-    _add_memory_limit(p, "sorts and joins beyond it spill to OUT/.duckdb-tmp; the subset is streamed to its files")
+    _add_memory_limit(p, "the kept rows spill to OUT/.filter-work and are sorted a uid range at a time")
     p.add_argument("--address", help="run on this Ray cluster (or RAY_ADDRESS's), a task per group of index files; "
                    "the index and --out must be on storage every node reads (default: one process)")
 

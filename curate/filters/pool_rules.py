@@ -119,13 +119,19 @@ def text_based_rule(leaf: Leaf, pool: Pool) -> None:
     pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(n) for n in names) + r")(?!\w)")
     from curate.query import VIEW
 
-    rows = pool.con.sql(f"SELECT {S.SHARD}, {S.KEY}, {S.TEXT} FROM {VIEW} WHERE {S.STATUS} = '{S.STATUS_OK}'"
-                        ).to_arrow_table()
-    texts = rows.column(S.TEXT).to_pylist()
-    hit = np.asarray([bool(t) and pattern.search(t.lower()) is not None for t in texts], dtype=bool)
-    leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(hit)))
+    # The captions stream by in batches; only the (shard, key) of the rows that match are kept.
+    reader = pool.con.sql(f"SELECT {S.SHARD}, {S.KEY}, {S.TEXT} FROM {VIEW} WHERE {S.STATUS} = '{S.STATUS_OK}'"
+                          ).to_arrow_reader(1 << 16)
+    found = [pa.table({S.SHARD: pa.array([], pa.string()), S.KEY: pa.array([], pa.string())})]
+    for batch in reader:
+        texts = batch.column(S.TEXT).to_pylist()
+        hit = np.asarray([bool(t) and pattern.search(t.lower()) is not None for t in texts], dtype=bool)
+        if hit.any():
+            found.append(pa.Table.from_batches([batch]).select([S.SHARD, S.KEY]).filter(pa.array(hit)))
+    rows = pa.concat_tables(found, promote_options="permissive")
+    leaf.sql = pool.keep_rows(leaf, rows)
     leaf.columns = (S.TEXT,)
-    leaf.details = {"class names": len(names), "captions that mention one": int(hit.sum())}
+    leaf.details = {"class names": len(names), "captions that mention one": rows.num_rows}
 
 
 def image_based_rule(leaf: Leaf, pool: Pool) -> None:

@@ -1,7 +1,8 @@
 """``curate filter``: evaluate a rule over the score index and write the subset.
 
 Thresholds for pool-wide fractions come from ``pool_threshold``; the rule is turned into SQL by
-``curate.filters.rules`` and run in the locked-down DuckDB connection of ``curate.query``.
+``curate.filters.rules`` and run in the locked-down DuckDB connection of ``curate.query``, in
+one streaming scan whose kept rows are sorted one uid range at a time (``run_filter``).
 """
 
 from __future__ import annotations
@@ -188,12 +189,18 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     and CLIP score to 3 decimals) are each kept, so the subset lists the uid once per copy
     (DataComp's upweighting).
 
-    Memory is bounded whatever the pool size: DuckDB holds at most ``memory_limit`` and sorts
-    and joins out of core beyond it (spilling to ``out/.duckdb-tmp``, removed afterwards);
-    thresholds come from ``pool_threshold`` (histogram passes, no column fetched); the kept rows
-    are streamed to ``subset.parquet`` (``BATCH_ROWS`` a row group) and from there to
-    ``subset.npy``, which is written in place (``numpy.lib.format.open_memmap``). Pool rules that
-    read embedding files (``dedup`` and the like) hold their vectors in memory.
+    Memory is bounded by construction, whatever the pool size (``select_pool``, ``KeptRuns``):
+    thresholds come from ``pool_threshold`` (histogram passes, no column fetched); then one scan
+    evaluates each part of the rule once a row, counts what each part removes, and spills the
+    kept rows to disjoint uid ranges and every row's uid hash to hash buckets under
+    ``out/.filter-work``; repeated uids are found one bucket at a time and checked exactly
+    (``shared_uids``); the ranges are sorted one at a time and appended to ``subset.parquet``
+    and ``subset.npy``. Each step holds a fixed number of rows (``PART_POOL_ROWS``,
+    ``RANGE_ROWS``, ``PENDING_ROWS``, ``HASH_BUCKET_ROWS``), so the peak does not grow with the
+    pool; DuckDB holds at most ``memory_limit`` (spilling to ``out/.duckdb-tmp``); both folders
+    are removed afterwards. Disk: about the kept rows' subset columns plus 8 bytes a pool row,
+    until the end. Pool rules that read embedding files (``dedup`` and the like) hold their
+    vectors in memory.
 
     Args:
         index: score-index folder.
@@ -430,9 +437,8 @@ class KeptRuns:
             part.tofile(f)
         if not kept.any():
             return
-        mask = pa.array(kept)
-        fields = batch.column("_row").filter(mask).flatten()
-        rows = pa.Table.from_arrays(fields + [batch.column("_h").filter(mask)], schema=self.schema)
+        picked = batch.select(["_row", "_h"]).filter(pa.array(kept))
+        rows = pa.Table.from_arrays(picked.column(0).flatten() + [picked.column(1)], schema=self.schema)
         self._pending.append(rows)
         self._pending_rows += rows.num_rows
         if self._pending_rows >= PENDING_ROWS:
@@ -444,8 +450,9 @@ class KeptRuns:
         rows = pa.concat_tables(self._pending)
         self._pending, self._pending_rows = [], 0
         which = np.searchsorted(self.bounds, uid_sort_keys(rows.column(S.UID)), side="right")
-        order = np.argsort(which, kind="stable")
-        rows, which = rows.take(pa.array(order)), which[order]
+        if (np.diff(which) < 0).any():  # else already in range order (e.g. all in one range)
+            order = np.argsort(which, kind="stable")
+            rows, which = rows.take(pa.array(order)), which[order]
         cuts = np.searchsorted(which, np.arange(len(self.counts) + 1))
         for j in np.flatnonzero(np.diff(cuts)):
             if j not in self._writers:

@@ -397,3 +397,88 @@ def test_distributed_filter_writes_the_single_node_subset(ray_cluster, tmp_path,
     (tmp_path / "c.txt").write_text("dog\n")
     with pytest.raises(RuleError, match="without --address"):
         run_filter_distributed(idx, f"text_based(classes={str(tmp_path / 'c.txt')!r})", tmp_path / "x")
+
+
+def _one_query_subset():
+    """``benchmarks/filter_bench.py``'s ``one_query_subset``: curate filter as it was before its
+    streaming scan (one DuckDB query, sorted and semi-joined out of core), the reference."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("filter_bench", REPO / "benchmarks" / "filter_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.one_query_subset
+
+
+def _awkward_pool(path, seed):
+    """Three index files: skewed uids (sequential from zero, as filter_bench writes them) and
+    spread hex ones, upper-case hex, ties at the threshold, NaN scores, null captions and sizes,
+    non-ok rows, a uid on two samples in two files, 40 exact copies of one sample, and an exact
+    copy in another file."""
+    import hashlib
+
+    rng = np.random.default_rng(seed)
+    for f in range(3):
+        rows = []
+        for i in range(150):
+            n = f * 1000 + i
+            uid = f"{n:x}" if i % 2 else hashlib.md5(str(n).encode()).hexdigest()
+            uid = uid.upper() if i % 37 == 0 else uid
+            text = None if i % 23 == 0 else ("a photo of a dog on a mat" if i % 5 else "dog")
+            w = None if i % 29 == 0 else int(rng.choice([150, 300, 400, 1300]))
+            clip = float(rng.choice([0.25, 0.3, np.nan, rng.random()]))
+            rows.append((uid, "ok" if i % 9 else "decode_error", text, "en" if i % 4 else "de", w, 400, 0.0,
+                         clip, float(rng.choice([0.25, 0.5, rng.random()]))))
+        if f == 1:
+            rows.append(("0" * 31 + "5", "ok", "another caption entirely", "en", 300, 300, 0.0, 0.9, 0.9))
+            rows += [("c" * 32, "ok", "the same photo of a cat", "en", 400, 400, 0.0, 0.6, 0.6)] * 40
+        if f == 2:
+            rows.append(("c" * 32, "ok", "the same photo of a cat", "en", 400, 400, 0.0, 0.6, 0.6))
+        make_index(path, [(r[0].rjust(32, "0"), *r[1:]) for r in rows], shard=f"pool-{f:06d}.tar")
+    return path
+
+
+@pytest.mark.parametrize("rule, where", [
+    ("clip_score(fraction=0.4) & tmars(fraction=0.7) & basic()", "width >= 300"),
+    ("~basic() | (text_area(max=0.1) & clip_score(fraction=0.5))", None),
+    (None, "caption_lang = 'en'"),
+])
+def test_streaming_filter_equals_the_one_query_reference(tmp_path, monkeypatch, rule, where):
+    """The streaming filter, with every spill tiny (uid ranges of 16 pool rows split at 8 kept
+    rows, hash buckets of 64 hashes, 7 rows pending, a uid hash that collides for most uids so
+    that every repeated-uid candidate is checked exactly), writes what the one-query filter
+    writes: subset.parquet equal, subset.npy byte for byte, the same counts."""
+    import curate.filters.run as run
+
+    idx = _awkward_pool(tmp_path / "index", seed=len(rule or ""))
+    ref = _one_query_subset()(idx, rule, tmp_path / "ref", where=where)
+    for name, value in [("PART_POOL_ROWS", 16), ("RANGE_ROWS", 8), ("PENDING_ROWS", 7), ("SPLIT_SAMPLE", 5),
+                        ("HASH_BUCKET_ROWS", 64), ("BATCH_ROWS", 50), ("UID_HASH", f"hash({S.UID}) % 5")]:
+        monkeypatch.setattr(run, name, value)
+    got = run_filter(idx, rule, tmp_path / "got", where=where, memory_limit="64MiB")
+    assert (got.pool_rows, got.pool_ok, got.kept, got.shared_uid_rows, got.removed_by) == \
+        (ref["pool_rows"], ref["pool_ok"], ref["kept"], ref["shared_uid_rows"], ref["removed_by"])
+    assert got.kept > 40 and got.shared_uid_rows >= (1 if where is None or "en" in where else 0)
+    assert pq.read_table(tmp_path / "got/subset.parquet").equals(pq.read_table(tmp_path / "ref/subset.parquet"))
+    assert (tmp_path / "got/subset.npy").read_bytes() == (tmp_path / "ref/subset.npy").read_bytes()
+    assert not (tmp_path / "got/.filter-work").exists() and not (tmp_path / "got/.duckdb-tmp").exists()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.floats(width=32), min_size=1, max_size=40), fraction=st.floats(min_value=0, max_value=1))
+def test_threshold_of_any_float_column_equals_the_in_memory_one(tmp_path_factory, monkeypatch, values, fraction):
+    """Values anywhere (beyond the first pass's [-1, 1], infinities, NaN, huge ranges whose
+    width overflows): the narrowing search still finds the in-memory order statistic."""
+    import curate.filters.run as run
+
+    idx = make_index(tmp_path_factory.mktemp("f"), [(f"{i:03d}", "ok", "a photo of a dog", "en", 400, 400, 0.0, v, v)
+                                                     for i, v in enumerate(values)])
+    con = connect(idx)
+    expected = _in_memory_threshold(con, S.CLIP_SCORE, fraction)
+    with monkeypatch.context() as m:
+        m.setattr(run, "EXACT_ROWS", 2)
+        m.setattr(run, "BUCKETS", 4)
+        got = pool_threshold(con, S.CLIP_SCORE, fraction)
+    assert got == expected or (math.isnan(got) and math.isnan(expected))
