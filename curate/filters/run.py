@@ -486,7 +486,7 @@ class KeptRuns:
                     if n:
                         yield from self._sorted(piece, n)
                 return
-        with pa.ipc.open_stream(path) as reader:
+        with pa.ipc.open_stream(pa.OSFile(str(path))) as reader:
             table = reader.read_all()
         path.unlink()
         yield table.sort_by([(S.UID, "ascending"), (S.SHARD, "ascending"), (S.KEY, "ascending")])
@@ -497,9 +497,9 @@ class KeptRuns:
         its uids cannot be told apart by their first ``KEY_BYTES`` bytes."""
         stride = max(1, rows // SPLIT_SAMPLE)
         sample = []
-        with pa.ipc.open_stream(path) as reader:
+        with pa.ipc.open_stream(pa.OSFile(str(path))) as reader:
             for batch in reader:
-                sample.append(uid_sort_keys(batch.column(S.UID))[::stride])
+                sample.append(uid_sort_keys(batch.column(S.UID))[::stride].copy())  # not a view of the batch's keys
         sample = np.sort(np.concatenate(sample))
         n_pieces = -(-rows // RANGE_ROWS)
         bounds = np.unique(sample[(np.arange(1, n_pieces) * len(sample)) // n_pieces])
@@ -511,7 +511,7 @@ class KeptRuns:
         counts = [0] * len(paths)
         writers = [_ipc_writer(p, self.schema) for p in paths]
         try:
-            with pa.ipc.open_stream(path) as reader:
+            with pa.ipc.open_stream(pa.OSFile(str(path))) as reader:
                 for batch in reader:
                     which = np.searchsorted(bounds, uid_sort_keys(batch.column(S.UID)), side="right")
                     order = np.argsort(which, kind="stable")
