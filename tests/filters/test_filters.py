@@ -284,6 +284,12 @@ ties = st.lists(st.tuples(st.sampled_from(["ok", "ok", "ok", "decode_error"]),
 def test_narrowing_threshold_equals_the_in_memory_one(tmp_path_factory, monkeypatch, rows, fraction):
     """Ties at the threshold, NaN scores and non-ok rows: the histogram search (forced to
     narrow: at most 3 values fetched, 4 buckets a pass) finds the in-memory order statistic."""
+    _check_narrowing(tmp_path_factory, monkeypatch, rows, fraction, exact_rows=3)
+
+
+def _check_narrowing(tmp_path_factory, monkeypatch, rows, fraction, exact_rows):
+    """The histogram search (4 buckets a pass, at most ``exact_rows`` values fetched) over
+    ``rows`` of ``(status, clip score)`` equals ``_in_memory_threshold``."""
     import curate.filters.run as run
 
     idx = make_index(tmp_path_factory.mktemp("n"), [(f"{i:03d}", st_, "a photo of a dog", "en", 400, 400, 0.0, v, v)
@@ -291,7 +297,7 @@ def test_narrowing_threshold_equals_the_in_memory_one(tmp_path_factory, monkeypa
     con = connect(idx)
     expected = _in_memory_threshold(con, S.CLIP_SCORE, fraction)
     with monkeypatch.context() as m:
-        m.setattr(run, "EXACT_ROWS", 3)
+        m.setattr(run, "EXACT_ROWS", exact_rows)
         m.setattr(run, "BUCKETS", 4)
         got = pool_threshold(con, S.CLIP_SCORE, fraction)
     assert got == expected or (math.isnan(got) and math.isnan(expected))
@@ -471,14 +477,4 @@ def test_streaming_filter_equals_the_one_query_reference(tmp_path, monkeypatch, 
 def test_threshold_of_any_float_column_equals_the_in_memory_one(tmp_path_factory, monkeypatch, values, fraction):
     """Values anywhere (beyond the first pass's [-1, 1], infinities, NaN, huge ranges whose
     width overflows): the narrowing search still finds the in-memory order statistic."""
-    import curate.filters.run as run
-
-    idx = make_index(tmp_path_factory.mktemp("f"), [(f"{i:03d}", "ok", "a photo of a dog", "en", 400, 400, 0.0, v, v)
-                                                     for i, v in enumerate(values)])
-    con = connect(idx)
-    expected = _in_memory_threshold(con, S.CLIP_SCORE, fraction)
-    with monkeypatch.context() as m:
-        m.setattr(run, "EXACT_ROWS", 2)
-        m.setattr(run, "BUCKETS", 4)
-        got = pool_threshold(con, S.CLIP_SCORE, fraction)
-    assert got == expected or (math.isnan(got) and math.isnan(expected))
+    _check_narrowing(tmp_path_factory, monkeypatch, [("ok", v) for v in values], fraction, exact_rows=2)
