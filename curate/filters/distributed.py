@@ -36,8 +36,8 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate
-from curate.filters.run import (BATCH_ROWS, FilterSummary, plan_filter, search_threshold, write_datacomp_subset,
-                                write_summary, write_unshared)
+from curate.filters.run import (BATCH_ROWS, FilterSummary, check_where_binds, plan_filter, search_threshold,
+                                write_datacomp_subset, write_summary, write_unshared)
 from curate.io.index import index_files
 from curate.query import VIEW, connect_files
 
@@ -186,6 +186,12 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
     shutil.rmtree(parts_dir, ignore_errors=True)
     try:
         try:
+            if expr:
+                con = connect_files(files, memory_limit)
+                try:
+                    check_where_binds(con, expr)
+                finally:
+                    con.close()
             plan = plan_filter(rule, where, expr, RayPool(groups, memory_limit))
             predicate, parts, cols, names, counts_sql = (plan.predicate, plan.parts, plan.columns, plan.names,
                                                          plan.counts_sql)
@@ -196,6 +202,8 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
             finish = _remote(_finish, num_cpus=1)
             ranges = [(parts_dir / f"p{j:04d}", parts_dir / f"kept-{j:04d}.parquet") for j in range(partitions)]
             done = ray.get([finish.remote(str(d), cols, str(o), memory_limit) for d, o in ranges])
+        except duckdb.Error as e:
+            raise RuleError(f"DuckDB rejected the filter: {e}") from None
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
             if isinstance(cause, (duckdb.Error, RuleError)):

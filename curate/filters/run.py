@@ -277,8 +277,8 @@ def plan_filter(rule: str | None, where: str | None, expr: str | None, pool: Poo
                   + "".join(f", count(*) FILTER (WHERE {OK} AND NOT coalesce({p}, FALSE))" for p in preds)
                   + f" FROM {VIEW}")
     position = {id(leaf): i for i, leaf in enumerate(parts)}
-    on_flags = [rule_sql(tree, lambda leaf: f"_p{position[id(leaf)]}")] if tree else []
-    on_flags += [f"_p{len(parts)}"] if expr else []
+    on_flags = [rule_sql(tree, lambda leaf: f"__p{position[id(leaf)]}")] if tree else []
+    on_flags += [f"__p{len(parts)}"] if expr else []
     return FilterPlan(predicate, parts, columns, names, counts_sql,
                       [f"coalesce(({p}), FALSE)" for p in preds], " AND ".join(on_flags) or "TRUE")
 
@@ -290,27 +290,47 @@ SPLIT_SAMPLE = 1 << 16  # uids sampled to split a range
 HASH_BUCKET_ROWS = 1 << 23  # uid hashes a bucket of the duplicate search holds (about)
 MAX_FILES = 512  # at most this many uid ranges and hash buckets (open files) in a run
 UID_HASH = f"hash({S.UID})"  # DuckDB's 64-bit hash: equal uids, equal hashes
+_HASH, _OK, _KEPT, _ROW = "__h", "__ok", "__kept", "__row"  # select_pool's own columns
 SAME_SAMPLE = (f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, "
                f"round({S.CLIP_SCORE}, 3))) = 1")  # rows of one uid are copies of one sample
 
 
 def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
-    plan = plan_filter(rule, where, expr, IndexPool(con, index, out))
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".filter-work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
         try:
+            if expr:
+                check_where_binds(con, expr)
+            plan = plan_filter(rule, where, expr, IndexPool(con, index, out))
             pool_rows, pool_ok, removed, runs = select_pool(con, plan, work)
             shared = shared_uids(con, runs.duplicate_hashes())
         except duckdb.Error as e:
             raise RuleError(f"DuckDB rejected the filter: {e}") from None
-        kept_rows, shared_uid_rows = runs.write_subset(out / "subset.parquet", out / "subset.npy", shared)
+        # Written under .filter-work and renamed when both are complete: a run that fails
+        # (a uid that is not 32 hex characters, say) leaves the previous subset files as they were.
+        kept_rows, shared_uid_rows = runs.write_subset(work / "subset.parquet", work / "subset.npy", shared)
+        (work / "subset.parquet").replace(out / "subset.parquet")
+        (work / "subset.npy").replace(out / "subset.npy")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return write_summary(out, rule, where, plan.parts, pool_rows, pool_ok, kept_rows, dict(zip(plan.names, removed)),
                          shared_uid_rows)
+
+
+def check_where_binds(con: duckdb.DuckDBPyConnection, expr: str) -> None:
+    """Bind the checked ``--where`` expression as the ``WHERE`` of a query over the index
+    (nothing is read: ``LIMIT 0``), so it is refused here, with DuckDB's message, when it names a
+    column the index lacks or holds an aggregate or a window function, as a ``WHERE`` clause
+    would refuse it; in the filter's own projections it could otherwise name their internal
+    columns, or make DuckDB hold the whole pool for a window.
+
+    Raises:
+        duckdb.Error: DuckDB refuses it.
+    """
+    con.execute(f"SELECT 1 FROM {VIEW} WHERE coalesce(({expr}), FALSE) LIMIT 0").fetchall()
 
 
 def select_pool(con: duckdb.DuckDBPyConnection, plan: FilterPlan, work: Path) -> tuple[int, int, list[int], "KeptRuns"]:
@@ -322,24 +342,28 @@ def select_pool(con: duckdb.DuckDBPyConnection, plan: FilterPlan, work: Path) ->
     """
     (pool_rows,) = con.execute(f"SELECT count(*) FROM {VIEW}").fetchall()[0]
     n = len(plan.passes_sql)
-    passes = "".join(f", {p} AS _p{i}" for i, p in enumerate(plan.passes_sql))
-    # Each part is evaluated once a row (columns _p<i>); the kept rows' columns travel as one
-    # struct, null on the other rows (a CASE a column costs more).
+    passes = "".join(f", {p} AS __p{i}" for i, p in enumerate(plan.passes_sql))
+    # Each part is evaluated once a row (columns __p<i>); the kept rows' columns travel as one
+    # struct, null on the other rows (a CASE a column costs more). No "SELECT *" over the
+    # index: its columns never shadow these internal names, and --where was checked against
+    # the index's own columns (check_where_binds), so it cannot name them either.
+    cols = ", ".join(plan.columns)
     row = ", ".join(f"{c} := {c}" for c in plan.columns)
     reader = con.sql(
-        f"SELECT _h, _ok, _kept{''.join(f', NOT _p{i} AS _f{i}' for i in range(n))}, "
-        f"CASE WHEN _kept THEN struct_pack({row}) END AS _row FROM ("
-        f"SELECT *, _ok AND ({plan.on_passes}) AS _kept FROM ("
-        f"SELECT *, {UID_HASH} AS _h, coalesce({OK}, FALSE) AS _ok{passes} FROM {VIEW}))").to_arrow_reader(BATCH_ROWS)
+        f"SELECT {_HASH}, {_OK}, {_KEPT}{''.join(f', NOT __p{i} AS __f{i}' for i in range(n))}, "
+        f"CASE WHEN {_KEPT} THEN struct_pack({row}) END AS {_ROW} FROM ("
+        f"SELECT *, {_OK} AND ({plan.on_passes}) AS {_KEPT} FROM ("
+        f"SELECT {cols}, {UID_HASH} AS {_HASH}, coalesce({OK}, FALSE) AS {_OK}{passes} FROM {VIEW}))"
+    ).to_arrow_reader(BATCH_ROWS)
     runs = KeptRuns(work, reader.schema, pool_rows)
     pool_ok, removed = 0, [0] * n
     with runs:
         for batch in reader:
-            ok = batch.column("_ok").to_numpy(zero_copy_only=False)
+            ok = batch.column(_OK).to_numpy(zero_copy_only=False)
             pool_ok += int(ok.sum())
             for i in range(len(removed)):
-                removed[i] += int((batch.column(f"_f{i}").to_numpy(zero_copy_only=False) & ok).sum())
-            runs.add(batch.column("_h").to_numpy(), batch.column("_kept").to_numpy(zero_copy_only=False), batch)
+                removed[i] += int((batch.column(f"__f{i}").to_numpy(zero_copy_only=False) & ok).sum())
+            runs.add(batch.column(_HASH).to_numpy(), batch.column(_KEPT).to_numpy(zero_copy_only=False), batch)
     return int(pool_rows), pool_ok, removed, runs
 
 
@@ -397,7 +421,7 @@ class KeptRuns:
 
     def __init__(self, work: Path, schema: pa.Schema, pool_rows: int):
         self.work = work
-        self.schema = pa.schema(list(schema.field("_row").type) + [schema.field("_h")])
+        self.schema = pa.schema(list(schema.field(_ROW).type) + [schema.field(_HASH)])
         ranges = int(min(MAX_FILES, max(1, -(-pool_rows // PART_POOL_ROWS))))
         self.bounds = hex_range_bounds(ranges)
         self.counts = np.zeros(ranges, dtype=np.int64)
@@ -437,7 +461,7 @@ class KeptRuns:
             part.tofile(f)
         if not kept.any():
             return
-        picked = batch.select(["_row", "_h"]).filter(pa.array(kept))
+        picked = batch.select([_ROW, _HASH]).filter(pa.array(kept))
         rows = pa.Table.from_arrays(picked.column(0).flatten() + [picked.column(1)], schema=self.schema)
         self._pending.append(rows)
         self._pending_rows += rows.num_rows
@@ -537,7 +561,7 @@ class KeptRuns:
 
         written = left_out = 0
         uids = self.work / "uids.u8u8"
-        schema = self.schema.remove(self.schema.get_field_index("_h"))
+        schema = self.schema.remove(self.schema.get_field_index(_HASH))
         last: list = [None, True]  # the last uid pair written, whether all came in order
 
         def write(rows: pa.Table) -> None:
@@ -556,7 +580,7 @@ class KeptRuns:
                 ThreadPoolExecutor(1) as pool:
             pending = None
             for rows in self.sorted_ranges():
-                rows = rows.drop_columns(["_h"])
+                rows = rows.drop_columns([_HASH])
                 if len(shared):
                     drop = pc.fill_null(pc.is_in(rows.column(S.UID), value_set=shared), False)
                     left_out += int(pc.sum(drop).as_py() or 0)

@@ -397,6 +397,9 @@ def test_distributed_filter_writes_the_single_node_subset(ray_cluster, tmp_path,
     assert (tmp_path / "one/subset.npy").read_bytes() == (tmp_path / "many/subset.npy").read_bytes()
     assert pq.read_table(tmp_path / "one/subset.parquet").equals(pq.read_table(tmp_path / "many/subset.parquet"))
     assert not (tmp_path / "many/.filter-parts").exists()
+    # --where is bound as a WHERE clause first: no window over the pool, no internal column.
+    with pytest.raises(RuleError, match="DuckDB rejected"):
+        run_filter_distributed(idx, rule, tmp_path / "w", where="row_number() OVER () < 3", files_per_task=1)
     # text_match() asks every file group whether the pool was read (--ocr): this one was not.
     with pytest.raises(RuleError, match="--ocr"):
         run_filter_distributed(idx, "text_match()", tmp_path / "tm", files_per_task=1)
@@ -478,3 +481,32 @@ def test_threshold_of_any_float_column_equals_the_in_memory_one(tmp_path_factory
     """Values anywhere (beyond the first pass's [-1, 1], infinities, NaN, huge ranges whose
     width overflows): the narrowing search still finds the in-memory order statistic."""
     _check_narrowing(tmp_path_factory, monkeypatch, [("ok", v) for v in values], fraction, exact_rows=2)
+
+
+def test_filter_is_not_fooled_by_hostile_columns_where_or_uids(tmp_path):
+    """Found by trying to break the streaming filter: an index column named like one of its
+    internal columns changes nothing; a --where that names them, or holds a window function or
+    an aggregate, is refused as a WHERE clause refuses it; a run that fails on a uid that is not
+    32 hex characters leaves the previous subset files as they were; running out of DuckDB
+    memory is a RuleError, not a traceback."""
+    idx = make_index(tmp_path / "index")
+    ref = kept_keys(idx, "tmars(fraction=0.5) & basic()", tmp_path / "a")[0]
+    t = pq.read_table(next(idx.glob("*.parquet")))
+    for name, value in [("__kept", pa.array([True] * t.num_rows)), ("__p0", pa.array([1] * t.num_rows)),
+                        ("_kept", pa.array([1] * t.num_rows))]:
+        t = t.append_column(name, value)
+    pq.write_table(t, next(idx.glob("*.parquet")))
+    assert kept_keys(idx, "tmars(fraction=0.5) & basic()", tmp_path / "b")[0] == ref == ["01", "07"]
+    for where in ["__h % 2 = 0", "__ok", "row_number() OVER () <= 5", "width > avg(width) OVER ()", "count(*) > 0"]:
+        with pytest.raises(RuleError, match="DuckDB rejected"):
+            run_filter(idx, "basic()", tmp_path / "w", where=where)
+    good = tmp_path / "out"
+    run_filter(idx, "basic()", good)
+    before = {f: (good / f).read_bytes() for f in ("subset.parquet", "subset.npy", "filter_summary.json")}
+    bad = make_index(tmp_path / "bad", [(f"x{i}", "ok", "a dog on a beach", "en", 400, 400, 0.0, 0.3, 0.3)
+                                        for i in range(5)])
+    with pytest.raises(ValueError, match="hex"):
+        run_filter(bad, "basic()", good)
+    assert {f: (good / f).read_bytes() for f in before} == before and not (good / ".filter-work").exists()
+    with pytest.raises(RuleError, match="DuckDB rejected"):
+        run_filter(idx, "tmars(fraction=0.5)", tmp_path / "oom", memory_limit="1MiB")
