@@ -36,19 +36,13 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate
-from curate.filters.run import (BATCH_ROWS, FilterSummary, check_where_binds, plan_filter, search_threshold,
-                                write_datacomp_subset, write_summary, write_unshared)
+from curate.filters.run import (BATCH_ROWS, SAMPLE_FIELDS, FilterSummary, check_where_binds, plan_filter, search_threshold,
+                                uid_bounds, write_datacomp_subset, write_summary, write_unshared)
 from curate.io.index import index_files
 from curate.query import VIEW, connect_files
 
 PARTITIONS = 16  # uid ranges of the shuffle (and tasks of the last round)
-SIGNATURE = (f"hash({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, round({S.CLIP_SCORE}, 3))")
-
-
-def uid_bounds(partitions: int) -> list[str]:
-    """The ``partitions - 1`` lower bounds (after the first) of equal uid ranges: 4-hex-digit
-    prefixes; string comparison puts any uid, hex or not, in exactly one range."""
-    return [f"{j * 16**4 // partitions:04x}" for j in range(1, partitions)]
+SIGNATURE = f"hash({SAMPLE_FIELDS})"
 
 
 def _part_sql(bounds: list[str]) -> str:

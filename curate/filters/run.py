@@ -291,8 +291,9 @@ HASH_BUCKET_ROWS = 1 << 23  # uid hashes a bucket of the duplicate search holds 
 MAX_FILES = 512  # at most this many uid ranges and hash buckets (open files) in a run
 UID_HASH = f"hash({S.UID})"  # DuckDB's 64-bit hash: equal uids, equal hashes
 _HASH, _OK, _KEPT, _ROW = "__h", "__ok", "__kept", "__row"  # select_pool's own columns
-SAME_SAMPLE = (f"count(DISTINCT ({S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, "
-               f"round({S.CLIP_SCORE}, 3))) = 1")  # rows of one uid are copies of one sample
+# What makes rows of one uid copies of one sample (DataComp's upweighted duplicates).
+SAMPLE_FIELDS = f"{S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, round({S.CLIP_SCORE}, 3)"
+SAME_SAMPLE = f"count(DISTINCT ({SAMPLE_FIELDS})) = 1"
 
 
 def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
@@ -392,19 +393,19 @@ def uid_sort_keys(uids: pa.Array) -> np.ndarray:
     return mat.view(f"S{KEY_BYTES}").reshape(n)
 
 
-def hex_range_bounds(ranges: int) -> np.ndarray:
+def uid_bounds(ranges: int) -> list[str]:
     """The ``ranges - 1`` lower bounds (after the first) of uid ranges that split uniformly
-    spread hex uids (DataComp's, or md5 ones) evenly: 4-hex-digit prefixes as ``uid_sort_keys``
-    keys. Any uid, hex or not, falls in exactly one range; a range that receives too many rows
-    is split again (``KeptRuns``)."""
-    return np.asarray([f"{j * 16**4 // ranges:04x}".encode() for j in range(1, ranges)], dtype=f"S{KEY_BYTES}")
+    spread hex uids (DataComp's, or md5 ones) evenly: 4-hex-digit prefixes. String comparison
+    puts any uid, hex or not, in exactly one range; the streaming filter splits a range that
+    receives too many rows (``KeptRuns``), the distributed one shuffles by them."""
+    return [f"{j * 16**4 // ranges:04x}" for j in range(1, ranges)]
 
 
 class KeptRuns:
     """What ``select_pool`` spills, in bounded memory whatever the pool size.
 
     - The kept rows (the subset's columns and the uid hash ``_h``), split into disjoint uid
-      ranges in order, one LZ4 Arrow IPC stream a range (``hex_range_bounds``: about
+      ranges in order, one LZ4 Arrow IPC stream a range (``uid_bounds``: about
       ``PART_POOL_ROWS`` pool rows a range for hex uids). Rows wait in one pending table of at
       most ``PENDING_ROWS`` rows before they are routed, so writes stay large.
     - Every row's 64-bit uid hash (``UID_HASH``), split by its top bits into buckets of about
@@ -423,7 +424,7 @@ class KeptRuns:
         self.work = work
         self.schema = pa.schema(list(schema.field(_ROW).type) + [schema.field(_HASH)])
         ranges = int(min(MAX_FILES, max(1, -(-pool_rows // PART_POOL_ROWS))))
-        self.bounds = hex_range_bounds(ranges)
+        self.bounds = np.asarray([b.encode() for b in uid_bounds(ranges)], dtype=f"S{KEY_BYTES}")
         self.counts = np.zeros(ranges, dtype=np.int64)
         bits = int(min(int(math.log2(MAX_FILES)), max(0, math.ceil(math.log2(max(1, pool_rows / HASH_BUCKET_ROWS))))))
         self.buckets = 1 << bits
