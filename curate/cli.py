@@ -23,14 +23,16 @@ dataclass's docstring. Inputs and outputs (shards, ``--out``, ``--index``) and h
 (``--num-cpus``, ``--address``) are the only hand-written flags.
 
 Exit codes: 0 when every shard was read (bad samples are recorded, not failures); 1 when a
-shard could not be read at all; 2 for a usage or configuration error (unknown model, weights
-not available offline, bad config), reported before any shard is read.
+shard could not be read at all, or a disk filled up (``no_space_left``: one line naming the
+disk error, no traceback); 2 for a usage or configuration error (unknown model, weights not
+available offline, bad config), reported before any shard is read.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 from typing import Any
@@ -379,11 +381,36 @@ def _cmd_make_evalset(args) -> int:
     return _run_command("make-evalset", call)
 
 
+def no_space_left(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it was raised from or during) is a full disk.
+
+    Python and pyarrow raise ``OSError`` with ``errno.ENOSPC``; DuckDB raises ``IOException``
+    and Ray ``RayTaskError`` with the message only, so "No space left on device" in the text
+    counts too.
+    """
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _no_space_message(command: str, e: BaseException) -> str:
+    detail = " ".join(str(e).split())[:300]
+    return (f"curate {command}: error: no space left on device ({detail}). Free space on that disk, or write "
+            f"the output (and TMPDIR, where DuckDB and Ray spill) to a larger one, then rerun")
+
+
 def _run_command(command: str, call, *errors: type[Exception]) -> int:
     """Run ``call``; print its summary (exit code: the summary's, else 0), or a usage error (2)."""
     try:
         summary = call()
     except (ValueError, FileNotFoundError, *errors) as e:
+        if no_space_left(e):
+            print(_no_space_message(command, e), file=sys.stderr)
+            return 1
         print(f"curate {command}: error: {e}", file=sys.stderr)
         return 2
     print(summary.format())
@@ -424,6 +451,9 @@ def _cmd_query(args) -> int:
             rel.show(max_rows=args.max_rows, max_width=200)
             print(f"({table.num_rows} rows)")
     except (QueryError, FileNotFoundError, ValueError) as e:
+        if no_space_left(e):
+            print(_no_space_message("query", e), file=sys.stderr)
+            return 1
         print(f"curate query: error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -456,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"curate {args.command}: interrupted; finished index files are kept, rerun to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk is the machine's state, not a bug: one line, exit 1
+        if not no_space_left(e):
+            raise
+        print(_no_space_message(args.command, e), file=sys.stderr)
+        return 1
 
 
 def _dispatch(args) -> int:

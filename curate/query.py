@@ -15,6 +15,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.io.atomic import atomic_path
 from curate.io.index import index_files
 
 VIEW = "scores"
@@ -130,7 +131,9 @@ def query_to_file(sql: str, index: str | Path, path: str | Path, memory_limit: s
         Rows written.
 
     Raises:
-        QueryError: not read-only, or DuckDB rejects it.
+        QueryError: not read-only, or DuckDB rejects it (a full disk included: its
+            ``__context__`` is DuckDB's ``IOException``).
+        OSError: writing ``path`` failed (``errno.ENOSPC``: the disk is full).
         ValueError: unknown extension.
         FileNotFoundError: no index files.
     """
@@ -141,22 +144,20 @@ def query_to_file(sql: str, index: str | Path, path: str | Path, memory_limit: s
         raise ValueError(f"--output must end in .csv, .parquet, .json or .jsonl, got {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     spill = path.with_name(path.name + ".duckdb-tmp")
-    part = path.with_name(path.name + ".part")
     con = connect(index, memory_limit=memory_limit, temp_directory=spill)
     rows = 0
-    try:
-        reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
-        with _BatchWriter(part, ext, reader.schema) as out:
-            for batch in reader:
-                out.write(batch)
-                rows += batch.num_rows
+    try:  # a failed run (a DuckDB error, a full disk) leaves no partial file behind
+        with atomic_path(path) as part:
+            reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
+            with _BatchWriter(part, ext, reader.schema) as out:
+                for batch in reader:
+                    out.write(batch)
+                    rows += batch.num_rows
     except duckdb.Error as e:
-        part.unlink(missing_ok=True)
         raise QueryError(str(e)) from None
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
-    part.replace(path)
     return rows
 
 

@@ -259,3 +259,30 @@ def dbnet_unique_pool(tmp_path_factory, ray_cluster):
     single = run_score([str(d / "pool" / "*.tar")], d / "index", cfg, progress=False)
     assert single.exit_code == 0
     return d / "pool", expected, rows_by_uid(d / "index")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """``(mount point, fill)``: a 1 MiB tmpfs, and ``fill()`` writes one file on it until the
+    disk is full (``errno.ENOSPC``). Needs root to mount; skipped elsewhere."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    def fill():
+        with open(mnt / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError as e:
+                assert e.errno == 28
+        assert shutil.disk_usage(mnt).free < 4096
+
+    try:
+        yield mnt, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

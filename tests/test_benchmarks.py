@@ -108,6 +108,12 @@ def test_filter_bench_runs_small_and_agrees_with_its_baseline(tmp_path):
     assert [r["rows"] for r in rows] == [20000, 60000] and all(r["same_uids"] for r in rows)
     assert 0 < rows[0]["kept"] < rows[1]["kept"] < 0.3 * 60000
     assert len(list((tmp_path / "index-20000").iterdir())) == 2 and "| 60,000 |" in proc.stdout
+    # A build the disk cannot hold is refused before it starts, naming the space and the way out.
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "filter_bench.py"), "--rows", str(10**13),
+                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "GB are free there: give --workdir on a larger disk" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 @pytest.mark.slow

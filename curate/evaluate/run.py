@@ -23,6 +23,7 @@ from typing import Any
 
 from curate.evaluate.datasets import open_evalset
 from curate.evaluate.tasks import DATACOMP_TASKS, GROUPS, NUM_AVERAGED, folder_candidates, task_for
+from curate.io.atomic import write_json_atomically
 
 RESULTS_FILE = "eval_results.jsonl"
 SUMMARY_FILE = "eval_summary.json"
@@ -268,10 +269,10 @@ def run_evaluate(tasks: list[str], data_dir: str | Path, out: str | Path, model:
         with open(results_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         summary.results.append(record)
-    (out / SUMMARY_FILE).write_text(json.dumps({
+    write_json_atomically(out / SUMMARY_FILE, {
         "model": model, "pretrained": label, "aggregates": summary.aggregates(),
         "tasks": {r["task"]: r["score"] for r in summary.results},
         "missing": {k: [str(p) for p in v] for k, v in summary.missing.items()},
         "unsupported": summary.unsupported, "failed": summary.failed,
-    }, indent=2))
+    }, indent=2)
     return summary

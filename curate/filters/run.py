@@ -7,7 +7,6 @@ one streaming scan whose kept rows are sorted one uid range at a time (``run_fil
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from curate.filters.rules import (OK, Leaf, Pool, RuleError, check_predicate, le
                                   rule_sql)
 from curate.io.subset import uids_to_datacomp
 from curate.query import VIEW, connect
+from curate.io.atomic import write_json_atomically
 
 
 class IndexPool(Pool):
@@ -666,7 +666,7 @@ def write_summary(out: Path, rule: str | None, where: str | None, parts: list[Le
     for leaf in parts:
         summary.outputs.update({f"{leaf.name} {k}": str(v) for k, v in leaf.details.pop("files", {}).items()})
     record = dict(summary.__dict__, thresholds={k: v if math.isfinite(v) else str(v) for k, v in thresholds.items()})
-    (out / "filter_summary.json").write_text(json.dumps(record, indent=2, default=str, allow_nan=False))
+    write_json_atomically(out / "filter_summary.json", record, indent=2, default=str, allow_nan=False)
     return summary
 
 

@@ -10,8 +10,6 @@ and whether the whole shard was read (``curate.shard_status``: ``complete`` or `
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 import numpy as np
@@ -20,6 +18,7 @@ import pyarrow.parquet as pq
 
 from curate import __version__
 from curate import schema as S
+from curate.io.atomic import atomic_path
 from curate.io.shards import SHARD_COMPLETE, shard_name
 
 INDEX_SUFFIX = ".parquet"
@@ -127,17 +126,9 @@ def write_index_file(path: str | Path, table: pa.Table, metadata: dict[str, str]
 def write_parquet_atomically(path: str | Path, table: pa.Table, metadata: dict[str, str]) -> None:
     """Write ``table`` (zstd) with string key-value ``metadata`` to a temporary file beside
     ``path``, then rename it (``os.replace``): a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = table.replace_schema_metadata({_utf8(k).encode(): _utf8(str(v)).encode() for k, v in metadata.items()})
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:  # Python opens any file name the OS has, even non-UTF-8 bytes
-            pq.write_table(table, f, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # Python opens any name the OS has, even non-UTF-8
+        pq.write_table(table, f, compression="zstd")
 
 
 def remove_stale_temporaries(path: str | Path) -> int:

@@ -16,7 +16,6 @@ an input key may repeat across shards, and a repeated uid needs distinct keys.
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from curate import schema as S
 from curate.io.samples import sample_digest, shard_records
 from curate.io.shards import SHARD_COMPLETE, expand_shards, read_shard, shard_name
 from curate.io.subset import load_subset_counts
+from curate.io.atomic import write_json_atomically
 
 
 @dataclass
@@ -101,7 +101,7 @@ class _Writer:
         if self.tar is not None:
             self.tar.close()
             stats = {"count": self.count, "shard": self.names[-1]}
-            (self.out / f"{self.index:08d}_stats.json").write_text(json.dumps(stats))
+            write_json_atomically(self.out / f"{self.index:08d}_stats.json", stats)
             self.tar, self.count = None, 0
 
 
@@ -149,5 +149,5 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
     summary.found_uids = len(found)
     summary.written_samples = writer.total
     summary.output_shards = writer.names
-    (out / "reshard_summary.json").write_text(json.dumps(summary.__dict__ | {"missing_uids": summary.missing_uids}, indent=2))
+    write_json_atomically(out / "reshard_summary.json", summary.__dict__ | {"missing_uids": summary.missing_uids}, indent=2)
     return summary

@@ -17,6 +17,7 @@ from curate.scoring.plan import build_dataset, check_resources, fit_to_cluster, 
 from curate.scoring.provenance import index_metadata, plan_shards
 from curate.scoring.summary import SHARD_FAILED, ScoreSummary, ShardResult
 from curate.scoring.writer import ShardTracker
+from curate.io.atomic import write_json_atomically
 
 log = logging.getLogger("curate")
 
@@ -155,7 +156,7 @@ def run_score(
         log.warning("curate score: %d row(s) arrived twice (Ray task retries) and were written once", duplicates)
     summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir), duplicates,
                            stage_stats, plan, startup, driver_cpu)
-    (out_dir / "_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    write_json_atomically(out_dir / "_summary.json", summary.to_dict(), indent=2, default=str)
     return summary
 
 

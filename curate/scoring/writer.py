@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import schema as S
+from curate.io.atomic import atomic_path
 from curate.io.index import index_path, records_to_table, write_index_file
 from curate.io.shards import SHARD_COMPLETE, SHARD_UNREADABLE
 from curate.scoring.plan import BUSY_PREFIX, DONE_AT
@@ -112,10 +113,9 @@ def _write_part(out_dir: str, url: str, cols: dict[str, np.ndarray], seqs: np.nd
     folder = parts_dir(out_dir, url)
     folder.mkdir(parents=True, exist_ok=True)
     name = uuid.uuid4().hex
-    path, tmp = folder / f"{name}.parquet", folder / f".{name}.tmp"
-    with open(tmp, "wb") as f:
+    path = folder / f"{name}.parquet"
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         pq.write_table(table, f, compression="zstd")
-    os.replace(tmp, path)
     return str(path)
 
 

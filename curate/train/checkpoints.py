@@ -11,11 +11,11 @@ one. Files: ``OUT/checkpoints/step_{step:08d}.pt``, written atomically (temporar
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
+from curate.io.atomic import atomic_path
 from curate.train.config import TrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -55,11 +55,10 @@ def save_checkpoint(out: str | Path, state: dict[str, Any], keep: int) -> Path:
     """
     path = checkpoint_path(out, state["curate"]["step"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     import torch
 
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     if keep > 0:
         for _, old in list_checkpoints(out)[:-keep]:
             old.unlink(missing_ok=True)

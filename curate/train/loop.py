@@ -26,6 +26,7 @@ import torch
 
 from curate.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from curate.train.config import TrainConfig
+from curate.io.atomic import write_json_atomically
 
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -321,4 +322,4 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
             "checkpoint": str(latest_checkpoint(out)),
             "seconds": time.perf_counter() - t_start,
         }
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        write_json_atomically(out / SUMMARY_FILE, summary, indent=2)

@@ -22,6 +22,7 @@ from typing import Any
 from curate.train.config import TrainConfig
 from curate.train.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, resume_mismatches
 from curate.train.loop import LOG_FILE, SUMMARY_FILE, worker_loop
+from curate.io.atomic import write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,9 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
             raise ValueError(f"{resume_path} is at step {saved['step']}, the end of this run ({cfg.steps} steps)")
     out.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
-    (out / "train_config.json").write_text(json.dumps(
+    write_json_atomically(out / "train_config.json",
         {"run_id": run_id, "config": cfg.to_dict(), "shards": urls, "subset": subset,
-         "resume": str(resume_path) if resume_path else None}, indent=2))
+         "resume": str(resume_path) if resume_path else None}, indent=2)
     summary_file = out / SUMMARY_FILE
     summary_file.unlink(missing_ok=True)
 

@@ -510,3 +510,23 @@ def test_filter_is_not_fooled_by_hostile_columns_where_or_uids(tmp_path):
     assert {f: (good / f).read_bytes() for f in before} == before and not (good / ".filter-work").exists()
     with pytest.raises(RuleError, match="DuckDB rejected"):
         run_filter(idx, "tmars(fraction=0.5)", tmp_path / "oom", memory_limit="1MiB")
+
+
+def test_full_disk_is_one_line_and_leaves_the_previous_outputs(tmp_path, full_disk, capsys):
+    """A disk that fills up while `curate filter` or `curate query --output` writes: exit 1 with
+    one line naming the disk error (no traceback, not a usage error), the previous subset files
+    byte for byte as they were, and no partial or spill files left to take the space."""
+    index = _awkward_pool(tmp_path / "index", seed=3)
+    disk, fill = full_disk
+    out = disk / "subset"
+    assert main(["filter", "--index", str(index), "--rule", "clip_score(fraction=0.5)", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    fill()
+    assert main(["filter", "--index", str(index), "--rule", "basic()", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("curate filter: error: no space left on device (") and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .filter-work, no .duckdb-tmp
+    assert main(["query", "SELECT * FROM scores", "--index", str(index), "--output", str(disk / "rows.parquet")]) == 1
+    assert capsys.readouterr().err.startswith("curate query: error: no space left on device (")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "subset"]
