@@ -23,7 +23,7 @@ dataclass's docstring. Inputs and outputs (shards, ``--out``, ``--index``) and h
 (``--num-cpus``, ``--address``) are the only hand-written flags.
 
 Exit codes: 0 when every shard was read (bad samples are recorded, not failures); 1 when a
-shard could not be read at all, or a disk filled up (``no_space_left``: one line naming the
+shard could not be read at all, or a disk filled up (``disk_full``: one line naming the
 disk error, no traceback); 2 for a usage or configuration error (unknown model, weights not
 available offline, bad config), reported before any shard is read.
 """
@@ -310,7 +310,7 @@ def _cmd_train(args) -> int:
     try:
         return _run_command("train", call)
     except (TrainFailed, NoTrainingData) as e:
-        print(f"curate train: failed: {e}", file=sys.stderr)
+        print(_no_space_message("train", e) if disk_full(e) else f"curate train: failed: {e}", file=sys.stderr)
         return 1
 
 
@@ -381,26 +381,32 @@ def _cmd_make_evalset(args) -> int:
     return _run_command("make-evalset", call)
 
 
-def no_space_left(e: BaseException) -> bool:
-    """Whether ``e`` (or an exception it was raised from or during) is a full disk.
+# What a full disk says where no errno is kept: Python and pyarrow raise OSError with
+# errno.ENOSPC, DuckDB an IOException with the OS's text, or (when its temp_directory cannot grow)
+# an OutOfMemoryException naming max_temp_directory_size.
+NO_SPACE_TEXT = ("No space left on device", "max_temp_directory_size")
 
-    Python and pyarrow raise ``OSError`` with ``errno.ENOSPC``; DuckDB raises ``IOException``
-    and Ray ``RayTaskError`` with the message only, so "No space left on device" in the text
-    counts too.
-    """
+
+def disk_full(e: BaseException | None) -> BaseException | None:
+    """The exception that says a disk is full, among ``e``, those it was raised from or during
+    (``__cause__``, ``__context__``) and a Ray task's own (``RayTaskError.cause``); ``None``
+    when there is none."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
-            return True
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException) and cause is not e and (inner := disk_full(cause)) is not None:
+            return inner
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or any(t in str(e) for t in NO_SPACE_TEXT):
+            return e
         e = e.__cause__ or e.__context__
-    return False
+    return None
 
 
 def _no_space_message(command: str, e: BaseException) -> str:
-    detail = " ".join(str(e).split())[:300]
-    return (f"curate {command}: error: no space left on device ({detail}). Free space on that disk, or write "
-            f"the output (and TMPDIR, where DuckDB and Ray spill) to a larger one, then rerun")
+    lines = str(disk_full(e) or e).strip().splitlines() or [""]
+    return (f"curate {command}: error: no space left on device ({lines[0][:300]}). Free space on that disk, or "
+            f"write the output to a larger one, then rerun")
 
 
 def _run_command(command: str, call, *errors: type[Exception]) -> int:
@@ -408,7 +414,7 @@ def _run_command(command: str, call, *errors: type[Exception]) -> int:
     try:
         summary = call()
     except (ValueError, FileNotFoundError, *errors) as e:
-        if no_space_left(e):
+        if disk_full(e):
             print(_no_space_message(command, e), file=sys.stderr)
             return 1
         print(f"curate {command}: error: {e}", file=sys.stderr)
@@ -451,7 +457,7 @@ def _cmd_query(args) -> int:
             rel.show(max_rows=args.max_rows, max_width=200)
             print(f"({table.num_rows} rows)")
     except (QueryError, FileNotFoundError, ValueError) as e:
-        if no_space_left(e):
+        if disk_full(e):
             print(_no_space_message("query", e), file=sys.stderr)
             return 1
         print(f"curate query: error: {e}", file=sys.stderr)
@@ -487,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curate {args.command}: interrupted; finished index files are kept, rerun to resume", file=sys.stderr)
         return 130
     except Exception as e:  # a full disk is the machine's state, not a bug: one line, exit 1
-        if not no_space_left(e):
+        if not disk_full(e):
             raise
         print(_no_space_message(args.command, e), file=sys.stderr)
         return 1

@@ -263,14 +263,14 @@ def dbnet_unique_pool(tmp_path_factory, ray_cluster):
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """``(mount point, fill)``: a 1 MiB tmpfs, and ``fill()`` writes one file on it until the
+    """``(mount point, fill)``: a 4 MiB tmpfs, and ``fill()`` writes one file on it until the
     disk is full (``errno.ENOSPC``). Needs root to mount; skipped elsewhere."""
     import shutil
     import subprocess
 
     mnt = tmp_path / "small-disk"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
 
     def fill():

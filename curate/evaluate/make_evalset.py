@@ -22,11 +22,16 @@ DataComp's evaluation read): ``test/{0..n-1}.tar`` written with ``webdataset.Sha
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from curate.evaluate.datasets import default_classnames, default_templates
+from curate.io.atomic import temporary_name
 from curate.io.formats import EVAL_WDS_EXTS, image_suffixes
 
 
@@ -114,15 +119,40 @@ def _evaluable(name: str, data: bytes) -> tuple[str, bytes]:
     return "png", buf.getvalue()
 
 
-def _writer(folder: Path, shard_size: int):
+@contextmanager
+def _building(folder: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``folder`` to write the test set into; it replaces
+    ``folder`` when complete and is removed on any error (a bad caption line, a full disk), so
+    a failed run leaves nothing behind and never blocks the next one."""
+    tmp = temporary_name(folder)
+    try:
+        yield tmp
+        if folder.exists():  # an incomplete folder (no test/nshards.txt: _prepare checked)
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _shard_writer(folder: Path, shard_size: int):
+    """``webdataset.ShardWriter`` over ``folder/test/{0..}.tar``, closed on the way out; on an
+    error it is closed quietly (a tar stream that cannot flush would otherwise complain again
+    when collected) and the error propagates."""
     import webdataset as wds
 
     (folder / "test").mkdir(parents=True, exist_ok=True)
-    return wds.ShardWriter(str(folder / "test" / "%d.tar"), maxcount=shard_size, verbose=0)
-
-
-def _finish(folder: Path, writer) -> int:
+    writer = wds.ShardWriter(str(folder / "test" / "%d.tar"), maxcount=shard_size, verbose=0)
+    try:
+        yield writer
+    except BaseException:
+        with suppress(Exception):
+            writer.close()
+        raise
     writer.close()
+
+
+def _count_shards(folder: Path) -> int:
     shards = len(list((folder / "test").glob("*.tar")))
     (folder / "test" / "nshards.txt").write_text(f"{shards}\n")
     return shards
@@ -177,14 +207,15 @@ def make_classification_set(imagefolder: str | Path, name: str, out: str | Path,
     else:
         tmpl, source_of_templates = default_templates(name)
     index = {c: i for i, c in enumerate(classes)}
-    writer = _writer(folder, shard_size)
-    for n, (rel, data) in enumerate(items):
-        path = PurePosixPath(rel)
-        ext, data = _evaluable(rel, data)
-        writer.write({"__key__": f"s{n:07d}", ext: data, "cls": str(index[path.parent.name]).encode()})
-    shards = _finish(folder, writer)
-    (folder / "classnames.txt").write_text("\n".join(names) + "\n")
-    (folder / "zeroshot_classification_templates.txt").write_text("\n".join(tmpl) + "\n")
+    with _building(folder) as tmp:
+        with _shard_writer(tmp, shard_size) as writer:
+            for n, (rel, data) in enumerate(items):
+                path = PurePosixPath(rel)
+                ext, data = _evaluable(rel, data)
+                writer.write({"__key__": f"s{n:07d}", ext: data, "cls": str(index[path.parent.name]).encode()})
+        shards = _count_shards(tmp)
+        (tmp / "classnames.txt").write_text("\n".join(names) + "\n")
+        (tmp / "zeroshot_classification_templates.txt").write_text("\n".join(tmpl) + "\n")
     return EvalsetSummary(str(folder), "classification", len(items), shards, classes=len(classes),
                           templates_source=source_of_templates)
 
@@ -215,22 +246,23 @@ def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, 
     dup = next((i for i in images if images.count(i) > 1), None)
     if dup is not None:
         raise ValueError(f"{captions}: image {dup!r} is listed more than once; give all its captions on one line")
-    writer = _writer(folder, shard_size)
     total = 0
-    for n, (line_no, row) in enumerate(rows):
-        raw = row.get("captions")
-        if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
-            raise ValueError(f"{captions} line {line_no}: 'captions' must be a list of strings")
-        caps = [c.strip() for c in raw if c.strip()]
-        if not isinstance(row.get("image"), str) or not caps:
-            raise ValueError(f"{captions} line {line_no}: needs 'image' and at least one non-empty caption")
-        image = root / row["image"]
-        if not image.is_file():
-            raise FileNotFoundError(f"{captions} line {line_no}: image not found: {image}")
-        ext, data = _evaluable(str(image), image.read_bytes())
-        writer.write({"__key__": f"s{n:07d}", ext: data, "txt": "\n".join(caps).encode()})
-        total += len(caps)
-    shards = _finish(folder, writer)
-    (folder / "dataset_type.txt").write_text("retrieval\n")
+    with _building(folder) as tmp:
+        with _shard_writer(tmp, shard_size) as writer:
+            for n, (line_no, row) in enumerate(rows):
+                raw = row.get("captions")
+                if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+                    raise ValueError(f"{captions} line {line_no}: 'captions' must be a list of strings")
+                caps = [c.strip() for c in raw if c.strip()]
+                if not isinstance(row.get("image"), str) or not caps:
+                    raise ValueError(f"{captions} line {line_no}: needs 'image' and at least one non-empty caption")
+                image = root / row["image"]
+                if not image.is_file():
+                    raise FileNotFoundError(f"{captions} line {line_no}: image not found: {image}")
+                ext, data = _evaluable(str(image), image.read_bytes())
+                writer.write({"__key__": f"s{n:07d}", ext: data, "txt": "\n".join(caps).encode()})
+                total += len(caps)
+        shards = _count_shards(tmp)
+        (tmp / "dataset_type.txt").write_text("retrieval\n")
     return EvalsetSummary(str(folder), "retrieval", len(rows), shards, captions=total)
 

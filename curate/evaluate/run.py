@@ -23,7 +23,7 @@ from typing import Any
 
 from curate.evaluate.datasets import open_evalset
 from curate.evaluate.tasks import DATACOMP_TASKS, GROUPS, NUM_AVERAGED, folder_candidates, task_for
-from curate.io.atomic import write_json_atomically
+from curate.io.atomic import append_line, write_json_atomically
 
 RESULTS_FILE = "eval_results.jsonl"
 SUMMARY_FILE = "eval_summary.json"
@@ -184,10 +184,16 @@ class EvalSummary:
 def _load_done(path: Path, model: str, pretrained: str) -> dict[str, dict[str, Any]]:
     done: dict[str, dict[str, Any]] = {}
     if path.is_file():
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if not text.endswith("\n") and n == len(text.splitlines()):
+                    continue  # the last line of a killed run, cut short: that task runs again
+                raise ValueError(f"{path}: line {n} is not a JSON result") from None
             if rec.get("model") == model and rec.get("pretrained") == pretrained:
                 done[rec["task"]] = rec
     return done
@@ -266,8 +272,7 @@ def run_evaluate(tasks: list[str], data_dir: str | Path, out: str | Path, model:
             "in_datacomp_average": task.in_average, "seconds": round(time.perf_counter() - t0, 2),
             "time": time.time(),
         }
-        with open(results_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(results_path, json.dumps(record))
         summary.results.append(record)
     write_json_atomically(out / SUMMARY_FILE, {
         "model": model, "pretrained": label, "aggregates": summary.aggregates(),

@@ -57,6 +57,28 @@ def _remote(fn, **options):
     return ray.remote(**options)(fn)
 
 
+def get_all(refs: list) -> list:
+    """``ray.get`` of every task in ``refs``, waiting for all of them even when one fails: no
+    task is still writing when the caller cleans up after the error, and every error is
+    retrieved (Ray logs an "Unhandled error" for each one that is not).
+
+    Raises:
+        ray.exceptions.RayTaskError: the first failed task's error.
+    """
+    import ray
+
+    ray.wait(refs, num_returns=len(refs))
+    results, first = [], None
+    for ref in refs:
+        try:
+            results.append(ray.get(ref))
+        except ray.exceptions.RayTaskError as e:
+            first = first or e
+    if first:
+        raise first
+    return results
+
+
 def _answer(files: list[str], sql: str, params: dict, numpy: bool, memory_limit: str | None):
     """One task of a threshold pass: ``sql`` over ``files``."""
     con = connect_files(files, memory_limit)
@@ -121,15 +143,13 @@ class RayPool(Pool):
     sets (the rules that need them run on one node)."""
 
     def __init__(self, groups: list[list[str]], memory_limit: str | None):
-        import ray
-
         answer = _remote(_answer, num_cpus=1)
 
         def rows_of(sql, params):
-            return ray.get([answer.remote(g, sql, params, False, memory_limit) for g in groups])
+            return get_all([answer.remote(g, sql, params, False, memory_limit) for g in groups])
 
         def values_of(sql, params):
-            return np.concatenate(ray.get([answer.remote(g, sql, params, True, memory_limit) for g in groups]))
+            return np.concatenate(get_all([answer.remote(g, sql, params, True, memory_limit) for g in groups]))
 
         super().__init__(lambda column, fraction: search_threshold(rows_of, values_of, column, fraction))
         self._rows_of = rows_of
@@ -191,11 +211,11 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
                                                          plan.counts_sql)
             bounds = uid_bounds(partitions)
             select = _remote(_select, num_cpus=1)
-            counts = np.sum(ray.get([select.remote(g, i, predicate, counts_sql, cols, bounds, str(parts_dir), memory_limit)
+            counts = np.sum(get_all([select.remote(g, i, predicate, counts_sql, cols, bounds, str(parts_dir), memory_limit)
                                      for i, g in enumerate(groups)]), axis=0)
             finish = _remote(_finish, num_cpus=1)
             ranges = [(parts_dir / f"p{j:04d}", parts_dir / f"kept-{j:04d}.parquet") for j in range(partitions)]
-            done = ray.get([finish.remote(str(d), cols, str(o), memory_limit) for d, o in ranges])
+            done = get_all([finish.remote(str(d), cols, str(o), memory_limit) for d, o in ranges])
         except duckdb.Error as e:
             raise RuleError(f"DuckDB rejected the filter: {e}") from None
         except ray.exceptions.RayTaskError as e:
@@ -204,7 +224,8 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
                 raise RuleError(f"DuckDB rejected the filter: {cause}") from None
             raise
         out.mkdir(parents=True, exist_ok=True)
-        parquet_path, npy_path = out / "subset.parquet", out / "subset.npy"
+        # Written beside the parts and renamed together when both are complete (as run_filter).
+        parquet_path, npy_path = parts_dir / "subset.parquet", parts_dir / "subset.npy"
         written = [o for (_, o), (k, _) in zip(ranges, done) if o.exists()]
         schema = pq.read_schema(written[0]) if written else None
         if schema is None:  # no file at all: an empty pool
@@ -214,6 +235,8 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
                     writer.write_table(pa.Table.from_batches([batch], schema))
         write_datacomp_subset(parquet_path, npy_path)
+        parquet_path.replace(out / "subset.parquet")
+        npy_path.replace(out / "subset.npy")
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
     return write_summary(out, rule, where, parts, int(counts[0]), int(counts[1]), sum(k for k, _ in done),

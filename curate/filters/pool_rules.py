@@ -44,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.filters.rules import Leaf, Pool, RuleError
@@ -94,7 +93,7 @@ def dedup_rule(leaf: Leaf, pool: Pool) -> None:
                        "group": pa.array(uids[leader[in_group]].tolist(), pa.string()),
                        "kept": pa.array(kept[in_group])})
     path = pool.artifact("dedup_groups.parquet")
-    pq.write_table(groups.sort_by([("group", "ascending"), ("kept", "descending")]), path)
+    pool.write_artifact(path, groups.sort_by([("group", "ascending"), ("kept", "descending")]))
     leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(kept)))
     leaf.details = {"groups": int((sizes > 1).sum()), "duplicates removed": int(n - kept.sum()),
                     "files": {"groups": path}}
@@ -293,7 +292,7 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
         "phash_distance": pa.array(best_bits[hit], pa.int32()), "similarity": pa.array(best_sim[hit], pa.float32()),
     })
     path = pool.artifact("decontamination.parquet")
-    pq.write_table(matches, path)
+    pool.write_artifact(path, matches)
     leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(~hit)))
     leaf.details = {"test images": len(names), "matched by phash": int(by_phash.sum()),
                     "by embedding only": int((by_emb & ~by_phash).sum()), "files": {"matches": path}}

@@ -8,6 +8,7 @@ one streaming scan whose kept rows are sorted one uid range at a time (``run_fil
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from curate.filters.rules import (OK, Leaf, Pool, RuleError, check_predicate, le
                                   rule_sql)
 from curate.io.subset import uids_to_datacomp
 from curate.query import VIEW, connect
-from curate.io.atomic import write_json_atomically
+from curate.io.atomic import atomic_path, write_json_atomically
 
 
 class IndexPool(Pool):
@@ -32,9 +33,12 @@ class IndexPool(Pool):
     registered in it as in-memory Arrow tables, the index folder for rules that read embedding
     files, and the output folder for what they write for inspection."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, index: str | Path, out: str | Path):
+    def __init__(self, con: duckdb.DuckDBPyConnection, index: str | Path, out: str | Path,
+                 work: str | Path | None = None):
         super().__init__(lambda column, fraction: pool_threshold(con, column, fraction))
         self.con, self.index, self.out = con, Path(index), Path(out)
+        self.work = Path(work) if work else None
+        self.staged: list[tuple[Path, Path]] = []  # (written in work, its place in out)
         self._sets = 0
 
     def has_values(self, column: str) -> bool:
@@ -50,6 +54,24 @@ class IndexPool(Pool):
         """``out/<name>``, for what a rule writes for inspection (the folder is created)."""
         self.out.mkdir(parents=True, exist_ok=True)
         return self.out / name
+
+    def write_artifact(self, path: Path, table: pa.Table) -> None:
+        """Write ``table`` to ``path`` (from ``artifact``): into ``work`` when the pool has one,
+        moved into place with the subset files by ``publish`` (so a failed run leaves the
+        previous run's files as they were), else directly (atomically)."""
+        if self.work is None:
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
+            return
+        staged = self.work / f"artifact-{len(self.staged)}.parquet"
+        pq.write_table(table, staged)
+        self.staged.append((staged, path))
+
+    def publish(self) -> None:
+        """Move the staged artifacts into place."""
+        for staged, path in self.staged:
+            staged.replace(path)
+        self.staged.clear()
 
     def keep_rows(self, leaf: Leaf, rows: pa.Table) -> str:
         name = f"_keep_{self._sets}"  # our own identifier: nothing of the user's reaches the SQL
@@ -305,7 +327,8 @@ def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
         try:
             if expr:
                 check_where_binds(con, expr)
-            plan = plan_filter(rule, where, expr, IndexPool(con, index, out))
+            pool = IndexPool(con, index, out, work)
+            plan = plan_filter(rule, where, expr, pool)
             pool_rows, pool_ok, removed, runs = select_pool(con, plan, work)
             shared = shared_uids(con, runs.duplicate_hashes())
         except duckdb.Error as e:
@@ -315,6 +338,7 @@ def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
         kept_rows, shared_uid_rows = runs.write_subset(work / "subset.parquet", work / "subset.npy", shared)
         (work / "subset.parquet").replace(out / "subset.parquet")
         (work / "subset.npy").replace(out / "subset.npy")
+        pool.publish()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return write_summary(out, rule, where, plan.parts, pool_rows, pool_ok, kept_rows, dict(zip(plan.names, removed)),
@@ -459,7 +483,7 @@ class KeptRuns:
         bool``, and the batch (its struct column ``_row`` holds a kept row's columns)."""
         hashes = np.sort(hashes)
         for f, part in zip(self._hash_files, np.split(hashes, np.searchsorted(hashes, self.bucket_starts))):
-            part.tofile(f)
+            write_array(f, part)
         if not kept.any():
             return
         picked = batch.select([_ROW, _HASH]).filter(pa.array(kept))
@@ -574,7 +598,7 @@ class KeptRuns:
                     if last[0] is not None and pairs[0].item() < last[0]:
                         last[1] = False
                     last[0] = pairs[-1].item()
-                pairs.tofile(raw)
+                write_array(raw, pairs)
 
         # One thread writes a range (Parquet encoding, uid decoding) while this one sorts the next.
         with pq.ParquetWriter(parquet_path, schema) as writer, open(uids, "wb") as raw, \
@@ -595,6 +619,13 @@ class KeptRuns:
         in_order = last[1]
         write_npy_from_raw(uids, npy_path, np.dtype("u8,u8"), written, sort=not in_order)
         return written, left_out
+
+
+def write_array(f, a: np.ndarray) -> None:
+    """Append ``a``'s bytes to the binary file ``f``. Unlike ``ndarray.tofile``, whose error on
+    a full disk has no errno ("1000000 requested and 0 written"), Python's write raises
+    ``OSError`` with ``errno.ENOSPC``."""
+    f.write(np.ascontiguousarray(a).view(np.uint8).data)
 
 
 def _ipc_writer(path: Path, schema: pa.Schema) -> pa.ipc.RecordBatchStreamWriter:
@@ -686,6 +717,8 @@ def write_datacomp_subset(parquet_path: str | Path, npy_path: str | Path) -> int
     pf = pq.ParquetFile(parquet_path)
     n = pf.metadata.num_rows
     arr = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.dtype("u8,u8"), shape=(n,))
+    with open(npy_path, "r+b") as f:  # reserve the blocks: a full disk is ENOSPC here, not SIGBUS on a page
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
     at, in_order = 0, True
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[S.UID]):
         part = uids_to_datacomp(batch.column(0))

@@ -56,3 +56,28 @@ def write_json_atomically(path: str | Path, obj: Any, **dumps: Any) -> None:
         TypeError, ValueError: from ``json.dumps`` (nothing is written then).
     """
     write_text_atomically(path, json.dumps(obj, **dumps))
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append ``line`` and a newline to the text file ``path`` (UTF-8), whole or not at all:
+    when the write fails (a full disk) the file is cut back to its previous length, and a last
+    line without its newline (a writer killed mid-line) is dropped first, so a reader of one
+    JSON object a line never meets half a line.
+
+    Raises:
+        OSError: the write failed (``errno.ENOSPC``: the disk is full).
+    """
+    with open(path, "a+b") as f:
+        start = f.seek(0, os.SEEK_END)
+        if start:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                f.seek(0)
+                start = f.read().rfind(b"\n") + 1
+                f.truncate(start)
+        try:
+            f.write((line + "\n").encode("utf-8"))
+            f.flush()
+        except BaseException:
+            f.truncate(start)
+            raise

@@ -10,13 +10,20 @@ summary (``shared_uid_samples``), never written in another sample's place. Copie
 (same image bytes and caption) are one sample: it is written as often as the subset lists it. Output shards are ``{:08d}.tar`` of
 ``shard_size`` samples each, with a ``{:08d}_stats.json`` beside each and
 ``reshard_summary.json`` for the whole run. Output keys are new and sequential (``{:09d}``):
-an input key may repeat across shards, and a repeated uid needs distinct keys.
+an input key may repeat across shards, and a repeated uid needs distinct keys. The files are
+written under ``out/.reshard-work`` and moved into ``out`` when the run is complete, replacing
+every file of a previous run there (shards beyond the new count included); a run that fails
+(a full disk) leaves the previous run's files as they were.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
+import shutil
 import tarfile
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,10 +128,47 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
         raise ValueError("--shard-size must be at least 1")
     wanted = load_subset_counts(subset)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written under out/.reshard-work and moved into out when complete, replacing the previous
+    # run's shards: a failed run (a full disk) leaves those as they were, and nothing else.
+    work = out / ".reshard-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        summary = _reshard(wanted, shards, work, shard_size)
+        for old in out.iterdir():
+            if OUTPUT_NAME.fullmatch(old.name):
+                old.unlink()
+        for new in sorted(work.iterdir(), key=lambda f: f.name == SUMMARY_NAME):  # the summary last
+            os.replace(new, out / new.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+SUMMARY_NAME = "reshard_summary.json"
+OUTPUT_NAME = re.compile(r"\d{8}\.tar|\d{8}_stats\.json|" + re.escape(SUMMARY_NAME))  # what a run writes
+
+
+def _reshard(wanted, shards, out: Path, shard_size: int) -> ReshardSummary:
     summary = ReshardSummary(len(wanted), wanted.total)
     found: dict[str, bytes] = {}  # uid -> digest of the sample written for it (not its bytes)
     writer = _Writer(out, shard_size)
+    try:
+        _write_subset(wanted, shards, writer, summary, found)
+    except BaseException:
+        if writer.tar is not None:
+            with suppress(Exception):  # a tar that cannot flush (a full disk) would complain again when collected
+                writer.tar.close()
+        raise
+    writer.close()
+    summary.found_uids = len(found)
+    summary.written_samples = writer.total
+    summary.output_shards = writer.names
+    write_json_atomically(out / SUMMARY_NAME, summary.__dict__ | {"missing_uids": summary.missing_uids}, indent=2)
+    return summary
+
+
+def _write_subset(wanted, shards, writer: _Writer, summary: ReshardSummary, found: dict[str, bytes]) -> None:
     for url in expand_shards(shards):
         result = read_shard(url)
         if result.status != SHARD_COMPLETE:
@@ -145,9 +189,3 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
             found[uid] = sample_digest(rec)
             for _ in range(copies):
                 writer.write(sample)
-    writer.close()
-    summary.found_uids = len(found)
-    summary.written_samples = writer.total
-    summary.output_shards = writer.names
-    write_json_atomically(out / "reshard_summary.json", summary.__dict__ | {"missing_uids": summary.missing_uids}, indent=2)
-    return summary

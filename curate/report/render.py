@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from curate import schema as S
+from curate.io.atomic import atomic_path, write_text_atomically
 from curate.report.data import SCORES, ReportData
 
 
@@ -124,8 +125,10 @@ def _render_examples(rows: dict[int, dict], out_dir: Path, locate, mask_method: 
                 pts = [(float(x) * scale, float(y) * scale) for x, y in p]
                 draw.polygon(pts, outline=(255, 0, 0), width=3)
             stem = f"{i:07d}-{r[S.UID]}"
-            orig.save(img_dir / f"{stem}.jpg", quality=90, subsampling=0)  # 4:4:4 keeps thin red lines red
-            Image.fromarray(masked).resize(size, Image.Resampling.BILINEAR).save(img_dir / f"{stem}.masked.jpg", quality=85)
+            with atomic_path(img_dir / f"{stem}.jpg") as tmp:
+                orig.save(tmp, format="JPEG", quality=90, subsampling=0)  # 4:4:4 keeps thin red lines red
+            with atomic_path(img_dir / f"{stem}.masked.jpg") as tmp:
+                Image.fromarray(masked).resize(size, Image.Resampling.BILINEAR).save(tmp, format="JPEG", quality=85)
             ex.original, ex.masked = f"images/{stem}.jpg", f"images/{stem}.masked.jpg"
     return examples
 
@@ -138,7 +141,8 @@ def _save(fig, img_dir: Path, name: str) -> str:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(img_dir / name)
+    with atomic_path(img_dir / name) as tmp:
+        fig.savefig(tmp, format=Path(name).suffix.lstrip("."))
     plt.close(fig)
     return f"images/{name}"
 
@@ -322,7 +326,7 @@ def render_search(result, html: str | Path, index: str | Path = "", shards: list
         query=result.query, n=len(result.rows), index=str(index),
         sims=", ".join(f"{s:.3f}" for s in result.similarity[:10]) + (" ..." if len(result.rows) > 10 else ""),
         examples=[examples[i] for i in range(len(result.rows))], version=getattr(curate, "__version__", "?"))
-    html.write_text(page, encoding="utf-8")
+    write_text_atomically(html, page)
     return html
 
 
@@ -368,7 +372,7 @@ def render_report(data: ReportData, out: str | Path, shards: list[str] | None = 
         version=getattr(curate, "__version__", "?"),
     )
     html_path = out_dir / "index.html"
-    html_path.write_text(page, encoding="utf-8")
+    write_text_atomically(html_path, page)
     shown = list(examples.values())
     missing = [e for e in shown if e.original is None]
     return ReportSummary(html=html_path, num_samples=data.num_samples, num_examples=len(shown),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from curate.scoring.writer import ShardTracker
 from curate.io.atomic import write_json_atomically
 
 log = logging.getLogger("curate")
+RAY_SESSION_BYTES = 100 * 2**20  # below this much free disk a local Ray cannot write its session (logs, sockets)
 
 
 def stats_sample_count(url: str) -> int | None:
@@ -100,6 +104,10 @@ def run_score(
         try:
             init_ray(num_cpus=num_cpus, address=address)
         except (ConnectionError, RuntimeError, ValueError) as e:
+            tmp = tempfile.gettempdir()  # where a local Ray writes its session (TMPDIR, else /tmp)
+            if not address and shutil.disk_usage(tmp).free < RAY_SESSION_BYTES:
+                raise OSError(errno.ENOSPC, f"No space left on device for a local Ray cluster's files in {tmp} "
+                                            f"({shutil.disk_usage(tmp).free / 1e6:.1f} MB free; TMPDIR moves them): {e}")
             raise ValueError(f"cannot start or reach the Ray cluster ({address or 'local'}): {e}") from None
         cluster = cluster_resources(fixed=not joins_existing_cluster(address))
         sized = fit_to_cluster(cfg, cluster)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import tarfile
@@ -235,6 +236,8 @@ def test_make_evalset_refuses_bad_caption_files_and_templates(tmp_path, cifar_tr
     for message, lines in cases.items():
         with pytest.raises(ValueError, match=message):
             make_retrieval_set(write(lines), FLICKR, "r", tmp_path / "out")
+        # Nothing is left of a set that failed half-way (its first shard was being written).
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     bad = tmp_path / "t.txt"
     bad.write_text("no placeholder here\n")
     with pytest.raises(ValueError, match=r"placeholder \{c\}"):
@@ -247,3 +250,28 @@ def test_evaluate_with_no_task_found_is_not_a_success(data_dir, tmp_path, capsys
     assert main(["evaluate", "--model", "tiny", "--tasks", "nosuchtask", "--data-dir", str(data_dir),
                  "--out", str(tmp_path / "o")]) == 1
     assert "NOTHING EVALUATED" in capsys.readouterr().out
+
+
+def test_a_full_disk_leaves_no_half_evalset_and_a_cut_result_line_is_rerun(full_disk, cifar_tree, data_dir, tmp_path,
+                                                                            capsys):
+    """make-evalset on a disk that fills up: ENOSPC, nothing left behind, and the same command
+    works once there is space. evaluate after a run killed mid-line in eval_results.jsonl: the
+    cut line is dropped and that task evaluated again, instead of a JSON error."""
+    disk, fill = full_disk
+    make_classification_set(cifar_tree, "before", disk)
+    fill()
+    with pytest.raises(OSError) as e:
+        make_classification_set(cifar_tree, "cifar10", disk)
+    assert e.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "wds_before_test"]
+    (disk / "filler").unlink()
+    assert make_classification_set(cifar_tree, "cifar10", disk).samples == 10 * PER_CLASS
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", "tiny", "--data-dir", str(data_dir), "--out", str(out), "--batch-size", "64"]
+    assert main(args + ["--tasks", "cifar10"]) == 0
+    results = out / RESULTS_FILE
+    results.write_text(results.read_text() + '{"task": "flickr30k_mini", "score": 0.1')  # killed mid-line
+    assert main(args + ["--tasks", "cifar10,flickr30k_mini"]) == 0
+    assert "already done 1 task(s)" in capsys.readouterr().out
+    assert [json.loads(x)["task"] for x in results.read_text().splitlines()] == ["cifar10", "flickr30k_mini"]

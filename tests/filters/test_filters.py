@@ -16,6 +16,7 @@ from curate.cli import main
 from curate.filters import RuleError, parse_rule
 from curate.io.index import records_to_table, write_index_file
 from curate.filters import pool_threshold, run_filter
+from curate.filters.run import write_array
 from curate.io.subset import uids_to_datacomp
 from curate.query import QueryError, connect, query
 from curate.stages.language import detect_language
@@ -529,4 +530,14 @@ def test_full_disk_is_one_line_and_leaves_the_previous_outputs(tmp_path, full_di
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .filter-work, no .duckdb-tmp
     assert main(["query", "SELECT * FROM scores", "--index", str(index), "--output", str(disk / "rows.parquet")]) == 1
     assert capsys.readouterr().err.startswith("curate query: error: no space left on device (")
+    # DuckDB spilling to the full disk says "Out of Memory ... max_temp_directory_size".
+    spilling = ("SELECT h, count(*) AS n FROM (SELECT md5(r.range::varchar || uid) AS h FROM scores, range(5000) r) "
+                "GROUP BY h ORDER BY n DESC, h LIMIT 5")
+    assert main(["query", spilling, "--index", str(index), "--output", str(disk / "top.parquet"),
+                 "--memory-limit", "20MB"]) == 1
+    assert capsys.readouterr().err.startswith("curate query: error: no space left on device (Out of Memory")
     assert sorted(p.name for p in disk.iterdir()) == ["filler", "subset"]
+    # The filter's raw spills (hash buckets, DataComp uid pairs) say ENOSPC too, unlike ndarray.tofile.
+    with open(disk / "hashes.u64", "wb", buffering=0) as f, pytest.raises(OSError) as e:
+        write_array(f, np.arange(1 << 16, dtype=np.uint64))
+    assert e.value.errno == 28

@@ -31,12 +31,12 @@ def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temporary(full_disk):
     write_json_atomically(disk / "a.json", {"rows": 10})
     before = {p.name: p.read_bytes() for p in disk.iterdir()}
     fill()
-    big = pa.table({"x": np.random.default_rng(0).random(1 << 18)})  # 2 MiB: more than the disk holds
+    big = pa.table({"x": np.random.default_rng(0).random(1 << 20)})  # 8 MiB: more than the disk holds
     with pytest.raises(OSError) as e:
         write_parquet_atomically(disk / "a.parquet", big, {"k": "v"})
     assert e.value.errno == errno.ENOSPC
     with pytest.raises(OSError) as e:
-        write_json_atomically(disk / "a.json", {"rows": list(range(1 << 18))})
+        write_json_atomically(disk / "a.json", {"rows": list(range(1 << 20))})
     assert e.value.errno == errno.ENOSPC
     assert {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"} == before
     assert pq.read_table(disk / "a.parquet").num_rows == 10

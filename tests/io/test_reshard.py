@@ -68,3 +68,30 @@ def test_reshard_from_parquet_subset_via_cli(tmp_path, capsys):
     with tarfile.open(tmp_path / "o" / "00000000.tar") as tf:
         assert len({m.name.split(".")[0] for m in tf.getmembers()}) == 4
     assert main(["reshard", SHARD_SPEC, "--subset", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "p")]) == 2
+
+
+def test_a_full_disk_leaves_the_previous_shards_and_a_rerun_replaces_them_all(tmp_path, full_disk, capsys):
+    """A reshard that runs out of disk: exit 1 with the disk error, the previous run's shards and
+    summary byte for byte, nothing half-written. With space, a run of fewer shards replaces every
+    file of the previous run (no stale shard beyond the new count)."""
+    disk, fill = full_disk
+    uids = sorted(all_samples())
+    small, large = tmp_path / "small.npy", tmp_path / "large.npy"
+    np.save(small, uids_to_datacomp(uids[:6]))
+    np.save(large, uids_to_datacomp(uids[:30]))
+    out = disk / "out"
+    assert main(["reshard", SHARD_SPEC, "--subset", str(small), "--out", str(out), "--shard-size", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["00000000.tar", "00000000_stats.json", "00000001.tar", "00000001_stats.json",
+                              "00000002.tar", "00000002_stats.json", "reshard_summary.json"]
+    fill()
+    capsys.readouterr()
+    assert main(["reshard", SHARD_SPEC, "--subset", str(large), "--out", str(out), "--shard-size", "5"]) == 1
+    assert capsys.readouterr().err.startswith("curate reshard: error: no space left on device (")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (disk / "filler").unlink()
+    np.save(small, uids_to_datacomp(uids[:3]))
+    assert main(["reshard", SHARD_SPEC, "--subset", str(small), "--out", str(out), "--shard-size", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00000000.tar", "00000000_stats.json", "00000001.tar",
+                                                      "00000001_stats.json", "reshard_summary.json"]
+    assert len(read_out(out)) == 3
