@@ -67,7 +67,8 @@ def get_all(refs: list) -> list:
     """
     import ray
 
-    ray.wait(refs, num_returns=len(refs))
+    if refs:
+        ray.wait(refs, num_returns=len(refs))
     results, first = [], None
     for ref in refs:
         try:
