@@ -310,7 +310,9 @@ def _cmd_train(args) -> int:
     try:
         return _run_command("train", call)
     except (TrainFailed, NoTrainingData) as e:
-        print(_no_space_message("train", e) if disk_full(e) else f"curate train: failed: {e}", file=sys.stderr)
+        if disk_full(e):
+            raise  # main's one line
+        print(f"curate train: failed: {e}", file=sys.stderr)
         return 1
 
 
@@ -403,20 +405,13 @@ def disk_full(e: BaseException | None) -> BaseException | None:
     return None
 
 
-def _no_space_message(command: str, e: BaseException) -> str:
-    lines = str(disk_full(e) or e).strip().splitlines() or [""]
-    return (f"curate {command}: error: no space left on device ({lines[0][:300]}). Free space on that disk, or "
-            f"write the output to a larger one, then rerun")
-
-
 def _run_command(command: str, call, *errors: type[Exception]) -> int:
     """Run ``call``; print its summary (exit code: the summary's, else 0), or a usage error (2)."""
     try:
         summary = call()
     except (ValueError, FileNotFoundError, *errors) as e:
         if disk_full(e):
-            print(_no_space_message(command, e), file=sys.stderr)
-            return 1
+            raise  # main's one line
         print(f"curate {command}: error: {e}", file=sys.stderr)
         return 2
     print(summary.format())
@@ -458,8 +453,7 @@ def _cmd_query(args) -> int:
             print(f"({table.num_rows} rows)")
     except (QueryError, FileNotFoundError, ValueError) as e:
         if disk_full(e):
-            print(_no_space_message("query", e), file=sys.stderr)
-            return 1
+            raise  # main's one line
         print(f"curate query: error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -493,9 +487,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curate {args.command}: interrupted; finished index files are kept, rerun to resume", file=sys.stderr)
         return 130
     except Exception as e:  # a full disk is the machine's state, not a bug: one line, exit 1
-        if not disk_full(e):
+        full = disk_full(e)
+        if full is None:
             raise
-        print(_no_space_message(args.command, e), file=sys.stderr)
+        detail = (str(full).strip().splitlines() or [""])[0][:300]
+        print(f"curate {args.command}: error: no space left on device ({detail}). Free space on that disk, or write "
+              f"the output to a larger one, then rerun", file=sys.stderr)
         return 1
 
 

@@ -22,16 +22,13 @@ DataComp's evaluation read): ``test/{0..n-1}.tar`` written with ``webdataset.Sha
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tarfile
-from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from curate.evaluate.datasets import default_classnames, default_templates
-from curate.io.atomic import temporary_name
+from curate.io.atomic import atomic_folder
 from curate.io.formats import EVAL_WDS_EXTS, image_suffixes
 
 
@@ -120,21 +117,6 @@ def _evaluable(name: str, data: bytes) -> tuple[str, bytes]:
 
 
 @contextmanager
-def _building(folder: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``folder`` to write the test set into; it replaces
-    ``folder`` when complete and is removed on any error (a bad caption line, a full disk), so
-    a failed run leaves nothing behind and never blocks the next one."""
-    tmp = temporary_name(folder)
-    try:
-        yield tmp
-        if folder.exists():  # an incomplete folder (no test/nshards.txt: _prepare checked)
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
 def _shard_writer(folder: Path, shard_size: int):
     """``webdataset.ShardWriter`` over ``folder/test/{0..}.tar``, closed on the way out; on an
     error it is closed quietly (a tar stream that cannot flush would otherwise complain again
@@ -207,7 +189,7 @@ def make_classification_set(imagefolder: str | Path, name: str, out: str | Path,
     else:
         tmpl, source_of_templates = default_templates(name)
     index = {c: i for i, c in enumerate(classes)}
-    with _building(folder) as tmp:
+    with atomic_folder(folder) as tmp:
         with _shard_writer(tmp, shard_size) as writer:
             for n, (rel, data) in enumerate(items):
                 path = PurePosixPath(rel)
@@ -247,7 +229,7 @@ def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, 
     if dup is not None:
         raise ValueError(f"{captions}: image {dup!r} is listed more than once; give all its captions on one line")
     total = 0
-    with _building(folder) as tmp:
+    with atomic_folder(folder) as tmp:
         with _shard_writer(tmp, shard_size) as writer:
             for n, (line_no, row) in enumerate(rows):
                 raw = row.get("captions")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # gone already after os.replace
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """``atomic_path`` for a folder: yield a temporary folder path beside ``path`` (not yet
+    created) to build the folder's content in; on a normal exit it replaces ``path`` (a folder
+    already there is removed first), on an exception it is removed with what it holds.
+
+    Raises:
+        OSError: from removing or renaming (``errno.ENOSPC``: the disk is full).
+    """
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
