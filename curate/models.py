@@ -5,13 +5,24 @@ ViT, random init, for tests and offline demos) to open_clip's registry
 (``open_clip.add_model_config``). ``resolve_pretrained`` turns a pretrained tag or path into a
 local file *without touching the network*: a tag whose weights are not already in the local
 cache raises ``PretrainedNotAvailable`` before any work starts.
+
+Captions reach CLIP's tokenizer only through ``BoundedTokenizer`` (``get_tokenizer``,
+``create_clip``): ``tokenizer_text`` bounds what one caption may cost (``curate.limits``) and
+leaves the tokens of every ordinary caption unchanged.
 """
 
 from __future__ import annotations
 
+import html
 import os
+import re
+import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
+
+from curate.limits import DEFAULT_LIMITS, Limits
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 RANDOM_INIT_SEED = 0
@@ -212,7 +223,153 @@ def clip_input_size(model: str) -> int:
     return int(max(size)) if isinstance(size, (list, tuple)) else int(size)
 
 
-def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu"):
+# Words CLIP reads: a context of 77 tokens holds the start and end tokens and 75 more, and every
+# whitespace-separated word is at least one token, so the first 76 words hold every token read.
+TOKENIZER_WORDS = 76
+# Entries of open_clip's word cache (``SimpleTokenizer.cache``: BPE piece -> tokens) kept at most;
+# beyond, it is reset to its special tokens. A piece is at most ``Limits.max_word_chars``
+# characters, so the cache holds a few MB at most; an ordinary batch of captions uses a few
+# thousand distinct words.
+TOKENIZER_CACHE_WORDS = 10_000
+
+
+@lru_cache(maxsize=8)
+def _long_piece(max_word_chars: int):
+    """A regex (``regex`` package) for the pieces of open_clip's ``SimpleTokenizer.pat`` longer
+    than ``max_word_chars``: a run of letters (``\\p{L}+``) or of symbols (``[^\\s\\p{L}\\p{N}]+``)."""
+    import regex
+
+    n = int(max_word_chars) + 1
+    return regex.compile(r"\p{L}{%d,}|[^\s\p{L}\p{N}]{%d,}" % (n, n))
+
+
+_WORD = re.compile(r"\S+")  # a word of str.split (re's \s is str.isspace)
+
+
+def _split_long_pieces(text: str, max_word_chars: int) -> str:
+    """``text`` with a space inserted every ``max_word_chars`` characters of each longer piece."""
+    if len(text) <= max_word_chars:
+        return text
+    return _long_piece(max_word_chars).sub(
+        lambda m: " ".join(m[0][i:i + max_word_chars] for i in range(0, len(m[0]), max_word_chars)), text)
+
+
+def _yields_a_token(word: str) -> bool:
+    """Whether every CLIP tokenizer surely makes at least one token of a whitespace-free
+    ``word``: after the tokenizers' double HTML unescaping (``&nbsp;`` is a space) it holds a
+    letter or a digit (Unicode category ``L*`` or ``N*``; cleaning never removes one, while
+    ``canonicalize`` cleaning removes punctuation and ftfy some control and format characters)."""
+    if "&" in word:
+        word = html.unescape(html.unescape(word))
+    return any(unicodedata.category(c)[0] in "LN" for c in word)
+
+
+def tokenizer_text(text: str, limits: Limits = DEFAULT_LIMITS, *, words: int | None = TOKENIZER_WORDS) -> str:
+    """What of a caption CLIP's tokenizer is given: its cost is bounded, its tokens unchanged.
+
+    The caption is cut after ``limits.max_tokenize_chars`` characters; every piece of open_clip's
+    split (a run of letters or of symbols) longer than ``limits.max_word_chars`` characters is
+    split by inserting spaces (open_clip's BPE costs the square of a piece's length: 8,192
+    letters take 17.7 s); and the caption is cut after its first ``words`` (76)
+    whitespace-separated words (``str.split``). An ordinary caption (76 words within
+    ``max_tokenize_chars``, no such piece) gives exactly the tokens it gave before: CLIP reads
+    77 tokens, the start and end tokens among them, and every word is at least one token. Only
+    words with a letter or a digit are counted (a word such as ``&nbsp;``, which the tokenizer
+    unescapes to a space, or ``!!`` under ``canonicalize`` cleaning, makes no token).
+
+    Args:
+        text: a caption (any length).
+        limits: ``max_tokenize_chars`` and ``max_word_chars`` (``curate.limits``).
+        words: words kept (``context_length - 1`` for a longer context); ``None``: no cut by
+            words (a tokenizer that picks tokens from the whole caption, open_clip's
+            ``reduction_mask``).
+
+    Returns:
+        The text to tokenize: at most ``max_tokenize_chars`` characters plus the inserted spaces.
+    """
+    text = _split_long_pieces(text[: limits.max_tokenize_chars], limits.max_word_chars)
+    if words is None:
+        return text
+    counted = 0
+    for word in _WORD.finditer(text):
+        if _yields_a_token(word[0]):
+            counted += 1
+            if counted > words:
+                return text[: word.start()]
+    return text
+
+
+class _BoundedClean:
+    """open_clip's text cleaning (``SimpleTokenizer.clean_fn``: ftfy, HTML unescaping twice,
+    whitespace, lower case), then the long pieces split again: cleaning can join short pieces
+    into a long one (``a&#97;a`` is ``aaa``) or lengthen one (ligatures). A class, not a closure,
+    so the tokenizer still pickles (DataLoader workers)."""
+
+    def __init__(self, clean, max_word_chars: int):
+        self.clean, self.max_word_chars = clean, int(max_word_chars)
+
+    def __call__(self, text: str) -> str:
+        return _split_long_pieces(self.clean(text), self.max_word_chars)
+
+
+class BoundedTokenizer:
+    """An open_clip tokenizer whose cost per caption is bounded (``tokenizer_text``) and whose
+    word cache is bounded (``TOKENIZER_CACHE_WORDS``); it gives the wrapped tokenizer's tokens
+    for every ordinary caption.
+
+    Calling it takes a caption or a list of captions (and optionally ``context_length``) and
+    returns ``(B, L) int64``, as open_clip's tokenizers do; other attributes
+    (``context_length``, ``vocab_size``, ...) are the wrapped tokenizer's.
+
+    Args:
+        tokenizer: from ``open_clip.get_tokenizer`` (``SimpleTokenizer``: its cleaning is
+            bounded too and its ``cache`` kept at most ``max_cache_words`` entries; an
+            ``HFTokenizer`` has no cache).
+        limits: ``max_tokenize_chars`` and ``max_word_chars`` (``curate.limits``).
+        max_cache_words: entries of ``SimpleTokenizer.cache`` beyond which it is reset to its
+            special tokens.
+    """
+
+    def __init__(self, tokenizer, limits: Limits = DEFAULT_LIMITS, max_cache_words: int = TOKENIZER_CACHE_WORDS):
+        self.tokenizer, self.limits, self.max_cache_words = tokenizer, limits, int(max_cache_words)
+        cache = getattr(tokenizer, "cache", None)
+        self._initial_cache = dict(cache) if isinstance(cache, dict) else None
+        clean = getattr(tokenizer, "clean_fn", None)
+        if callable(clean) and not isinstance(clean, _BoundedClean):
+            tokenizer.clean_fn = _BoundedClean(clean, limits.max_word_chars)
+
+    def __call__(self, texts: str | list[str], context_length: int | None = None):
+        if isinstance(texts, str):
+            texts = [texts]
+        context = context_length or getattr(self.tokenizer, "context_length", None) or TOKENIZER_WORDS + 1
+        words = None if getattr(self.tokenizer, "reduction_fn", None) is not None else max(TOKENIZER_WORDS, context - 1)
+        tokens = self.tokenizer([tokenizer_text(str(t), self.limits, words=words) for t in texts], context_length)
+        cache = getattr(self.tokenizer, "cache", None)
+        if self._initial_cache is not None and isinstance(cache, dict) and len(cache) > self.max_cache_words:
+            cache.clear()
+            cache.update(self._initial_cache)
+        return tokens
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("tokenizer", "limits", "max_cache_words", "_initial_cache"):
+            raise AttributeError(name)  # not yet set (unpickling): never recurse
+        return getattr(self.tokenizer, name)
+
+
+def get_tokenizer(model: str, limits: Limits = DEFAULT_LIMITS) -> BoundedTokenizer:
+    """open_clip's tokenizer of ``model`` (``open_clip.get_tokenizer``; no weights needed) in a
+    ``BoundedTokenizer``.
+
+    Raises:
+        ValueError: unknown model name.
+    """
+    import open_clip
+
+    check_model_name(model)
+    return BoundedTokenizer(open_clip.get_tokenizer(model), limits)
+
+
+def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu", limits: Limits = DEFAULT_LIMITS):
     """Create an open_clip model in eval mode with its inference transform and tokenizer.
 
     Args:
@@ -220,10 +377,12 @@ def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu"):
         weights: from ``resolve_pretrained`` (the path, if any, is loaded; nothing is fetched).
             Without weights the model is initialised with seed ``RANDOM_INIT_SEED``.
         device: torch device string.
+        limits: what one caption may cost the tokenizer (``BoundedTokenizer``).
 
     Returns:
         ``(model, preprocess, tokenizer)``: ``preprocess`` maps a PIL image to a
-        ``(3, S, S) float32`` tensor, ``tokenizer`` maps a list of strings to ``(B, L) int64``.
+        ``(3, S, S) float32`` tensor, ``tokenizer`` (a ``BoundedTokenizer``) maps a list of
+        strings to ``(B, L) int64``.
     """
     import open_clip
     import torch
@@ -237,5 +396,4 @@ def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu"):
             model, pretrained=weights.path, device=device, load_weights=weights.path is not None
         )
     clip.eval()
-    tokenizer = open_clip.get_tokenizer(model)
-    return clip, preprocess, tokenizer
+    return clip, preprocess, get_tokenizer(model, limits)

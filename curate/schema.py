@@ -60,6 +60,8 @@ STATUS_MASK_ERROR = "mask_error"  # masking raised on this sample
 STATUS_SCORE_ERROR = "score_error"  # CLIP raised on this sample
 STATUS_LANGUAGE_ERROR = "language_error"  # caption language identification raised on this sample
 STATUS_DUPLICATE_UID = "duplicate_uid"  # another sample of the same shard carries the same uid
+STATUS_WORKER_DIED = "worker_died"  # alone, the sample killed its worker process (crash, abort, out of memory)
+STATUS_TIMEOUT = "timeout"  # alone, the sample ran past limits.sample_timeout_s in a stage
 ERROR_STATUSES = (
     STATUS_DECODE_ERROR,
     STATUS_MISSING_IMAGE,
@@ -72,6 +74,8 @@ ERROR_STATUSES = (
     STATUS_SCORE_ERROR,
     STATUS_LANGUAGE_ERROR,
     STATUS_DUPLICATE_UID,
+    STATUS_WORKER_DIED,
+    STATUS_TIMEOUT,
 )
 STATUSES = (STATUS_OK, *ERROR_STATUSES)
 

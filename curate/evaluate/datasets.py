@@ -1,9 +1,17 @@
 """Local evaluation datasets: DataComp / clip_benchmark webdataset folders and ImageFolder trees.
 
-Nothing here touches the network. A webdataset folder is read with clip_benchmark's
-``build_wds_dataset`` (``test/nshards.txt``, ``test/{0..n-1}.tar``, ``classnames.txt``,
-``zeroshot_classification_templates.txt``, ``dataset_type.txt``). An ImageFolder tree (one
-sub-folder per class) is read with ``torchvision.datasets.ImageFolder``.
+Nothing here touches the network. A webdataset folder (``test/nshards.txt``,
+``test/{0..n-1}.tar``, ``classnames.txt``, ``zeroshot_classification_templates.txt``,
+``dataset_type.txt``) is read as clip_benchmark's ``build_wds_dataset`` reads it (the same
+webdataset grouping, decoders, tuples and batches) except for the tar reading
+(``_bounded_tar_files``): only the members a sample is made of (the image: ``webp``, ``png``,
+``jpg``, ``jpeg``; the label: ``cls``, or ``npy`` for ``multilabel``; the captions: ``txt`` for
+``retrieval``) are read, each after its header's size is checked against
+``limits.max_member_bytes`` (``curate.limits.DEFAULT_LIMITS``, 256 MiB); every other member,
+``.gz`` ones included, is skipped unread and never decompressed or decoded (webdataset would
+inflate a ``.gz`` member whole and unpickle a ``.pyd`` one). A used member over the limit stops
+the test set with a ``ValueError`` naming it. An ImageFolder tree (one sub-folder per class) is
+read with ``torchvision.datasets.ImageFolder``.
 
 Templates: a dataset that ships its own ``zeroshot_classification_templates.txt`` is evaluated
 with **those** templates (never replaced by packaged defaults: the bug behind clip-benchmark #109 /
@@ -14,14 +22,21 @@ datacomp #69); otherwise clip_benchmark's packaged templates for the task, other
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from curate.evaluate.tasks import KNOWN_CLASSNAMES
 from curate.io.formats import image_suffixes
+from curate.limits import DEFAULT_LIMITS
 
 DEFAULT_TEMPLATES = ["a photo of a {c}."]
+# The image members clip_benchmark's webdataset reader takes, in its order of preference.
+WDS_IMAGE_EXTS = ["webp", "png", "jpg", "jpeg"]
+# webdataset's members that are metadata, not samples (``tariterators.tar_file_iterator``).
+_WDS_META = re.compile(r"__[^/]*__($|/)")
 
 
 def _packaged(kind: str) -> dict[str, Any]:
@@ -93,19 +108,19 @@ class EvalSet:
         suffixes = image_suffixes()
         return sum(1 for f in self.path.rglob("*") if f.suffix.lower() in suffixes)
 
-    def dataloader(self, transform, batch_size: int = 256, num_workers: int = 0):
+    def dataloader(self, transform, batch_size: int = 256, num_workers: int = 0,
+                   max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes):
         """A ``DataLoader`` over the test split yielding ``(images (B, 3, S, S) float32, labels
-        (B,) int64)`` for classification, ``(images, [[caption, ...], ...])`` for retrieval."""
+        (B,) int64)`` for classification, ``(images, [[caption, ...], ...])`` for retrieval.
+
+        ``max_member_bytes``: a webdataset member the sample uses that is larger (from its tar
+        header) is not read; iterating then raises ``ValueError`` naming the shard, the member,
+        its size and the limit (see the module docstring).
+        """
         import torch
 
         if self.layout == "wds":
-            import warnings
-
-            from clip_benchmark.datasets.builder import build_wds_dataset
-
-            with warnings.catch_warnings():  # "WebDataset(shardshuffle=...) is None": clip_benchmark's call
-                warnings.simplefilter("ignore", UserWarning)
-                ds = build_wds_dataset(f"wds/{self.key}", transform, split="test", data_dir=str(self.path))
+            ds = self._wds_dataset(transform, max_member_bytes)
             return torch.utils.data.DataLoader(ds.batched(batch_size), batch_size=None, shuffle=False,
                                                num_workers=num_workers)
         from torchvision.datasets import ImageFolder
@@ -114,6 +129,65 @@ class EvalSet:
         ds = ImageFolder(str(self.path), transform=transform,
                          is_valid_file=lambda f: Path(f).suffix.lower() in suffixes)
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+    def _wds_dataset(self, transform, max_member_bytes: int):
+        """clip_benchmark's ``build_wds_dataset`` pipeline for this folder's test split, reading
+        the tars with ``_bounded_tar_files`` instead of webdataset's reader."""
+        import webdataset as wds
+        from webdataset.compat import FluidWrapper, check_empty
+        from webdataset.tariterators import group_by_keys
+
+        nshards = int((self.path / "test" / "nshards.txt").read_text())
+        type_file = self.path / "dataset_type.txt"
+        dataset_type = type_file.read_text().strip().lower() if type_file.is_file() else "classification"
+        if dataset_type == "retrieval":
+            second = "txt"
+        else:
+            second = "npy" if dataset_type == "multilabel" else "cls"
+        used = frozenset([*WDS_IMAGE_EXTS, second])
+        urls = [str(self.path / "test" / f"{i}.tar") for i in range(nshards)]
+        ds = FluidWrapper(wds.SimpleShardList(urls))
+        ds.append(wds.split_by_worker)
+        ds.append(partial(_bounded_tar_files, used=used, max_member_bytes=max_member_bytes))
+        ds.append(group_by_keys)
+        ds.append(check_empty)
+        ds = ds.decode(wds.autodecode.ImageHandler("pil", extensions=WDS_IMAGE_EXTS))
+        if second == "txt":
+            return ds.to_tuple(WDS_IMAGE_EXTS, "txt").map_tuple(transform, str.splitlines)
+        return ds.to_tuple(WDS_IMAGE_EXTS, second).map_tuple(transform, None)
+
+
+def _bounded_tar_files(src, used: frozenset[str], max_member_bytes: int):
+    """webdataset's ``tar_file_expander`` (``{"url"}`` in, ``{"fname", "data", "__url__"}`` out,
+    ``{}`` after each shard), reading only regular members whose extension (webdataset's
+    ``base_plus_ext``, lower case) is in ``used``; the others are skipped unread
+    (``curate.io.shards.skip_member_data``: a ``.gz`` member is never inflated).
+
+    Raises:
+        ValueError: a used member's header size is over ``max_member_bytes`` (it is not read).
+    """
+    import tarfile
+
+    from webdataset.tariterators import base_plus_ext
+
+    from curate.io.shards import skip_member_data
+
+    for source in src:
+        url = source["url"]
+        with open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+            for member in tf:
+                tf.members = []  # tarfile would keep every header of the shard
+                name = member.name
+                ext = base_plus_ext(name)[1] if member.isreg() and not _WDS_META.match(name) else None
+                if ext is None or ext.lower() not in used:
+                    skip_member_data(tf, member)
+                    continue
+                if member.size > max_member_bytes:
+                    raise ValueError(f"{url}: member {name!r} is {member.size} bytes, over "
+                                     f"limits.max_member_bytes {max_member_bytes}; it is not read")
+                yield {"fname": name, "data": tf.extractfile(member).read(), "__url__": url}
+        yield {}
 
 
 def _is_imagefolder(path: Path) -> bool:

@@ -17,6 +17,11 @@ DataComp's evaluation read): ``test/{0..n-1}.tar`` written with ``webdataset.Sha
   clip_benchmark's for ``--name``, else ``"a photo of a {c}."``.
 - Retrieval from a JSONL file of ``{"image": path, "captions": [str, ...]}`` (paths relative to
   ``--image-root``): a sample is the image and ``.txt`` with one caption per line.
+
+Memory: images are read, converted and written one at a time (the tree is listed by name
+first), and a file or tar member larger than ``limits.max_member_bytes`` (``curate.limits
+.DEFAULT_LIMITS``, 256 MiB; its size from the file system or the tar header) is refused by name
+before any byte of it is read.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ import json
 import tarfile
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
 
 from curate.evaluate.datasets import default_classnames, default_templates
 from curate.io.atomic import atomic_folder
 from curate.io.formats import EVAL_WDS_EXTS, image_suffixes
+from curate.limits import DEFAULT_LIMITS
 
 
 @dataclass
@@ -71,19 +79,52 @@ class EvalsetSummary:
         return "\n".join(lines)
 
 
-def _iter_tree(source: Path):
-    """``(relative posix path, bytes)`` of every image in a directory or a tar of one, sorted."""
+def _too_large(name: str, size: int, max_member_bytes: int) -> ValueError:
+    return ValueError(f"{name}: {size} bytes, over limits.max_member_bytes {max_member_bytes}; not read")
+
+
+def _read_file(path: Path, max_member_bytes: int) -> bytes:
+    """The bytes of one image file, refused before reading when over ``max_member_bytes``.
+
+    Raises:
+        ValueError: the file is larger than ``max_member_bytes`` (its size, from the file
+            system), or it grew after its size was taken (never read past that size plus one byte).
+    """
+    size = path.stat().st_size
+    if size > max_member_bytes:
+        raise _too_large(str(path), size, max_member_bytes)
+    with open(path, "rb") as f:
+        data = f.read(size + 1)  # Python allocates what it is asked for: the size, not the limit
+    if len(data) > size:
+        raise ValueError(f"{path}: grew past {size} bytes while being read")
+    return data
+
+
+@contextmanager
+def _tree(source: Path, max_member_bytes: int) -> Iterator[list[tuple[str, Callable[[], bytes]]]]:
+    """``(relative posix path, read)`` of every image in a directory or a tar of one, sorted by
+    path; ``read()`` returns the image's bytes (valid while the context is open). Nothing is
+    read until ``read`` is called, and ``read`` refuses an image over ``max_member_bytes`` (its
+    file size or tar header size) with a ``ValueError`` naming it, before reading it.
+
+    Raises:
+        ValueError: ``source`` is neither a folder nor a tar archive.
+    """
     suffixes = image_suffixes()
     if source.is_dir():
-        for p in sorted(source.rglob("*")):
-            if p.is_file() and p.suffix.lower() in suffixes:
-                yield p.relative_to(source).as_posix(), p.read_bytes()
+        files = [p for p in sorted(source.rglob("*")) if p.is_file() and p.suffix.lower() in suffixes]
+        yield [(p.relative_to(source).as_posix(), partial(_read_file, p, max_member_bytes)) for p in files]
     elif source.is_file() and tarfile.is_tarfile(source):
         with tarfile.open(source) as tf:
             members = sorted((m for m in tf.getmembers() if m.isfile()
                               and PurePosixPath(m.name).suffix.lower() in suffixes), key=lambda m: m.name)
-            for m in members:
-                yield m.name, tf.extractfile(m).read()
+
+            def read(m: tarfile.TarInfo) -> bytes:
+                if m.size > max_member_bytes:
+                    raise _too_large(f"{source}: member {m.name!r}", m.size, max_member_bytes)
+                return tf.extractfile(m).read()
+
+            yield [(m.name, partial(read, m)) for m in members]
     else:
         raise ValueError(f"--imagefolder {source} is neither a folder nor a tar archive")
 
@@ -150,17 +191,26 @@ def _prepare(out: str | Path, name: str) -> Path:
 
 
 def make_classification_set(imagefolder: str | Path, name: str, out: str | Path, classnames: str | None = None,
-                            templates: str | None = None, shard_size: int = 10_000) -> EvalsetSummary:
-    """Write a classification test folder from a class-folder tree (see the module docstring).
+                            templates: str | None = None, shard_size: int = 10_000,
+                            max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes) -> EvalsetSummary:
+    """Write a classification test folder from a class-folder tree (see the module docstring),
+    holding one image at a time.
 
     Raises:
-        ValueError: no images, images not all at the same depth, or a class-name file whose
-            length differs from the number of class folders.
+        ValueError: no images, images not all at the same depth, a class-name file whose
+            length differs from the number of class folders, an image that does not decode, or
+            an image file / tar member over ``max_member_bytes`` (named; nothing is left).
     """
     source = Path(imagefolder)
     folder = _prepare(out, name)
+    with _tree(source, max_member_bytes) as items:
+        return _write_classification_set(source, items, folder, name, classnames, templates, shard_size)
+
+
+def _write_classification_set(source: Path, items: list[tuple[str, Callable[[], bytes]]], folder: Path,
+                              name: str, classnames: str | None, templates: str | None,
+                              shard_size: int) -> EvalsetSummary:
     suffixes = image_suffixes()
-    items = list(_iter_tree(source))
     if not items:
         raise ValueError(f"no images (any format Pillow decodes: {', '.join(sorted(suffixes))}) in {source}")
     depths = {len(PurePosixPath(p).parts) for p, _ in items}
@@ -191,9 +241,9 @@ def make_classification_set(imagefolder: str | Path, name: str, out: str | Path,
     index = {c: i for i, c in enumerate(classes)}
     with atomic_folder(folder) as tmp:
         with _shard_writer(tmp, shard_size) as writer:
-            for n, (rel, data) in enumerate(items):
+            for n, (rel, read) in enumerate(items):
                 path = PurePosixPath(rel)
-                ext, data = _evaluable(rel, data)
+                ext, data = _evaluable(rel, read())
                 writer.write({"__key__": f"s{n:07d}", ext: data, "cls": str(index[path.parent.name]).encode()})
         shards = _count_shards(tmp)
         (tmp / "classnames.txt").write_text("\n".join(names) + "\n")
@@ -203,11 +253,14 @@ def make_classification_set(imagefolder: str | Path, name: str, out: str | Path,
 
 
 def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, out: str | Path,
-                       shard_size: int = 10_000) -> EvalsetSummary:
-    """Write a retrieval test folder from a JSONL of images and captions (see the module docstring).
+                       shard_size: int = 10_000,
+                       max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes) -> EvalsetSummary:
+    """Write a retrieval test folder from a JSONL of images and captions (see the module docstring),
+    holding one image at a time.
 
     Raises:
-        ValueError: a line without ``image`` or with no caption; FileNotFoundError: a missing image.
+        ValueError: a line without ``image`` or with no caption, an image that does not decode,
+            or an image file over ``max_member_bytes``; FileNotFoundError: a missing image.
     """
     folder = _prepare(out, name)
     root = Path(image_root)
@@ -241,7 +294,7 @@ def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, 
                 image = root / row["image"]
                 if not image.is_file():
                     raise FileNotFoundError(f"{captions} line {line_no}: image not found: {image}")
-                ext, data = _evaluable(str(image), image.read_bytes())
+                ext, data = _evaluable(str(image), _read_file(image, max_member_bytes))
                 writer.write({"__key__": f"s{n:07d}", ext: data, "txt": "\n".join(caps).encode()})
                 total += len(caps)
         shards = _count_shards(tmp)

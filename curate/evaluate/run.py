@@ -79,7 +79,9 @@ def retrieval_metrics(model, evalset, transform, tokenizer, device: str, batch_s
                       num_workers: int) -> dict[str, Any]:
     """Zero-shot retrieval metrics (clip_benchmark ``zeroshot_retrieval.evaluate``, k = 1, 5, 10 where
     the set has at least k images),
-    plus ``mean_recall@1`` (DataComp) and the number of images and captions."""
+    plus ``mean_recall@1`` (DataComp) and the number of images and captions. The test set's
+    captions are tokenized by ``tokenizer``, ``create_clip``'s ``curate.models.BoundedTokenizer``
+    (each caption's cost bounded by ``DEFAULT_LIMITS``; ordinary captions give open_clip's tokens)."""
     from clip_benchmark.metrics import zeroshot_retrieval
 
     counts = {"images": 0, "captions": 0}

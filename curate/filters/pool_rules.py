@@ -34,13 +34,21 @@ they keep (``Pool.keep_rows``): DataComp's other baselines, dedup and decontamin
 
 ``DIR`` is a folder written by ``curate make-evalset`` (``wds_<name>_test/`` with ``.tar``
 shards, or the data folder holding several), any folder of webdataset tars, or an image tree
-(ImageFolder); it is read as a literal path, never as a pattern.
+(ImageFolder); it is read as a literal path, never as a pattern. Its images are read and decoded
+one at a time, each at the size its use needs (``curate.stages.decode.decode_image`` with the
+header checks of ``curate.limits.DEFAULT_LIMITS``; shorter side at least the model's input size,
+as the pool's images were decoded for their hashes), and only their hashes and embeddings are
+kept: a test set of any size costs the memory of one image. An image that cannot be decoded or is
+over the limits is skipped and reported (``test images skipped``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -149,7 +157,8 @@ def image_based_rule(leaf: Leaf, pool: Pool) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise RuleError(f"image_based(clusters=...) must be a positive integer, got {k!r}")
     rows, vectors, _ = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
-    targets = _embed_images(pool, _load_folder(target, leaf)[1])
+    found = _read_test_images(pool, target, leaf, embed=True, phash=False)
+    targets = found.vectors
     n, d = vectors.shape
     k = min(k, n)
     pool_vecs = vectors.astype(np.float32)
@@ -161,74 +170,161 @@ def image_based_rule(leaf: Leaf, pool: Pool) -> None:
     chosen = np.unique(target_cluster[:, 0])
     hit = np.isin(pool_cluster[:, 0], chosen)
     leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(hit)))
-    leaf.details = {"clusters": k, "target images": len(targets), "clusters chosen": len(chosen)}
+    leaf.details = {"clusters": k, "target images": len(targets), "clusters chosen": len(chosen), **found.report()}
 
 
-def _load_folder(folder: str, leaf: Leaf) -> tuple[list[str], list[np.ndarray]]:
-    """Names and decoded ``(H, W, 3) uint8`` images of a folder (``read_evalset_images``);
-    undecodable images are skipped."""
-    from curate.stages.decode import DecodeError, decode_image
-
-    try:
-        images = read_evalset_images(folder)
-    except FileNotFoundError as e:
-        raise RuleError(f"{leaf.name}(): {e}") from None
-    names, decoded = [], []
-    for name, data in images:
-        try:
-            decoded.append(decode_image(data))
-            names.append(name)
-        except DecodeError:
-            continue
-    return names, decoded
+EMBED_BATCH = 64  # test images per forward pass (their (3, S, S) model inputs, not the images, are held)
 
 
-def _embed_images(pool: Pool, images: list[np.ndarray]) -> np.ndarray:
-    """``images`` embedded with the index's own model: ``(M, D) float32``, L2-normalised."""
-    from curate.stages.score import Score
+@dataclass
+class EvalImages:
+    """What is kept of a test folder's images (``_read_test_images``), in folder order.
 
-    model, weights = index_weights(pool.index)
-    scorer = Score(clip_model=model, weights=weights, device="cpu")
-    return np.concatenate([scorer.embed(images[i:i + 64], [])[0] for i in range(0, len(images), 64)])
+    Attributes:
+        names: the usable images' names (``read_evalset_images``).
+        phash: ``(M,) int64`` perceptual hashes (``curate.stages.decode.perceptual_hash``), or
+            ``None`` when not asked for.
+        vectors: ``(M, D) float32`` L2-normalised image embeddings of the index's model, or
+            ``None`` when not asked for.
+        skipped: ``"name: status: message"`` of each image that could not be used.
+    """
+
+    names: list[str]
+    phash: np.ndarray | None
+    vectors: np.ndarray | None
+    skipped: list[str]
+
+    def report(self) -> dict[str, Any]:
+        """The skipped images for a rule's ``details`` (nothing when none was skipped)."""
+        if not self.skipped:
+            return {}
+        shown = "; ".join(self.skipped[:SKIPPED_SHOWN])
+        more = len(self.skipped) - SKIPPED_SHOWN
+        return {"test images skipped": len(self.skipped),
+                "skipped": shown + (f"; and {more} more" if more > 0 else "")}
 
 
-def read_evalset_images(folder: str | Path) -> list[tuple[str, bytes]]:
-    """``(name, image bytes)`` of every image in a test folder: the image members of its ``.tar``
-    files (webdataset, as ``curate make-evalset`` writes them) and its image files.
+SKIPPED_SHOWN = 5  # skipped test images named in a rule's details
+
+
+def _read_test_images(pool: Pool, folder: str, leaf: Leaf, embed: bool, phash: bool) -> EvalImages:
+    """Hash and/or embed the images of a test folder, one image at a time.
+
+    Each image is decoded alone (``decode_image`` with ``DEFAULT_LIMITS``' header checks for
+    CLIP's shortest-side resize to the model's input size ``S``: a JPEG is drafted and any
+    other format reduced right after decoding, keeping the shorter side at least ``S``), hashed,
+    turned into its ``(3, S, S)`` model input, and dropped; the inputs are embedded
+    ``EMBED_BATCH`` at a time. So the memory is that of one decoded image plus the hashes and
+    embeddings, whatever the number and size of the images.
 
     Raises:
-        FileNotFoundError: not a folder, or no image in it.
+        RuleError: not a folder, no image in it, or no image that could be used.
+    """
+    from curate.models import clip_input_size
+    from curate.stages.decode import DecodeError, decode_image, perceptual_hash
+    from curate.stages.score import Score
+
+    scorer = None
+    if embed:
+        model, weights = index_weights(pool.index)
+        scorer = Score(clip_model=model, weights=weights, device="cpu")
+        size = scorer.input_size
+    else:  # hashes only: the model's weights are not needed (nor perhaps on this machine)
+        try:
+            size = clip_input_size(_index_model(pool.index)[0])
+        except ValueError:  # a model this open_clip does not know: the common CLIP input size
+            size = 224
+    names: list[str] = []
+    hashes: list[int] = []
+    inputs: list = []
+    vectors: list[np.ndarray] = []
+    skipped: list[str] = []
+    try:
+        for name, data in iter_evalset_images(folder):
+            try:
+                image = decode_image(data, min_side=size, resize_short=size, reduce=True)
+                x = scorer.image_input(image) if scorer is not None else None
+            except (DecodeError, ValueError) as e:
+                status = e.status if isinstance(e, DecodeError) else S.STATUS_TOO_LARGE  # Score's guard
+                skipped.append(f"{name}: {status}: {e}")
+                continue
+            del data
+            names.append(name)
+            if phash:
+                hashes.append(perceptual_hash(image))
+            del image
+            if x is not None:
+                inputs.append(x)
+                if len(inputs) == EMBED_BATCH:
+                    vectors.append(scorer.embed_inputs(inputs))
+                    inputs = []
+    except FileNotFoundError as e:
+        raise RuleError(f"{leaf.name}(): {e}") from None
+    if inputs:
+        vectors.append(scorer.embed_inputs(inputs))
+    if not names:
+        raise RuleError(f"{leaf.name}(): no usable image in {folder} ({len(skipped)} skipped: "
+                        + "; ".join(skipped[:SKIPPED_SHOWN]) + ")")
+    return EvalImages(names, np.asarray(hashes, dtype=np.int64) if phash else None,
+                      np.concatenate(vectors) if embed else None, skipped)
+
+
+def iter_evalset_images(folder: str | Path) -> Iterator[tuple[str, bytes]]:
+    """``(name, image bytes)`` of every image in a test folder, one at a time: the image members
+    of its ``.tar`` files (webdataset, as ``curate make-evalset`` writes them; each shard
+    streamed, ``curate.io.shards.iter_shard``) and its image files, in sorted path order.
+
+    Raises:
+        FileNotFoundError: not a folder, or no image in it (once the folder is read through).
     """
     from curate.io.formats import image_extensions, image_suffixes
-    from curate.io.shards import read_shard
+    from curate.io.shards import iter_shard, plan_members
 
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"evalset {folder} is not a folder")
     exts = image_extensions()
-    found: list[tuple[str, bytes]] = []
+    found = 0
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         if path.suffix == ".tar":
-            for sample in read_shard(str(path)).samples:
+            for sample in iter_shard(str(path), plan_members(str(path))):
                 ext = next((e for e in sample if e.lower() in exts), None)
                 if ext is not None:
-                    found.append((f"{path.relative_to(root)}:{sample['__key__']}", sample[ext]))
+                    found += 1
+                    yield f"{path.relative_to(root)}:{sample['__key__']}", sample[ext]
         elif path.suffix.lower() in image_suffixes():
-            found.append((str(path.relative_to(root)), path.read_bytes()))
+            found += 1
+            yield str(path.relative_to(root)), path.read_bytes()
     if not found:
         raise FileNotFoundError(f"no images in evalset {folder} (looked for .tar shards and image files)")
-    return found
+
+
+def read_evalset_images(folder: str | Path) -> list[tuple[str, bytes]]:
+    """``(name, image bytes)`` of every image in a test folder (``iter_evalset_images``, all at
+    once: for small folders; the rules read one image at a time).
+
+    Raises:
+        FileNotFoundError: not a folder, or no image in it.
+    """
+    return list(iter_evalset_images(folder))
+
+
+def _index_model(index: str | Path) -> tuple[str, str | None]:
+    """The CLIP model name an index was scored with and its weights' identity in the
+    ``curate.config`` fingerprint (``None``: random init), read from the metadata only."""
+    from curate.io.index import index_files, read_index_metadata
+
+    md = read_index_metadata(index_files(index)[0])
+    fingerprint = json.loads(md.get(S.META_CONFIG, "{}"))
+    return fingerprint.get("clip_model") or md.get(S.META_CLIP_MODEL), fingerprint.get("clip_weights")
 
 
 def index_weights(index: str | Path):
     """The CLIP model and weights an index was scored with (its ``curate.config`` fingerprint),
     resolved offline: ``(model name, curate.models.ResolvedWeights)``."""
-    from curate.io.index import index_files, read_index_metadata
     from curate.models import resolve_pretrained
 
-    md = read_index_metadata(index_files(index)[0])
-    fingerprint = json.loads(md.get(S.META_CONFIG, "{}"))
-    model, weights = fingerprint.get("clip_model") or md.get(S.META_CLIP_MODEL), fingerprint.get("clip_weights")
+    model, weights = _index_model(index)
     if weights is None:
         return model, resolve_pretrained(model, None)
     kind, _, rest = weights.partition(":")
@@ -245,7 +341,6 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     import faiss
 
     from curate.filters.dedup import phash_range
-    from curate.stages.decode import perceptual_hash
 
     evalset = leaf.kwargs.get("evalset")
     if not isinstance(evalset, str) or not evalset:
@@ -253,12 +348,10 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
     bits = int(_number(leaf, "phash_bits", 2, 0, 16))
     rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
-    names, decoded = _load_folder(evalset, leaf)
-    if threshold < 1:  # threshold=1: perceptual hashes only (e.g. a random-init model's index)
-        eval_vecs = _embed_images(pool, decoded)
-    else:
-        eval_vecs = np.zeros((1, vectors.shape[1]), dtype=np.float32)
-    eval_phash = np.asarray([perceptual_hash(im) for im in decoded], dtype=np.int64)
+    # threshold=1: perceptual hashes only (e.g. a random-init model's index), no model is run
+    found = _read_test_images(pool, evalset, leaf, embed=threshold < 1, phash=True)
+    names, eval_phash = found.names, found.phash
+    eval_vecs = found.vectors if threshold < 1 else np.zeros((1, vectors.shape[1]), dtype=np.float32)
 
     n = rows.num_rows
     best_sim = np.full(n, -np.inf, dtype=np.float32)
@@ -295,4 +388,4 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     pool.write_artifact(path, matches)
     leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(~hit)))
     leaf.details = {"test images": len(names), "matched by phash": int(by_phash.sum()),
-                    "by embedding only": int((by_emb & ~by_phash).sum()), "files": {"matches": path}}
+                    "by embedding only": int((by_emb & ~by_phash).sum()), **found.report(), "files": {"matches": path}}

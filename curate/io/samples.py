@@ -2,7 +2,8 @@
 
 A record holds the index identity columns (``uid``, ``key``, ``shard``), the caption, the
 image bytes, and ``status`` / ``error`` for what is already known to be wrong (no image
-member, no caption, a sample cut short by a truncated shard).
+member, no caption, a sample cut short by a truncated shard, a member over
+``limits.max_member_bytes`` that was not read).
 
 Caption policy (text at the boundary: a caption is valid UTF-8 once read, whatever the shard
 holds). ``clean_caption`` applies it to ``.txt`` members and to the ``.json`` ``caption``:
@@ -102,7 +103,9 @@ def sample_to_record(sample: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         sample: ``{"__key__": str, "__url__": str, "<ext>": bytes, ...}`` as ``read_shard``
-            yields it (with its ``__truncated__``, ``__invalid__`` and ``__notes__`` flags).
+            yields it (with its ``__truncated__``, ``__invalid__``, ``__too_large__`` and
+            ``__notes__`` flags; the status is the first of ``invalid_sample``, ``too_large``,
+            ``truncated``, ``missing_image``, ``missing_caption`` that applies).
 
     Returns:
         ``{"uid", "key", "shard", "text", "image_bytes", "status", "error", "caption_fixes"}``.
@@ -157,6 +160,8 @@ def _fill_record(sample: dict[str, Any], rec: dict[str, Any]) -> None:
     members = sorted(k for k in sample if not k.startswith("__"))
     if sample.get("__invalid__"):
         status, error = S.STATUS_INVALID_SAMPLE, sample["__invalid__"]
+    elif sample.get("__too_large__"):  # a member over limits.max_member_bytes, never read
+        status, error = S.STATUS_TOO_LARGE, sample["__too_large__"]
     elif sample.get("__truncated__"):
         status, error = S.STATUS_TRUNCATED, f"the shard is cut or damaged inside this sample; members read: {members}"
     elif image_ext is None:

@@ -14,10 +14,18 @@ Reading never raises for a bad shard: ``read_shard`` returns a ``ShardRead`` who
 is ``complete``, ``truncated`` (some samples read, then the data ended inside a member or
 header), ``damaged`` (invalid headers skipped) or ``unreadable`` (not a tar, missing,
 permission denied, ...).
+
+Cost: every member's size is taken from its tar header before any byte of it is read. A member
+over ``max_member_bytes`` (``curate.limits.Limits.max_member_bytes``, 256 MiB by default) is
+never read: its data is skipped (in a compressed shard, decompressed through in 1 MiB pieces
+and dropped, so a gzip bomb costs time, not memory) and its sample is flagged ``__too_large__``
+(status ``too_large``). A GNU long-name or pax extended header whose data is over the limit ends
+the read there (``truncated``), since ``tarfile`` would read that data whole.
 """
 
 from __future__ import annotations
 
+import functools
 import glob as globlib
 import hashlib
 import os
@@ -30,12 +38,21 @@ import braceexpand
 import fsspec
 from webdataset.tariterators import base_plus_ext
 
+from curate.limits import DEFAULT_LIMITS
+
 SHARD_COMPLETE = "complete"
 SHARD_TRUNCATED = "truncated"
 SHARD_DAMAGED = "damaged"
 SHARD_UNREADABLE = "unreadable"
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+# Bytes of member data skipped per read when a member is not kept: ``tarfile``'s own skip in a
+# stream reads 10 KiB at a time and re-slices its decompressed buffer on each read (a 1 GiB gzip
+# bomb: 32 s); 1 MiB reads drop the same data in 5.6 s, holding at most one piece plus what one
+# 10 KiB compressed block inflates to (about 10 MiB: deflate's ratio is at most 1032:1).
+_SKIP_CHUNK = 2**20
+# Magic numbers of the compressions ``tarfile``'s stream mode reads (gzip, bzip2, xz).
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 _UID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -139,8 +156,10 @@ class ShardRead:
             ``bytes`` value per member extension (lower-case, e.g. ``"jpg"``, ``"txt"``).
             One sample per key, in the order of each key's first member. Problems are flagged
             on the sample: ``__truncated__`` (members may be missing), ``__invalid__`` (a message:
-            a member repeated with different bytes), ``__notes__`` (members that were skipped,
-            e.g. links, repeated or not adjacent to their key's other members).
+            a member repeated with different bytes), ``__too_large__`` (a message naming each
+            member over ``max_member_bytes``, its size and the limit; such a member is not read),
+            ``__notes__`` (members that were skipped, e.g. links, repeated or not adjacent to
+            their key's other members).
         ignored_members: regular members that belong to no sample (no extension), skipped as
             webdataset skips them.
     """
@@ -167,7 +186,29 @@ class _CheckedTarInfo(tarfile.TarInfo):
     In stream mode ``tarfile`` stops silently at a bad or cut header after the first member;
     with ``ignore_zeros`` it skips invalid blocks. Recording them lets ``read_shard`` report a
     truncated or damaged shard instead of losing its tail without a word.
+
+    A subclass made by ``_checked_tarinfo(limit)`` also refuses a GNU long-name / long-link or
+    pax extended header whose data is larger than ``max_header_bytes`` (``tarfile`` reads that
+    data whole while parsing the header, before any member is handed out): ``tarfile`` then
+    raises ``ReadError`` with the message, and the read ends there.
     """
+
+    max_header_bytes: int | None = None
+
+    def _check_header_data(self, tf) -> None:
+        limit = self.max_header_bytes
+        if limit is not None and self.size > limit:
+            raise tarfile.SubsequentHeaderError(
+                f"extended header {_readable_name(self.name)!r} at byte {self.offset} holds {self.size} bytes, "
+                f"over limits.max_member_bytes {limit}; not read")
+
+    def _proc_gnulong(self, tf):
+        self._check_header_data(tf)
+        return super()._proc_gnulong(tf)
+
+    def _proc_pax(self, tf):
+        self._check_header_data(tf)
+        return super()._proc_pax(tf)
 
     @classmethod
     def fromtarfile(cls, tf):
@@ -191,24 +232,49 @@ class _CheckedTarInfo(tarfile.TarInfo):
         return info
 
 
+@functools.lru_cache(maxsize=16)
+def _checked_tarinfo(max_header_bytes: int) -> type[_CheckedTarInfo]:
+    """``_CheckedTarInfo`` refusing extended headers over ``max_header_bytes`` (a class, since
+    ``tarfile.open`` reads the first header before the archive object can be given anything)."""
+    return type("_CheckedTarInfo", (_CheckedTarInfo,), {"max_header_bytes": max_header_bytes})
+
+
 def _readable_name(name: str) -> str:
     """Member names that are not UTF-8 (tarfile keeps the bytes as surrogates) made printable."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def read_shard(url: str) -> ShardRead:
+def skip_member_data(tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    """Move past the data of ``member``, the member ``tf`` just gave, without keeping it: read and
+    dropped ``_SKIP_CHUNK`` (1 MiB) at a time, decompressed through in a compressed stream, so
+    it costs about 10 MiB of memory whatever the member's size (``tarfile``'s own skip in stream
+    mode holds as little but is about 6 times slower). Links and folders have no data.
+
+    Raises:
+        What reading the member would raise (``tarfile.ReadError``, ``EOFError``, ``OSError``)
+        when the data ends inside the member or the compressed data is corrupt.
+    """
+    if member.size and (member.isreg() or member.type not in tarfile.SUPPORTED_TYPES):
+        data = tf.extractfile(member)
+        while data.read(_SKIP_CHUNK):
+            pass
+
+
+def read_shard(url: str, max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes) -> ShardRead:
     """Read all samples of one shard, never raising for bad data.
 
     Concatenated archives are read through (zero blocks are skipped, as ``tar -i`` does).
 
     Args:
         url: local path or fsspec URL of a ``.tar`` (or compressed ``.tar.gz``) shard.
+        max_member_bytes: a member whose header size is larger is not read; its sample is
+            flagged ``__too_large__`` (default ``DEFAULT_LIMITS.max_member_bytes``, 256 MiB).
 
     Returns:
         A ``ShardRead``. Samples before a cut or damage are kept; a sample that may have lost
         members is flagged so it still gets an index row with status ``truncated``.
     """
-    samples, result = drain(_read_samples(url, None))
+    samples, result = drain(_read_samples(url, None, max_member_bytes))
     result.samples = samples
     return result
 
@@ -236,11 +302,24 @@ class MemberPlan:
     last_member: dict[str, int]
 
 
-def plan_members(url: str) -> MemberPlan | None:
-    """Read only the tar headers of a local, uncompressed, undamaged shard (member data is
-    skipped by seeking, so this costs one header read per member) and return where each sample
-    ends; ``None`` for anything else (remote, compressed, truncated, damaged, unreadable), whose
-    samples are then read by ``read_shard`` as a whole."""
+def plan_members(url: str, max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes) -> MemberPlan | None:
+    """Read only the tar headers of a local, undamaged shard and return where each sample ends;
+    ``None`` for anything else (remote, truncated, damaged, unreadable), whose samples are then
+    read by ``read_shard`` as a whole.
+
+    An uncompressed shard's member data is skipped by seeking (one header read per member). A
+    compressed one (gzip, bzip2, xz) is read once as a stream (``tarfile`` mode ``r|*``): member
+    data is decompressed through in ``_SKIP_CHUNK`` pieces and dropped, never stored, so the
+    pass costs one decompression of the shard and about 10 MiB of memory whatever it holds.
+
+    Args:
+        url: local path (or ``file://`` URL) of the shard.
+        max_member_bytes: extended (GNU long-name, pax) headers larger than this are not read
+            and make the plan ``None`` (``read_shard`` then reports the shard truncated there).
+
+    Returns:
+        A ``MemberPlan``, or ``None``.
+    """
     if "://" in url and not url.startswith("file://"):
         return None
     path = _local_or_url(url)
@@ -248,10 +327,12 @@ def plan_members(url: str) -> MemberPlan | None:
         path = path[len("file://"):]
     try:
         with open(path, "rb") as f:
-            if f.read(2) == b"\x1f\x8b":  # gzip: seeking means decompressing; read it whole
-                return None
+            magic = f.read(6)
+            compressed = magic.startswith(_COMPRESSED_MAGIC)
             f.seek(0)
-            with tarfile.open(fileobj=f, mode="r:", ignore_zeros=True, tarinfo=_CheckedTarInfo) as tf:
+            mode = "r|*" if compressed else "r:"
+            with tarfile.open(fileobj=f, mode=mode, ignore_zeros=True,
+                              tarinfo=_checked_tarinfo(max_member_bytes)) as tf:
                 log = tf.__dict__.setdefault("_curate_log", _HeaderLog())
                 keys: dict[str, None] = {}
                 last: dict[str, int] = {}
@@ -260,6 +341,9 @@ def plan_members(url: str) -> MemberPlan | None:
                     if key is not None:
                         keys.setdefault(key)
                         last[key] = position
+                    if compressed:
+                        skip_member_data(tf, member)
+                    tf.members = []  # counted: the plan keeps no list of headers (tarfile would)
                 if log.invalid_offsets or log.end != "eof" or log.zero_blocks_since_member == 0:
                     return None
     except Exception:
@@ -280,18 +364,19 @@ def _key_ext(name: str) -> tuple[str | None, str | None]:
     return (None, None) if key is None or ext is None else (key, ext.lower())
 
 
-def iter_shard(url: str, plan: MemberPlan | None):
+def iter_shard(url: str, plan: MemberPlan | None, max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes):
     """Yield the samples of a shard one by one, as ``read_shard`` would give them, holding at
     most the samples whose members are not all read yet (with a ``plan_members`` plan: one
     sample, plus any whose members are not adjacent). The generator's return value is the
     ``ShardRead`` (without samples). With ``plan`` ``None`` every sample is held to the end
-    (the order and flags of ``read_shard``)."""
-    return (yield from _read_samples(url, plan))
+    (the order and flags of ``read_shard``). ``max_member_bytes``: as in ``read_shard``."""
+    return (yield from _read_samples(url, plan, max_member_bytes))
 
 
-def _read_samples(url: str, plan: MemberPlan | None):
+def _read_samples(url: str, plan: MemberPlan | None, max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes):
     """The one reader behind ``read_shard`` and ``iter_shard`` (a generator; returns the
-    ``ShardRead`` without samples)."""
+    ``ShardRead`` without samples). A member over ``max_member_bytes`` (its header's size) is
+    skipped unread (``skip_member_data``) and flags its sample ``__too_large__``."""
     result = ShardRead(url=url, status=SHARD_COMPLETE)
     current: dict[str, Any] | None = None  # the sample of the last member read
     by_key: dict[str, dict[str, Any]] = {}  # samples not yet yielded, in order of first member
@@ -301,10 +386,12 @@ def _read_samples(url: str, plan: MemberPlan | None):
 
     try:
         with fsspec.open(url, "rb") as raw:
-            with tarfile.open(fileobj=raw, mode="r|*", ignore_zeros=True, tarinfo=_CheckedTarInfo) as tf:
+            with tarfile.open(fileobj=raw, mode="r|*", ignore_zeros=True,
+                              tarinfo=_checked_tarinfo(max_member_bytes)) as tf:
                 log = tf.__dict__.setdefault("_curate_log", log)
                 damage_seen = 0
                 for position, member in enumerate(tf):
+                    tf.members = []  # tarfile would keep every header of the shard
                     # Members lost in a damaged stretch may belong to the sample before it or to
                     # the one after it: both are flagged.
                     damaged_before = len(log.invalid_offsets) > damage_seen
@@ -320,6 +407,7 @@ def _read_samples(url: str, plan: MemberPlan | None):
                     key, ext = _key_ext(name)
                     if key is None:
                         result.ignored_members += 1
+                        skip_member_data(tf, member)
                         continue
                     if key in by_key:
                         if by_key[key] is not current:
@@ -336,6 +424,15 @@ def _read_samples(url: str, plan: MemberPlan | None):
                         done.append(by_key.pop(key))
                     if not member.isfile():
                         current.setdefault("__notes__", []).append(f"skipped {name!r}: not a regular file (link or device)")
+                        skip_member_data(tf, member)
+                        continue
+                    if member.size > max_member_bytes:
+                        # Never read: its size comes from the header (a cut inside it raises here).
+                        problem = (f"member {name!r} is {member.size} bytes, over limits.max_member_bytes "
+                                   f"{max_member_bytes}; not read")
+                        before = current.get("__too_large__")
+                        current["__too_large__"] = f"{before}; {problem}" if before else problem
+                        skip_member_data(tf, member)
                         continue
                     # A cut inside this member raises here; the handler below flags this sample.
                     data = tf.extractfile(member).read()

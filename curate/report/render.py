@@ -78,7 +78,11 @@ def _shard_locator(shards: list[str] | None):
 def _render_examples(rows: dict[int, dict], out_dir: Path, locate, mask_method: str, thumb: int) -> dict[int, Example]:
     """Read each needed shard once, draw boxes and masks, write JPEG thumbnails.
 
-    ``rows`` and the result are keyed by index row number: a uid can sit in two shards."""
+    Each image is decoded alone at about twice the thumbnail's size (its longer side at least
+    ``2 * thumb`` pixels: a JPEG drafted, another format reduced right after decoding) after the
+    header checks of ``curate.limits.DEFAULT_LIMITS`` for the thumbnail's long-side resize; one
+    over them is shown as its ``too_large`` reason. ``rows`` and the result are keyed by index
+    row number: a uid can sit in two shards."""
     from PIL import Image, ImageDraw
 
     from curate.io.samples import sample_to_record
@@ -110,7 +114,7 @@ def _render_examples(rows: dict[int, dict], out_dir: Path, locate, mask_method: 
                               if rec is None else f"no image in the sample ({rec[S.STATUS]})")
                 continue
             try:
-                image = decode_image(rec[S.IMAGE_BYTES])
+                image = decode_image(rec[S.IMAGE_BYTES], min_long_side=2 * thumb, resize_long=thumb, reduce=True)
             except DecodeError as e:
                 ex.problem = f"{e.status}: {e}"
                 continue

@@ -80,8 +80,10 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
         shards: where the shards are now, if moved since scoring (as ``curate report --shards``).
 
     Raises:
-        ValueError: neither or both of ``text`` and ``image``, a bad ``top_k`` or ``column``, or an
-            index without embedding files (``curate.io.embeddings.NoEmbeddings``).
+        ValueError: neither or both of ``text`` and ``image``, a bad ``top_k`` or ``column``, an
+            index without embedding files (``curate.io.embeddings.NoEmbeddings``), or a query
+            image that cannot be decoded or is over ``curate.limits.DEFAULT_LIMITS`` (the
+            message says which).
         FileNotFoundError: no index files, or no such query image.
     """
     import faiss
@@ -89,7 +91,7 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
     from curate.filters.pool_rules import index_weights
     from curate.io.embeddings import NoEmbeddings, embeddings_path
     from curate.io.index import index_files
-    from curate.stages.decode import decode_image
+    from curate.stages.decode import DecodeError, decode_image
     from curate.stages.score import Score
 
     if (text is None) == (image is None):
@@ -108,7 +110,14 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"--image {image}: no such file")
-        query = scorer.embed([decode_image(path.read_bytes())], [])[0]
+        # Decoded at the size CLIP needs (shorter side at least its input size, as the pool's
+        # images were), after the header checks of DEFAULT_LIMITS for CLIP's resize.
+        try:
+            picture = decode_image(path.read_bytes(), min_side=scorer.input_size, resize_short=scorer.input_size,
+                                   reduce=True)
+        except DecodeError as e:
+            raise ValueError(f"--image {image}: {e.status}: {e}") from None
+        query = scorer.embed([picture], [])[0]
     query = np.ascontiguousarray(query, dtype=np.float32)
 
     best: list[tuple[float, int, int]] = []  # (similarity, file number, row)

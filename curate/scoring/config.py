@@ -1,7 +1,7 @@
 """The settings of ``curate score``: a tree of dataclasses, loaded from the YAML presets in ``pipelines/``.
 
 ``load_config(path)`` reads a YAML file whose top-level sections (``read``, ``decode``,
-``detect``, ``mask``, ``score``) mirror the dataclasses below; unknown keys raise ``ValueError``
+``detect``, ``mask``, ``score``, ``limits``) mirror the dataclasses below; unknown keys raise ``ValueError``
 so that a typo never passes silently. Resources (CPUs and GPUs per actor, pool sizes, batch
 sizes) live here and nowhere inside the stages.
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.config import build_section, check_dataclass, check_field, read_yaml_mapping
+from curate.limits import PILLOW_MAX_PIXELS, Limits
 from curate.models import PRECISIONS
 from curate.stages.detect import DETECTORS
 from curate.stages.mask import MASK_METHODS
@@ -55,7 +56,7 @@ class DecodeConfig:
         batch_size: samples per decode batch.
     """
 
-    max_pixels: int = 89_478_485
+    max_pixels: int = PILLOW_MAX_PIXELS
     background: tuple[int, int, int] = (255, 255, 255)
     draft: bool = True
     num_cpus: float = 0.25
@@ -188,6 +189,7 @@ class PipelineConfig:
     detect: DetectConfig = field(default_factory=DetectConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    limits: Limits = field(default_factory=Limits)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -199,6 +201,7 @@ SECTIONS = {
     "detect": DetectConfig,
     "mask": MaskConfig,
     "score": ScoreConfig,
+    "limits": Limits,  # curate.limits: what one sample may cost (shape, bytes, characters, seconds, memory)
 }
 
 

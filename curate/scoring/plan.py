@@ -21,6 +21,7 @@ import copy
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -87,19 +88,51 @@ class StageSpec:
                 "max_workers": self.max_workers if r.actor else None}
 
 
-def run_stage(stage: Stage, spec: StageSpec, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_stage(stage: Stage, spec: StageSpec, batch: dict[str, np.ndarray], guard: "GuardSettings | None" = None
+              ) -> dict[str, np.ndarray]:
     """Run one stage on a batch (with its per-row fault isolation), drop the columns it declares
     dropped, and add ``_busy_<name>`` (float64 seconds: the batch's time shared equally by its
     rows) so the writer can sum each stage's busy time, and ``_done_at`` (when the batch left
-    the stage) so the driver learns when the first samples came through the whole plan."""
+    the stage) so the driver learns when the first samples came through the whole plan.
+
+    With ``guard``, the call runs under ``curate.scoring.guard.StageGuard`` (the worker ends past
+    the time or memory limit) after the injected faults of this stage, if any, fire.
+    """
     t0 = time.perf_counter()
-    out = stage(batch)
+    if guard is None:
+        out = stage(batch)
+    else:
+        from curate.scoring.guard import StageGuard, inject
+
+        with StageGuard(f"{spec.name} on {batch_len(batch)} sample(s)", guard.timeout_s, guard.memory_mb):
+            inject(guard.faults, spec.name, batch)
+            out = stage(batch)
     for name in stage.drops:
         out.pop(name, None)
     n = batch_len(out)
     out[BUSY_PREFIX + spec.name] = np.full(n, (time.perf_counter() - t0) / max(n, 1), dtype=np.float64)
     out[DONE_AT] = np.full(n, time.time(), dtype=np.float64)
     return out
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """What guards each stage call in the workers (``curate.scoring.guard``).
+
+    Attributes:
+        timeout_s: seconds one call may run (``limits.batch_timeout_s``; 0: no limit).
+        memory_mb: MB of resident-memory growth one call may cause (``limits.worker_memory_mb``).
+        faults: injected faults (``CURATE_FAULTS``, read by the driver).
+    """
+
+    timeout_s: float = 0.0
+    memory_mb: int = 0
+    faults: tuple = ()
+
+    @classmethod
+    def of(cls, limits, faults: tuple = ()) -> "GuardSettings":
+        """From a ``curate.limits.Limits`` and the faults."""
+        return cls(float(limits.batch_timeout_s), int(limits.worker_memory_mb), tuple(faults))
 
 
 @dataclass
@@ -112,10 +145,16 @@ class Operator:
         write_to: the score-index folder when this is the plan's last operator: its workers
             write their rows as part files and hand on part records (``curate.scoring.writer``),
             so no further operator (and no copy of the rows) is needed.
+        guard: time and memory limits of each stage call, and injected faults (``None``: none).
+        retries: how many more times Ray runs a batch whose worker died (``limits.worker_retries``:
+            Ray's ``max_retries`` for tasks, ``max_task_retries`` for actors, whose restarts
+            are then unbounded since each is paid by a bounded retry).
     """
 
     specs: list[StageSpec]
     write_to: str | None = None
+    guard: GuardSettings | None = None
+    retries: int = 1
 
     @property
     def head(self) -> StageSpec:
@@ -132,6 +171,12 @@ class Operator:
 
         head = self.head
         args: dict[str, Any] = {"batch_size": head.batch_size, "batch_format": "numpy", "num_cpus": head.resources.cpus}
+        # Bounded retries (Ray Data's defaults retry a worker death forever, and a sample that
+        # kills its worker kills every retry): see docs/architecture.md, "Worker deaths".
+        if head.resources.actor:
+            args.update(max_restarts=-1, max_task_retries=self.retries)
+        else:
+            args.update(max_retries=self.retries)
         if head.resources.gpus:
             args["num_gpus"] = head.resources.gpus
         if head.resources.actor:
@@ -158,7 +203,7 @@ class Operator:
     def run(self, stages: list[Stage], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the operator's stages (built from ``specs``) on a batch; write parts if last."""
         for spec, stage in zip(self.specs, stages):
-            batch = run_stage(stage, spec, batch)
+            batch = run_stage(stage, spec, batch, self.guard)
         if self.write_to is not None:
             from curate.scoring.writer import write_parts
 
@@ -316,6 +361,7 @@ def stage_specs(cfg: PipelineConfig, weights: ResolvedWeights) -> list[StageSpec
     Raises:
         ValueError: a resource is still ``auto`` (call ``fit_to_cluster`` first).
     """
+    from curate.models import clip_input_size
     from curate.stages.decode import Decode
     from curate.stages.detect import Detect
     from curate.stages.language import CaptionLanguage
@@ -337,7 +383,11 @@ def stage_specs(cfg: PipelineConfig, weights: ResolvedWeights) -> list[StageSpec
     specs = [
         StageSpec("language", CaptionLanguage, {}, task, cfg.decode.batch_size),
         StageSpec("decode", Decode, {"max_pixels": cfg.decode.max_pixels, "background": tuple(cfg.decode.background),
-                                     "hashes": cfg.score.embeddings, **draft_sizes(cfg)}, task, cfg.decode.batch_size),
+                                     "hashes": cfg.score.embeddings, **draft_sizes(cfg),
+                                     # the resizes that follow decode: CLIP's shortest side, the detector's long side
+                                     "limits": cfg.limits, "resize_short": clip_input_size(cfg.score.clip_model),
+                                     "resize_long": None if cfg.detect.detector == "none" else cfg.detect.long_side},
+                  task, cfg.decode.batch_size),
     ]
     if cfg.detect.detector == "none":  # no model: a task, no actor to hold
         specs.append(StageSpec("detect", Detect, {"detector": "none"}, task, cfg.detect.batch_size))
@@ -346,7 +396,8 @@ def stage_specs(cfg: PipelineConfig, weights: ResolvedWeights) -> list[StageSpec
     specs.append(StageSpec("mask", Mask, {"method": cfg.mask.method, "ring_px": cfg.mask.ring_px,
                                           "inpaint_radius": cfg.mask.inpaint_radius},
                            Resources(cpus=cfg.mask.num_cpus), cfg.detect.batch_size))
-    specs.append(pool_spec("score", Score, {"weights": weights, **cfg.score.stage_kwargs()}, cfg.score))
+    specs.append(pool_spec("score", Score, {"weights": weights, **cfg.score.stage_kwargs(), "limits": cfg.limits},
+                           cfg.score))
     return specs
 
 
@@ -372,7 +423,7 @@ def check_resources(specs: list[StageSpec], task_cpus: float, cluster: ClusterRe
 
 
 def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out_dir: str | None = None,
-                  block_bytes: int | None = None):
+                  block_bytes: int | None = None, limits=None, faults: tuple = ()):
     """The lazy Ray Data plan over ``urls`` (see the module docstring).
 
     Args:
@@ -384,23 +435,44 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
             its rows are the scored records (tests, debugging).
         block_bytes: Ray Data's target block size for this plan (``DataContext
             .target_max_block_size``; ``None``: Ray's default, 128 MiB).
+        limits: ``curate.limits.Limits`` (``None``: the defaults): the retries, the guards of
+            every stage call, the member size limit of the read.
+        faults: injected faults (``curate.scoring.guard``; tests and benchmarks).
+
+    A worker that dies (or is ended by its guard) fails its task; Ray runs it again
+    ``limits.worker_retries`` times, then the plan goes on without it
+    (``DataContext.max_errored_blocks = -1``): its samples are missing from the part records,
+    and ``curate.scoring.isolate`` runs them alone afterwards. So that a task holds about one
+    batch (what a death costs), the read's blocks are cut to the plan's smallest batch size
+    (``repartition(target_num_rows_per_block=...)``, a streaming split).
 
     Returns:
         ``ray.data.Dataset``.
     """
     import ray
 
+    from curate.limits import DEFAULT_LIMITS
     from curate.scoring.records import read_shard_records
 
+    limits = limits or DEFAULT_LIMITS
+    retries = int(limits.worker_retries)
     ds = ray.data.from_items([{"url": u} for u in urls], override_num_blocks=max(1, len(urls)))
     if block_bytes is not None:
         ds.context.target_max_block_size = int(block_bytes)
-    ds = ds.flat_map(read_shard_records, num_cpus=read_cpus)
+    ds.context.max_errored_blocks = -1
     ops = operators(specs)
     if out_dir is not None:
         ops[-1].write_to = str(out_dir)
-    for op in ops:
-        ds = ds.map_batches(**op.ray_args())
+    with warnings.catch_warnings():
+        # Ray 2.60 calls max_retries / max_restarts / max_task_retries "ray_remote_args" and warns
+        # that they go in 2.64; they are still the only way to bound a map's retries.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        ds = ds.flat_map(read_shard_records, fn_kwargs={"max_member_bytes": int(limits.max_member_bytes)},
+                         num_cpus=read_cpus, max_retries=retries)
+        ds = ds.repartition(target_num_rows_per_block=min(s.batch_size for s in specs))
+        for op in ops:
+            op.guard, op.retries = GuardSettings.of(limits, faults), retries
+            ds = ds.map_batches(**op.ray_args())
     return ds
 
 

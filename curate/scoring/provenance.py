@@ -66,7 +66,19 @@ def scoring_fingerprint(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[s
         "clip_weights": _weights_identity(weights),
         "precision": cfg.score.precision,
         **({"embeddings": True} if cfg.score.embeddings else {}),  # absent when off: older indexes still match
+        # The limits that decide a row's status (not time, memory or retries), when not the
+        # defaults: indexes scored before the limits existed still match.
+        **({"limits": changed} if (changed := _changed_limits(cfg)) else {}),
     }
+
+
+SCORE_LIMITS = ("max_aspect_ratio", "max_resized_pixels", "max_member_bytes", "max_caption_chars",
+                "max_tokenize_chars", "max_word_chars")
+
+
+def _changed_limits(cfg: PipelineConfig) -> dict[str, Any]:
+    default = type(cfg.limits)()
+    return {k: getattr(cfg.limits, k) for k in SCORE_LIMITS if getattr(cfg.limits, k) != getattr(default, k)}
 
 
 def _weights_identity(weights: ResolvedWeights) -> str | None:

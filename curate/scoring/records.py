@@ -14,6 +14,7 @@ from curate import schema as S
 from curate.io.samples import mark_duplicate_uids, sample_digest, sample_to_record, shard_records
 from curate.io.shards import (SHARD_COMPLETE, SHARD_TRUNCATED, SHARD_UNREADABLE, iter_shard, plan_members, read_shard,
                               stable_uid)
+from curate.limits import DEFAULT_LIMITS
 from curate.stages.common import object_array
 
 SHARD_RECORD = "__shard__"
@@ -26,7 +27,8 @@ DIGEST = "_digest"
 
 
 
-def read_shard_records(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def read_shard_records(row: dict[str, Any],
+                       max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes) -> Iterator[dict[str, Any]]:
     """Ray ``flat_map`` function: one shard URL in, one record per sample out; never raises.
 
     Every record also carries ``_seq`` (position in the shard), ``_shard_n`` (samples in the
@@ -37,45 +39,54 @@ def read_shard_records(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
     shard whose reading raised for a reason of our own (its error names it), so that one shard
     never stops the job.
 
-    Memory: a local, uncompressed, undamaged shard (what img2dataset and DataComp write) is
-    streamed: a header-only pass (``curate.io.shards.plan_members``) counts its samples and
-    finds where each ends, then each record is yielded as soon as its sample is read, so a read
-    holds about one sample whatever the shard's size. Different samples sharing a uid are then
-    marked ``duplicate_uid`` when the shard's index file is written (``finalize_shard``). Any
-    other shard (remote, compressed, damaged) is read whole and marked here
-    (``mark_duplicate_uids``).
+    Memory: a local, undamaged shard (a plain ``.tar`` as img2dataset and DataComp write, or a
+    compressed ``.tar.gz``) is streamed: a header-only pass (``curate.io.shards.plan_members``;
+    a compressed shard is decompressed through once for it, its data dropped) counts its
+    samples and finds where each ends, then each record is yielded as soon as its sample is
+    read, so a read holds about one sample whatever the shard's size. Different samples sharing
+    a uid are then marked ``duplicate_uid`` when the shard's index file is written
+    (``finalize_shard``). Any other shard (remote, truncated, damaged) is read whole and marked
+    here (``mark_duplicate_uids``); every member is size-checked either way.
+
+    Args:
+        row: ``{"url": shard URL}``.
+        max_member_bytes: a tar member larger than this (from its header) is never read and its
+            sample is ``too_large`` (``curate.io.shards.read_shard``); default
+            ``DEFAULT_LIMITS.max_member_bytes`` (256 MiB). From a plan:
+            ``ds.flat_map(read_shard_records, fn_kwargs={"max_member_bytes": ...})``.
     """
     url = row["url"]
     try:
-        plan = plan_members(url)
+        plan = plan_members(url, max_member_bytes=max_member_bytes)
     except Exception:
         plan = None
     if plan is not None and plan.keys:
-        yield from _streamed_records(url, plan)
+        yield from _streamed_records(url, plan, max_member_bytes)
         return
     try:
-        records = _shard_records(url)
+        records = _shard_records(url, max_member_bytes)
     except Exception as e:  # an internal fault on this shard: report it as unreadable, go on
         records = [_shard_record(url, SHARD_UNREADABLE, f"internal error reading the shard: {type(e).__name__}: {e}", 0)]
     yield from records
 
 
-def shard_record_list(url: str) -> list[dict[str, Any]]:
+def shard_record_list(url: str, max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes) -> list[dict[str, Any]]:
     """All records of one shard as ``read_shard_records`` yields them, with different samples
     that share a uid marked ``duplicate_uid`` as the index file will have them (what the one-process
-    ``StageChain``, the tests and the fuzz harness read)."""
-    records = list(read_shard_records({"url": url}))
+    ``StageChain``, the tests and the fuzz harness read). ``max_member_bytes``: as in
+    ``read_shard_records``."""
+    records = list(read_shard_records({"url": url}, max_member_bytes=max_member_bytes))
     fresh = [r for r in records if r[S.STATUS] not in (S.STATUS_DUPLICATE_UID, SHARD_RECORD)]
     mark_duplicate_uids(fresh, same=lambda a, b: a[DIGEST] == b[DIGEST])
     return records
 
 
-def _streamed_records(url: str, plan) -> Iterator[dict[str, Any]]:
+def _streamed_records(url: str, plan, max_member_bytes: int) -> Iterator[dict[str, Any]]:
     n = len(plan.keys)
     seen: set[str] = set()
     held: dict[str, Any] | None = None  # the last record waits for the end: it says how the shard ended
     status, error, ignored = SHARD_COMPLETE, "", 0
-    gen = iter_shard(url, plan)
+    gen = iter_shard(url, plan, max_member_bytes=max_member_bytes)
     while True:
         try:
             sample = next(gen)
@@ -122,8 +133,8 @@ def _shard_record(url: str, status: str, error: str, ignored: int) -> dict[str, 
             IGNORED: ignored, FIXES: "", DIGEST: b""}
 
 
-def _shard_records(url: str) -> list[dict[str, Any]]:
-    result = read_shard(url)
+def _shard_records(url: str, max_member_bytes: int) -> list[dict[str, Any]]:
+    result = read_shard(url, max_member_bytes=max_member_bytes)
     n = len(result.samples)
     if n == 0:
         return [_shard_record(url, result.status, result.error or "", result.ignored_members)]

@@ -47,6 +47,24 @@ def stats_sample_count(url: str) -> int | None:
         return None
 
 
+def isolation_resources(specs) -> dict[str, float]:
+    """Ray resources of one isolation actor (``curate.scoring.isolate``), which holds every stage
+    of the plan: the most CPUs and GPUs any one stage's worker reserves."""
+    return {"num_cpus": max(s.resources.cpus for s in specs), "num_gpus": max(s.resources.gpus for s in specs)}
+
+
+def isolation_parallelism(specs, cluster) -> int:
+    """Isolation actors at once: no more than the plan's smallest actor pool (each isolation actor
+    holds every model, so the pass never needs more memory than the plan did), no more than the
+    cluster holds, at most 8 (the pass runs the few samples whose worker died)."""
+    r = isolation_resources(specs)
+    fits = cluster.cpus / max(r["num_cpus"], 1e-9)
+    if r["num_gpus"]:
+        fits = min(fits, cluster.gpus / r["num_gpus"])
+    pools = [s.max_workers if s.max_workers is not None else s.min_workers for s in specs if s.resources.actor]
+    return int(max(1, min(8, fits, min(pools) if pools else 1)))
+
+
 def run_score(
     shards: list[str] | str,
     out_dir: str | Path,
@@ -100,6 +118,7 @@ def run_score(
 
     results: dict[str, ShardResult] = {s.url: s for s in skipped}
     duplicates, stage_stats, plan, startup, driver_cpu = 0, {}, [], 0.0, 0.0
+    isolation = None
     if todo:
         try:
             init_ray(num_cpus=num_cpus, address=address)
@@ -136,7 +155,10 @@ def run_score(
                 mean = sum(sizes.values()) / len(sizes)
                 bar.total = max(bar.n, sum(sizes.values()) + round((len(todo) - len(sizes)) * mean))
 
-        ds = build_dataset(todo, specs, sized.read.num_cpus, out_dir=out_dir)
+        from curate.scoring.guard import faults_from_env
+
+        faults = faults_from_env()
+        ds = build_dataset(todo, specs, sized.read.num_cpus, out_dir=out_dir, limits=sized.limits, faults=faults)
         failure = None
         cpu0 = time.process_time()
         try:
@@ -148,6 +170,16 @@ def run_score(
         except Exception as e:  # keep what was written; report the rest as failed, by name
             failure = root_cause(e)
             log.error("curate score stopped: %s", e)
+        if failure is None:  # the samples whose worker died (or hung, or blew up), run alone
+            from curate.scoring.isolate import isolate_missing
+
+            try:
+                isolation = isolate_missing(tracker, todo, specs, sized.limits, faults, str(out_dir),
+                                            isolation_resources(specs), parallel=isolation_parallelism(specs, cluster))
+                bar.update(isolation.samples)
+            except Exception as e:  # the shards it could not finish are reported failed below
+                failure = f"the isolation pass stopped: {root_cause(e)}"
+                log.error("curate score: %s", failure)
         tracker.drain()
         tracker.cleanup()
         driver_cpu = time.process_time() - cpu0
@@ -163,7 +195,7 @@ def run_score(
     if duplicates:
         log.warning("curate score: %d row(s) arrived twice (Ray task retries) and were written once", duplicates)
     summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir), duplicates,
-                           stage_stats, plan, startup, driver_cpu)
+                           stage_stats, plan, startup, driver_cpu, isolation=isolation)
     write_json_atomically(out_dir / "_summary.json", summary.to_dict(), indent=2, default=str)
     return summary
 

@@ -64,6 +64,8 @@ class ScoreSummary:
             start-up, model loading, the first batches through every stage).
         driver_cpu_s: CPU seconds the driver process used while the plan ran (its share of the
             machine: ``driver_cpu_s / wall_s``).
+        isolation: ``curate.scoring.isolate.IsolationResult`` (``None`` when no worker died):
+            the samples run alone after their batch's worker died, and how they ended.
     """
 
     shards: list[ShardResult]
@@ -75,6 +77,7 @@ class ScoreSummary:
     plan: list[dict[str, Any]] = field(default_factory=list)
     startup_s: float = 0.0
     driver_cpu_s: float = 0.0
+    isolation: Any = None
 
     @property
     def processed(self) -> list[ShardResult]:
@@ -116,6 +119,7 @@ class ScoreSummary:
             "driver_cpu_s": round(self.driver_cpu_s, 3),
             "samples_per_s_processed": round(self.samples_per_s, 3),
             "duplicates_dropped": self.duplicates_dropped,
+            "isolation": dataclasses.asdict(self.isolation) if self.isolation is not None else None,
             "plan": self.plan,
             "stage_stats": {k: {"samples": int(v["samples"]), "busy_s": round(v["busy_s"], 3)}
                             for k, v in self.stage_stats.items()},
@@ -142,6 +146,11 @@ class ScoreSummary:
             + (f"; first samples scored after {self.startup_s:.1f} s" if self.startup_s else "") + ")",
         ]
         lines += self._stage_lines()
+        iso = self.isolation
+        if iso is not None and (iso.samples or iso.shard_errors):
+            lines.append(f"  isolated      {iso.samples} sample(s) run alone after their batch's worker died or hung "
+                         f"({', '.join(f'{k} {v}' for k, v in sorted(iso.statuses.items()))}; "
+                         f"{iso.deaths} worker(s) lost alone; {iso.seconds:.1f} s)")
         if self.duplicates_dropped:
             lines.append(f"  re-delivered  {self.duplicates_dropped} row(s) Ray sent twice (task retries), dropped")
         repaired = sum(s.captions_repaired for s in self.processed)

@@ -358,6 +358,10 @@ class ShardTracker:
         self.results[url] = result
         self.on_shard_done(result)
 
+    def fail(self, url: str, message: str) -> None:
+        """Record the shard ``url`` as failed with ``message`` (its parts are removed)."""
+        self._fail(url, message)
+
     def _fail(self, url: str, message: str, started: bool = False) -> None:
         log.error("curate score: %s: %s", url, message)
         self.started.add(url)

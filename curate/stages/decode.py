@@ -1,10 +1,13 @@
 """Decode: image bytes to RGB ``uint8 (H, W, 3)`` arrays.
 
-Handles EXIF orientation (``PIL.ImageOps.exif_transpose``), grayscale, palette, CMYK,
+Handles EXIF orientation (as ``PIL.ImageOps.exif_transpose``), grayscale, palette, CMYK,
 transparency of every kind (an alpha band or a ``tRNS`` colour key, alpha-composited on a fixed
 background colour), and 16-bit images (rescaled by
-1/257 so 65535 maps to 255, never clamped). The pixel count is read from the header before any
-pixel is decoded, so a decompression bomb gets status ``too_large`` without being allocated.
+1/257 so 65535 maps to 255, never clamped). The size is read from the header before any
+pixel is decoded, so a decompression bomb, an image whose aspect ratio is over
+``limits.max_aspect_ratio`` (a 2.4 KB PNG of 1 x 600,000 pixels) and one that the resizes after
+decoding would blow up over ``limits.max_resized_pixels`` (``curate.limits``) get status
+``too_large`` without being allocated.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from curate import schema as S
+from curate.limits import DEFAULT_LIMITS, PILLOW_MAX_PIXELS, Limits
 from curate.stages.base import Stage
 from curate.stages.common import EMPTY_IMAGE, batch_len, object_array, set_error
 
@@ -133,48 +137,96 @@ def _unreadable_message(data: bytes) -> str:
     return f"not an image format Pillow reads ({len(data)} bytes, starting {data[:8]!r})"
 
 
-def decode_image(data: bytes, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
-                 min_side: int | None = None, min_long_side: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = PILLOW_MAX_PIXELS, background: tuple[int, int, int] = (255, 255, 255),
+                 min_side: int | None = None, min_long_side: int | None = None, *, limits: Limits = DEFAULT_LIMITS,
+                 resize_short: int | None = None, resize_long: int | None = None, reduce: bool = False) -> np.ndarray:
     """Decode one encoded image to an ``(H, W, 3) uint8`` C-contiguous RGB array.
 
     The same as ``decode_sized`` (see there for the arguments and errors), as a NumPy array.
     """
-    return np.ascontiguousarray(decode_pil(data, max_pixels, background, min_side, min_long_side), dtype=np.uint8)
+    return np.ascontiguousarray(decode_pil(data, max_pixels, background, min_side, min_long_side, limits=limits,
+                                           resize_short=resize_short, resize_long=resize_long, reduce=reduce),
+                                dtype=np.uint8)
 
 
 def decode_pil(
     data: bytes,
-    max_pixels: int = 89_478_485,
+    max_pixels: int = PILLOW_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
     min_side: int | None = None,
     min_long_side: int | None = None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    resize_short: int | None = None,
+    resize_long: int | None = None,
+    reduce: bool = False,
 ) -> Image.Image:
     """Decode one encoded image to an RGB ``PIL.Image`` (what open_clip's transforms take).
 
     The same as ``decode_sized`` without the original size.
     """
-    return decode_sized(data, max_pixels, background, min_side, min_long_side)[0]
+    return decode_sized(data, max_pixels, background, min_side, min_long_side, limits=limits,
+                        resize_short=resize_short, resize_long=resize_long, reduce=reduce)[0]
+
+
+# Modes that ``Image.reduce`` averages as they are (LA and RGBA premultiplied by Pillow), before
+# the conversion to RGB.
+_REDUCIBLE_MODES = {"L", "RGB", "RGBA", "LA"}
+# EXIF orientation -> the transpose that rights it (``PIL.ImageOps.exif_transpose``'s table).
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def reduction(width: int, height: int, min_side: int | None, min_long_side: int | None) -> int:
+    """The largest of 8, 4 and 2 that keeps the shorter side of a ``width x height`` image at
+    least ``min_side`` and its longer side at least ``min_long_side`` pixels when divided by it,
+    else 1 (also when neither is given)."""
+    if not (min_side or min_long_side):
+        return 1
+    return next((s for s in (8, 4, 2) if min(width, height) / s >= (min_side or 0)
+                 and max(width, height) / s >= (min_long_side or 0)), 1)
 
 
 def decode_sized(
     data: bytes,
-    max_pixels: int = 89_478_485,
+    max_pixels: int = PILLOW_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
     min_side: int | None = None,
     min_long_side: int | None = None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    resize_short: int | None = None,
+    resize_long: int | None = None,
+    reduce: bool = False,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Decode one encoded image to an RGB ``PIL.Image``, possibly at a reduced size.
 
+    Before any pixel is decoded, the size in the header is checked against ``max_pixels`` and
+    against ``limits.check_shape`` (the aspect ratio, and the pixels after the resizes that
+    follow the decode: ``resize_short``, ``resize_long``).
+
     Args:
         data: encoded bytes (any format Pillow reads: JPEG, PNG, WebP, TIFF, GIF, BMP, ...).
-        max_pixels: refuse images with more pixels than this (checked on the header).
+        max_pixels: refuse images with more pixels than this (checked on the header; default
+            Pillow's own warning level, ``curate.limits.PILLOW_MAX_PIXELS``).
         background: RGB 0-255 colour that transparent pixels are composited on.
         min_side: when set, a JPEG whose shorter side is at least twice this many pixels is
             decoded at a reduced scale (1/2, 1/4 or 1/8, in the DCT domain: Pillow's
             ``Image.draft``), keeping the shorter side at least ``min_side``. Other formats
-            decode in full. For consumers that resize to ``min_side`` anyway.
+            decode in full unless ``reduce``. For consumers that resize to ``min_side`` anyway.
         min_long_side: likewise for the longer side (a text detector that resizes the long side).
             With both, the reduction keeps both bounds.
+        limits: ``max_aspect_ratio`` and ``max_resized_pixels`` (``curate.limits``).
+        resize_short: the consumer resizes the shorter side to this many pixels (open_clip's
+            ``Resize(S)``: ``curate.models.clip_input_size``); ``None``: no such resize.
+        resize_long: the consumer resizes the longer side to this many pixels (the detector's
+            ``detect.long_side``, a thumbnail); ``None``: no such resize.
+        reduce: also shrink the other formats (PNG, WebP, ...) right after decoding, by the
+            factor a JPEG would be drafted at (``Image.reduce``: the mean of each 2x2, 4x4 or
+            8x8 block, before the conversion to RGB), so that no full-size copy is made after
+            the decoder's own. The pixels then differ slightly from a full decode: for
+            consumers that resize anyway, not for the score index.
 
     Returns:
         ``(image, (width, height))``: a mode ``RGB`` image after EXIF orientation, and the
@@ -182,8 +234,10 @@ def decode_sized(
         size it was decoded at).
 
     Raises:
-        DecodeError: ``status='too_large'`` over ``max_pixels``; ``status='decode_error'`` for
-            anything Pillow cannot decode (truncated data, unknown format, ...).
+        DecodeError: ``status='too_large'`` over ``max_pixels`` or over a limit of
+            ``limits.check_shape`` (the message names the shape and the limit);
+            ``status='decode_error'`` for anything Pillow cannot decode (truncated data,
+            unknown format, zero size, ...).
     """
     try:
         with warnings.catch_warnings():
@@ -194,19 +248,31 @@ def decode_sized(
                 raise DecodeError(S.STATUS_TOO_LARGE, f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
             if w <= 0 or h <= 0:
                 raise DecodeError(S.STATUS_DECODE_ERROR, f"zero-size image: the {im.format} header says {w}x{h} pixels")
-            if im.format == "JPEG" and (min_side or min_long_side):
+            over = limits.check_shape(w, h, resize_short, resize_long)
+            if over:
+                raise DecodeError(S.STATUS_TOO_LARGE, over)
+            s = reduction(w, h, min_side, min_long_side)
+            if im.format == "JPEG" and s > 1:
                 # The largest DCT scale 1/s that keeps both bounds; Pillow picks s itself from the
                 # requested size as min(w // rw, h // rh), so ask for (w // s, h // s).
-                s = next((s for s in (8, 4, 2) if min(w, h) / s >= (min_side or 0)
-                          and max(w, h) / s >= (min_long_side or 0)), 1)
-                if s > 1:
-                    im.draft(im.mode, (w // s, h // s))
+                im.draft(im.mode, (w // s, h // s))
+                s = 1
             _scale_grey_key(im)
             # EXIF orientations 5-8 swap width and height.
-            size = (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+            orientation = im.getexif().get(0x0112, 1)
+            size = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
             im.load()
-            im = ImageOps.exif_transpose(im)
+            pending = s if reduce else 1  # the reduction still to do
+            if pending > 1 and im.info.get("transparency") is None:  # a tRNS key must become alpha first
+                if im.mode == "1":
+                    im = im.convert("L")  # 0 or 255 either way; "1" cannot be averaged
+                if im.mode in _REDUCIBLE_MODES:
+                    im, pending = im.reduce(pending), 1
+            if orientation in _ORIENT:  # as ImageOps.exif_transpose, without its copy of an upright image
+                im = im.transpose(_ORIENT[orientation])
             rgb = _to_rgb(im, background)
+            if pending > 1:  # palette, 16-bit, CMYK, a tRNS key: reduced once in RGB
+                rgb = (Image.fromarray(rgb, "RGB") if isinstance(rgb, np.ndarray) else rgb).reduce(pending)
     except DecodeError:
         raise
     except Image.DecompressionBombError:
@@ -251,11 +317,18 @@ class Decode(Stage):
     ``height`` are the full image size even when the image is decoded at a reduced size.
 
     Args:
-        max_pixels: decompression-bomb limit (see ``decode_sized``).
+        max_pixels: decompression-bomb limit (see ``decode_sized``; default
+            ``curate.limits.PILLOW_MAX_PIXELS``).
         background: RGB compositing colour for transparent images.
         min_side, min_long_side: decode large JPEGs at a reduced scale that keeps the shorter
             side at least ``min_side`` and the longer side at least ``min_long_side`` pixels
             (``decode_sized``); ``None``: decode in full.
+        limits: the shape limits checked on the header (``curate.limits.Limits.check_shape``:
+            aspect ratio, pixels after the resizes below); over them a row is ``too_large``
+            with a message naming its shape. ``curate score``: its ``limits`` section.
+        resize_short, resize_long: the resizes the later stages make (``curate score``: CLIP's
+            shortest-side resize to ``curate.models.clip_input_size``, the detector's long-side
+            resize to ``detect.long_side``); ``None``: none.
         hashes: also write ``image_hash`` (object ``bytes``: BLAKE2b-128 of the image bytes as
             stored; ``b""`` for rows without an image) and ``image_phash`` (int64: the 64-bit
             perceptual hash ``imagehash.phash`` of the decoded image, Zauner 2010's DCT hash;
@@ -268,9 +341,11 @@ class Decode(Stage):
     writes = (S.IMAGE, S.WIDTH, S.HEIGHT)
     drops = (S.IMAGE_BYTES,)
 
-    def __init__(self, max_pixels: int = 89_478_485, background: tuple[int, int, int] = (255, 255, 255),
-                 min_side: int | None = None, min_long_side: int | None = None, hashes: bool = False):
+    def __init__(self, max_pixels: int = PILLOW_MAX_PIXELS, background: tuple[int, int, int] = (255, 255, 255),
+                 min_side: int | None = None, min_long_side: int | None = None, hashes: bool = False,
+                 limits: Limits = DEFAULT_LIMITS, resize_short: int | None = None, resize_long: int | None = None):
         self.max_pixels = int(max_pixels)
+        self.limits, self.resize_short, self.resize_long = limits, resize_short, resize_long
         self.hashes = bool(hashes)
         if self.hashes:
             self.writes = Decode.writes + (S.IMAGE_HASH, S.IMAGE_PHASH)
@@ -290,7 +365,9 @@ class Decode(Stage):
             batch[S.IMAGE_PHASH] = np.zeros(n, dtype=np.int64)
         for i in rows:
             try:
-                im, (w, h) = decode_sized(data[i], self.max_pixels, self.background, self.min_side, self.min_long_side)
+                im, (w, h) = decode_sized(data[i], self.max_pixels, self.background, self.min_side, self.min_long_side,
+                                          limits=self.limits, resize_short=self.resize_short,
+                                          resize_long=self.resize_long)
             except DecodeError as e:
                 set_error(batch, i, e.status, str(e))
                 continue

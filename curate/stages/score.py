@@ -5,6 +5,11 @@ open_clip model (the DataComp "CLIP score", Gadre et al. 2023, Sec. 3.4); ``mask
 is the same for the masked image (the T-MARS score, Maini et al. 2023). Original and masked
 images are embedded in one forward pass; a row without detected text has an unchanged image,
 so its masked score is its CLIP score and its masked image is not embedded twice.
+
+Captions go through ``curate.models.BoundedTokenizer`` (their cost bounded, the tokens of every
+ordinary caption unchanged), and no image over ``limits`` reaches open_clip's resize: decode
+refused it already (``too_large``); should one come all the same, ``image_input`` raises and the
+row gets ``score_error``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from curate import schema as S
-from curate.models import ResolvedWeights, create_clip, resolve_device, resolve_pretrained
+from curate.limits import DEFAULT_LIMITS, Limits
+from curate.models import ResolvedWeights, clip_input_size, create_clip, resolve_device, resolve_pretrained
 from curate.stages.base import Resources, Stage
 from curate.stages.common import batch_len, image_at
 
@@ -42,6 +48,9 @@ class Score(Stage):
             ``text_embedding``: ``(N, D) float16``, L2-normalised, the vectors the scores are
             the dot products of (NaN rows where not computed); the masked image's is the
             original's where nothing was masked.
+        limits: what one sample may cost (``curate.limits``; ``curate score``: its ``limits``
+            section): the captions' (``max_tokenize_chars``, ``max_word_chars``) and the
+            images' shape (``max_aspect_ratio``, ``max_resized_pixels`` after CLIP's resize).
     """
 
     name = "score"
@@ -62,6 +71,7 @@ class Score(Stage):
         torch_threads: int = 0,
         weights: ResolvedWeights | None = None,
         embeddings: bool = False,
+        limits: Limits = DEFAULT_LIMITS,
     ):
         import torch
 
@@ -73,7 +83,10 @@ class Score(Stage):
             torch.set_num_threads(int(torch_threads))
         self.device = resolve_device(device)
         self.weights = weights or resolve_pretrained(clip_model, pretrained, cache_dir)
-        self.model, self.preprocess, self.tokenizer = create_clip(clip_model, self.weights, self.device)
+        self.limits = limits
+        self.model, self.preprocess, self.tokenizer = create_clip(clip_model, self.weights, self.device, limits)
+        # S: open_clip's eval transform resizes an image's shorter side to this, then crops S x S.
+        self.input_size = clip_input_size(self.weights.model)
         # On GPUs the patch-embedding convolution runs faster in channels_last (NHWC).
         self.channels_last = self.device.startswith("cuda")
         if self.channels_last:
@@ -96,26 +109,52 @@ class Score(Stage):
             return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def image_input(self, image: np.ndarray):
+        """The model input of one image: open_clip's eval transform of an ``(H, W, 3) uint8`` RGB
+        array, a ``(3, S, S) float32`` tensor (``S``: ``input_size``).
+
+        Raises:
+            ValueError: the image is over ``limits`` (``Limits.check_shape`` with CLIP's
+                shortest-side resize to ``S``): decode refuses such an image, so this is a
+                guard, checked on the shape before the transform allocates anything.
+        """
+        h, w = image.shape[:2]
+        over = self.limits.check_shape(w, h, resize_short=self.input_size)
+        if over:
+            raise ValueError(f"image too large for CLIP's resize: {over}")
+        return self.preprocess(Image.fromarray(image))
+
+    def embed_inputs(self, inputs: list) -> np.ndarray:
+        """L2-normalised image embeddings ``(N, D) float32`` of ``image_input`` tensors."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode(), self._autocast():
+            x = torch.stack(inputs).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return F.normalize(self.model.encode_image(x).float(), dim=-1).cpu().numpy()
+
     def embed(self, images: list[np.ndarray], captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """L2-normalised embeddings.
 
         Args:
             images: ``(H, W, 3) uint8`` RGB arrays.
-            captions: strings.
+            captions: strings (through the bounded tokenizer).
 
         Returns:
             ``(image_emb (N, D) float32, text_emb (M, D) float32)``.
+
+        Raises:
+            ValueError: an image over ``limits`` (``image_input``).
         """
         import torch
         import torch.nn.functional as F
 
+        img_emb = txt_emb = None
+        if images:
+            img_emb = self.embed_inputs([self.image_input(im) for im in images])
         with torch.inference_mode(), self._autocast():
-            img_emb = txt_emb = None
-            if images:
-                x = torch.stack([self.preprocess(Image.fromarray(im)) for im in images]).to(self.device)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                img_emb = F.normalize(self.model.encode_image(x).float(), dim=-1).cpu().numpy()
             if captions:
                 t = self.tokenizer(list(captions)).to(self.device)
                 txt_emb = F.normalize(self.model.encode_text(t).float(), dim=-1).cpu().numpy()

@@ -8,9 +8,11 @@ Each training worker (rank ``r`` of ``R``) runs ``W`` data streams (DataLoader w
 2. each sample whose uid is in the subset, as many times as the uid appears there (upweighting,
    as DataComp's resharder does); with no subset, every sample;
 3. through a shuffle buffer (webdataset's ``shuffle(n)`` scheme, seeded per stream);
-4. decoded (``curate.stages.decode.decode_pil``; large JPEGs in draft mode at twice the
-   model's input size, since the transform shrinks them anyway), transformed with open_clip's train transform
-   and tokenised, into full batches of ``local_batch_size``.
+4. decoded (``curate.stages.decode.decode_pil``, after the header checks of
+   ``curate.limits.DEFAULT_LIMITS`` for a resize to the model's input size; large images at
+   about twice the model's input size, JPEGs drafted and other formats reduced, since the
+   transform shrinks them anyway), transformed with open_clip's train transform and tokenised
+   (``curate.models.BoundedTokenizer``), into full batches of ``local_batch_size``.
 
 A sample that cannot be used (no caption, no image, broken image, cut shard) is skipped and
 counted by its index status; a broken shard is counted and read as far as it goes. Each batch
@@ -54,7 +56,8 @@ class SubsetStream(torch.utils.data.IterableDataset):
         shards: shard URLs (already expanded).
         subset: ``uid -> multiplicity``, or ``None`` for every sample.
         preprocess: open_clip train transform, PIL image -> ``(3, S, S) float32``.
-        tokenizer: open_clip tokenizer, list of str -> ``(B, L) int64``.
+        tokenizer: ``curate.models.BoundedTokenizer`` (``get_tokenizer``), list of str ->
+            ``(B, L) int64``.
         local_batch_size: samples per batch.
         rank, world_size: this worker's place among the Ray Train workers.
         num_streams: streams per worker (``max(1, data_workers)``).
@@ -63,8 +66,13 @@ class SubsetStream(torch.utils.data.IterableDataset):
         start_step: the step the run starts at (DataLoader workers take batches in turn, so the
             stream that delivers step ``s`` is ``s % num_streams``).
         start_cursors: per-stream cursors from a checkpoint, or ``None`` at the start.
-        decode_min_side: decode JPEGs at a reduced scale keeping the shorter side at least this
-            many pixels (``decode_pil(min_side=...)``); ``None`` decodes in full.
+        decode_min_side: decode large images at a reduced scale keeping the shorter side at
+            least this many pixels (``decode_pil(min_side=..., reduce=True)``: JPEGs drafted,
+            other formats reduced right after decoding); ``None`` decodes in full.
+        input_size: the model's input side in pixels (``curate.models.clip_input_size``): the
+            images' shape is checked for a resize of the shorter side to it
+            (``curate.limits.DEFAULT_LIMITS``; an image over it is skipped as ``too_large``);
+            ``None``: the aspect ratio only.
 
     Yields:
         ``{"images": (B, 3, S, S) float32, "texts": (B, L) int64, "stream": int, "cursor": int,
@@ -78,7 +86,7 @@ class SubsetStream(torch.utils.data.IterableDataset):
     def __init__(self, shards: list[str], subset: dict[str, int] | None, preprocess, tokenizer,
                  local_batch_size: int, rank: int = 0, world_size: int = 1, num_streams: int = 1, seed: int = 0,
                  shuffle_buffer: int = 1000, start_step: int = 0, start_cursors: list[int] | None = None,
-                 decode_min_side: int | None = None):
+                 decode_min_side: int | None = None, input_size: int | None = None):
         super().__init__()
         if not shards:
             raise ValueError("no shards to train on")
@@ -86,7 +94,7 @@ class SubsetStream(torch.utils.data.IterableDataset):
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.local_batch_size, self.rank, self.world_size = local_batch_size, rank, world_size
         self.num_streams, self.seed, self.shuffle_buffer = num_streams, seed, shuffle_buffer
-        self.start_step, self.decode_min_side = start_step, decode_min_side
+        self.start_step, self.decode_min_side, self.input_size = start_step, decode_min_side, input_size
         self.start_cursors = list(start_cursors) if start_cursors else [0] * num_streams
         if len(self.start_cursors) != num_streams:
             raise ValueError(f"checkpoint has {len(self.start_cursors)} data streams per worker, this run {num_streams}")
@@ -168,7 +176,8 @@ class SubsetStream(torch.utils.data.IterableDataset):
                 skipped[rec[S.STATUS]] += 1
                 continue
             try:
-                image = self.preprocess(decode_pil(rec[S.IMAGE_BYTES], min_side=self.decode_min_side))
+                image = self.preprocess(decode_pil(rec[S.IMAGE_BYTES], min_side=self.decode_min_side,
+                                                   resize_short=self.input_size, reduce=True))
             except DecodeError as e:
                 skipped[e.status] += 1
                 continue

@@ -37,11 +37,12 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu"):
 
     Returns:
         ``(model, preprocess_train, tokenizer)``; ``preprocess_train`` maps a PIL image to
-        ``(3, S, S) float32``, ``tokenizer`` a list of str to ``(B, L) int64``.
+        ``(3, S, S) float32``, ``tokenizer`` (``curate.models.BoundedTokenizer``, with
+        ``DEFAULT_LIMITS``) a list of str to ``(B, L) int64``.
     """
     import open_clip
 
-    from curate.models import register_configs
+    from curate.models import get_tokenizer, register_configs
 
     register_configs()
     with torch.random.fork_rng(devices=[]):
@@ -50,7 +51,7 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu"):
                                                                             output_dict=True)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    return model, preprocess_train, open_clip.get_tokenizer(cfg.model)
+    return model, preprocess_train, get_tokenizer(cfg.model)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -222,7 +223,8 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
     stream = SubsetStream(config["shards"], load_subset_counts(config["subset"]), preprocess, tokenizer,
                           cfg.local_batch_size, rank=rank, world_size=world_size, num_streams=num_streams,
                           seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, start_step=start_step,
-                          start_cursors=cursors, decode_min_side=2 * clip_input_size(cfg.model) if cfg.draft_decode else None)
+                          start_cursors=cursors, decode_min_side=2 * clip_input_size(cfg.model) if cfg.draft_decode else None,
+                          input_size=clip_input_size(cfg.model))
     torch.manual_seed(cfg.seed + 7919 * rank)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=collate_one,
                                          num_workers=cfg.data_workers, prefetch_factor=4 if cfg.data_workers else None)

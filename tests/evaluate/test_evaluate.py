@@ -275,3 +275,143 @@ def test_a_full_disk_leaves_no_half_evalset_and_a_cut_result_line_is_rerun(full_
     assert main(args + ["--tasks", "cifar10,flickr30k_mini"]) == 0
     assert "already done 1 task(s)" in capsys.readouterr().out
     assert [json.loads(x)["task"] for x in results.read_text().splitlines()] == ["cifar10", "flickr30k_mini"]
+
+
+# --- Bounded reads (issue 27): eval members are size-checked, unused ones never read ----------
+
+
+def _noise_tree(root: Path, classes: int = 3, per_class: int = 8, side: int = 256) -> int:
+    """A class-folder tree of random-noise PNGs (incompressible, so each file is about
+    ``side * side * 3`` bytes); returns the total bytes of the images."""
+    rng = np.random.default_rng(0)
+    total = 0
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            path = root / f"class{c}" / f"{i:03d}.png"
+            Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+            total += path.stat().st_size
+    return total
+
+
+def _members(tar: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(tar) as tf:
+        return [(m.name, tf.extractfile(m).read()) for m in tf.getmembers() if m.isfile()]
+
+
+def test_make_evalset_holds_one_image_at_a_time(tmp_path):
+    """make-evalset reads, converts and writes one image at a time: the Python memory it
+    allocates at its peak is far below the tree's images together (it held all of them before)."""
+    import tracemalloc
+
+    import webdataset  # noqa: F401  (imported before tracing: its import is not the command's cost)
+
+    tree = tmp_path / "tree"
+    total = _noise_tree(tree)
+    assert total > 4_500_000  # 24 images of about 197 KB
+    make_classification_set(tree, "warm", tmp_path / "warm")  # first-call imports, outside the trace
+    tracemalloc.start()
+    try:
+        summary = make_classification_set(tree, "noise", tmp_path / "out")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert summary.samples == 24 and summary.classes == 3
+    assert peak < total / 4, f"peak {peak} bytes for {total} bytes of images"
+    # The same samples as before: every image byte for byte, labelled in sorted folder order.
+    written = _members(tmp_path / "out" / "wds_noise_test" / "test" / "0.tar")
+    files = sorted(p for p in tree.rglob("*.png"))
+    assert [n for n, _ in written] == [f"s{i:07d}.{e}" for i in range(24) for e in ("cls", "png")]
+    assert [d for n, d in written if n.endswith(".png")] == [p.read_bytes() for p in files]
+    assert [int(d) for n, d in written if n.endswith(".cls")] == [i // 8 for i in range(24)]
+
+
+def test_make_evalset_refuses_an_image_over_the_member_limit(tmp_path):
+    tree = tmp_path / "tree"
+    _noise_tree(tree, classes=2, per_class=2, side=64)
+    big = tree / "class1" / "big.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(big)
+    limit = 50_000
+    size = big.stat().st_size
+    with pytest.raises(ValueError, match=rf"big\.png: {size} bytes, over limits\.max_member_bytes {limit}"):
+        make_classification_set(tree, "t", tmp_path / "out", max_member_bytes=limit)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    packed = tmp_path / "tree.tar"  # the same tree as a tar: refused from the member's header
+    with tarfile.open(packed, "w") as tf:
+        tf.add(tree, arcname="tree")
+    with pytest.raises(ValueError, match=rf"member 'tree/class1/big\.png': {size} bytes, over"):
+        make_classification_set(packed, "t", tmp_path / "out", max_member_bytes=limit)
+    assert make_classification_set(packed, "t", tmp_path / "out").samples == 5  # the default limit: 256 MiB
+    line = json.dumps({"image": "class1/big.png", "captions": ["noise"]})
+    (tmp_path / "caps.jsonl").write_text(line + "\n")
+    with pytest.raises(ValueError, match=rf"big\.png: {size} bytes, over limits\.max_member_bytes {limit}"):
+        make_retrieval_set(tmp_path / "caps.jsonl", tree, "r", tmp_path / "out", max_member_bytes=limit)
+
+
+def _batches(evalset, **kw):
+    from torchvision.transforms import ToTensor
+
+    images, labels = [], []
+    for x, y in evalset.dataloader(ToTensor(), batch_size=16, **kw):
+        images.append(x)
+        labels.append(y)
+    return torch.cat(images), torch.cat(labels)
+
+
+def test_the_eval_reader_never_reads_members_it_does_not_use(data_dir, tmp_path):
+    """Extra members beside each sample (a ``.json.gz`` that is not gzip, a ``.pyd`` whose
+    unpickling raises, a large ``.npy``) are never read, inflated or decoded: the batches are
+    those of the clean set. webdataset's own reader (clip_benchmark's) inflates and unpickles them."""
+    import shutil
+
+    clean = tmp_path / "wds_cifar10_test"
+    shutil.copytree(data_dir / "wds_cifar10_test", clean)
+    want_images, want_labels = _batches(open_evalset("cifar10", clean))
+    assert len(want_labels) == 10 * PER_CLASS
+
+    dirty = tmp_path / "dirty" / "wds_cifar10_test"
+    shutil.copytree(clean, dirty)
+    shard = dirty / "test" / "0.tar"
+    members = _members(shard)
+    unpickle_raises = b"cno_such_module_here\nfn\n."  # a pickle naming a module that does not exist
+    with tarfile.open(shard, "w") as tf:
+        def add(name, data):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+        for name, data in members:
+            add(name, data)
+            if name.endswith(".cls"):
+                key = name.split(".", 1)[0]
+                add(f"{key}.json.gz", b"\x1f\x8bnot gzip at all")
+                add(f"{key}.pyd", unpickle_raises)
+                add(f"{key}.npy", bytes(3_000_000))
+    images, labels = _batches(open_evalset("cifar10", dirty), max_member_bytes=1_000_000)
+    assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
+
+    from clip_benchmark.datasets.builder import build_wds_dataset
+    from torchvision.transforms import ToTensor
+
+    import warnings
+
+    with pytest.raises(Exception) as e, warnings.catch_warnings():  # the reader this replaced, same folder
+        warnings.simplefilter("ignore", UserWarning)
+        list(build_wds_dataset("wds/cifar10", ToTensor(), split="test", data_dir=str(dirty)))
+    assert getattr(e.value, "k", None) == "json.gz"  # webdataset's DecodingError: it inflated the member
+
+
+def test_the_eval_reader_refuses_a_used_member_over_the_limit(data_dir, tmp_path):
+    evalset = open_evalset("cifar10", data_dir / "wds_cifar10_test")
+    sizes = [len(d) for n, d in _members(data_dir / "wds_cifar10_test" / "test" / "0.tar") if n.endswith(".jpg")]
+    limit = sorted(sizes)[len(sizes) // 2]  # half of the images are larger
+    big = next(s for s in sizes if s > limit)
+    over = rf"\.jpg' is \d+ bytes, over limits\.max_member_bytes {limit}; it is not read"
+    with pytest.raises(ValueError, match=over):
+        _batches(evalset, max_member_bytes=limit)
+    assert big > limit
+    # Retrieval sets are read by the same reader.
+    retrieval = open_evalset("flickr30k_mini", data_dir / "wds_flickr30k_mini_test")
+    over = r"0\.tar: member 's0000000\.jpg' is \d+ bytes, over limits\.max_member_bytes 10;"
+    with pytest.raises(ValueError, match=over):
+        list(retrieval.dataloader(lambda im: torch.zeros(1), batch_size=2, max_member_bytes=10))

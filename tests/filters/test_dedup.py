@@ -161,6 +161,81 @@ def test_decontaminate_drops_the_test_images_and_writes_the_matches(embedded_poo
         run_filter(embedded_pool["index"], "decontaminate(threshold=0.9)", tmp_path / "y")
 
 
+_PEAK_RSS = """
+import resource, sys
+from curate.filters import run_filter
+index, evalset, out = sys.argv[1:4]
+run_filter(index, f"decontaminate(evalset={evalset!r}, threshold=0.95)", out)
+print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _decontaminate_peak_kib(index, evalset, out) -> int:
+    """Peak resident memory (KiB, Linux ``ru_maxrss``) of a fresh process that runs one
+    ``decontaminate()`` (hashes and embeddings) over ``evalset``."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(index), str(evalset), str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout.split("peak")[-1])
+
+
+@pytest.mark.slow
+def test_decontaminate_holds_one_test_image_at_a_time(embedded_pool, tmp_path):
+    """Four flat 6000 x 6000 PNGs (117 KB each, 108 MB each as RGB) cost about what one does:
+    each is decoded alone, reduced right after decoding, and only its hash and embedding are
+    kept. (Before, every test image was held decoded at full size: +341 MB for the three more,
+    measured the same way; now +13 MB.)"""
+    from PIL import Image
+
+    sets = {}
+    for n in (1, 4):
+        folder = tmp_path / f"flat{n}"
+        folder.mkdir()
+        for i in range(n):
+            Image.new("RGB", (6000, 6000), (40 * i + 20, 90, 200 - 30 * i)).save(folder / f"flat{i}.png")
+        sets[n] = folder
+    one = _decontaminate_peak_kib(embedded_pool["index"], sets[1], tmp_path / "o1")
+    four = _decontaminate_peak_kib(embedded_pool["index"], sets[4], tmp_path / "o4")
+    full_image_kib = 6000 * 6000 * 3 // 1024
+    assert four - one < full_image_kib // 2, (one, four)
+
+
+@pytest.mark.slow
+def test_decontaminate_skips_bad_and_oversized_test_images(embedded_pool, sources, tmp_path):
+    """A broken test image and a 1 x 600,000 PNG are skipped and named; the others still match."""
+    import io
+    import shutil
+
+    from PIL import Image
+
+    evalset = tmp_path / "evalset"
+    shutil.copytree(embedded_pool["dir"] / "evaltree", evalset)
+    (evalset / "things" / "broken.jpg").write_bytes(sources["bad/broken.jpg"]["image"])
+    thin = io.BytesIO()
+    Image.new("1", (1, 600_000)).save(thin, "PNG")
+    (evalset / "things" / "thin.png").write_bytes(thin.getvalue())
+    rule = f"decontaminate(evalset={str(evalset)!r}, threshold=1.0)"
+    s = run_filter(embedded_pool["index"], rule, tmp_path / "x")
+    found = s.details[rule]
+    assert found["test images"] == 4 and found["test images skipped"] == 2
+    assert "things/broken.jpg: decode_error" in found["skipped"]
+    assert "things/thin.png: too_large: 1x600000 pixels: aspect ratio" in found["skipped"]
+    assert "test images skipped 2" in s.format()
+    matches = pq.read_table(tmp_path / "x" / "decontamination.parquet").to_pylist()
+    src = embedded_pool["sources"]
+    assert {m[S.KEY] for m in matches} == {_key_of(src, embedded_pool["pool"][4]), _key_of(src, embedded_pool["pool"][5])}
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "thin.png").write_bytes(thin.getvalue())
+    with pytest.raises(RuleError, match="no usable image.*thin.png: too_large"):
+        run_filter(embedded_pool["index"], f"decontaminate(evalset={str(only_bad)!r}, threshold=1.0)", tmp_path / "y")
+
+
 def test_text_based_keeps_captions_that_mention_a_class_name(scored, tmp_path):
     """DataComp's text-based baseline on the real index: whole words and phrases, any case; a
     class file with SQL or regex syntax in it is only ever text."""

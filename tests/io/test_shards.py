@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 
 import pytest
@@ -309,3 +310,158 @@ def test_a_stream_holds_one_sample_at_a_time(tmp_path):
         assert sample["__key__"] == f"{i:06d}"
         reader = gen.gi_yieldfrom  # the generator behind iter_shard: its samples not yet yielded
         assert len(reader.gi_frame.f_locals["by_key"]) + len(reader.gi_frame.f_locals["done"]) <= 1
+
+
+# --- Member sizes: a member over limits.max_member_bytes is never read (issue 27) ---------------
+
+
+def _sized_members(big: int) -> list[tuple[str, bytes]]:
+    """Three samples a, b, c; b's caption is ``big`` bytes."""
+    return [("a.jpg", b"img a"), ("a.txt", b"caption a"), ("b.jpg", b"img b"), ("b.txt", b"x" * big),
+            ("c.jpg", b"img c"), ("c.txt", b"caption c")]
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_an_over_large_member_is_not_read_and_its_sample_is_too_large(tmp_path, suffix):
+    import gzip
+
+    from curate.io.shards import drain, iter_shard, plan_members
+    from curate.scoring.records import shard_record_list
+
+    data = _tar(_sized_members(5000))
+    p = tmp_path / f"big{suffix}"
+    p.write_bytes(gzip.compress(data) if suffix == ".tar.gz" else data)
+    r = read_shard(str(p), max_member_bytes=1000)
+    assert r.status == SHARD_COMPLETE
+    b = r.samples[1]
+    assert "txt" not in b and "jpg" in b  # never read, not cut
+    recs = [sample_to_record(s) for s in r.samples]
+    assert [x[S.STATUS] for x in recs] == [S.STATUS_OK, S.STATUS_TOO_LARGE, S.STATUS_OK]
+    assert recs[1][S.ERROR] == "member 'b.txt' is 5000 bytes, over limits.max_member_bytes 1000; not read"
+    # Streamed with a header plan (the gzip one too): the same samples and statuses.
+    plan = plan_members(str(p), max_member_bytes=1000)
+    assert plan is not None and plan.keys == ["a", "b", "c"]
+    streamed, ending = drain(iter_shard(str(p), plan, max_member_bytes=1000))
+    assert streamed == r.samples and ending.status == SHARD_COMPLETE
+    rows = shard_record_list(str(p), max_member_bytes=1000)
+    assert [(x[S.KEY], x[S.STATUS]) for x in rows] == [("a", "ok"), ("b", "too_large"), ("c", "ok")]
+    assert rows[1][S.TEXT] == "" and "5000 bytes" in rows[1][S.ERROR]
+    # Under the default limit (256 MiB) the same shard is whole and ok.
+    assert {x[S.STATUS] for x in shard_record_list(str(p))} == {S.STATUS_OK}
+
+
+def test_a_gzip_shard_is_streamed_one_sample_at_a_time(tmp_path):
+    """A ``.tar.gz`` gets a header plan (one pass through the stream, data dropped) and is then
+    read one sample at a time, with the samples, flags and status of a whole read."""
+    import gzip
+
+    from curate.io.shards import drain, iter_shard, plan_members
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tf:
+        for i in range(30):
+            for ext, data in (("jpg", os.urandom(20_000)), ("txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    path = tmp_path / "s.tar.gz"
+    path.write_bytes(gzip.compress(raw.getvalue()))
+    whole = read_shard(str(path))
+    plan = plan_members(str(path))
+    assert plan is not None and len(plan.keys) == len(whole.samples) == 30
+    streamed, ending = drain(iter_shard(str(path), plan))
+    assert streamed == whole.samples and (ending.status, ending.error) == (whole.status, whole.error)
+    gen = iter_shard(str(path), plan)
+    for i in range(30):
+        assert next(gen)["__key__"] == f"{i:06d}"
+        reader = gen.gi_yieldfrom
+        assert len(reader.gi_frame.f_locals["by_key"]) + len(reader.gi_frame.f_locals["done"]) <= 1
+
+
+def test_a_cut_gzip_shard_is_read_whole_and_still_size_checked(tmp_path):
+    import gzip
+
+    members = [("a.jpg", os.urandom(3000)), ("a.txt", b"caption a"), ("b.jpg", os.urandom(3000)),
+               ("b.txt", os.urandom(50_000)), ("c.jpg", os.urandom(30_000)), ("c.txt", b"caption c")]
+    packed = gzip.compress(_tar(members))
+    p = tmp_path / "cut.tar.gz"
+    p.write_bytes(packed[: len(packed) * 3 // 4])  # ends inside c.jpg
+    from curate.io.shards import plan_members
+
+    assert plan_members(str(p), max_member_bytes=40_000) is None
+    r = read_shard(str(p), max_member_bytes=40_000)
+    assert r.status == SHARD_TRUNCATED
+    statuses = [sample_to_record(s)[S.STATUS] for s in r.samples]
+    assert statuses == [S.STATUS_OK, S.STATUS_TOO_LARGE, S.STATUS_TRUNCATED]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"])
+def test_an_over_large_extended_header_ends_the_read(tmp_path, fmt):
+    """``tarfile`` reads a GNU long name or a pax header whole while parsing the header: one
+    over the limit is not read, and the shard is reported truncated there (unreadable when it
+    is the first header)."""
+    long_name = "n" * 3000 + ".txt"
+    over = r"extended header .* holds \d+ bytes, over limits\.max_member_bytes 2000; not read"
+    p = tmp_path / "long.tar"
+    p.write_bytes(_tar([("a.jpg", b"1"), ("a.txt", b"x"), (long_name, b"y"), ("c.jpg", b"2")], fmt=fmt))
+    r = read_shard(str(p), max_member_bytes=2000)
+    assert r.status == SHARD_TRUNCATED and re.search(over, r.error), r.error
+    assert [s["__key__"] for s in r.samples] == ["a"]
+    assert read_shard(str(p)).status == SHARD_COMPLETE  # under the default limit: read whole
+    first = tmp_path / "first.tar"
+    first.write_bytes(_tar([(long_name, b"y"), ("c.jpg", b"2")], fmt=fmt))
+    r = read_shard(str(first), max_member_bytes=2000)
+    assert r.status == SHARD_UNREADABLE and re.search(over, r.error), r.error
+
+
+_BOMB_SCRIPT = r"""
+import io, resource, sys, tarfile
+
+class Zeros(io.RawIOBase):
+    def __init__(self, n):
+        self.n = n
+    def readable(self):
+        return True
+    def readinto(self, b):
+        k = min(len(b), self.n)
+        b[:k] = bytes(k)
+        self.n -= k
+        return k
+
+path, size = sys.argv[1], int(sys.argv[2])
+with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+    def add(name, data=None, n=None):
+        info = tarfile.TarInfo(name)
+        info.size = len(data) if data is not None else n
+        tf.addfile(info, io.BytesIO(data) if data is not None else io.BufferedReader(Zeros(n), 2**20))
+    add("a.jpg", b"img a"); add("a.txt", b"caption a")
+    add("b.jpg", b"img b"); add("b.txt", n=size)  # the bomb: zeros, never held here either
+    add("c.jpg", b"img c"); add("c.txt", b"caption c")
+
+from curate.scoring.records import shard_record_list  # imports (torch, ...) before the baseline
+
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+rows = shard_record_list(path)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print([(r["key"], r["status"]) for r in rows])
+print("GROWTH", after - before)
+"""
+
+
+def test_a_gzip_bomb_member_is_skipped_without_holding_it(tmp_path):
+    """A 512 MiB member of zeros in a 2 MB ``.tar.gz``: ``read_shard_records`` (plan pass and
+    streamed read) never holds it. Peak resident memory of a fresh process grows by far less
+    than the member (a read that held it would grow by 512 MiB or more)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.tar.gz"
+    size = 512 * 2**20  # over the default limits.max_member_bytes, 256 MiB
+    out = subprocess.run([sys.executable, "-c", _BOMB_SCRIPT, str(path), str(size)], capture_output=True,
+                         text=True, timeout=600, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert path.stat().st_size < 4 * 2**20
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2] == str([("a", "ok"), ("b", "too_large"), ("c", "ok")])
+    growth = int(lines[-1].split()[1])
+    assert growth < 100 * 2**20, f"peak RSS grew by {growth / 2**20:.0f} MiB reading a shard with a 512 MiB member"

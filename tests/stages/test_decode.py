@@ -187,3 +187,113 @@ def test_decode_stage_in_draft_mode_keeps_the_full_size_in_the_index(sources):
         assert max(b.shape[:2]) >= min(512, max(a.shape[:2])) and min(b.shape[:2]) >= min(64, min(a.shape[:2]))
         shrunk += b.shape[0] < a.shape[0]
     assert shrunk >= 1  # the 2048 px photo is decoded at 1/2 or 1/4; a 1280x720 one stays in full
+
+
+# ---------------------------------------------------------------- shape limits (curate.limits)
+
+
+def thin_png(mode: str = "1", size: tuple[int, int] = (1, 600_000)) -> bytes:
+    """A real PNG of 1 x 600,000 pixels: about 1-2.4 KB, since one colour compresses to nothing."""
+    return encode(Image.new(mode, size, 0), "PNG")
+
+
+@pytest.mark.parametrize("mode", ["1", "L"])
+def test_a_thin_png_is_too_large_before_it_is_decoded(mode):
+    """A 1 x 600,000 PNG is tiny, but open_clip's shortest-side resize would make it 224 x 134M
+    pixels: refused from its header, with a message naming its shape."""
+    from curate.limits import Limits
+    from curate.stages.decode import decode_sized
+
+    data = thin_png(mode)
+    assert len(data) < 2500
+    with pytest.raises(DecodeError) as e:
+        decode_sized(data, resize_short=224)
+    assert e.value.status == S.STATUS_TOO_LARGE
+    assert "1x600000 pixels: aspect ratio" in str(e.value) and "max_aspect_ratio 100" in str(e.value)
+    with pytest.raises(DecodeError, match="aspect ratio"):
+        decode_image(data)  # the aspect ratio is checked even without a resize
+    # with the aspect ratio allowed, the size after CLIP's resize is what refuses it
+    wide = Limits(max_aspect_ratio=1e6)
+    with pytest.raises(DecodeError) as e:
+        decode_sized(data, limits=wide, resize_short=224)
+    assert e.value.status == S.STATUS_TOO_LARGE
+    assert "resized to 224 px would be 30105600000 pixels" in str(e.value)  # 224 x 134,400,000
+    # a long-side resize shrinks it: within the limits, and it decodes
+    im, size = decode_sized(data, limits=wide, resize_long=512)
+    assert size == (1, 600_000) and im.size == (1, 600_000) and im.mode == "RGB"
+
+
+def test_the_decode_stage_makes_a_thin_png_a_too_large_row(sources):
+    srcs = ["photos/389_535.jpg", "icdar2015_toy/img_2.jpg"]
+    batch = {
+        "image_bytes": np.array([sources[srcs[0]]["image"], thin_png(), sources[srcs[1]]["image"]], dtype=object),
+        S.STATUS: np.array(["ok"] * 3, dtype=object),
+        S.ERROR: np.array([None] * 3, dtype=object),
+    }
+    out = Decode(resize_short=224, resize_long=512)(batch)
+    assert list(out[S.STATUS]) == ["ok", S.STATUS_TOO_LARGE, "ok"]
+    assert "1x600000 pixels" in out[S.ERROR][1]
+    assert out["image"][1].shape == (0, 0, 3) and out[S.WIDTH][1] == -1
+    np.testing.assert_array_equal(out["image"][0], decode_image(sources[srcs[0]]["image"]))
+
+
+def test_ordinary_images_are_unchanged_by_the_limits(sources):
+    """Every image of the sample shards decodes to the same pixels with the score path's
+    checks (CLIP's 224 px shortest-side resize, the detector's 512 px long side)."""
+    from curate.stages.decode import decode_sized
+
+    checked = 0
+    for name, s in sources.items():
+        try:
+            full, size = decode_sized(s["image"])
+        except DecodeError:
+            continue  # the broken JPEG, as before
+        checked_im, checked_size = decode_sized(s["image"], resize_short=224, resize_long=512)
+        assert checked_size == size, name
+        np.testing.assert_array_equal(np.asarray(checked_im), np.asarray(full), err_msg=name)
+        checked += 1
+    assert checked >= 20
+
+
+def _rgba_photo(photo: np.ndarray) -> Image.Image:
+    """The photo with a real alpha gradient, 4x its size (so that a reduction applies)."""
+    big = Image.fromarray(photo).resize((photo.shape[1] * 4, photo.shape[0] * 4), Image.BICUBIC)
+    alpha = np.tile(np.linspace(0, 255, big.width, dtype=np.uint8)[None, :], (big.height, 1))
+    rgba = big.convert("RGBA")
+    rgba.putalpha(Image.fromarray(alpha))
+    return rgba
+
+
+def test_reduce_shrinks_other_formats_as_a_full_decode_then_a_reduction(photo):
+    """``reduce``: a PNG (any mode), WebP or TIFF is shrunk right after decoding by the factor a
+    JPEG would be drafted at; the pixels are those of the full decode reduced the same way (block
+    means), within rounding, EXIF orientation and transparency included."""
+    from curate.stages.decode import decode_sized
+
+    rgba = _rgba_photo(photo)  # 2096 x 1264
+    rgb = rgba.convert("RGB")
+    pal = rgb.quantize(64)
+    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)).convert("I;16")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise: width and height swap
+    cases = {
+        "png rgb": encode(rgb, "PNG"), "png rgba": encode(rgba, "PNG"), "png l": encode(rgb.convert("L"), "PNG"),
+        "png la": encode(rgba.convert("LA"), "PNG"), "png p": encode(pal, "PNG"),
+        "png p trns": encode(pal, "PNG", transparency=3), "png 1": encode(rgb.convert("1"), "PNG"),
+        "png 16-bit": encode(grey16, "PNG"), "webp": encode(rgb, "WEBP", lossless=True),
+        "tiff": encode(rgb, "TIFF"), "png exif 6": encode(rgb, "PNG", exif=exif.tobytes()),
+    }
+    for name, data in cases.items():
+        full, size = decode_sized(data)
+        small, small_size = decode_sized(data, min_side=300, reduce=True)
+        assert small_size == size, name
+        assert small.size == full.reduce(4).size, (name, small.size)  # 1264 / 4 = 316 >= 300
+        assert min(small.size) >= 300
+        diff = np.abs(np.asarray(small, dtype=int) - np.asarray(full.reduce(4), dtype=int))
+        assert diff.max() <= 2, (name, diff.max())
+    assert decode_sized(cases["png exif 6"])[1] == (1264, 2096)
+    # without reduce, or too small to reduce, nothing changes
+    data = cases["png rgb"]
+    assert decode_sized(data, min_side=300)[0].size == (2096, 1264)
+    assert decode_sized(data, min_side=600, reduce=True)[0].size == (1048, 632)  # 1/2 keeps 632 >= 600
+    assert decode_sized(data, min_side=700, reduce=True)[0].size == (2096, 1264)  # 1/2 would not

@@ -143,3 +143,46 @@ def test_one_bad_sample_fails_alone(scorer, data):
     assert list(out[S.STATUS]) == ["ok", "ok", "score_error", "ok", "ok"]
     assert out[S.ERROR][2] and np.isnan(out[S.CLIP_SCORE][2])
     assert np.isfinite(np.delete(out[S.CLIP_SCORE], 2)).all()
+
+
+def test_an_image_over_the_limits_is_a_score_error_not_a_resize(scorer, data):
+    """Decode refuses such images; should one reach the score stage all the same (a 2 x 300
+    strip: aspect ratio 150), the guard raises before open_clip's resize, and the row alone
+    gets ``score_error`` naming its shape."""
+    images, captions = data
+    strip = np.full((2, 300, 3), 128, np.uint8)
+    imgs = images[:2] + [strip] + images[2:3]
+    batch = {
+        "image": object_array(imgs),
+        "masked_image": object_array(imgs),
+        S.TEXT: np.array(captions[:2] + ["a strip"] + captions[2:3], dtype=object),
+        S.NUM_TEXT_BOXES: np.zeros(4, np.int32),
+        S.STATUS: np.array(["ok"] * 4, dtype=object),
+        S.ERROR: np.array([""] * 4, dtype=object),
+    }
+    out = scorer(batch)
+    assert list(out[S.STATUS]) == ["ok", "ok", S.STATUS_SCORE_ERROR, "ok"]
+    assert "300x2 pixels: aspect ratio 150:1 over limits.max_aspect_ratio 100" in out[S.ERROR][2]
+    with pytest.raises(ValueError, match="too large for CLIP's resize"):
+        scorer.image_input(strip)
+
+
+def test_captions_go_through_the_bounded_tokenizer(scorer, checkpoint, data):
+    """An 8,192-letter caption without a space is scored as its bounded text
+    (``tokenizer_text``); an ordinary caption's text embedding is open_clip's own."""
+    import random
+    import string
+
+    from curate.models import BoundedTokenizer, tokenizer_text
+
+    assert isinstance(scorer.tokenizer, BoundedTokenizer)
+    images, captions = data
+    rng = random.Random(0)
+    letters = "".join(rng.choice(string.ascii_lowercase) for _ in range(8192))
+    model, _, _ = open_clip.create_model_and_transforms("tiny", pretrained=checkpoint)
+    model.eval()
+    tok = open_clip.get_tokenizer("tiny")
+    _, ours = scorer.embed([], [captions[0], letters])
+    with torch.no_grad():
+        ref = F.normalize(model.encode_text(tok([captions[0], tokenizer_text(letters)])), dim=-1).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
