@@ -2,6 +2,14 @@
 """Fuzz the score path's stage chain (no Ray) with hostile shards and count what happens.
 
     python benchmarks/fuzz_bench.py [--samples 10000] [--per-shard 50] [--seed 0] [--detector dbnet]
+    python benchmarks/fuzz_bench.py --worker-faults [--samples 5000] [--fault-every 1000]
+
+``--worker-faults``: the whole ``curate score`` job on a local Ray cluster (2 CPUs), over a pool of
+real samples (the bundled shards' photos and captions, each with a fresh uid), run twice: clean,
+then with one sample in ``--fault-every`` poisoned through ``CURATE_FAULTS`` (in turn: an abort in
+detect, an allocation without bound in decode, a hang in score, a segfault in mask). Prints the
+rows present, the rows by status, job failures (the goal is 0) and the throughput against the
+clean run, as a ratio.
 
 Builds shards from the grammar of ``tests/fuzz_shards.py`` (seeded ``RandomDriver``): corrupt,
 truncated and zero-size images of every mode and format, captions with lone surrogates, NUL,
@@ -46,6 +54,58 @@ def run_shard(chain: StageChain, path: Path, batch_size: int) -> tuple[list[dict
     return rows, shard_status
 
 
+FAULT_TURNS = (("detect", "abort"), ("decode", "alloc"), ("score", "hang"), ("mask", "segv"))
+
+
+def worker_fault_bench(args) -> None:
+    """The ``--worker-faults`` mode (see the module docstring)."""
+    import json
+    import os
+    import subprocess
+
+    from tests.conftest import write_unique_pool
+
+    per_shard = args.per_shard
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = Path(tmp) / "pool"
+        expected = write_unique_pool(pool, -(-args.samples // per_shard), per_shard)
+        keys = sorted(k for _, k in expected)
+        poison = {keys[i]: FAULT_TURNS[j % len(FAULT_TURNS)]
+                  for j, i in enumerate(range(args.fault_every // 2, len(keys), args.fault_every))}
+        faults = ",".join(f"{stage}:{kind}:{key}" for key, (stage, kind) in poison.items())
+        limits = ["--limits-batch-timeout-s", str(args.batch_timeout), "--limits-sample-timeout-s",
+                  str(args.sample_timeout), "--limits-worker-memory-mb", "1024"]
+        results = {}
+        for name, env_faults in (("clean", ""), ("faults", faults)):
+            out = Path(tmp) / name
+            env = dict(os.environ, RAY_AUTH_MODE="disabled", CURATE_FAULTS=env_faults)
+            cmd = [sys.executable, "-m", "curate.cli", "score", str(pool / "*.tar"), "--out", str(out),
+                   "--config", str(REPO / "pipelines" / "tiny_cpu.yaml"), "--detector", args.detector,
+                   "--num-cpus", "2", "--no-progress", *limits]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            summary = json.loads((out / "_summary.json").read_text()) if (out / "_summary.json").exists() else {}
+            results[name] = (proc.returncode, wall, summary)
+            print(f"{name:7} exit {proc.returncode}, {wall:.1f} s, {summary.get('num_samples')} rows, "
+                  f"statuses {summary.get('statuses')}, isolation {summary.get('isolation')}")
+            if proc.returncode:
+                print(proc.stdout[-2000:], proc.stderr[-3000:])
+    n = len(expected)
+    failures = sum(1 for code, _, s in results.values() if code != 0 or s.get("num_samples") != n)
+    (_, clean_wall, _), (_, fault_wall, fsum) = results["clean"], results["faults"]
+    died = fsum.get("statuses", {}).get(S.STATUS_WORKER_DIED, 0)
+    hung = fsum.get("statuses", {}).get(S.STATUS_TIMEOUT, 0)
+    print(f"samples             {n} in {len(list(range(0, n, per_shard)))} shards; poisoned {len(poison)} "
+          f"(1 in {args.fault_every}: {', '.join(f'{st}:{k}' for st, k in FAULT_TURNS)} in turn)")
+    print(f"poisoned rows       worker_died {died}, timeout {hung} (expected {len(poison)} in all)")
+    print(f"job failures        {failures}")
+    print(f"throughput          clean {n / clean_wall:.2f} samples/s, with faults {n / fault_wall:.2f} samples/s")
+    print(f"ratio (with faults / clean): {clean_wall / fault_wall:.2f}x")
+    if failures or died + hung != len(poison):
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=10_000, help="fuzzed samples to generate (about)")
@@ -53,7 +113,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--detector", default="dbnet", choices=["craft", "dbnet"])
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--worker-faults", action="store_true",
+                    help="the whole Ray job, clean and with crash, hang and memory-bomb samples (see above)")
+    ap.add_argument("--fault-every", type=int, default=1000, help="--worker-faults: one poisoned sample in this many")
+    ap.add_argument("--batch-timeout", type=float, default=10.0, help="--worker-faults: limits.batch_timeout_s")
+    ap.add_argument("--sample-timeout", type=float, default=10.0, help="--worker-faults: limits.sample_timeout_s")
     args = ap.parse_args()
+    if args.worker_faults:
+        worker_fault_bench(args)
+        return
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.detect.detector = args.detector

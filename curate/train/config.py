@@ -43,7 +43,9 @@ class TrainConfig:
         grad_clip_norm: clip the gradient norm to this value (0: no clipping).
         seed: seeds model init, shard order, shuffle buffer and augmentation.
         shuffle_buffer: samples held per data stream for shuffling (webdataset's ``shuffle(n)``).
-        data_workers: DataLoader worker processes per training worker (0: load in the worker).
+        data_workers: DataLoader worker processes per training worker. A sample that kills or
+            wedges one is skipped and counted (worker_died, timeout); 0 loads in the training
+            worker itself, for debugging, where such a sample ends the run.
         draft_decode: decode JPEGs larger than twice the model input at a reduced scale (Pillow
             ``Image.draft``, DCT scaling); ``false`` decodes every image in full, as open_clip does.
         num_workers: Ray Train workers (data-parallel processes).
@@ -55,6 +57,9 @@ class TrainConfig:
         log_every: steps between JSONL log lines.
         max_failures: Ray Train restarts after a worker failure (each resumes from the last
             checkpoint of this run).
+        max_worker_deaths: DataLoader worker deaths a training worker survives in one run (each
+            skips the sample that killed its worker and restarts the data loader); one more, or
+            a second death at one place, fails the run (0: the first fails it).
     """
 
     model: str = "ViT-B-32"
@@ -81,6 +86,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     max_failures: int = 0
+    max_worker_deaths: int = 16
 
     @property
     def steps(self) -> int:
@@ -165,7 +171,7 @@ def validate_train(cfg: TrainConfig) -> None:
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     for key in ("warmup", "data_workers", "torch_threads", "keep_checkpoints", "max_failures", "shuffle_buffer",
-                "weight_decay", "grad_clip_norm", "lr"):
+                "weight_decay", "grad_clip_norm", "lr", "max_worker_deaths"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
     if not 0 < cfg.cpus_per_worker:

@@ -10,7 +10,12 @@ GPU.
 Checkpoints are open_clip's format (``{"state_dict": ..., "optimizer": ..., ...}``, what
 ``open_clip_train`` writes), so ``open_clip.create_model_and_transforms(model, pretrained=PATH)``
 and ``curate score --pretrained PATH`` load them; the extra ``curate`` entry holds the step,
-samples seen, the data streams' cursors and the config needed to resume.
+samples seen, the data streams' cursors, the samples that killed a data worker (``skip``, never
+decoded again) and the config needed to resume.
+
+The batches come through ``curate.train.data.GuardedLoader``: a sample that kills or wedges a
+DataLoader worker is skipped and counted (``worker_died``, ``timeout``), the DataLoader starts
+again where the loop left it, and the run goes on (at most ``max_worker_deaths`` times).
 """
 
 from __future__ import annotations
@@ -177,13 +182,20 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
 
     Writes (rank 0): checkpoints, ``train_log.jsonl`` (one JSON object per ``log_every`` steps:
     step, samples_seen, loss, lr, logit_scale, samples_per_s, epoch, skipped), TensorBoard events
-    when available, and ``train_summary.json`` at the end.
+    when available, and ``train_summary.json`` at the end (its ``worker_deaths`` lists each data
+    worker death, ``GuardedLoader.deaths``).
+
+    Raises:
+        curate.train.data.NoTrainingData: a stream found no sample of the subset.
+        curate.train.data.DataWorkerError: data workers died twice at one place, or more than
+            ``max_worker_deaths`` times.
     """
     import open_clip
 
+    from curate.limits import DEFAULT_LIMITS
     from curate.models import clip_input_size
     from curate.io.subset import load_subset_counts
-    from curate.train.data import SubsetStream, collate_one
+    from curate.train.data import GuardedLoader, SubsetStream
 
     cfg = TrainConfig(**config["train"])
     out = Path(config["out"])
@@ -202,11 +214,12 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
         mine = load_checkpoint(own)
         if mine["curate"].get("run_id") == config["run_id"]:
             state = mine
-    start_step, cursors = 0, None
+    start_step, cursors, skip = 0, None, None
     if state is not None:
         unwrap(model).load_state_dict(state["state_dict"])
         start_step = int(state["curate"]["step"])
         cursors = state["curate"]["cursors"][rank]
+        skip = SubsetStream.skip_from_list(state["curate"].get("skip"))  # absent before worker-death skipping
     model = ctx.prepare_model(model)
     model.train()
     optimizer = build_optimizer(unwrap(model), cfg)
@@ -224,10 +237,11 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
                           cfg.local_batch_size, rank=rank, world_size=world_size, num_streams=num_streams,
                           seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, start_step=start_step,
                           start_cursors=cursors, decode_min_side=2 * clip_input_size(cfg.model) if cfg.draft_decode else None,
-                          input_size=clip_input_size(cfg.model))
+                          input_size=clip_input_size(cfg.model), skip=skip)
     torch.manual_seed(cfg.seed + 7919 * rank)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, collate_fn=collate_one,
-                                         num_workers=cfg.data_workers, prefetch_factor=4 if cfg.data_workers else None)
+    batches = GuardedLoader(stream, cfg.data_workers, prefetch_factor=4, max_deaths=cfg.max_worker_deaths,
+                            sample_timeout_s=DEFAULT_LIMITS.sample_timeout_s, memory_mb=DEFAULT_LIMITS.worker_memory_mb,
+                            seed=cfg.seed + 7919 * rank)
     cursors = list(cursors or [0] * num_streams)
     skipped: dict[str, int] = {}
     problems: list[str] = []
@@ -242,7 +256,6 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
     t_last, step_last, t_start = time.perf_counter(), step, time.perf_counter()
     loss_value = float("nan")
     trained = 0  # samples this worker actually trained on in this attempt
-    batches = iter(loader)
     try:
         while step < cfg.steps:
             batch = next(batches)
@@ -285,28 +298,32 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
                             writer.add_scalar(f"train/{key}", record[key], step)
                     t_last, step_last = now, step
             if step % cfg.save_every == 0 or last:
-                all_cursors = _all_gather(list(cursors), world_size)
+                all_cursors, all_skips = zip(*_all_gather((list(cursors), stream.skip_list()), world_size))
                 if rank == 0:
+                    # A sample that killed a data worker of any rank is skipped by every rank after a resume.
+                    skip_union = SubsetStream.skip_from_list([item for items in all_skips for item in items])
                     state = {
                         "epoch": epoch,
                         "name": config["run_id"],
                         "state_dict": unwrap(model).state_dict(),
                         "optimizer": optimizer.state_dict(),
-                        "curate": {"step": step, "samples_seen": step * cfg.batch_size, "cursors": all_cursors,
+                        "curate": {"step": step, "samples_seen": step * cfg.batch_size, "cursors": list(all_cursors),
+                                   "skip": [[i, j, status] for (i, j), status in sorted(skip_union.items())],
                                    "run_id": config["run_id"], "config": cfg.to_dict(), "model": cfg.model,
                                    "data": config.get("data")},
                     }
                     save_checkpoint(out, state, cfg.keep_checkpoints)
                 ctx.report({"step": step, "samples_seen": step * cfg.batch_size})
     finally:
+        batches.close()
         if log_file is not None:
             log_file.close()
         if writer is not None:
             writer.close()
-    final = _all_gather((skipped, problems, trained), world_size)
+    final = _all_gather((skipped, problems, trained, batches.deaths), world_size)
     if rank == 0:
         all_skipped = {}
-        for sk, _, _ in final:
+        for sk, _, _, _ in final:
             for k, v in sk.items():
                 all_skipped[k] = all_skipped.get(k, 0) + v
         summary = {
@@ -319,8 +336,9 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
             "num_workers": world_size,
             "final_loss": loss_value,
             "skipped": all_skipped,
-            "samples_trained": sum(n for _, _, n in final),
-            "shard_problems": sorted({p for _, ps, _ in final for p in ps}),
+            "samples_trained": sum(n for _, _, n, _ in final),
+            "shard_problems": sorted({p for _, ps, _, _ in final for p in ps}),
+            "worker_deaths": [d for _, _, _, ds in final for d in ds],
             "checkpoint": str(latest_checkpoint(out)),
             "seconds": time.perf_counter() - t_start,
         }

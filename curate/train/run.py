@@ -60,6 +60,8 @@ class TrainSummary:
         ]
         for problem in s.get("shard_problems", []):
             lines.append(f"  SHARD         {problem}")
+        for death in s.get("worker_deaths", []):
+            lines.append(f"  DATA WORKER   {death['message']}")
         return "\n".join(lines)
 
 

@@ -87,10 +87,14 @@ def test_parts_delivered_twice_are_written_once(ray_cluster, tmp_path):
 
 @pytest.mark.slow
 def test_worker_node_killed_mid_job(dbnet_unique_pool, tmp_path):
+    """The worker node dies mid-job, and one sample aborts its worker wherever it runs (issue 27,
+    on two nodes): the job finishes, every other sample is scored as on one node, and the poison
+    sample's row is ``worker_died``."""
     pool, expected, reference = dbnet_unique_pool
+    poison_key = sorted(k for _, k in expected)[7]
     for attempt in range(3):  # the kill races the job: a kill after the last shard tests nothing, so rerun
         out = tmp_path / f"cluster-{attempt}"
-        proc, killed_at, busy, stdout, stderr = _score_and_kill_worker(pool, out)
+        proc, killed_at, busy, stdout, stderr = _score_and_kill_worker(pool, out, faults=f"detect:abort:{poison_key}")
         assert proc.returncode == 0, stderr[-3000:]
         if killed_at < N_SHARDS:
             break
@@ -100,14 +104,18 @@ def test_worker_node_killed_mid_job(dbnet_unique_pool, tmp_path):
     rows = read_index(out).to_pylist()
     assert sorted((r[S.SHARD], r[S.KEY]) for r in rows) == sorted(expected), "not exactly one row per sample"
     assert {r[S.UID] for r in rows} == set(expected.values())
-    assert_same_scores(reference, got)
+    poison = next(r for r in rows if r[S.KEY] == poison_key)
+    assert poison[S.STATUS] == S.STATUS_WORKER_DIED, poison
+    assert "isolated" in stdout, stdout
+    assert_same_scores({u: r for u, r in reference.items() if u != poison[S.UID]},
+                       {u: r for u, r in got.items() if u != poison[S.UID]})
     print(f"worker node killed while running {busy} with {killed_at}/{N_SHARDS} shards written")
 
 
-def _score_and_kill_worker(pool, out):
+def _score_and_kill_worker(pool, out, faults: str | None = None):
     """``curate score`` on a fresh 2-node cluster (head + worker, 2 CPUs each), submitted through
     ``RAY_ADDRESS``; the worker node is SIGKILLed once a shard is written and the node runs job
-    workers. Returns ``(process, shards written at the kill, busy workers, stdout, stderr)``."""
+    workers. ``faults``: ``CURATE_FAULTS`` for the job. Returns ``(process, shards written at the kill, busy workers, stdout, stderr)``."""
     from ray.cluster_utils import Cluster
 
     mib = 2**20
@@ -118,7 +126,7 @@ def _score_and_kill_worker(pool, out):
     try:
         worker = cluster.add_node(num_cpus=2, object_store_memory=200 * mib)
         cluster.wait_for_nodes()
-        env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled")
+        env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled", CURATE_FAULTS=faults or "")
         # Two detect actors of 1 CPU and a score actor of 0.5: more than the head's 2 CPUs, so the
         # worker node always hosts one of them and runs model work to the end (on CPUs the decode
         # and mask stages run inside the detect actors); the head alone can still finish the job.
