@@ -42,8 +42,9 @@ class Limits:
             at most: open_clip's BPE costs the square of a piece's length (8,192 letters:
             17.7 s), so a longer piece is split into pieces of this length. Ordinary captions
             (no such piece, 76 words within ``max_tokenize_chars``) tokenize exactly as before.
-        sample_timeout_s: seconds one sample may take in one stage when it runs alone
-            (isolation, after its batch failed); over it the sample gets status ``timeout``.
+        sample_timeout_s: seconds one sample, run apart after its batch's worker died (or a
+            chunk of a few such samples), may take through the whole score chain; a sample
+            alone over it gets status ``timeout`` (``curate.scoring.isolate``).
         batch_timeout_s: seconds one stage call on a batch may take before its worker is
             stopped (a stage that never returns); the batch's samples are then run alone.
             0: no limit.

@@ -35,20 +35,23 @@ from typing import Any
 from curate import schema as S
 from curate.io.formats import image_extensions
 from curate.io.shards import is_datacomp_uid, stable_uid
+from curate.limits import DEFAULT_LIMITS
 
 CAPTION_EXTS = ("txt", "caption", "text")
-# Longest caption kept, in characters (see the module docstring).
-MAX_CAPTION_CHARS = 8192
+# Longest caption kept, in characters (see the module docstring): the default of
+# ``curate.limits.Limits.max_caption_chars``.
+MAX_CAPTION_CHARS = DEFAULT_LIMITS.max_caption_chars
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _CONTROLS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
-def clean_caption(text: str | bytes | None) -> tuple[str | None, list[str]]:
+def clean_caption(text: str | bytes | None, max_chars: int = MAX_CAPTION_CHARS) -> tuple[str | None, list[str]]:
     """Apply the caption policy of the module docstring.
 
     Args:
         text: a ``.txt`` member's bytes, a JSON string, or ``None``.
+        max_chars: longest caption kept, in characters (``limits.max_caption_chars``).
 
     Returns:
         ``(caption, fixes)``: the caption as valid UTF-8 text (``""`` when nothing is left,
@@ -70,9 +73,9 @@ def clean_caption(text: str | bytes | None) -> tuple[str | None, list[str]]:
         text = _CONTROLS.sub("", text)
         fixes.append("control characters removed")
     text = text.strip()
-    if len(text) > MAX_CAPTION_CHARS:
-        fixes.append(f"cut from {len(text)} to {MAX_CAPTION_CHARS} characters")
-        text = text[:MAX_CAPTION_CHARS].rstrip()
+    if len(text) > max_chars:
+        fixes.append(f"cut from {len(text)} to {max_chars} characters")
+        text = text[:max_chars].rstrip()
     return text, fixes
 
 
@@ -98,7 +101,7 @@ def image_member(sample: dict[str, Any]) -> str | None:
     return next((e for e in image_extensions() if e in sample), None)
 
 
-def sample_to_record(sample: dict[str, Any]) -> dict[str, Any]:
+def sample_to_record(sample: dict[str, Any], max_caption_chars: int = MAX_CAPTION_CHARS) -> dict[str, Any]:
     """Turn one webdataset sample into a record; never raises.
 
     Args:
@@ -118,13 +121,13 @@ def sample_to_record(sample: dict[str, Any]) -> dict[str, Any]:
     rec = {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: None, S.IMAGE_BYTES: None,
            S.STATUS: S.STATUS_OK, S.ERROR: None, "caption_fixes": ""}
     try:
-        _fill_record(sample, rec)
+        _fill_record(sample, rec, max_caption_chars)
     except Exception as e:  # a sample this odd still gets its row
         rec.update({S.STATUS: S.STATUS_INVALID_SAMPLE, S.ERROR: f"{type(e).__name__}: {e}"[:1000], S.IMAGE_BYTES: None})
     return rec
 
 
-def _fill_record(sample: dict[str, Any], rec: dict[str, Any]) -> None:
+def _fill_record(sample: dict[str, Any], rec: dict[str, Any], max_caption_chars: int = MAX_CAPTION_CHARS) -> None:
     meta: dict[str, Any] = {}
     json_problem = None
     if "json" in sample:
@@ -142,12 +145,12 @@ def _fill_record(sample: dict[str, Any], rec: dict[str, Any]) -> None:
     why_none = None
     for ext in CAPTION_EXTS:
         if ext in sample:
-            text, fixes = clean_caption(sample[ext])
+            text, fixes = clean_caption(sample[ext], max_caption_chars)
             break
     if not text and "caption" in meta:
         value = meta["caption"]
         if isinstance(value, str):
-            json_text, json_fixes = clean_caption(value)
+            json_text, json_fixes = clean_caption(value, max_caption_chars)
             if json_text or text is None:
                 text, fixes = json_text, json_fixes
         elif text is None:
@@ -183,10 +186,10 @@ def _fill_record(sample: dict[str, Any], rec: dict[str, Any]) -> None:
     rec[S.STATUS], rec[S.ERROR] = status, error
 
 
-def shard_records(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def shard_records(samples: list[dict[str, Any]], max_caption_chars: int = MAX_CAPTION_CHARS) -> list[dict[str, Any]]:
     """``sample_to_record`` of each sample of one shard, with ``mark_duplicate_uids`` applied:
     what score, reshard and train read from a shard."""
-    records = [sample_to_record(sample) for sample in samples]
+    records = [sample_to_record(sample, max_caption_chars) for sample in samples]
     mark_duplicate_uids(records)
     return records
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from curate import schema as S
-from curate.scoring.plan import GuardSettings, StageSpec, run_stage
+from curate.scoring.plan import GuardSettings, StageSpec, read_kwargs, run_stage
 from curate.scoring.records import SEQ, records_to_batch
 
 log = logging.getLogger("curate")
@@ -97,13 +97,13 @@ def missing_positions(tracker, urls: list[str]) -> dict[str, np.ndarray | None]:
     return out
 
 
-def read_records(url: str, positions: list[int] | None, max_member_bytes: int) -> list[dict[str, Any]]:
+def read_records(url: str, positions: list[int] | None, read_kwargs: dict[str, int]) -> list[dict[str, Any]]:
     """Ray task: the records of a shard (``read_shard_records``) at ``positions`` (all for ``None``;
     a shard record always comes along)."""
     from curate.scoring.records import SHARD_RECORD, read_shard_records
 
     wanted = None if positions is None else set(positions)
-    return [r for r in read_shard_records({"url": url}, max_member_bytes=max_member_bytes)
+    return [r for r in read_shard_records({"url": url}, **read_kwargs)
             if wanted is None or r[SEQ] in wanted or r[S.STATUS] == SHARD_RECORD]
 
 
@@ -137,7 +137,7 @@ def isolate_missing(tracker, urls: list[str], specs: list[StageSpec], limits, fa
                 len(todo))
     # 0 CPUs: the re-reads must not wait behind the isolation actors, which may hold every CPU.
     reader = ray.remote(read_records).options(num_cpus=0, max_retries=retries)
-    reads = {url: reader.remote(url, None if positions is None else positions.tolist(), int(limits.max_member_bytes))
+    reads = {url: reader.remote(url, None if positions is None else positions.tolist(), read_kwargs(limits))
              for url, positions in todo.items()}
     statuses: collections.Counter = collections.Counter()
     pool = _IsolationPool(specs, GuardSettings.of(limits, faults), out_dir, resources, max(1, parallel))

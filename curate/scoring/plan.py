@@ -422,6 +422,11 @@ def check_resources(specs: list[StageSpec], task_cpus: float, cluster: ClusterRe
     )
 
 
+def read_kwargs(limits) -> dict[str, int]:
+    """The limits the shard read takes (``read_shard_records``' keyword arguments)."""
+    return {"max_member_bytes": int(limits.max_member_bytes), "max_caption_chars": int(limits.max_caption_chars)}
+
+
 def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out_dir: str | None = None,
                   block_bytes: int | None = None, limits=None, faults: tuple = ()):
     """The lazy Ray Data plan over ``urls`` (see the module docstring).
@@ -467,8 +472,7 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
         # Ray 2.60 calls max_retries / max_restarts / max_task_retries "ray_remote_args" and warns
         # that they go in 2.64; they are still the only way to bound a map's retries.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        ds = ds.flat_map(read_shard_records, fn_kwargs={"max_member_bytes": int(limits.max_member_bytes)},
-                         num_cpus=read_cpus, max_retries=retries)
+        ds = ds.flat_map(read_shard_records, fn_kwargs=read_kwargs(limits), num_cpus=read_cpus, max_retries=retries)
         ds = ds.repartition(target_num_rows_per_block=min(s.batch_size for s in specs))
         for op in ops:
             op.guard, op.retries = GuardSettings.of(limits, faults), retries

@@ -27,8 +27,8 @@ DIGEST = "_digest"
 
 
 
-def read_shard_records(row: dict[str, Any],
-                       max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes) -> Iterator[dict[str, Any]]:
+def read_shard_records(row: dict[str, Any], max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes,
+                       max_caption_chars: int = DEFAULT_LIMITS.max_caption_chars) -> Iterator[dict[str, Any]]:
     """Ray ``flat_map`` function: one shard URL in, one record per sample out; never raises.
 
     Every record also carries ``_seq`` (position in the shard), ``_shard_n`` (samples in the
@@ -54,6 +54,7 @@ def read_shard_records(row: dict[str, Any],
             sample is ``too_large`` (``curate.io.shards.read_shard``); default
             ``DEFAULT_LIMITS.max_member_bytes`` (256 MiB). From a plan:
             ``ds.flat_map(read_shard_records, fn_kwargs={"max_member_bytes": ...})``.
+        max_caption_chars: longest caption kept (``curate.io.samples.clean_caption``).
     """
     url = row["url"]
     try:
@@ -61,10 +62,10 @@ def read_shard_records(row: dict[str, Any],
     except Exception:
         plan = None
     if plan is not None and plan.keys:
-        yield from _streamed_records(url, plan, max_member_bytes)
+        yield from _streamed_records(url, plan, max_member_bytes, max_caption_chars)
         return
     try:
-        records = _shard_records(url, max_member_bytes)
+        records = _shard_records(url, max_member_bytes, max_caption_chars)
     except Exception as e:  # an internal fault on this shard: report it as unreadable, go on
         records = [_shard_record(url, SHARD_UNREADABLE, f"internal error reading the shard: {type(e).__name__}: {e}", 0)]
     yield from records
@@ -81,7 +82,7 @@ def shard_record_list(url: str, max_member_bytes: int = DEFAULT_LIMITS.max_membe
     return records
 
 
-def _streamed_records(url: str, plan, max_member_bytes: int) -> Iterator[dict[str, Any]]:
+def _streamed_records(url: str, plan, max_member_bytes: int, max_caption_chars: int) -> Iterator[dict[str, Any]]:
     n = len(plan.keys)
     seen: set[str] = set()
     held: dict[str, Any] | None = None  # the last record waits for the end: it says how the shard ended
@@ -99,7 +100,7 @@ def _streamed_records(url: str, plan, max_member_bytes: int) -> Iterator[dict[st
         if held is not None:
             yield held
         seen.add(sample["__key__"])
-        held = _finish_record(sample_to_record(sample), digest=True)
+        held = _finish_record(sample_to_record(sample, max_caption_chars), digest=True)
         held.update({SEQ: len(seen) - 1, SHARD_N: n, SHARD_STATUS: SHARD_COMPLETE, SHARD_ERROR: "", IGNORED: 0})
     # Fewer samples than the headers promised (the file changed or failed under us): each missing
     # sample still gets its row, so the shard adds up and nothing vanishes from the counts.
@@ -133,14 +134,14 @@ def _shard_record(url: str, status: str, error: str, ignored: int) -> dict[str, 
             IGNORED: ignored, FIXES: "", DIGEST: b""}
 
 
-def _shard_records(url: str, max_member_bytes: int) -> list[dict[str, Any]]:
+def _shard_records(url: str, max_member_bytes: int, max_caption_chars: int) -> list[dict[str, Any]]:
     result = read_shard(url, max_member_bytes=max_member_bytes)
     n = len(result.samples)
     if n == 0:
         return [_shard_record(url, result.status, result.error or "", result.ignored_members)]
     extra = {SHARD_N: n, SHARD_STATUS: result.status, SHARD_ERROR: result.error or "", IGNORED: result.ignored_members}
     out = []
-    for seq, rec in enumerate(shard_records(result.samples)):  # duplicate uids marked here
+    for seq, rec in enumerate(shard_records(result.samples, max_caption_chars)):  # duplicate uids marked here
         rec = _finish_record(rec, digest=False)
         rec.update({SEQ: seq, **extra})
         out.append(rec)

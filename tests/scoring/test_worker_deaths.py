@@ -103,6 +103,17 @@ def test_limits_are_a_config_section_and_only_status_limits_enter_the_fingerprin
     assert Limits().check_shape(1, 600_000) and "600000" in Limits().check_shape(1, 600_000)
 
 
+def test_the_caption_limit_reaches_the_read():
+    from curate.scoring.plan import read_kwargs
+    from curate.scoring.records import read_shard_records
+
+    shard = str(sorted((REPO / "tests" / "data" / "shards").glob("*.tar"))[0])
+    limits = Limits(max_caption_chars=12)
+    rows = [r for r in read_shard_records({"url": shard}, **read_kwargs(limits)) if r[S.TEXT]]
+    assert rows and max(len(r[S.TEXT]) for r in rows) <= 12
+    assert any("cut from" in r["_caption_fixes"] for r in rows)
+
+
 # --------------------------------------------------------------------------- end to end
 
 
