@@ -10,8 +10,10 @@ webdataset grouping, decoders, tuples and batches) except for the tar reading
 ``limits.max_member_bytes`` (``curate.limits.DEFAULT_LIMITS``, 256 MiB); every other member,
 ``.gz`` ones included, is skipped unread and never decompressed or decoded (webdataset would
 inflate a ``.gz`` member whole and unpickle a ``.pyd`` one). A used member over the limit stops
-the test set with a ``ValueError`` naming it. An ImageFolder tree (one sub-folder per class) is
-read with ``torchvision.datasets.ImageFolder``.
+the test set with a ``ValueError`` naming it, and so does an image whose header is over the
+shape limits of ``curate.limits`` (aspect ratio, Pillow's pixel limit): it is never decoded. An
+ImageFolder tree (one sub-folder per class) is read with ``torchvision.datasets.ImageFolder``,
+with the same header check.
 
 Templates: a dataset that ships its own ``zeroshot_classification_templates.txt`` is evaluated
 with **those** templates (never replaced by packaged defaults: the bug behind clip-benchmark #109 /
@@ -126,7 +128,7 @@ class EvalSet:
         from torchvision.datasets import ImageFolder
 
         suffixes = image_suffixes()  # the one list of image formats (curate.io.formats)
-        ds = ImageFolder(str(self.path), transform=transform,
+        ds = ImageFolder(str(self.path), transform=transform, loader=_bounded_loader,
                          is_valid_file=lambda f: Path(f).suffix.lower() in suffixes)
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
@@ -158,6 +160,46 @@ class EvalSet:
         return ds.to_tuple(WDS_IMAGE_EXTS, second).map_tuple(transform, None)
 
 
+def _check_image(name: str, im) -> None:
+    """Refuse, from the header, an image over ``DEFAULT_LIMITS``' shape limits or Pillow's pixel
+    limit (``curate.limits``).
+
+    Raises:
+        ValueError: naming the member or file and its shape.
+    """
+    from curate.limits import PILLOW_MAX_PIXELS
+
+    w, h = im.size
+    why = (f"{w}x{h} pixels, over {PILLOW_MAX_PIXELS}" if w * h > PILLOW_MAX_PIXELS
+           else DEFAULT_LIMITS.check_shape(w, h))
+    if why:
+        raise ValueError(f"test image {name}: {why}; it is not decoded")
+
+
+def _check_header(name: str, data: bytes) -> None:
+    """``_check_image`` on encoded bytes (Pillow reads only the header); bytes Pillow cannot
+    open pass, for the decoder to report as before."""
+    import io
+
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Exception:
+        return
+    _check_image(name, im)
+
+
+def _bounded_loader(path: str):
+    """torchvision ``ImageFolder`` loader: its ``pil_loader`` (RGB), after ``_check_image``."""
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        im = Image.open(f)
+        _check_image(path, im)
+        return im.convert("RGB")
+
+
 def _bounded_tar_files(src, used: frozenset[str], max_member_bytes: int):
     """webdataset's ``tar_file_expander`` (``{"url"}`` in, ``{"fname", "data", "__url__"}`` out,
     ``{}`` after each shard), reading only regular members whose extension (webdataset's
@@ -186,7 +228,10 @@ def _bounded_tar_files(src, used: frozenset[str], max_member_bytes: int):
                 if member.size > max_member_bytes:
                     raise ValueError(f"{url}: member {name!r} is {member.size} bytes, over "
                                      f"limits.max_member_bytes {max_member_bytes}; it is not read")
-                yield {"fname": name, "data": tf.extractfile(member).read(), "__url__": url}
+                data = tf.extractfile(member).read()
+                if ext.lower() in WDS_IMAGE_EXTS:
+                    _check_header(f"{url}: member {name!r}", data)
+                yield {"fname": name, "data": data, "__url__": url}
         yield {}
 
 

@@ -415,3 +415,33 @@ def test_the_eval_reader_refuses_a_used_member_over_the_limit(data_dir, tmp_path
     over = r"0\.tar: member 's0000000\.jpg' is \d+ bytes, over limits\.max_member_bytes 10;"
     with pytest.raises(ValueError, match=over):
         list(retrieval.dataloader(lambda im: torch.zeros(1), batch_size=2, max_member_bytes=10))
+
+
+def test_the_eval_reader_refuses_an_image_over_the_shape_limits(data_dir, tmp_path):
+    """A 1 x 600,000 PNG (1.2 KB) in a test set is refused from its header, by name, on both
+    layouts: never decoded, never resized to 224 x 134M pixels by the transform."""
+    import shutil
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (1, 600_000), 128).save(buf, "PNG")
+    wds = tmp_path / "wds_cifar10_test"
+    shutil.copytree(data_dir / "wds_cifar10_test", wds)
+    shard = wds / "test" / "0.tar"
+    members = _members(shard)
+    with tarfile.open(shard, "w") as tf:
+        for name, data in members + [("zzz_tall.png", buf.getvalue()), ("zzz_tall.cls", b"0")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match=r"'zzz_tall\.png': 1x600000 pixels: aspect ratio"):
+        _batches(open_evalset("cifar10", wds))
+    tree = tmp_path / "tree"
+    (tree / "a").mkdir(parents=True)
+    (tree / "b").mkdir()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tree / "a" / "ok.png")
+    (tree / "b" / "tall.png").write_bytes(buf.getvalue())
+    evalset = open_evalset("cifar10", tree)
+    with pytest.raises(ValueError, match=r"tall\.png: 1x600000 pixels: aspect ratio"):
+        list(evalset.dataloader(lambda im: torch.zeros(1), batch_size=2))
