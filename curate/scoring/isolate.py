@@ -9,7 +9,7 @@ driver decides):
 
 - the sample comes back scored: its row is written as the plan would have written it;
 - the actor dies (a native crash, an abort, an out-of-memory kill, the memory guard of
-  ``curate.scoring.guard``): the sample runs again in a new actor, up to ``limits.worker_retries``
+  ``curate.guard``): the sample runs again in a new actor, up to ``limits.worker_retries``
   more times, then its row gets status ``worker_died`` and an error naming the cause;
 - it runs past ``limits.sample_timeout_s``: the actor is killed, and the row gets ``timeout``.
 
@@ -116,7 +116,7 @@ def isolate_missing(tracker, urls: list[str], specs: list[StageSpec], limits, fa
         urls: the shards of this run.
         specs: the plan's stage specs.
         limits: ``curate.limits.Limits`` (``sample_timeout_s``, ``worker_retries``, the guards).
-        faults: injected faults (``curate.scoring.guard``).
+        faults: injected faults (``curate.guard``).
         out_dir: the score-index folder.
         resources: ``{"num_cpus": ..., "num_gpus": ...}`` of one isolation actor.
         parallel: isolation actors at once.

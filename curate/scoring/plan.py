@@ -95,14 +95,14 @@ def run_stage(stage: Stage, spec: StageSpec, batch: dict[str, np.ndarray], guard
     rows) so the writer can sum each stage's busy time, and ``_done_at`` (when the batch left
     the stage) so the driver learns when the first samples came through the whole plan.
 
-    With ``guard``, the call runs under ``curate.scoring.guard.StageGuard`` (the worker ends past
+    With ``guard``, the call runs under ``curate.guard.StageGuard`` (the worker ends past
     the time or memory limit) after the injected faults of this stage, if any, fire.
     """
     t0 = time.perf_counter()
     if guard is None:
         out = stage(batch)
     else:
-        from curate.scoring.guard import StageGuard, inject
+        from curate.guard import StageGuard, inject
 
         with StageGuard(f"{spec.name} on {batch_len(batch)} sample(s)", guard.timeout_s, guard.memory_mb):
             inject(guard.faults, spec.name, batch)
@@ -117,7 +117,7 @@ def run_stage(stage: Stage, spec: StageSpec, batch: dict[str, np.ndarray], guard
 
 @dataclass(frozen=True)
 class GuardSettings:
-    """What guards each stage call in the workers (``curate.scoring.guard``).
+    """What guards each stage call in the workers (``curate.guard``).
 
     Attributes:
         timeout_s: seconds one call may run (``limits.batch_timeout_s``; 0: no limit).
@@ -442,7 +442,7 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
             .target_max_block_size``; ``None``: Ray's default, 128 MiB).
         limits: ``curate.limits.Limits`` (``None``: the defaults): the retries, the guards of
             every stage call, the member size limit of the read.
-        faults: injected faults (``curate.scoring.guard``; tests and benchmarks).
+        faults: injected faults (``curate.guard``; tests and benchmarks).
 
     A worker that dies (or is ended by its guard) fails its task; Ray runs it again
     ``limits.worker_retries`` times, then the plan goes on without it

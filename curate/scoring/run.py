@@ -155,7 +155,7 @@ def run_score(
                 mean = sum(sizes.values()) / len(sizes)
                 bar.total = max(bar.n, sum(sizes.values()) + round((len(todo) - len(sizes)) * mean))
 
-        from curate.scoring.guard import faults_from_env
+        from curate.guard import faults_from_env
 
         faults = faults_from_env()
         ds = build_dataset(todo, specs, sized.read.num_cpus, out_dir=out_dir, limits=sized.limits, faults=faults)

@@ -1,6 +1,6 @@
 """A worker death costs one row, not the job (issue 27).
 
-Fault injection through ``CURATE_FAULTS`` (``curate.scoring.guard``): samples whose stage aborts
+Fault injection through ``CURATE_FAULTS`` (``curate.guard``): samples whose stage aborts
 its worker, hangs, or allocates without bound, plus real inputs that used to cost a job (a 1 x
 600,000 PNG, an 8,192-letter word caption, a gzip-bomb shard). ``curate score`` runs them end to
 end on a real local Ray cluster, in a subprocess whose process tree's peak memory is measured, and
@@ -27,7 +27,7 @@ from PIL import Image
 
 from curate import schema as S
 from curate.limits import Limits
-from curate.scoring.guard import EXIT_MEMORY, EXIT_TIMEOUT, parse_faults
+from curate.guard import EXIT_MEMORY, EXIT_TIMEOUT, parse_faults
 from tests.conftest import REPO, assert_same_scores, rows_by_uid, write_unique_pool
 
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"
@@ -49,7 +49,7 @@ def test_faults_parse_and_refuse_a_bad_entry():
 _GUARD = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from curate.scoring.guard import StageGuard
+    from curate.guard import StageGuard
     kind = sys.argv[1]
     with StageGuard("detect on 8 sample(s)", timeout_s=1.0 if kind == "hang" else 0, memory_mb=200):
         if kind == "hang":

@@ -1,4 +1,7 @@
-"""Guards around every stage call of ``curate score``: time, memory, and the fault-injection seam.
+"""Guards around the calls a worker process makes on samples: time, memory, and the fault-injection seam.
+
+Used by ``curate score``'s stage calls (``curate.scoring.plan.run_stage``) and ``curate train``'s
+data workers.
 
 A Python exception from one sample is isolated by the stage itself (``curate.stages.base``). What
 a stage cannot isolate is a call that never returns or that makes its worker allocate without
