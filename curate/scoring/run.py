@@ -171,9 +171,9 @@ def run_score(
             failure = root_cause(e)
             log.error("curate score stopped: %s", e)
         if failure is None:  # the samples whose worker died (or hung, or blew up), run alone
-            from curate.scoring.isolate import isolate_missing
-
             try:
+                from curate.scoring.isolate import isolate_missing
+
                 isolation = isolate_missing(tracker, todo, specs, sized.limits, faults, str(out_dir),
                                             isolation_resources(specs), parallel=isolation_parallelism(specs, cluster))
                 bar.update(isolation.samples)
