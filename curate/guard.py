@@ -83,10 +83,12 @@ def inject(faults: tuple[Fault, ...], stage: str, batch: dict[str, np.ndarray]) 
     keys = set(np.asarray(batch[S.KEY], dtype=object).tolist())
     for fault in faults:
         if fault.stage == stage and fault.key in keys:
-            _do(fault)
+            do_fault(fault)
 
 
-def _do(fault: Fault) -> None:
+def do_fault(fault: Fault) -> None:
+    """Do what ``fault`` names, in this process (it never returns, except for ``raise``, which
+    raises ``RuntimeError``)."""
     print(f"curate: injected fault {fault.kind} in {fault.stage} on sample {fault.key!r} (pid {os.getpid()})",
           file=sys.stderr, flush=True)
     if fault.kind == "abort":
@@ -108,18 +110,18 @@ def _do(fault: Fault) -> None:
     raise RuntimeError(f"injected fault on sample {fault.key!r}")
 
 
-def resident_bytes() -> int | None:
-    """This process's resident memory in bytes (``/proc/self/statm``, else psutil); ``None`` when
-    neither is available."""
+def resident_bytes(pid: int | str = "self") -> int | None:
+    """Resident memory of a process (this one by default) in bytes (``/proc/<pid>/statm``, else
+    psutil); ``None`` when neither can tell."""
     try:
-        with open("/proc/self/statm", "rb") as f:
+        with open(f"/proc/{pid}/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         pass
     try:
         import psutil
 
-        return int(psutil.Process().memory_info().rss)
+        return int(psutil.Process(None if pid == "self" else int(pid)).memory_info().rss)
     except Exception:
         return None
 

@@ -40,7 +40,10 @@ Worker deaths. A sample whose decode kills its DataLoader worker (a native crash
   than ``limits.worker_memory_mb`` gets its worker killed (SIGKILL), then is skipped the same
   way (``timeout``, ``worker_died``);
 - it is bounded: a second death at the same place (the same sample, or the same stream between
-  the same two samples) or more than ``max_deaths`` deaths in one run raise ``DataWorkerError``.
+  the same two samples) or more than ``max_deaths`` deaths in one run raise ``DataWorkerError``;
+- a death costs about 5 s: torch looks at its workers that often while it waits for a batch.
+  (Its SIGCHLD handler, which would raise the death wherever the training process is, in the
+  middle of an optimizer step too, is set aside while the loader runs in the main thread.)
 
 With ``data_workers: 0`` the streams run in the training process itself, so nothing survives a
 sample that kills it: that mode is for debugging (a skip set from a checkpoint still applies).
@@ -48,7 +51,7 @@ sample that kills it: that mode is for debugging (a skip set from a checkpoint s
 Test seam: ``CURATE_FAULTS="train:kind:key,..."`` (the format of ``curate score``'s, read by
 ``train_faults_from_env`` in the process that builds the stream and carried to the DataLoader
 workers with it) makes the stream abort, segfault, exit, hang, allocate without bound or raise
-when it decodes the sample with that key.
+(a ``decode_error``, as any exception of the decode) when it decodes the sample with that key.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ import collections
 import multiprocessing
 import os
 import re
+import resource
 import signal
 import sys
 import threading
@@ -69,6 +73,7 @@ import numpy as np
 import torch
 
 from curate import schema as S
+from curate.guard import Fault, do_fault, faults_from_env, resident_bytes
 from curate.io.samples import shard_records
 from curate.io.shards import SHARD_COMPLETE, read_shard
 from curate.limits import DEFAULT_LIMITS
@@ -91,77 +96,26 @@ class DataWorkerError(RuntimeError):
     ``max_deaths`` times (the message names the samples)."""
 
 
-# -- the fault-injection seam (CURATE_FAULTS, stage `train`) ------------------------------------
-# The format and the fault kinds are curate.scoring.guard's; curate.train may not import
-# curate.scoring (one layer), so this is a reader of the same variable.
-FAULTS_ENV = "CURATE_FAULTS"
+# -- the fault-injection seam (CURATE_FAULTS, stage `train`: curate.guard) ----------------------
 FAULT_STAGE = "train"
-FAULT_KINDS = ("abort", "segv", "exit", "hang", "alloc", "raise")
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One injected fault: decoding the sample ``key`` does ``kind``."""
-
-    kind: str
-    key: str
-
-
-def parse_train_faults(text: str | None) -> tuple[Fault, ...]:
-    """The ``train`` entries of a ``CURATE_FAULTS`` value (``stage:kind:key``, comma-separated;
-    keys may hold ``:``). Entries of other stages are checked and left to ``curate score``.
-
-    Raises:
-        ValueError: an entry without three parts or an unknown kind (the message names it).
-    """
-    faults = []
-    for entry in filter(None, (e.strip() for e in (text or "").split(","))):
-        parts = entry.split(":", 2)
-        if len(parts) != 3 or parts[1] not in FAULT_KINDS:
-            raise ValueError(f"{FAULTS_ENV}: bad entry {entry!r}; expected stage:kind:key with kind one of "
-                             f"{', '.join(FAULT_KINDS)}")
-        if parts[0] == FAULT_STAGE:
-            faults.append(Fault(parts[1], parts[2]))
-    return tuple(faults)
 
 
 def train_faults_from_env() -> tuple[Fault, ...]:
-    """The ``train`` faults named by ``CURATE_FAULTS`` in this process's environment; ``()`` when unset."""
-    return parse_train_faults(os.environ.get(FAULTS_ENV))
+    """The ``train`` entries of ``CURATE_FAULTS`` in this process's environment
+    (``curate.guard.parse_faults``; entries of other stages are left to ``curate score``);
+    ``()`` when unset.
+
+    Raises:
+        ValueError: a malformed entry (the message names it).
+    """
+    return tuple(f for f in faults_from_env() if f.stage == FAULT_STAGE)
 
 
 def _inject(faults: tuple[Fault, ...], key: str) -> None:
     """Do the first fault whose key is ``key`` (nothing when none)."""
     for fault in faults:
         if fault.key == key:
-            print(f"curate: injected fault {fault.kind} in {FAULT_STAGE} on sample {key!r} (pid {os.getpid()})",
-                  file=sys.stderr, flush=True)
-            if fault.kind == "abort":
-                os.abort()
-            if fault.kind == "segv":
-                import ctypes
-
-                ctypes.string_at(0)
-            if fault.kind == "exit":
-                os._exit(1)
-            if fault.kind == "hang":
-                while True:
-                    time.sleep(3600)
-            if fault.kind == "alloc":
-                held = []
-                while True:
-                    held.append(np.ones(64 * 2**20, dtype=np.uint8))
-                    time.sleep(0.005)
-            raise RuntimeError(f"injected fault on sample {key!r}")
-
-
-def _resident_bytes(pid: int | str = "self") -> int | None:
-    """Resident memory of process ``pid`` in bytes (``/proc/<pid>/statm``); ``None`` when unreadable."""
-    try:
-        with open(f"/proc/{pid}/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+            do_fault(fault)
 
 
 # -- what each DataLoader worker is doing, in shared memory -------------------------------------
@@ -174,7 +128,7 @@ class WorkerBoard:
     fields ``PID``, ``CURSOR`` (the sample's cursor, 1-based; -1 between samples), ``LAST`` (the
     cursor of the last sample begun, or the cursor the stream resumed at), ``SHARD``, ``INDEX``
     (``Where``), ``SINCE`` (``time.monotonic_ns()`` when the decode began), ``RSS`` (the worker's
-    resident bytes then, or 0), ``KILLED`` (``KILLED_TIME`` or ``KILLED_MEMORY`` once the
+    peak resident bytes then, or 0 when memory is not watched), ``KILLED`` (``KILLED_TIME`` or ``KILLED_MEMORY`` once the
     watchdog ended the worker; else 0) and ``MEASURED`` (what the watchdog measured: ns or bytes),
     and the sample's key (UTF-8, at most ``KEY_BYTES`` bytes).
 
@@ -190,12 +144,13 @@ class WorkerBoard:
     def __init__(self, num_streams: int):
         self.num_streams = num_streams
         self._ints = multiprocessing.RawArray("q", num_streams * self.FIELDS)
-        self._keys = multiprocessing.RawArray("c", num_streams * self.KEY_BYTES)
+        self._keys = multiprocessing.RawArray("B", num_streams * self.KEY_BYTES)
         self._view()
         self.reset()
 
     def _view(self) -> None:
         self.ints = np.frombuffer(self._ints, dtype=np.int64).reshape(self.num_streams, self.FIELDS)
+        self.keys = np.frombuffer(self._keys, dtype=np.uint8).reshape(self.num_streams, self.KEY_BYTES)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"num_streams": self.num_streams, "_ints": self._ints, "_keys": self._keys}
@@ -217,14 +172,16 @@ class WorkerBoard:
 
     def begin(self, slot: int, cursor: int, where: Where, key: str, rss: bool) -> None:
         """In a DataLoader worker: stream ``slot`` starts decoding sample ``where`` (``key``) at
-        ``cursor``; ``rss``: record the resident memory now (for the memory watch)."""
+        ``cursor``; ``rss``: record the peak resident memory so far (for the memory watch)."""
         rec = self.ints[slot]
         rec[self.CURSOR] = -1  # the watchdog never reads a half-written record as a sample
         rec[self.SHARD], rec[self.INDEX], rec[self.LAST] = where[0], where[1], cursor
         raw = key.encode("utf-8", "replace")[: self.KEY_BYTES]
-        start = slot * self.KEY_BYTES
-        self._keys[start:start + self.KEY_BYTES] = raw.ljust(self.KEY_BYTES, b"\0")
-        rec[self.RSS] = (_resident_bytes() or 0) if rss else 0
+        self.keys[slot, :len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        self.keys[slot, len(raw):] = 0
+        # The peak so far (2 us; /proc/self/statm costs 20-30): at least the resident memory now, so
+        # the growth the watchdog measures against it is never more than the sample's own.
+        rec[self.RSS] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if rss else 0
         rec[self.SINCE] = time.monotonic_ns()
         rec[self.CURSOR] = cursor
 
@@ -239,8 +196,7 @@ class WorkerBoard:
 
     def key(self, slot: int) -> str:
         """The key of the sample stream ``slot`` began last."""
-        start = slot * self.KEY_BYTES
-        return bytes(self._keys[start:start + self.KEY_BYTES]).rstrip(b"\0").decode("utf-8", "replace")
+        return self.keys[slot].tobytes().rstrip(b"\0").decode("utf-8", "replace")
 
     def detach(self, slot: int) -> None:
         """In the training process: stream ``slot``'s worker is gone (never watched again)."""
@@ -286,7 +242,8 @@ class SubsetStream(torch.utils.data.IterableDataset):
     Yields:
         ``{"images": (B, 3, S, S) float32, "texts": (B, L) int64, "stream": int, "cursor": int,
         "epoch": int, "skipped": {status: count}, "problems": [str]}``; ``skipped`` and
-        ``problems`` cover what the stream met since its previous batch.
+        ``problems`` cover what the stream met since its previous batch (``skipped`` counts the
+        samples of ``skip`` under their status too).
 
     Attributes:
         board: the ``WorkerBoard`` its DataLoader workers write to (set by ``GuardedLoader``),
@@ -537,8 +494,7 @@ class GuardedLoader:
         stream.board = self._board
         stream.watch_memory = self._board is not None and self.memory_mb > 0
         self._sigchld: list[Any] = []  # the SIGCHLD handler to put back on close
-        self._stop = threading.Event()
-        self._watchdog: threading.Thread | None = None
+        self._watchdog: tuple[threading.Thread, threading.Event] | None = None
 
     def __iter__(self) -> "GuardedLoader":
         return self
@@ -561,10 +517,6 @@ class GuardedLoader:
 
     def close(self) -> None:
         """Stop the watchdog and the DataLoader's workers; put back the SIGCHLD handler."""
-        self._stop.set()
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=5)
-            self._watchdog = None
         self._end_loader()
         if self._sigchld and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGCHLD, self._sigchld.pop())
@@ -577,7 +529,7 @@ class GuardedLoader:
         loader = torch.utils.data.DataLoader(
             self.stream, batch_size=None, collate_fn=collate_one, num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-            generator=torch.Generator().manual_seed(self.seed + len(self.deaths)))
+            generator=torch.Generator().manual_seed(self.seed))
         main = threading.current_thread() is threading.main_thread()
         before = signal.getsignal(signal.SIGCHLD) if main and self.num_workers else None
         self._it = iter(loader)
@@ -588,11 +540,18 @@ class GuardedLoader:
             if not self._sigchld and before is not None:
                 self._sigchld.append(before)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        if self._board is not None and self._watchdog is None and (self.sample_timeout_s > 0 or self.memory_mb > 0):
-            self._watchdog = threading.Thread(target=self._watch, name="curate-data-watchdog", daemon=True)
-            self._watchdog.start()
+        if self._board is not None and (self.sample_timeout_s > 0 or self.memory_mb > 0):
+            stop = threading.Event()  # one watchdog per DataLoader: none runs while workers fork
+            self._watchdog = (threading.Thread(target=self._watch, args=(stop,), name="curate-data-watchdog",
+                                               daemon=True), stop)
+            self._watchdog[0].start()
 
     def _end_loader(self) -> None:
+        if self._watchdog is not None:
+            thread, stop = self._watchdog
+            stop.set()
+            thread.join(timeout=5)
+            self._watchdog = None
         it, self._it = self._it, None
         shutdown = getattr(it, "_shutdown_workers", None)
         if callable(shutdown):
@@ -601,7 +560,7 @@ class GuardedLoader:
     def _survive(self, pids: list[int]) -> None:
         board, stream = self._board, self.stream
         exitcodes = {w.pid: w.exitcode for w in getattr(self._it, "_workers", [])}
-        found = []
+        found, places = [], set()  # two streams may die on one sample (in two epochs) before the loader looks
         for pid in pids:
             slot = board.slot_of(pid)
             how = _how_it_ended(exitcodes.get(pid))
@@ -624,7 +583,7 @@ class GuardedLoader:
                         why = (f"was killed after {rec[board.MEASURED] / 1e9:.0f} s, past limits.sample_timeout_s "
                                f"({self.sample_timeout_s:g} s)")
                     elif killed == board.KILLED_MEMORY:
-                        why = (f"was killed after growing by {rec[board.MEASURED] / 2**20:.0f} MB, over "
+                        why = (f"was killed after growing by at least {rec[board.MEASURED] / 2**20:.0f} MB, over "
                                f"limits.worker_memory_mb ({self.memory_mb})")
                     death.update(status=status, shard=stream.shards[where[0]], key=board.key(slot), cursor=cursor)
                     death["message"] = (f"data stream {death['stream']}: its worker (pid {pid}) {why} decoding sample "
@@ -642,8 +601,9 @@ class GuardedLoader:
                 self._end_loader()
                 raise DataWorkerError(f"{death['message']}; this is the second death there, so the run stops "
                                       f"(look for the cause in the worker's output above)")
-            self._places.add(place)
+            places.add(place)
             found.append(death)
+        self._places |= places
         self._end_loader()
         self.deaths.extend(found)
         for death in found:
@@ -653,11 +613,11 @@ class GuardedLoader:
             raise DataWorkerError(f"{len(self.deaths)} data worker deaths in this run, over max_worker_deaths "
                                   f"({self.max_deaths}); the last: {self.deaths[-1]['message']}")
 
-    def _watch(self) -> None:
+    def _watch(self, stop: threading.Event) -> None:
         board = self._board
         timeout_ns = int(self.sample_timeout_s * 1e9)
         limit = self.memory_mb * 2**20
-        while not self._stop.wait(self.poll_s):
+        while not stop.wait(self.poll_s):
             for slot in range(board.num_streams):
                 rec = board.ints[slot]
                 pid, cursor, since, rss0 = (int(rec[board.PID]), int(rec[board.CURSOR]), int(rec[board.SINCE]),
@@ -670,10 +630,11 @@ class GuardedLoader:
                     reason, measured = board.KILLED_TIME, elapsed
                     what = f"ran past limits.sample_timeout_s ({self.sample_timeout_s:g} s)"
                 elif limit > 0 and rss0 > 0:
-                    rss = _resident_bytes(pid)
+                    rss = resident_bytes(pid)
                     if rss is not None and rss - rss0 > limit:
                         reason, measured = board.KILLED_MEMORY, rss - rss0
-                        what = f"grew by {measured / 2**20:.0f} MB, over limits.worker_memory_mb ({self.memory_mb})"
+                        what = (f"grew by at least {measured / 2**20:.0f} MB, over limits.worker_memory_mb "
+                                f"({self.memory_mb})")
                 # Only the sample it was on, and only our own worker (a pid is reused once reaped).
                 if reason and int(rec[board.CURSOR]) == cursor and int(rec[board.PID]) == pid and _is_child(pid):
                     rec[board.MEASURED], rec[board.KILLED] = measured, reason

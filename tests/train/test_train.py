@@ -202,6 +202,109 @@ def test_stream_with_two_loader_workers_resumes_in_turn(tiny, subset_file):
         assert torch.equal(a["texts"], b["texts"]) and torch.equal(a["images"], b["images"])
 
 
+# -- a sample that kills a data worker -----------------------------------------------------------
+def _poison(records, subset, nth: int = 1) -> tuple[str, tuple[int, int]]:
+    """Key and place (shard index, position in the shard) of the ``nth`` usable sample the subset
+    holds once."""
+    once = [r for r in records if r["usable"] and subset.get(r[S.UID]) == 1]
+    rec = once[nth]
+    shard = URLS.index(rec[S.SHARD])
+    position = [r[S.KEY] for r in records if r[S.SHARD] == rec[S.SHARD]].index(rec[S.KEY])
+    return rec[S.KEY], (shard, position)
+
+
+def test_train_faults_read_curate_faults_format(monkeypatch):
+    from curate.guard import Fault
+    from curate.train.data import train_faults_from_env
+
+    monkeypatch.setenv("CURATE_FAULTS", "detect:abort:k1, train:hang:a:b,train:raise:c")
+    assert train_faults_from_env() == (Fault("train", "hang", "a:b"), Fault("train", "raise", "c"))
+    monkeypatch.setenv("CURATE_FAULTS", "")
+    assert train_faults_from_env() == ()
+    monkeypatch.setenv("CURATE_FAULTS", "train:explode:k")
+    with pytest.raises(ValueError, match="bad entry 'train:explode:k'"):
+        train_faults_from_env()
+
+
+def test_a_sample_that_kills_a_data_worker_is_skipped_and_the_batches_go_on(tiny, records, subset_file):
+    """The stream whose worker aborts on a sample goes on without it: the batches are exactly
+    those of a stream that skipped the sample from the start, and it is counted as worker_died."""
+    from curate.guard import Fault
+    from curate.train.data import GuardedLoader
+
+    subset = load_subset_counts(str(subset_file))
+    key, where = _poison(records, subset)
+
+    def take(n, max_deaths=16, **kw):
+        stream = _stream(tiny, subset, batch=2, shuffle_buffer=4, num_streams=2, seed=1, **kw)
+        loader = GuardedLoader(stream, 2, prefetch_factor=2, max_deaths=max_deaths, sample_timeout_s=0, memory_mb=0)
+        try:
+            return _take(loader, n), loader, stream
+        finally:
+            loader.close()
+
+    got, loader, stream = take(12, faults=(Fault("train", "abort", key),))
+    assert len(loader.deaths) == 1, loader.deaths
+    death = loader.deaths[0]
+    assert (death["key"], death["status"], death["how"]) == (key, "worker_died", "killed by SIGABRT")
+    assert stream.skip == {where: "worker_died"}
+    want, clean, _ = take(12, skip={where: "worker_died"}, faults=())
+    assert clean.deaths == [] and [b["stream"] for b in got] == [0, 1] * 6
+    for a, b in zip(got, want):
+        assert torch.equal(a["texts"], b["texts"]) and torch.equal(a["images"], b["images"])
+        assert a["skipped"] == b["skipped"] and a["cursor"] == b["cursor"]
+    assert sum(b["skipped"].get("worker_died", 0) for b in got) >= 1
+
+
+def test_worker_deaths_are_bounded(tiny):
+    """A second death at one place (here: between samples, after the same cursor) stops the run;
+    deaths at new places go on up to max_deaths. (The records are written by hand: no process dies.)"""
+    from curate.train.data import DataWorkerError, GuardedLoader, WorkerBoard
+
+    def die(loader, slot, pid, cursor=-1, last=7, where=(0, 1), key="k"):
+        board = loader._board
+        if cursor >= 0:
+            board.begin(slot, cursor, where, key, rss=False)
+        board.ints[slot, WorkerBoard.PID], board.ints[slot, WorkerBoard.LAST] = pid, last
+        board.ints[slot, WorkerBoard.CURSOR] = cursor
+        loader._survive([pid])
+
+    loader = GuardedLoader(_stream(tiny, num_streams=2), 2, max_deaths=3)
+    die(loader, 0, 101)
+    die(loader, 0, 102, cursor=9, where=(2, 5), key="poison")
+    assert loader.stream.skip == {(2, 5): "worker_died"}
+    assert [(d["stream"], d["status"], d["key"], d["cursor"]) for d in loader.deaths] == [
+        (0, None, None, None), (0, "worker_died", "poison", 9)]
+    with pytest.raises(DataWorkerError, match="between samples, after cursor 7 .*; this is the second death there"):
+        die(loader, 0, 103)
+    loader = GuardedLoader(_stream(tiny, num_streams=2), 2, max_deaths=1)
+    die(loader, 1, 201, cursor=3, where=(0, 2))
+    with pytest.raises(DataWorkerError, match="2 data worker deaths in this run, over max_worker_deaths \\(1\\)"):
+        die(loader, 1, 202, cursor=4, where=(0, 3))
+    loader = GuardedLoader(_stream(tiny), 1, max_deaths=0)
+    with pytest.raises(DataWorkerError, match="a data worker \\(pid 301\\) ended before it took a stream"):
+        loader._survive([301])
+
+
+@pytest.mark.slow
+def test_a_sample_that_hangs_a_data_worker_is_ended_and_skipped(tiny, records, subset_file):
+    """Past sample_timeout_s the watchdog kills the worker; the sample is skipped as timeout."""
+    from curate.guard import Fault
+    from curate.train.data import GuardedLoader
+
+    subset = load_subset_counts(str(subset_file))
+    key, where = _poison(records, subset, 4)
+    stream = _stream(tiny, subset, batch=2, shuffle_buffer=4, num_streams=1, faults=(Fault("train", "hang", key),))
+    loader = GuardedLoader(stream, 1, prefetch_factor=2, sample_timeout_s=1, memory_mb=0)
+    try:
+        batches = _take(loader, 16)
+    finally:
+        loader.close()
+    assert [(d["key"], d["status"], d["how"]) for d in loader.deaths] == [(key, "timeout", "killed by SIGKILL")]
+    assert "past limits.sample_timeout_s (1 s)" in loader.deaths[0]["message"]
+    assert stream.skip == {where: "timeout"} and sum(b["skipped"].get("timeout", 0) for b in batches) >= 1
+
+
 def test_stream_without_subset_samples_fails_clearly(tiny):
     from curate.train.data import NoTrainingData
 
@@ -341,6 +444,52 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     for name, tensor in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
     assert a["curate"]["cursors"] == b["curate"]["cursors"]
+
+
+@pytest.mark.slow
+def test_a_sample_that_kills_a_data_worker_costs_one_sample_not_the_run(tmp_path, records, subset_file, monkeypatch):
+    """`curate train` with a sample of the subset that aborts its DataLoader worker
+    (CURATE_FAULTS=train:abort:KEY) trains every step, skips the sample as worker_died and names
+    it; a run resumed from a checkpoint after the death never decodes it again."""
+    from curate.cli import main
+
+    key, where = _poison(records, load_subset_counts(str(subset_file)), 5)
+    args = ["train", SHARD_SPEC, "--subset", str(subset_file), "--scale", "tiny", "--batch-size", "8",
+            "--samples-seen", "160", "--save-every", "5", "--keep-checkpoints", "0", "--log-every", "5",
+            "--data-workers", "2", "--shuffle-buffer", "16", "--local", "--no-progress"]
+    cmd = [sys.executable, "-m", "curate.cli", *args]
+    env = {k: v for k, v in os.environ.items() if k != "CURATE_FAULTS"}
+    clean, faulty = tmp_path / "clean", tmp_path / "faulty"
+    runs = [subprocess.Popen(cmd + ["--out", str(out)], env=dict(env, **extra), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for out, extra in ((clean, {}), (faulty, {"CURATE_FAULTS": f"train:abort:{key}"}))]
+    (_, clean_err), (out, err) = [run.communicate(timeout=600) for run in runs]
+    assert runs[0].returncode == 0, clean_err[-2000:]
+    assert runs[1].returncode == 0, err[-2000:]
+    base = json.loads((clean / "train_summary.json").read_text())
+    summary = json.loads((faulty / "train_summary.json").read_text())
+    for s in (base, summary):
+        assert (s["steps"], s["samples_seen"], s["samples_trained"]) == (20, 160, 160)
+    assert "worker_died" not in base["skipped"] and base["worker_deaths"] == []
+    assert summary["skipped"]["worker_died"] >= 1
+    deaths = summary["worker_deaths"]
+    assert deaths and all((d["key"], d["status"], d["how"]) == (key, "worker_died", "killed by SIGABRT")
+                          for d in deaths)
+    assert f"injected fault abort in train on sample '{key}'" in err
+    assert "skipped" in out and "'worker_died'" in out and "DATA WORKER   data stream" in out and repr(key) in out
+    # The death came before the first checkpoint, which holds the sample; a run resumed from it
+    # with the same fault set never decodes it (no death) and ends with the same weights.
+    assert all(d["step"] < 5 for d in deaths)
+    first = faulty / "checkpoints" / "step_00000005.pt"
+    assert torch.load(first, weights_only=True)["curate"]["skip"] == [[*where, "worker_died"]]
+    whole = torch.load(faulty / "checkpoints" / "step_00000020.pt", weights_only=True)
+    monkeypatch.setenv("CURATE_FAULTS", f"train:abort:{key}")
+    assert main(args + ["--out", str(faulty), "--resume", str(first)]) == 0
+    resumed = json.loads((faulty / "train_summary.json").read_text())
+    assert resumed["worker_deaths"] == [] and resumed["skipped"]["worker_died"] >= 1 and resumed["steps"] == 20
+    again = torch.load(faulty / "checkpoints" / "step_00000020.pt", weights_only=True)
+    for name, tensor in whole["state_dict"].items():
+        torch.testing.assert_close(again["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
 def test_gradient_checkpointing_gives_the_same_step(tiny):
