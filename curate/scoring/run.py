@@ -54,15 +54,16 @@ def isolation_resources(specs) -> dict[str, float]:
 
 
 def isolation_parallelism(specs, cluster) -> int:
-    """Isolation actors at once: no more than the plan's smallest actor pool (each isolation actor
-    holds every model, so the pass never needs more memory than the plan did), no more than the
+    """Isolation actors at once: one more than the plan's smallest actor pool (each isolation
+    actor holds every model, so the pass needs about the plan's memory plus one actor; the extra
+    one keeps the pass going while a dead one's replacement loads its models), no more than the
     cluster holds, at most 8 (the pass runs the few samples whose worker died)."""
     r = isolation_resources(specs)
     fits = cluster.cpus / max(r["num_cpus"], 1e-9)
     if r["num_gpus"]:
         fits = min(fits, cluster.gpus / r["num_gpus"])
     pools = [s.max_workers if s.max_workers is not None else s.min_workers for s in specs if s.resources.actor]
-    return int(max(1, min(8, fits, min(pools) if pools else 1)))
+    return int(max(1, min(8, fits, (min(pools) if pools else 1) + 1)))
 
 
 def run_score(
