@@ -34,7 +34,9 @@ from curate.scoring.plan import GuardSettings, StageSpec, read_kwargs, run_stage
 from curate.scoring.records import SEQ, records_to_batch
 
 log = logging.getLogger("curate")
-READY_TIMEOUT_S = 900.0  # an isolation actor that cannot load its models in this long is given up
+# An isolation actor that cannot load its models, or a shard that cannot be read again, in this
+# long is given up.
+READY_TIMEOUT_S = 900.0
 
 
 class IsolatedChain:
@@ -147,8 +149,9 @@ def isolate_missing(tracker, urls: list[str], specs: list[StageSpec], limits, fa
     try:
         for url, ref in reads.items():
             try:
-                records = ray.get(ref)
-            except Exception as e:
+                records = ray.get(ref, timeout=READY_TIMEOUT_S)
+            except Exception as e:  # its worker died every try, or it hung
+                ray.cancel(ref, force=True)
                 result.shard_errors[url] = f"reading the shard again for the samples its workers lost failed: {_cause(e)}"
                 tracker.fail(url, result.shard_errors[url])
                 continue
