@@ -75,6 +75,8 @@ def worker_fault_bench(args) -> None:
         faults = ",".join(f"{stage}:{kind}:{key}" for key, (stage, kind) in poison.items())
         limits = ["--limits-batch-timeout-s", str(args.batch_timeout), "--limits-sample-timeout-s",
                   str(args.sample_timeout), "--limits-worker-memory-mb", "1024"]
+        if args.worker_retries is not None:
+            limits += ["--limits-worker-retries", str(args.worker_retries)]
         results = {}
         for name, env_faults in (("clean", ""), ("faults", faults)):
             out = Path(tmp) / name
@@ -118,6 +120,8 @@ def main() -> None:
     ap.add_argument("--fault-every", type=int, default=1000, help="--worker-faults: one poisoned sample in this many")
     ap.add_argument("--batch-timeout", type=float, default=10.0, help="--worker-faults: limits.batch_timeout_s")
     ap.add_argument("--sample-timeout", type=float, default=10.0, help="--worker-faults: limits.sample_timeout_s")
+    ap.add_argument("--worker-retries", type=int, default=None,
+                    help="--worker-faults: limits.worker_retries (default: curate's)")
     args = ap.parse_args()
     if args.worker_faults:
         worker_fault_bench(args)
