@@ -473,7 +473,12 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
         # that they go in 2.64; they are still the only way to bound a map's retries.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
         ds = ds.flat_map(read_shard_records, fn_kwargs=read_kwargs(limits), num_cpus=read_cpus, max_retries=retries)
-        ds = ds.repartition(target_num_rows_per_block=min(s.batch_size for s in specs))
+        cut = ds.repartition(target_num_rows_per_block=min(s.batch_size for s in specs))
+        try:  # its tasks take a read task's CPUs, not Ray's default 1 (a 2-CPU plan could never place one)
+            cut._logical_plan.dag.ray_remote_args["num_cpus"] = read_cpus  # the op's own dict
+            ds = cut
+        except (AttributeError, TypeError):  # a Ray Data without this field: keep the read's blocks
+            pass
         for op in ops:
             op.guard, op.retries = GuardSettings.of(limits, faults), retries
             ds = ds.map_batches(**op.ray_args())
