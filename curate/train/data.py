@@ -511,6 +511,12 @@ class GuardedLoader:
                     raise
                 self._survive(pids)
                 continue
+            except (EOFError, ConnectionError):  # the pipe of a worker that died, before torch names it
+                pids = self._dead_pids()
+                if not pids or self._board is None:
+                    raise
+                self._survive(pids)
+                continue
             self.step += 1
             self.cursors[batch["stream"]] = batch["cursor"]
             return batch
@@ -522,6 +528,13 @@ class GuardedLoader:
             signal.signal(signal.SIGCHLD, self._sigchld.pop())
 
     # -- internals ----------------------------------------------------------------------------
+    def _dead_pids(self) -> list[int]:
+        """The pids of this loader's DataLoader workers that are no longer alive (torch's
+        ``_MultiProcessingDataLoaderIter._workers``; ``[]`` when it cannot tell)."""
+        time.sleep(0.2)  # let a dying worker's exit be seen
+        workers = getattr(self._it, "_workers", None) or []
+        return [w.pid for w in workers if w.pid is not None and not w.is_alive()]
+
     def _start(self) -> None:
         self.stream.start_step, self.stream.start_cursors = self.step, list(self.cursors)
         if self._board is not None:
