@@ -161,7 +161,8 @@ def one_query_subset(index: Path, rule: str | None, out: Path, memory_limit: str
         plan = plan_filter(rule, where, check_predicate(where) if where else None, IndexPool(con, index, out))
         cols = ", ".join(plan.columns)
         reader = con.sql(
-            f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({plan.predicate})), "
+            f"WITH kept AS (SELECT {cols} FROM {VIEW} WHERE {OK} AND ({plan.predicate}) "
+            f"AND regexp_full_match({S.UID}, '{S.UID_PATTERN}')), "  # a bad uid is never kept (S.is_uid)
             f"repeated AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM kept) "
             f"GROUP BY {S.UID} HAVING count(*) > 1), "
             f"shared AS (SELECT {S.UID} FROM {VIEW} WHERE {S.UID} IN (SELECT {S.UID} FROM repeated) "

@@ -50,6 +50,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _error_text(e: BaseException | str, limit: int | None = None) -> str:
+    """The text of an error for the one line a command prints, capped
+    (``curate.schema.cap_error``: ``ERROR_CHARS`` characters unless ``limit``)."""
+    from curate.schema import ERROR_CHARS, cap_error
+
+    return cap_error(str(e), limit or ERROR_CHARS)
+
+
 def _show(value: Any) -> str:
     return "auto" if value is None else str(value)
 
@@ -160,7 +168,7 @@ def _cmd_score(args) -> int:
             overwrite=args.overwrite,
         )
     except (PretrainedNotAvailable, IndexConfigMismatch, ValueError, FileNotFoundError) as e:
-        print(f"curate score: error: {e}", file=sys.stderr)
+        print(f"curate score: error: {_error_text(e)}", file=sys.stderr)
         return 2
     print(summary.format())
     return summary.exit_code
@@ -237,7 +245,7 @@ def _cmd_report(args) -> int:
     try:
         r = build_report(args.index, args.out, subset=args.subset, shards=args.shards, **_settings(args))
     except (FileNotFoundError, ValueError) as e:
-        print(f"curate report: error: {e}", file=sys.stderr)
+        print(f"curate report: error: {_error_text(e)}", file=sys.stderr)
         return 2
     print(f"curate report: {r.html} ({r.num_samples} samples, {r.num_examples} examples shown, "
           f"{r.num_images} images" + (f", {r.missing} image(s) unreadable, shown with the reason" if r.missing else "")
@@ -312,7 +320,7 @@ def _cmd_train(args) -> int:
     except (TrainFailed, NoTrainingData) as e:
         if disk_full(e):
             raise  # main's one line
-        print(f"curate train: failed: {e}", file=sys.stderr)
+        print(f"curate train: failed: {_error_text(e, 2000)}", file=sys.stderr)
         return 1
 
 
@@ -412,7 +420,7 @@ def _run_command(command: str, call, *errors: type[Exception]) -> int:
     except (ValueError, FileNotFoundError, *errors) as e:
         if disk_full(e):
             raise  # main's one line
-        print(f"curate {command}: error: {e}", file=sys.stderr)
+        print(f"curate {command}: error: {_error_text(e)}", file=sys.stderr)
         return 2
     print(summary.format())
     return getattr(summary, "exit_code", 0)
@@ -454,7 +462,7 @@ def _cmd_query(args) -> int:
     except (QueryError, FileNotFoundError, ValueError) as e:
         if disk_full(e):
             raise  # main's one line
-        print(f"curate query: error: {e}", file=sys.stderr)
+        print(f"curate query: error: {_error_text(e)}", file=sys.stderr)
         return 2
     return 0
 
@@ -490,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         full = disk_full(e)
         if full is None:
             raise
-        detail = (str(full).strip().splitlines() or [""])[0][:300]
+        detail = _error_text((str(full).strip().splitlines() or [""])[0], 300)
         print(f"curate {args.command}: error: no space left on device ({detail}). Free space on that disk, or write "
               f"the output to a larger one, then rerun", file=sys.stderr)
         return 1

@@ -53,8 +53,10 @@ class Limits:
             samples are then run alone, and the one that does it alone gets ``worker_died``.
             0: no limit (Ray's memory monitor still kills a worker near the node's limit).
         worker_retries: how many more times a batch whose worker died is run whole before its
-            samples are run alone, and a sample alone before it is ``worker_died`` (1: one
-            more try, for a worker lost with its node; see ``docs/architecture.md``).
+            samples are run apart, and a sample alone before it is ``worker_died`` (0: the
+            isolation pass is the retry; every sample of the batch runs again there, on a fresh
+            worker, so a worker lost with its node costs nothing more, while each plan retry of
+            a poison batch is one more death and model reload; see ``docs/architecture.md``).
     """
 
     max_aspect_ratio: float = field(default=100.0, metadata={"min": 1})
@@ -66,7 +68,7 @@ class Limits:
     sample_timeout_s: float = field(default=120.0, metadata={"min": 0.1})
     batch_timeout_s: float = field(default=1800.0, metadata={"min": 0})
     worker_memory_mb: int = field(default=8192, metadata={"min": 0})
-    worker_retries: int = field(default=1, metadata={"min": 0})
+    worker_retries: int = field(default=0, metadata={"min": 0})
 
     def check_shape(self, width: int, height: int, resize_short: int | None = None,
                     resize_long: int | None = None) -> str | None:

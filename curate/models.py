@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from curate import schema as S
 from curate.limits import DEFAULT_LIMITS, Limits
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -196,11 +197,11 @@ def check_checkpoint(path: str, model: str) -> None:
                 logging.disable(logging.NOTSET)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "copying from a non-meta parameter ... is a no-op"
-            open_clip.load_checkpoint(meta, path)
+            open_clip.load_checkpoint(meta, path, weights_only=True)  # a user's file: tensors only, never pickled code
     except Exception as e:
         text = str(e).strip()
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or [type(e).__name__]
-        detail = " ".join(lines[:2])[:400]
+        detail = S.cap_error(" ".join(lines[:2]), 400)
         raise PretrainedNotAvailable(
             f"--pretrained {path} does not load into open_clip model {model!r} ({type(e).__name__}: {detail}); "
             f"give an open_clip checkpoint of that architecture (a state dict, {{'state_dict': ...}}, "
@@ -393,7 +394,8 @@ def create_clip(model: str, weights: ResolvedWeights, device: str = "cpu", limit
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         clip, _, preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=weights.path, device=device, load_weights=weights.path is not None
+            model, pretrained=weights.path, device=device, load_weights=weights.path is not None,
+            weights_only=True,  # --pretrained is a user's file: torch.load with tensors only, never pickled code
         )
     clip.eval()
     return clip, preprocess, get_tokenizer(model, limits)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io.atomic import atomic_path
+from curate.io.atomic import ForeignOutput, atomic_path, make_work_folder, remove_work_folder
 from curate.io.index import index_files
 
 VIEW = "scores"
@@ -124,8 +123,9 @@ def query_to_file(sql: str, index: str | Path, path: str | Path, memory_limit: s
     """Run a read-only query and stream its result to ``path`` (``.parquet``, ``.csv``,
     ``.json``/``.jsonl``), ``BATCH_ROWS`` rows at a time from DuckDB's Arrow reader, so the
     result is never held whole: memory is bounded by ``memory_limit`` (DuckDB, spilling to
-    ``<path>.duckdb-tmp``) plus one batch. The file is written under a temporary name and
-    renamed when complete.
+    ``<path>.duckdb-tmp``, a work folder of curate's: ``curate.io.atomic.make_work_folder``) plus
+    one batch. The file is written under a temporary name and renamed when complete; it replaces
+    a file already at ``path`` (the file the caller named), never an index file.
 
     Returns:
         Rows written.
@@ -134,7 +134,9 @@ def query_to_file(sql: str, index: str | Path, path: str | Path, memory_limit: s
         QueryError: not read-only, or DuckDB rejects it (a full disk included: its
             ``__context__`` is DuckDB's ``IOException``).
         OSError: writing ``path`` failed (``errno.ENOSPC``: the disk is full).
-        ValueError: unknown extension.
+        ValueError: unknown extension; ``curate.io.atomic.ForeignOutput``: ``path`` is an index
+            file, or a ``.parquet`` file in the index's folder (it would join the index), or a
+            folder of the user's has the spill folder's name (before the query runs).
         FileNotFoundError: no index files.
     """
     check_read_only(sql)
@@ -142,22 +144,29 @@ def query_to_file(sql: str, index: str | Path, path: str | Path, memory_limit: s
     ext = path.suffix.lower()
     if ext not in (".parquet", ".csv", ".json", ".jsonl"):
         raise ValueError(f"--output must end in .csv, .parquet, .json or .jsonl, got {path.name}")
+    target = path.resolve()
+    for f in index_files(index):
+        if f.resolve() == target or (ext == ".parquet" and f.resolve().parent == target.parent):
+            raise ForeignOutput(f"--output {path} is in the score index {index} (an index file, or a .parquet "
+                                f"file that would join the index); write the result elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
-    spill = path.with_name(path.name + ".duckdb-tmp")
-    con = connect(index, memory_limit=memory_limit, temp_directory=spill)
+    spill = make_work_folder(path.with_name(path.name + ".duckdb-tmp"))
     rows = 0
     try:  # a failed run (a DuckDB error, a full disk) leaves no partial file behind
-        with atomic_path(path) as part:
-            reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
-            with _BatchWriter(part, ext, reader.schema) as out:
-                for batch in reader:
-                    out.write(batch)
-                    rows += batch.num_rows
-    except duckdb.Error as e:
-        raise QueryError(str(e)) from None
+        con = connect(index, memory_limit=memory_limit, temp_directory=spill)
+        try:
+            with atomic_path(path) as part:
+                reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
+                with _BatchWriter(part, ext, reader.schema) as out:
+                    for batch in reader:
+                        out.write(batch)
+                        rows += batch.num_rows
+        except duckdb.Error as e:
+            raise QueryError(str(e)) from None
+        finally:
+            con.close()
     finally:
-        con.close()
-        shutil.rmtree(spill, ignore_errors=True)
+        remove_work_folder(spill)
     return rows
 
 

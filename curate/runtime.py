@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from curate import schema as S
+
 log = logging.getLogger("curate")
 
 
@@ -133,4 +135,4 @@ def root_cause(e: BaseException) -> str:
             break
         e = inner
     lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:500]
+    return S.cap_error(f"{type(e).__name__}: {lines[0] if lines else ''}", 500)

@@ -7,6 +7,10 @@ silently.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import numpy as np
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
@@ -30,6 +34,64 @@ CAPTION_LANG_SCORE = "caption_lang_score"
 OCR_TEXT = "ocr_text"  # list<string>: the text read in each of text_boxes, in their order (score --ocr)
 OCR_CONFIDENCE = "ocr_confidence"  # list<float32>: the recognizer's confidence of each, [0, 1]
 
+# What a uid is: 32 lower-case hex characters, the whole string (DataComp's uids and curate's
+# md5 ones, ``curate.io.shards.stable_uid``). ``is_uid`` (one value) and ``uid_mask`` (an Arrow
+# column) are the one test of it: a sample's ``.json`` uid, an index row, a subset file.
+UID_PATTERN = "[0-9a-f]{32}"
+_UID_RE = re.compile(UID_PATTERN)
+
+
+def is_uid(value: Any) -> bool:
+    """True when ``value`` is a uid: a ``str`` that is exactly 32 lower-case hex characters
+    (``re.fullmatch`` of ``UID_PATTERN``: a trailing newline, upper case, 31 or 33 characters,
+    a non-ASCII digit all fail)."""
+    return isinstance(value, str) and _UID_RE.fullmatch(value) is not None
+
+
+def uid_mask(uids: Any) -> np.ndarray:
+    """``is_uid`` of every value of ``uids`` at once: ``(N,) bool``, false for a null.
+
+    Args:
+        uids: a ``pyarrow`` string array or chunked array (matched by Arrow's RE2 against the
+            whole string, the same test as ``is_uid``, without Python objects), or a sequence.
+    """
+    if not isinstance(uids, (pa.Array, pa.ChunkedArray)):
+        return np.fromiter((is_uid(u) for u in uids), dtype=bool)
+    import pyarrow.compute as pc
+
+    if not pa.types.is_string(uids.type) and not pa.types.is_large_string(uids.type):
+        uids = uids.cast(pa.string())
+    found = pc.fill_null(pc.match_substring_regex(uids, f"^(?:{UID_PATTERN})$"), False)
+    return np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+# Longest error text stored (an index row's ``error``, a shard's error, a summary's message, a
+# log line's): ``cap_error``.
+ERROR_CHARS = 1000
+
+
+def cap_error(text: Any, limit: int = ERROR_CHARS) -> str | None:
+    """``text`` in at most ``limit`` characters: the head kept, then how much was cut
+    (``"... [2190334 characters cut]"``). Every error text curate stores goes through it, so one
+    hostile sample (a key with 200,000 members, an exception quoting a megabyte) costs at most
+    ``limit`` characters in every row, file and line that names it.
+
+    Args:
+        text: the message (a non-string, an exception say, is ``str()``-ed); ``None`` stays ``None``.
+        limit: the most characters returned.
+    """
+    if text is None:
+        return None
+    text = text if isinstance(text, str) else str(text)
+    if len(text) <= limit:
+        return text
+    tail = f"... [{len(text)} characters cut]"  # at least as long as the final one: the cut count is smaller
+    if len(tail) >= limit:
+        return text[:limit]
+    head = text[: limit - len(tail)]
+    return f"{head}... [{len(text) - len(head)} characters cut]"
+
+
 # Batch columns: carried between the stages of `curate score`, never written to the index.
 IMAGE_BYTES = "image_bytes"  # the sample's encoded image (bytes), until decode
 IMAGE = "image"  # (H, W, 3) uint8 RGB, from decode to the last model stage
@@ -45,7 +107,7 @@ MASKED_IMAGE_EMBEDDING = "masked_image_embedding"  # of the text-masked image (=
 TEXT_EMBEDDING = "text_embedding"  # of the caption
 EMBEDDING_COLUMNS = (IMAGE_EMBEDDING, MASKED_IMAGE_EMBEDDING, TEXT_EMBEDDING)
 IMAGE_HASH = "image_hash"  # binary(16): BLAKE2b-128 of the image bytes as stored (exact copies)
-IMAGE_PHASH = "image_phash"  # int64: 64-bit perceptual hash (imagehash.phash) of the decoded image
+IMAGE_PHASH = "image_phash"  # int64: 64-bit perceptual hash (imagehash.phash) of the decoded image; 0: none (near-constant image)
 
 # Status values. `ok` is the only status whose scores are meaningful.
 STATUS_OK = "ok"

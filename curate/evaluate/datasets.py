@@ -9,7 +9,13 @@ webdataset grouping, decoders, tuples and batches) except for the tar reading
 ``retrieval``) are read, each after its header's size is checked against
 ``limits.max_member_bytes`` (``curate.limits.DEFAULT_LIMITS``, 256 MiB); every other member,
 ``.gz`` ones included, is skipped unread and never decompressed or decoded (webdataset would
-inflate a ``.gz`` member whole and unpickle a ``.pyd`` one). A used member over the limit stops
+inflate a ``.gz`` member whole and unpickle a ``.pyd`` one). The decoder carries only the
+handlers of the used members (``_decode_member``: the image handler, ``cls`` to ``int``, ``txt``
+to ``str``, ``npy`` to an array without pickles) and none of webdataset's defaults (its ``gz``
+pre-handler, its post-handlers that unpickle ``pyd``/``pickle`` and ``torch.load`` ``pth``), so
+even a member that reached it could not run code. Paths are local: a test folder or shard path
+with a scheme (webdataset's ``pipe:`` above all) is refused with a ``ValueError``
+(``curate.io.shards.check_shard_spec``) and never opened. A used member over the limit stops
 the test set with a ``ValueError`` naming it, and so does an image whose header is over the
 shape limits of ``curate.limits`` (aspect ratio, Pillow's pixel limit): it is never decoded. An
 ImageFolder tree (one sub-folder per class) is read with ``torchvision.datasets.ImageFolder``,
@@ -154,10 +160,33 @@ class EvalSet:
         ds.append(partial(_bounded_tar_files, used=used, max_member_bytes=max_member_bytes))
         ds.append(group_by_keys)
         ds.append(check_empty)
-        ds = ds.decode(wds.autodecode.ImageHandler("pil", extensions=WDS_IMAGE_EXTS))
+        # Only the handlers of the used members, and no webdataset defaults (pre=[], post=[]: no
+        # gz inflation, no pickle, no torch.load); a member of another name stays bytes.
+        ds = ds.decode(wds.autodecode.ImageHandler("pil", extensions=WDS_IMAGE_EXTS), _decode_member,
+                       pre=[], post=[], only=sorted(used))
         if second == "txt":
             return ds.to_tuple(WDS_IMAGE_EXTS, "txt").map_tuple(transform, str.splitlines)
         return ds.to_tuple(WDS_IMAGE_EXTS, second).map_tuple(transform, None)
+
+
+def _decode_member(key: str, data: bytes):
+    """webdataset decoder handler for the non-image members a test sample uses, as webdataset's
+    ``basichandlers`` decodes them: ``.cls`` to ``int``, ``.txt`` to ``str`` (UTF-8), ``.npy``
+    (multilabel) to a numpy array read with ``allow_pickle=False`` (an object array raises
+    ``ValueError``). ``key`` is ``"." + the member's extension`` (the whole extension: ``.cls.pyd``
+    is not ``.cls``); ``None`` (left to the next handler, none here: kept as bytes) for any other.
+    """
+    if key == ".cls":
+        return int(data)
+    if key == ".txt":
+        return data.decode("utf-8")
+    if key == ".npy":
+        import io
+
+        import numpy.lib.format
+
+        return numpy.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    return None
 
 
 def _check_image(name: str, im) -> None:
@@ -207,16 +236,18 @@ def _bounded_tar_files(src, used: frozenset[str], max_member_bytes: int):
     (``curate.io.shards.skip_member_data``: a ``.gz`` member is never inflated).
 
     Raises:
-        ValueError: a used member's header size is over ``max_member_bytes`` (it is not read).
+        ValueError: a used member's header size is over ``max_member_bytes`` (it is not read), or
+            a shard path that is not local (``check_shard_spec``: ``pipe:``, any scheme; never
+            opened).
     """
     import tarfile
 
     from webdataset.tariterators import base_plus_ext
 
-    from curate.io.shards import skip_member_data
+    from curate.io.shards import check_shard_spec, skip_member_data
 
     for source in src:
-        url = source["url"]
+        url = check_shard_spec(source["url"], "test shard", schemes=())
         with open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
             for member in tf:
                 tf.members = []  # tarfile would keep every header of the shard
@@ -247,8 +278,14 @@ def open_evalset(key: str, path: Path) -> EvalSet:
     """Describe the test set in ``path`` (see the module docstring).
 
     Raises:
-        ValueError: ``path`` is neither layout, or a classification set without class names.
+        ValueError: ``path`` is neither layout, a classification set without class names, or
+            ``path`` is not a local path (``curate.io.shards.check_shard_spec``: ``pipe:``, any
+            scheme), refused before anything is opened.
     """
+    from curate.io.shards import check_shard_spec
+
+    check_shard_spec(path, "test set path", schemes=())
+    path = Path(path)
     if (path / "test" / "nshards.txt").is_file():
         layout = "wds"
         kind_file = _read_lines(path / "dataset_type.txt")

@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 from curate.evaluate.datasets import default_classnames, default_templates
-from curate.io.atomic import atomic_folder
+from curate.io.atomic import atomic_folder, refuse_foreign
 from curate.io.formats import EVAL_WDS_EXTS, image_suffixes
 from curate.limits import DEFAULT_LIMITS
 
@@ -187,6 +187,8 @@ def _prepare(out: str | Path, name: str) -> Path:
     folder = Path(out) / f"wds_{name}_test"
     if (folder / "test" / "nshards.txt").exists():
         raise ValueError(f"{folder} already exists; remove it or choose another --out")
+    if folder.is_symlink() or (folder.exists() and (not folder.is_dir() or any(folder.iterdir()))):
+        refuse_foreign([folder])  # a folder of the user's (the image tree itself, say) is never replaced
     return folder
 
 
@@ -198,10 +200,15 @@ def make_classification_set(imagefolder: str | Path, name: str, out: str | Path,
 
     Raises:
         ValueError: no images, images not all at the same depth, a class-name file whose
-            length differs from the number of class folders, an image that does not decode, or
-            an image file / tar member over ``max_member_bytes`` (named; nothing is left).
+            length differs from the number of class folders, an image that does not decode,
+            an image file / tar member over ``max_member_bytes`` (named; nothing is left), or an
+            ``imagefolder`` that is not a local path (``curate.io.shards.check_shard_spec``:
+            ``pipe:``, any scheme; before any work), or ``OUT/wds_<name>_test`` already exists
+            and is not an empty folder (``curate.io.atomic.ForeignOutput``: never replaced).
     """
-    source = Path(imagefolder)
+    from curate.io.shards import check_shard_spec
+
+    source = Path(check_shard_spec(imagefolder, "--imagefolder", schemes=()))
     folder = _prepare(out, name)
     with _tree(source, max_member_bytes) as items:
         return _write_classification_set(source, items, folder, name, classnames, templates, shard_size)
@@ -260,8 +267,15 @@ def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, 
 
     Raises:
         ValueError: a line without ``image`` or with no caption, an image that does not decode,
-            or an image file over ``max_member_bytes``; FileNotFoundError: a missing image.
+            or an image file over ``max_member_bytes``, or a ``captions`` / ``image_root`` that is
+            not a local path (``curate.io.shards.check_shard_spec``: ``pipe:``, any scheme; before
+            any work), or ``OUT/wds_<name>_test`` already exists and is not an empty folder
+            (``curate.io.atomic.ForeignOutput``); FileNotFoundError: a missing image.
     """
+    from curate.io.shards import check_shard_spec
+
+    check_shard_spec(captions, "--captions", schemes=())
+    check_shard_spec(image_root, "--image-root", schemes=())
     folder = _prepare(out, name)
     root = Path(image_root)
     rows = []

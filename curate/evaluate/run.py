@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curate import schema as S
 from curate.evaluate.datasets import open_evalset
 from curate.evaluate.tasks import DATACOMP_TASKS, GROUPS, NUM_AVERAGED, folder_candidates, task_for
-from curate.io.atomic import append_line, write_json_atomically
+from curate.io.atomic import append_line, read_own_json, refuse_foreign, write_json_atomically
 
 RESULTS_FILE = "eval_results.jsonl"
 SUMMARY_FILE = "eval_summary.json"
@@ -183,6 +184,38 @@ class EvalSummary:
         return "\n".join(lines)
 
 
+def check_evaluate_out(out: Path) -> None:
+    """Refuse an output folder where a run would append to or replace a file that ``curate
+    evaluate`` did not write: ``eval_results.jsonl`` must hold result lines only (JSON objects
+    with a ``task``; a last line a killed run cut short starts as one), and
+    ``eval_summary.json`` must be a JSON object with curate's keys.
+
+    Raises:
+        ForeignOutput: one is in the way; nothing is changed.
+    """
+    refuse_foreign([out / RESULTS_FILE], _is_results_log)
+    refuse_foreign([out / SUMMARY_FILE], lambda path: read_own_json(path, "model", "aggregates", "tasks") is not None)
+
+
+def _is_results_log(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    lines = text.split("\n")
+    cut = lines.pop()  # "" when the file ends in a newline, else a line a killed run cut short
+    for line in filter(str.strip, lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(rec, dict) or "task" not in rec:
+            return False
+    return not cut or cut.startswith('{"task": ')
+
+
 def _load_done(path: Path, model: str, pretrained: str) -> dict[str, dict[str, Any]]:
     done: dict[str, dict[str, Any]] = {}
     if path.is_file():
@@ -216,9 +249,15 @@ def run_evaluate(tasks: list[str], data_dir: str | Path, out: str | Path, model:
 
     Raises:
         ValueError, FileNotFoundError, curate.models.PretrainedNotAvailable: bad arguments,
-            reported before any task runs.
+            reported before any task runs; a ``data_dir`` that is not a local path (webdataset's
+            ``pipe:``, any URL scheme: ``curate.io.shards.check_shard_spec``) is a ``ValueError``
+            before anything is opened; ``curate.io.atomic.ForeignOutput``: ``out`` holds a
+            results log or summary that ``curate evaluate`` did not write (``check_evaluate_out``).
     """
+    from curate.io.shards import check_shard_spec
     from curate.models import create_clip, resolve_device, resolve_pretrained
+
+    check_shard_spec(data_dir, "--data-dir", schemes=())
 
     if train_dir is not None:
         if model is not None or pretrained is not None:
@@ -229,9 +268,10 @@ def run_evaluate(tasks: list[str], data_dir: str | Path, out: str | Path, model:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"--data-dir {data_dir} is not a folder")
+    out = Path(out)
+    check_evaluate_out(out)
     weights = resolve_pretrained(model, pretrained, cache_dir)
     label = str(Path(weights.path).resolve()) if weights.path else "none (random init)"
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / RESULTS_FILE
     done = _load_done(results_path, model, label)
@@ -264,7 +304,7 @@ def run_evaluate(tasks: list[str], data_dir: str | Path, out: str | Path, model:
                 metrics = classification_metrics(clip, evalset, transform, tokenizer, device, batch_size, num_workers)
                 main = task.main_metric if task.key in DATACOMP_TASKS else "acc1"
         except Exception as e:  # one broken test set never stops the others
-            summary.failed[key] = f"{type(e).__name__}: {e}"[:500]
+            summary.failed[key] = S.cap_error(f"{type(e).__name__}: {e}")
             continue
         record = {
             "task": key, "name": task.name, "kind": evalset.kind, "main_metric": main, "score": metrics[main],

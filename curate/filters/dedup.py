@@ -180,11 +180,37 @@ def neighbour_lists(emb: np.ndarray, threshold: float, clusters: int | None = No
     return np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n))]).astype(np.int64), nbr, sim
 
 
+PHASH_MIN_BITS = 9  # set bits below which a 64-bit perceptual hash encodes no 2-D structure
+
+
+def phash_has_structure(phash: np.ndarray) -> np.ndarray:
+    """``(N,) bool``: which 64-bit perceptual hashes (int64, ``curate.stages.decode
+    .perceptual_hash``) may match another. The others never match on their own (a byte-identical
+    copy is still found by ``image_hash``, a near one by its embedding).
+
+    ``imagehash.phash`` sets the bits of the 64 low-frequency DCT coefficients strictly above
+    their median, so the hash of any image whose coefficients differ has exactly 32 bits set
+    (so have all 8,000 CIFAR-10 images of ``benchmarks/dedup_pool_bench.py`` and all the bundled
+    sample images). Fewer means coefficients tied at the median, which in floating point happens
+    when they are exactly 0: the image is constant along an axis or everywhere. A hash with fewer
+    than ``PHASH_MIN_BITS`` (9) bits set has none: ``NO_PHASH`` (0: near-constant or undecoded
+    images), ``0x8000000000000000`` (any flat image but black, as indexes scored before
+    ``NO_PHASH`` hold it), and the hashes of images that vary along one axis only (a gradient or
+    stripes: only the 8 coefficients of the first DCT row or column are non-zero, so at most 8
+    bits are set). Such hashes say "flat" or "a ramp", not which picture: measured on
+    horizontal ramps over random colours (40 a contrast, standard deviations 0.5 to 16 grey
+    levels), 34% to 89% of the pairs of different ramps were within 2 bits of each other.
+    """
+    h = np.asarray(phash, dtype=np.int64)
+    return np.bitwise_count(h.view(np.uint64)) >= PHASH_MIN_BITS
+
+
 def phash_range(query: np.ndarray, base: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every ``(query, base)`` pair of 64-bit perceptual hashes (int64) that differ in at most
     ``bits`` bits (0 to 16), found with multi-index hashing (``faiss.IndexBinaryMultiHash``:
     ``bits + 1`` sub-hashes, so by the pigeonhole principle every such pair shares one sub-hash
-    exactly; Norouzi et al., 2012), without comparing all pairs.
+    exactly; Norouzi et al., 2012), without comparing all pairs. A hash without structure
+    (``phash_has_structure``: near-constant images, ``NO_PHASH``) is in no pair, on either side.
 
     Returns:
         ``(lims, dist, ids)`` as faiss's ``range_search``: the hits of query ``i`` are
@@ -197,11 +223,20 @@ def phash_range(query: np.ndarray, base: np.ndarray, bits: int) -> tuple[np.ndar
 
     if not 0 <= bits <= 16:
         raise ValueError(f"bits must be in [0, 16], got {bits}")
+    query, base = np.asarray(query, dtype=np.int64), np.asarray(base, dtype=np.int64)
+    usable = np.flatnonzero(phash_has_structure(base))  # rows of base in the index
+    asked = phash_has_structure(query)
+    if not len(usable) or not asked.any():
+        return np.zeros(len(query) + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     tables = int(bits) + 1
     index = faiss.IndexBinaryMultiHash(64, tables, 64 // tables)
-    index.add(codes(base))
+    index.add(codes(base[usable]))
     lims, dist, ids = index.range_search(codes(query), int(bits) + 1)  # distance < radius
-    return lims.astype(np.int64), np.asarray(dist, dtype=np.int64), np.asarray(ids, dtype=np.int64)
+    found = np.diff(lims.astype(np.int64))
+    counts = np.where(asked, found, 0)
+    keep = np.repeat(asked, found)
+    return (np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), np.asarray(dist, dtype=np.int64)[keep],
+            usable[np.asarray(ids, dtype=np.int64)[keep]])
 
 
 def phash_neighbours(phash: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,7 +269,9 @@ def dedup_groups(emb: np.ndarray | None, priority: np.ndarray, threshold: float,
 
     Two rows are duplicates when their image hashes are equal (byte-identical images), when
     their perceptual hashes differ in at most ``phash_bits`` bits (resized or re-encoded
-    copies), or when their image embeddings have cosine similarity >= ``threshold``
+    copies; a hash without structure, ``phash_has_structure``, matches none: a near-constant
+    image is a duplicate only by its bytes or its embedding), or when their image embeddings
+    have cosine similarity >= ``threshold``
     (SemDeDup). Rows are visited from the highest ``priority`` down; a row with a duplicate
     among the rows already kept joins the most similar one's group, else it is kept.
 

@@ -27,7 +27,6 @@ Pool rules that need all the pool's embeddings or captions in one process (``ded
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +35,10 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate
-from curate.filters.run import (BATCH_ROWS, SAMPLE_FIELDS, FilterSummary, check_where_binds, plan_filter, search_threshold,
-                                uid_bounds, write_datacomp_subset, write_summary, write_unshared)
+from curate.filters.run import (BATCH_ROWS, SAMPLE_FIELDS, FilterSummary, check_filter_out, check_where_binds,
+                                plan_filter, search_threshold, uid_bounds, write_datacomp_subset, write_summary,
+                                write_unshared)
+from curate.io.atomic import make_work_folder, remove_work_folder
 from curate.io.index import index_files
 from curate.query import VIEW, connect_files
 
@@ -92,7 +93,9 @@ def _answer(files: list[str], sql: str, params: dict, numpy: bool, memory_limit:
 
 def _select(files: list[str], task: int, predicate: str, counts_sql: str, cols: list[str], bounds: list[str],
             parts_dir: str, memory_limit: str | None) -> list:
-    """Round 2 on one group of files: write each uid range's rows, return the pool counts."""
+    """Round 2 on one group of files: write each uid range's rows, return the pool counts and,
+    last, the rows the rule keeps whose uid is not a uid (``curate.schema.uid_mask``: an old or
+    edited index), which are written as not kept."""
     con = connect_files(files, memory_limit)
     try:
         counts = list(con.execute(counts_sql).fetchall()[0])
@@ -102,10 +105,19 @@ def _select(files: list[str], task: int, predicate: str, counts_sql: str, cols: 
                          f"{_part_sql(bounds)} AS _part FROM {VIEW}").to_arrow_reader(BATCH_ROWS)
         writers: dict[int, pq.ParquetWriter] = {}
         schema = reader.schema.remove(reader.schema.get_field_index("_part"))
+        bad_uids = 0
         try:
             for batch in reader:
                 part = batch.column("_part").to_numpy(zero_copy_only=False)
                 table = pa.Table.from_batches([batch]).drop_columns(["_part"])
+                kept = np.flatnonzero(table.column("_kept").to_numpy(zero_copy_only=False).astype(bool))
+                bad = kept[~S.uid_mask(table.column(S.UID).take(pa.array(kept)))]
+                if len(bad):  # never kept, counted
+                    bad_uids += len(bad)
+                    flags = table.column("_kept").to_numpy(zero_copy_only=False).astype(bool)
+                    flags[bad] = False
+                    i = table.schema.get_field_index("_kept")
+                    table = table.set_column(i, table.schema.field(i), pa.array(flags))
                 for j in np.unique(part):
                     if int(j) not in writers:
                         path = Path(parts_dir) / f"p{int(j):04d}" / f"f{task:06d}.parquet"
@@ -115,7 +127,7 @@ def _select(files: list[str], task: int, predicate: str, counts_sql: str, cols: 
         finally:
             for w in writers.values():
                 w.close()
-        return counts
+        return counts + [bad_uids]
     finally:
         con.close()
 
@@ -183,6 +195,7 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
     Raises:
         RuleError: a bad rule, a rule that needs the whole pool in one process, or a SQL error.
         FileNotFoundError: no index files.
+        ForeignOutput (a ValueError): as ``run_filter`` (``check_filter_out``), before Ray starts.
     """
     import duckdb
     import ray
@@ -193,12 +206,12 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
         raise RuleError("give --rule and/or --where")
     expr = check_predicate(where) if where else None
     files = [str(f.resolve()) for f in index_files(index)]
+    check_filter_out(Path(out), index)
     init_ray(address=address)
     per = files_per_task or max(1, math.ceil(len(files) / (4 * max(1, int(ray.cluster_resources().get("CPU", 1))))))
     groups = [files[i : i + per] for i in range(0, len(files), per)]
     out = Path(out)
-    parts_dir = out / ".filter-parts"
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    parts_dir = make_work_folder(out / ".filter-parts")
     try:
         try:
             if expr:
@@ -239,6 +252,6 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
         parquet_path.replace(out / "subset.parquet")
         npy_path.replace(out / "subset.npy")
     finally:
-        shutil.rmtree(parts_dir, ignore_errors=True)
+        remove_work_folder(parts_dir)
     return write_summary(out, rule, where, parts, int(counts[0]), int(counts[1]), sum(k for k, _ in done),
-                         dict(zip(names, (int(c) for c in counts[2:]))), sum(s for _, s in done))
+                         dict(zip(names, (int(c) for c in counts[2:-1]))), sum(s for _, s in done), int(counts[-1]))

@@ -16,7 +16,9 @@ they keep (``Pool.keep_rows``): DataComp's other baselines, dedup and decontamin
   (``curate.filters.dedup.dedup_groups``: byte-identical images by ``image_hash``; resized and
   re-encoded copies by perceptual hashes within ``phash_bits`` bits (on the bundled sample pool,
   half-size and JPEG-quality-40 copies stay within 2 bits of their original, while the closest
-  two different pictures, two illustrations with the same layout, are 4 bits apart); near-duplicates by image
+  two different pictures, two illustrations with the same layout, are 4 bits apart; a hash
+  without structure, that of a near-constant image or of one that varies along one axis only,
+  matches nothing: ``curate.filters.dedup.phash_has_structure``); near-duplicates by image
   embeddings with cosine similarity >= ``threshold``, which assumes a trained CLIP: a random-init
   model maps all images close together, so there give ``threshold=1``). A group keeps its sample with the highest
   ``masked_clip_score`` (the T-MARS score; the lowest row on ties). The groups are written to
@@ -25,12 +27,16 @@ they keep (``Pool.keep_rows``): DataComp's other baselines, dedup and decontamin
 - ``decontaminate(evalset=DIR, threshold=0.95, phash_bits=2)`` (``phash_bits`` 0 to 16): drop every pool sample whose
   image matches an image of the test set in ``DIR``. DataComp removed such near-duplicates of its
   evaluation images from its pool (Gadre et al., 2023, Sec. 3.2 and App. F); users who build
-  their own pools need the same. A match is either exact-ish (the 64-bit perceptual hashes,
-  ``imagehash.phash``, differ in at most ``phash_bits`` bits: resized and re-encoded copies) or
-  semantic (cosine similarity of the CLIP image embeddings >= ``threshold``: crops and edits). The
+  their own pools need the same. A match is exact (the same image bytes: ``image_hash``),
+  exact-ish (the 64-bit perceptual hashes, ``imagehash.phash``, differ in at most ``phash_bits``
+  bits: resized and re-encoded copies; hashes without structure, those of near-constant images,
+  match nothing, so one flat test image no longer matches every flat pool image) or semantic
+  (cosine similarity of the CLIP image embeddings >= ``threshold``: crops and edits). The
   test images are embedded with the index's own model (its metadata names the model and weights).
   Matches go to ``OUT/decontamination.parquet``: ``uid``, ``shard``, ``key``, ``eval_image``,
-  ``method`` (``phash`` or ``embedding``), ``phash_distance``, ``similarity``.
+  ``method`` (the first that matched: ``image_hash``, ``phash`` or ``embedding``),
+  ``phash_distance`` (bits to the nearest test hash; 65: none within ``phash_bits``, or a hash
+  without structure), ``similarity``.
 
 ``DIR`` is a folder written by ``curate make-evalset`` (``wds_<name>_test/`` with ``.tar``
 shards, or the data folder holding several), any folder of webdataset tars, or an image tree
@@ -104,7 +110,19 @@ def dedup_rule(leaf: Leaf, pool: Pool) -> None:
     pool.write_artifact(path, groups.sort_by([("group", "ascending"), ("kept", "descending")]))
     leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(kept)))
     leaf.details = {"groups": int((sizes > 1).sum()), "duplicates removed": int(n - kept.sum()),
-                    "files": {"groups": path}}
+                    **_no_structure(hashes, bits), "files": {"groups": path}}
+
+
+def _no_structure(hashes: pa.Table, bits: int) -> dict[str, int]:
+    """For a rule's ``details``: how many pool images have a perceptual hash without structure
+    (``curate.filters.dedup.phash_has_structure``), matched by bytes or embeddings only; nothing
+    when none has, or when hashes are not compared (``phash_bits=0``)."""
+    from curate.filters.dedup import phash_has_structure
+
+    if not bits or not hashes.num_rows:
+        return {}
+    flat = int((~phash_has_structure(hashes.column(S.IMAGE_PHASH).to_numpy(zero_copy_only=False))).sum())
+    return {"images without a usable perceptual hash": flat} if flat else {}
 
 
 def text_based_rule(leaf: Leaf, pool: Pool) -> None:
@@ -156,6 +174,7 @@ def image_based_rule(leaf: Leaf, pool: Pool) -> None:
     k = leaf.kwargs.get("clusters", 1000)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise RuleError(f"image_based(clusters=...) must be a positive integer, got {k!r}")
+    _check_local_folder(leaf, target, "target")
     rows, vectors, _ = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
     found = _read_test_images(pool, target, leaf, embed=True, phash=False)
     targets = found.vectors
@@ -187,12 +206,15 @@ class EvalImages:
         vectors: ``(M, D) float32`` L2-normalised image embeddings of the index's model, or
             ``None`` when not asked for.
         skipped: ``"name: status: message"`` of each image that could not be used.
+        image_hash: the BLAKE2b-128 of each image's bytes (``curate.stages.decode.image_hash``,
+            as the pool's ``image_hash``) when the perceptual hashes were asked for, else ``None``.
     """
 
     names: list[str]
     phash: np.ndarray | None
     vectors: np.ndarray | None
     skipped: list[str]
+    image_hash: list[bytes] | None = None
 
     def report(self) -> dict[str, Any]:
         """The skipped images for a rule's ``details`` (nothing when none was skipped)."""
@@ -207,6 +229,22 @@ class EvalImages:
 SKIPPED_SHOWN = 5  # skipped test images named in a rule's details
 
 
+def _check_local_folder(leaf: Leaf, folder: str, what: str = "test folder") -> None:
+    """Refuse a test-folder argument that is not a local path (``curate.io.shards
+    .check_shard_spec`` with no scheme: webdataset's ``pipe:``, any URL), before the rule reads
+    anything. ``what``: the argument's name, for the message.
+
+    Raises:
+        RuleError: naming the rule and the argument.
+    """
+    from curate.io.shards import check_shard_spec
+
+    try:
+        check_shard_spec(folder, what, schemes=())
+    except ValueError as e:
+        raise RuleError(f"{leaf.name}(): {e}") from None
+
+
 def _read_test_images(pool: Pool, folder: str, leaf: Leaf, embed: bool, phash: bool) -> EvalImages:
     """Hash and/or embed the images of a test folder, one image at a time.
 
@@ -218,10 +256,13 @@ def _read_test_images(pool: Pool, folder: str, leaf: Leaf, embed: bool, phash: b
     embeddings, whatever the number and size of the images.
 
     Raises:
-        RuleError: not a folder, no image in it, or no image that could be used.
+        RuleError: not a folder, not a local path (``_check_local_folder``), no image in it, or
+            no image that could be used.
     """
     from curate.models import clip_input_size
-    from curate.stages.decode import DecodeError, decode_image, perceptual_hash
+
+    _check_local_folder(leaf, folder)
+    from curate.stages.decode import DecodeError, decode_image, image_hash, perceptual_hash
     from curate.stages.score import Score
 
     scorer = None
@@ -236,6 +277,7 @@ def _read_test_images(pool: Pool, folder: str, leaf: Leaf, embed: bool, phash: b
             size = 224
     names: list[str] = []
     hashes: list[int] = []
+    byte_hashes: list[bytes] = []
     inputs: list = []
     vectors: list[np.ndarray] = []
     skipped: list[str] = []
@@ -246,12 +288,13 @@ def _read_test_images(pool: Pool, folder: str, leaf: Leaf, embed: bool, phash: b
                 x = scorer.image_input(image) if scorer is not None else None
             except (DecodeError, ValueError) as e:
                 status = e.status if isinstance(e, DecodeError) else S.STATUS_TOO_LARGE  # Score's guard
-                skipped.append(f"{name}: {status}: {e}")
+                skipped.append(S.cap_error(f"{name}: {status}: {e}"))
                 continue
-            del data
             names.append(name)
             if phash:
                 hashes.append(perceptual_hash(image))
+                byte_hashes.append(image_hash(data))
+            del data
             del image
             if x is not None:
                 inputs.append(x)
@@ -266,7 +309,7 @@ def _read_test_images(pool: Pool, folder: str, leaf: Leaf, embed: bool, phash: b
         raise RuleError(f"{leaf.name}(): no usable image in {folder} ({len(skipped)} skipped: "
                         + "; ".join(skipped[:SKIPPED_SHOWN]) + ")")
     return EvalImages(names, np.asarray(hashes, dtype=np.int64) if phash else None,
-                      np.concatenate(vectors) if embed else None, skipped)
+                      np.concatenate(vectors) if embed else None, skipped, byte_hashes if phash else None)
 
 
 def iter_evalset_images(folder: str | Path) -> Iterator[tuple[str, bytes]]:
@@ -276,11 +319,12 @@ def iter_evalset_images(folder: str | Path) -> Iterator[tuple[str, bytes]]:
 
     Raises:
         FileNotFoundError: not a folder, or no image in it (once the folder is read through).
+        ValueError: ``folder`` is not a local path (``check_shard_spec``: ``pipe:``, any scheme).
     """
     from curate.io.formats import image_extensions, image_suffixes
-    from curate.io.shards import iter_shard, plan_members
+    from curate.io.shards import check_shard_spec, iter_shard, plan_members
 
-    root = Path(folder)
+    root = Path(check_shard_spec(folder, "evalset", schemes=()))
     if not root.is_dir():
         raise FileNotFoundError(f"evalset {folder} is not a folder")
     exts = image_extensions()
@@ -339,18 +383,21 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
             folder without images.
     """
     import faiss
+    import pyarrow.compute as pc
 
-    from curate.filters.dedup import phash_range
+    from curate.filters.dedup import phash_has_structure, phash_range
 
     evalset = leaf.kwargs.get("evalset")
     if not isinstance(evalset, str) or not evalset:
         raise RuleError("decontaminate() needs evalset='DIR' (a test-set folder, e.g. from curate make-evalset)")
     threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
     bits = int(_number(leaf, "phash_bits", 2, 0, 16))
+    _check_local_folder(leaf, evalset, "evalset")
     rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
     # threshold=1: perceptual hashes only (e.g. a random-init model's index), no model is run
     found = _read_test_images(pool, evalset, leaf, embed=threshold < 1, phash=True)
     names, eval_phash = found.names, found.phash
+    no_hash = int((~phash_has_structure(eval_phash)).sum()) if bits else 0
     eval_vecs = found.vectors if threshold < 1 else np.zeros((1, vectors.shape[1]), dtype=np.float32)
 
     n = rows.num_rows
@@ -374,9 +421,17 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     best_bits[owner[first]], best_ph[owner[first]] = dist[first], ids[first]
     by_phash = best_bits <= bits
     by_emb = (best_sim >= threshold) if threshold < 1 else np.zeros(n, dtype=bool)
-    hit = by_phash | by_emb
-    method = np.where(by_phash, "phash", "embedding")
-    match = np.where(by_phash, best_ph, best_emb)
+    # the same bytes as a test image: the one match a near-constant image can have without embeddings
+    first_with: dict[bytes, int] = {}  # test image bytes' hash -> its first test image
+    for j, h in enumerate(found.image_hash):
+        first_with.setdefault(h, j)
+    at = pc.index_in(hashes.column(S.IMAGE_HASH).cast(pa.binary()), value_set=pa.array(list(first_with), pa.binary()))
+    at = at.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    by_bytes = at >= 0
+    best_bytes = np.append(np.fromiter(first_with.values(), np.int64, len(first_with)), 0)[at]  # -1: unused
+    hit = by_bytes | by_phash | by_emb
+    method = np.where(by_bytes, "image_hash", np.where(by_phash, "phash", "embedding"))
+    match = np.where(by_bytes, best_bytes, np.where(by_phash, best_ph, best_emb))
     matches = pa.table({
         S.UID: rows.column(S.UID).filter(pa.array(hit)), S.SHARD: rows.column(S.SHARD).filter(pa.array(hit)),
         S.KEY: rows.column(S.KEY).filter(pa.array(hit)),
@@ -387,5 +442,8 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     path = pool.artifact("decontamination.parquet")
     pool.write_artifact(path, matches)
     leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(~hit)))
-    leaf.details = {"test images": len(names), "matched by phash": int(by_phash.sum()),
-                    "by embedding only": int((by_emb & ~by_phash).sum()), **found.report(), "files": {"matches": path}}
+    leaf.details = {"test images": len(names), "matched by image bytes": int(by_bytes.sum()),
+                    "matched by phash": int((by_phash & ~by_bytes).sum()),
+                    "by embedding only": int((by_emb & ~by_phash & ~by_bytes).sum()),
+                    **({"test images without a usable perceptual hash": no_hash} if no_hash else {}),
+                    **_no_structure(hashes, bits), **found.report(), "files": {"matches": path}}

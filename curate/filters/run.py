@@ -25,7 +25,9 @@ from curate.filters.rules import (OK, Leaf, Pool, RuleError, check_predicate, le
                                   rule_sql)
 from curate.io.subset import uids_to_datacomp
 from curate.query import VIEW, connect
-from curate.io.atomic import atomic_path, write_json_atomically
+from curate.io.atomic import (ForeignOutput, atomic_path, make_work_folder, read_own_json, refuse_foreign,
+                               remove_work_folder, write_json_atomically)
+from curate.io.index import index_files
 
 
 class IndexPool(Pool):
@@ -34,10 +36,11 @@ class IndexPool(Pool):
     files, and the output folder for what they write for inspection."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, index: str | Path, out: str | Path,
-                 work: str | Path | None = None):
+                 work: str | Path | None = None, owned: set[str] = frozenset()):
         super().__init__(lambda column, fraction: pool_threshold(con, column, fraction))
         self.con, self.index, self.out = con, Path(index), Path(out)
         self.work = Path(work) if work else None
+        self.owned = owned  # names in out that a previous run wrote (``check_filter_out``)
         self.staged: list[tuple[Path, Path]] = []  # (written in work, its place in out)
         self._sets = 0
 
@@ -51,8 +54,13 @@ class IndexPool(Pool):
         """This pool holds the whole index: every rule may read it."""
 
     def artifact(self, name: str) -> Path:
-        """``out/<name>``, for what a rule writes for inspection (the folder is created)."""
+        """``out/<name>``, for what a rule writes for inspection (the folder is created).
+
+        Raises:
+            ForeignOutput: ``out/<name>`` exists and no previous filter run wrote it.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
+        refuse_foreign([self.out / name], lambda path: path.name in self.owned)
         return self.out / name
 
     def write_artifact(self, path: Path, table: pa.Table) -> None:
@@ -175,6 +183,7 @@ class FilterSummary:
     outputs: dict[str, str] = field(default_factory=dict)
     shared_uid_rows: int = 0
     details: dict[str, dict] = field(default_factory=dict)
+    bad_uid_rows: int = 0
 
     def format(self) -> str:
         frac = self.kept / self.pool_ok if self.pool_ok else 0.0
@@ -189,6 +198,9 @@ class FilterSummary:
         if self.shared_uid_rows:
             lines.append(f"  shared uid    {self.shared_uid_rows} row(s) pass the rule but share their uid with another "
                          "row of the pool: not kept (a uid must name one sample)")
+        if self.bad_uid_rows:
+            lines.append(f"  bad uid       {self.bad_uid_rows} row(s) pass the rule but their uid is not a uid (32 "
+                         "lower-case hex characters; an old or edited index): not kept")
         for name, thr in self.thresholds.items():
             lines.append(f"  threshold     {name} >= {thr:.6g}")
         for name, found in self.details.items():
@@ -209,7 +221,9 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     subset of uids could not tell them apart; they are counted in ``shared_uid_rows``. Rows that
     are copies of one sample (all ok, with the same caption, width, height, number of text boxes
     and CLIP score to 3 decimals) are each kept, so the subset lists the uid once per copy
-    (DataComp's upweighting).
+    (DataComp's upweighting). A row whose uid is not a uid (``curate.schema.is_uid``: an index
+    written by an old version or edited by hand) is one bad row: never kept, counted in
+    ``bad_uid_rows``, and the rest of the pool is filtered as usual.
 
     Memory is bounded by construction, whatever the pool size (``select_pool``, ``KeptRuns``):
     thresholds come from ``pool_threshold`` (histogram passes, no column fetched); then one scan
@@ -236,18 +250,48 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     Raises:
         RuleError: a bad rule, or ``where`` that is not exactly one expression.
         FileNotFoundError: no index files.
+        ForeignOutput (a ValueError): ``out`` would replace a file that no previous filter run
+            wrote there, or is the index's own folder (``check_filter_out``; before any work).
     """
     if not rule and not where:
         raise RuleError("give --rule and/or --where")
     expr = check_predicate(where) if where else None
     out = Path(out)
-    spill = out / ".duckdb-tmp"
-    con = connect(index, memory_limit=memory_limit, temp_directory=spill if memory_limit else None)
+    owned = check_filter_out(out, index)
+    spill = make_work_folder(out / ".duckdb-tmp") if memory_limit else None
     try:
-        return _run_filter(con, index, rule, out, where, expr)
+        con = connect(index, memory_limit=memory_limit, temp_directory=spill)
+        try:
+            return _run_filter(con, index, rule, out, where, expr, owned)
+        finally:
+            con.close()
     finally:
-        con.close()
-        shutil.rmtree(spill, ignore_errors=True)
+        if spill is not None:
+            remove_work_folder(spill)
+
+
+SUMMARY_FILE = "filter_summary.json"
+SUBSET_FILES = ("subset.parquet", "subset.npy")
+
+
+def check_filter_out(out: Path, index: str | Path) -> set[str]:
+    """The names of the files in ``out`` that a filter run may replace: those the previous
+    run's ``filter_summary.json`` lists (its subset files and what its pool rules wrote) and the
+    summary itself; none when ``out`` holds no summary of curate's.
+
+    Raises:
+        ForeignOutput: ``out`` is the folder of an index file (the subset would join or replace
+            the index), or holds a subset file or a summary that no filter run wrote.
+        FileNotFoundError: no index files.
+    """
+    target = out.resolve()
+    if any(f.resolve().parent == target for f in index_files(index)):
+        raise ForeignOutput(f"--out {out} is the score index's folder; write the subset to another folder")
+    summary = read_own_json(out / SUMMARY_FILE, "rule", "pool_rows", "kept", "outputs")
+    outputs = summary["outputs"] if summary is not None and isinstance(summary["outputs"], dict) else {}
+    owned = {Path(v).name for v in outputs.values() if isinstance(v, str)} | ({SUMMARY_FILE} if summary else set())
+    refuse_foreign([out / name for name in (*SUBSET_FILES, SUMMARY_FILE)], lambda path: path.name in owned)
+    return owned
 
 
 BATCH_ROWS = 1 << 20  # kept rows a batch (one Parquet row group)
@@ -318,31 +362,29 @@ SAMPLE_FIELDS = f"{S.TEXT}, {S.WIDTH}, {S.HEIGHT}, {S.NUM_TEXT_BOXES}, round({S.
 SAME_SAMPLE = f"count(DISTINCT ({SAMPLE_FIELDS})) = 1"
 
 
-def _run_filter(con, index, rule, out: Path, where, expr) -> FilterSummary:
+def _run_filter(con, index, rule, out: Path, where, expr, owned: set[str]) -> FilterSummary:
     out.mkdir(parents=True, exist_ok=True)
-    work = out / ".filter-work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    work = make_work_folder(out / ".filter-work")
     try:
         try:
             if expr:
                 check_where_binds(con, expr)
-            pool = IndexPool(con, index, out, work)
+            pool = IndexPool(con, index, out, work, owned)
             plan = plan_filter(rule, where, expr, pool)
             pool_rows, pool_ok, removed, runs = select_pool(con, plan, work)
             shared = shared_uids(con, runs.duplicate_hashes())
         except duckdb.Error as e:
             raise RuleError(f"DuckDB rejected the filter: {e}") from None
         # Written under .filter-work and renamed when both are complete: a run that fails
-        # (a uid that is not 32 hex characters, say) leaves the previous subset files as they were.
+        # (a full disk, say) leaves the previous subset files as they were.
         kept_rows, shared_uid_rows = runs.write_subset(work / "subset.parquet", work / "subset.npy", shared)
         (work / "subset.parquet").replace(out / "subset.parquet")
         (work / "subset.npy").replace(out / "subset.npy")
         pool.publish()
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work_folder(work)
     return write_summary(out, rule, where, plan.parts, pool_rows, pool_ok, kept_rows, dict(zip(plan.names, removed)),
-                         shared_uid_rows)
+                         shared_uid_rows, runs.bad_uid_rows)
 
 
 def check_where_binds(con: duckdb.DuckDBPyConnection, expr: str) -> None:
@@ -459,6 +501,7 @@ class KeptRuns:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._pieces = 0
+        self.bad_uid_rows = 0  # kept rows left out: their uid is not a uid (curate.schema.uid_mask)
 
     def _range_path(self, j: int) -> Path:
         return self.work / f"kept-{j:04d}.arrow"
@@ -480,7 +523,8 @@ class KeptRuns:
 
     def add(self, hashes: np.ndarray, kept: np.ndarray, batch: pa.RecordBatch) -> None:
         """Spill one scanned batch: ``hashes`` ``(N,) uint64`` of every row, ``kept`` ``(N,)
-        bool``, and the batch (its struct column ``_row`` holds a kept row's columns)."""
+        bool``, and the batch (its struct column ``_row`` holds a kept row's columns). A kept row
+        whose uid is not a uid is left out and counted (``bad_uid_rows``)."""
         hashes = np.sort(hashes)
         for f, part in zip(self._hash_files, np.split(hashes, np.searchsorted(hashes, self.bucket_starts))):
             write_array(f, part)
@@ -488,6 +532,10 @@ class KeptRuns:
             return
         picked = batch.select([_ROW, _HASH]).filter(pa.array(kept))
         rows = pa.Table.from_arrays(picked.column(0).flatten() + [picked.column(1)], schema=self.schema)
+        good = S.uid_mask(rows.column(S.UID))
+        if not good.all():
+            self.bad_uid_rows += int((~good).sum())
+            rows = rows.filter(pa.array(good))
         self._pending.append(rows)
         self._pending_rows += rows.num_rows
         if self._pending_rows >= PENDING_ROWS:
@@ -642,7 +690,7 @@ def write_npy_from_raw(raw: Path, npy_path: Path, dtype: np.dtype, n: int, sort:
         shutil.copyfileobj(src, out, 1 << 24)
     raw.unlink()
     if sort and n:
-        arr = np.load(npy_path, mmap_mode="r+")
+        arr = np.load(npy_path, mmap_mode="r+", allow_pickle=False)  # the file just written above
         arr.sort()
         arr.flush()
         del arr
@@ -687,17 +735,18 @@ def write_unshared(reader: pa.RecordBatchReader, path: str | Path) -> tuple[int,
 
 
 def write_summary(out: Path, rule: str | None, where: str | None, parts: list[Leaf], pool_rows: int, pool_ok: int,
-                  kept: int, removed: dict[str, int], shared_uid_rows: int) -> FilterSummary:
+                  kept: int, removed: dict[str, int], shared_uid_rows: int, bad_uid_rows: int = 0) -> FilterSummary:
     """The ``FilterSummary`` of a filter run, also written to ``out/filter_summary.json`` (strict
     JSON: a "keep all" threshold is the string ``"-inf"``)."""
     thresholds = {f"{leaf} on {col}": thr for leaf in parts for col, thr in leaf.thresholds.items()}
     summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept, removed, thresholds,
                             {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")},
-                            shared_uid_rows, {str(leaf): leaf.details for leaf in parts if leaf.details})
+                            shared_uid_rows, {str(leaf): leaf.details for leaf in parts if leaf.details},
+                            bad_uid_rows)
     for leaf in parts:
         summary.outputs.update({f"{leaf.name} {k}": str(v) for k, v in leaf.details.pop("files", {}).items()})
     record = dict(summary.__dict__, thresholds={k: v if math.isfinite(v) else str(v) for k, v in thresholds.items()})
-    write_json_atomically(out / "filter_summary.json", record, indent=2, default=str, allow_nan=False)
+    write_json_atomically(out / SUMMARY_FILE, record, indent=2, default=str, allow_nan=False)
     return summary
 
 
@@ -705,14 +754,13 @@ def write_datacomp_subset(parquet_path: str | Path, npy_path: str | Path) -> int
     """Write the DataComp subset array (``uids_to_datacomp``: sorted structured ``u8,u8``) of
     the ``uid`` column of ``parquet_path`` to ``npy_path``, ``BATCH_ROWS`` uids at a time into a
     memory-mapped ``.npy``: 16 bytes a uid on disk, one batch in memory. Batches are sorted
-    each; if the file's uids are not in hex order as well (mixed-case hex), the array is sorted
-    in place at the end.
+    each; if the file is not sorted by uid as well, the array is sorted in place at the end.
 
     Returns:
         Uids written.
 
     Raises:
-        ValueError: a uid that is not 32 hex characters.
+        ValueError: a value that is not a uid (``curate.schema.is_uid``).
     """
     pf = pq.ParquetFile(parquet_path)
     n = pf.metadata.num_rows

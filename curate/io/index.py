@@ -10,6 +10,7 @@ and whether the whole shard was read (``curate.shard_status``: ``complete`` or `
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 import numpy as np
@@ -18,20 +19,21 @@ import pyarrow.parquet as pq
 
 from curate import __version__
 from curate import schema as S
-from curate.io.atomic import atomic_path
+from curate.io.atomic import atomic_path, inside
 from curate.io.shards import SHARD_COMPLETE, shard_name
 
 INDEX_SUFFIX = ".parquet"
 
 
 def index_path(out_dir: str | Path, shard_url: str) -> Path:
-    """Path of the index file for a shard: ``out_dir / <shard name without .tar>.parquet``."""
+    """Path of the index file for a shard: ``out_dir / <shard name without .tar>.parquet``
+    (``curate.io.atomic.inside``: a name made from a URL never leads out of ``out_dir``)."""
     name = shard_name(shard_url)
     for ext in (".tar.gz", ".tgz", ".tar"):
         if name.endswith(ext):
             name = name[: -len(ext)]
             break
-    return Path(out_dir) / (name + INDEX_SUFFIX)
+    return inside(out_dir, name + INDEX_SUFFIX)
 
 
 def records_to_table(columns: dict[str, Any]) -> pa.Table:
@@ -39,7 +41,9 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
 
     Rows whose status is not ``ok`` get nulls in every measurement column; ``-1`` sizes, NaN
     scores and empty ``text`` / ``error`` strings become nulls; a string that is not valid UTF-8
-    (lone surrogates) is stored with them escaped, so one odd name never fails a file. Extra columns are ignored, missing measurement columns become nulls.
+    (lone surrogates) is stored with them escaped, so one odd name never fails a file; an
+    ``error`` is capped (``curate.schema.cap_error``). Extra columns are ignored, missing
+    measurement columns become nulls.
 
     Raises:
         KeyError: an identity column (uid, key, shard, status) is missing.
@@ -80,6 +84,8 @@ def records_to_table(columns: dict[str, Any]) -> pa.Table:
             vals = [None if (v is None or (isinstance(v, float) and np.isnan(v))) else _utf8(str(v)) for v in values]
             if field.name in (S.TEXT, S.ERROR, S.CAPTION_LANG):
                 vals = [v or None for v in vals]  # "" means no value
+            if field.name == S.ERROR:  # the last gate before a file: every stored message capped
+                vals = [S.cap_error(v) for v in vals]
             arrays.append(pa.array(vals, type=field.type))
     return pa.Table.from_arrays(arrays, schema=S.SCHEMA)
 
@@ -131,12 +137,18 @@ def write_parquet_atomically(path: str | Path, table: pa.Table, metadata: dict[s
         pq.write_table(table, f, compression="zstd")
 
 
+_TMP_TAIL = re.compile(r"[0-9a-f]{8}")  # what follows ".<name>.tmp-" in a temporary name
+
+
 def remove_stale_temporaries(path: str | Path) -> int:
-    """Delete temporary files that a killed writer of ``path`` left behind; returns how many."""
+    """Delete temporary files that a killed writer of ``path`` left behind (named as
+    ``curate.io.atomic.temporary_name`` names them: ``.<name>.tmp-<8 hex>``, nothing else);
+    returns how many."""
     path = Path(path)
     prefix = f".{path.name}.tmp-"
     # Listed and compared literally: the name may hold glob characters ("shard[1]").
-    stale = [p for p in path.parent.iterdir() if p.name.startswith(prefix)] if path.parent.is_dir() else []
+    stale = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and _TMP_TAIL.fullmatch(p.name[len(prefix):])
+             and not p.is_symlink() and p.is_file()] if path.parent.is_dir() else []
     for f in stale:
         f.unlink(missing_ok=True)
     return len(stale)

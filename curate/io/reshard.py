@@ -12,8 +12,11 @@ summary (``shared_uid_samples``), never written in another sample's place. Copie
 ``reshard_summary.json`` for the whole run. Output keys are new and sequential (``{:09d}``):
 an input key may repeat across shards, and a repeated uid needs distinct keys. The files are
 written under ``out/.reshard-work`` and moved into ``out`` when the run is complete, replacing
-every file of a previous run there (shards beyond the new count included); a run that fails
-(a full disk) leaves the previous run's files as they were.
+every file of a previous run there (shards beyond the new count included) as that run's
+``reshard_summary.json`` lists them; a run that fails (a full disk) leaves the previous run's
+files as they were. No other file is ever replaced or removed: an ``out`` that holds an input
+shard, or a file of an output's name that the previous summary does not list, is refused
+before anything in ``out`` changes (``curate.io.atomic.ForeignOutput``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import tarfile
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -30,9 +32,10 @@ from pathlib import Path
 
 from curate import schema as S
 from curate.io.samples import sample_digest, shard_records
-from curate.io.shards import SHARD_COMPLETE, expand_shards, read_shard, shard_name
+from curate.io.shards import SHARD_COMPLETE, check_shard_spec, expand_shards, read_shard, shard_name
 from curate.io.subset import load_subset_counts
-from curate.io.atomic import write_json_atomically
+from curate.io.atomic import (ForeignOutput, make_work_folder, read_own_json, refuse_foreign, remove_work_folder,
+                               write_json_atomically)
 
 
 @dataclass
@@ -122,31 +125,72 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
         shard_size: samples per output shard.
 
     Raises:
-        ValueError: bad subset file or ``shard_size``.
+        ValueError: bad subset file or ``shard_size``, or a shard spec with a scheme curate does
+            not read (``check_shard_spec``: ``pipe:``, ...), found before any work.
+        ForeignOutput (a ValueError): ``out`` is the folder of an input shard (before any work),
+            or a file that the run would replace was not written by a previous run (its summary
+            does not list it; nothing in ``out`` is changed).
     """
     if shard_size < 1:
         raise ValueError("--shard-size must be at least 1")
+    for spec in [shards] if isinstance(shards, str) else shards:
+        check_shard_spec(spec)
     wanted = load_subset_counts(subset)
     out = Path(out)
+    check_out_holds_no_input(out, expand_shards(shards))
+    previous = previous_outputs(out)
     # Written under out/.reshard-work and moved into out when complete, replacing the previous
     # run's shards: a failed run (a full disk) leaves those as they were, and nothing else.
-    work = out / ".reshard-work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = make_work_folder(out / ".reshard-work")
     try:
         summary = _reshard(wanted, shards, work, shard_size)
-        for old in out.iterdir():
-            if OUTPUT_NAME.fullmatch(old.name):
-                old.unlink()
-        for new in sorted(work.iterdir(), key=lambda f: f.name == SUMMARY_NAME):  # the summary last
-            os.replace(new, out / new.name)
+        written = [f for name in summary.output_shards for f in (name, _stats_name(name))] + [SUMMARY_NAME]
+        refuse_foreign([out / name for name in written], lambda path: path.name in previous)
+        for name in sorted(previous - set(written)):  # the previous run's shards beyond the new count
+            (out / name).unlink(missing_ok=True)
+        for name in written:  # the summary last
+            os.replace(work / name, out / name)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_work_folder(work)
     return summary
 
 
 SUMMARY_NAME = "reshard_summary.json"
-OUTPUT_NAME = re.compile(r"\d{8}\.tar|\d{8}_stats\.json|" + re.escape(SUMMARY_NAME))  # what a run writes
+
+
+def _stats_name(shard: str) -> str:
+    """``00000000_stats.json`` for ``00000000.tar``."""
+    return shard.removesuffix(".tar") + "_stats.json"
+
+
+def previous_outputs(out: Path) -> set[str]:
+    """The names of the files a previous ``reshard`` run wrote into ``out``, as its summary
+    (``reshard_summary.json``) lists them: its shards, their stats files and the summary; empty
+    when ``out`` holds no summary of curate's. Only these are ever replaced or removed."""
+    summary = read_own_json(out / SUMMARY_NAME, "output_shards", "requested_uids", "written_samples")
+    if summary is None or not isinstance(summary["output_shards"], list):
+        return set()
+    shards = {n for n in summary["output_shards"] if isinstance(n, str) and OUTPUT_SHARD.fullmatch(n)}
+    return shards | {_stats_name(n) for n in shards} | {SUMMARY_NAME}
+
+
+OUTPUT_SHARD = re.compile(r"\d{8}\.tar")  # the name of a shard a run writes
+
+
+def check_out_holds_no_input(out: Path, urls: list[str]) -> None:
+    """Refuse an output folder that holds an input shard (paths compared resolved, links
+    followed): the inputs are never written over, whatever their names.
+
+    Raises:
+        ForeignOutput: ``out`` is the folder of one of the local ``urls``.
+    """
+    target = out.resolve()
+    for url in urls:
+        if "://" in url and not url.startswith("file://"):
+            continue  # a remote shard is never in a local folder
+        shard = Path(url.removeprefix("file://")).resolve()
+        if shard.parent == target:
+            raise ForeignOutput(f"--out {out} holds the input shard {url}; write the new shards to another folder")
 
 
 def _reshard(wanted, shards, out: Path, shard_size: int) -> ReshardSummary:
@@ -172,7 +216,7 @@ def _write_subset(wanted, shards, writer: _Writer, summary: ReshardSummary, foun
     for url in expand_shards(shards):
         result = read_shard(url)
         if result.status != SHARD_COMPLETE:
-            summary.input_problems[url] = f"{result.status}: {result.error}"
+            summary.input_problems[url] = S.cap_error(f"{result.status}: {result.error}")
         records = shard_records(result.samples)
         for sample, rec in zip(result.samples, records):
             uid = rec[S.UID]

@@ -112,10 +112,13 @@ def sample_to_record(sample: dict[str, Any], max_caption_chars: int = MAX_CAPTIO
 
     Returns:
         ``{"uid", "key", "shard", "text", "image_bytes", "status", "error", "caption_fixes"}``.
-        The uid is the 32-hex ``uid`` of the sample's ``.json`` when present (DataComp), else
-        ``stable_uid(shard, key)``. The caption is the first non-empty of the ``.txt`` member and
-        the ``caption`` field of the ``.json``, cleaned by ``clean_caption``. ``error`` is set
-        only when ``status`` is not ok; ``caption_fixes`` is ``"; "``-joined repairs or ``""``.
+        The uid is the ``uid`` of the sample's ``.json`` when it is a uid (``curate.schema.is_uid``:
+        exactly 32 lower-case hex characters; DataComp), else ``stable_uid(shard, key)``, as for a
+        sample without one: a ``.json`` uid that fails the rule (``"<32 hex>\\n"``, upper case)
+        is never stored, so no index row, subset or reshard ever holds it. The caption is the
+        first non-empty of the ``.txt`` member and the ``caption`` field of the ``.json``, cleaned
+        by ``clean_caption``. ``error`` is set only when ``status`` is not ok, and capped
+        (``curate.schema.cap_error``); ``caption_fixes`` is ``"; "``-joined repairs or ``""``.
     """
     key, url = sample["__key__"], sample["__url__"]
     rec = {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: None, S.IMAGE_BYTES: None,
@@ -123,7 +126,7 @@ def sample_to_record(sample: dict[str, Any], max_caption_chars: int = MAX_CAPTIO
     try:
         _fill_record(sample, rec, max_caption_chars)
     except Exception as e:  # a sample this odd still gets its row
-        rec.update({S.STATUS: S.STATUS_INVALID_SAMPLE, S.ERROR: f"{type(e).__name__}: {e}"[:1000], S.IMAGE_BYTES: None})
+        rec.update({S.STATUS: S.STATUS_INVALID_SAMPLE, S.ERROR: S.cap_error(f"{type(e).__name__}: {e}"), S.IMAGE_BYTES: None})
     return rec
 
 
@@ -139,7 +142,7 @@ def _fill_record(sample: dict[str, Any], rec: dict[str, Any], max_caption_chars:
                 json_problem = f".json holds {_json_type(loaded)}, not an object"
         except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
             json_problem = f".json is not valid JSON ({type(e).__name__})"
-    if is_datacomp_uid(meta.get("uid")):
+    if is_datacomp_uid(meta.get("uid")):  # else the stable uid stays (see sample_to_record)
         rec[S.UID] = meta["uid"]
     text, fixes = None, []
     why_none = None
@@ -183,7 +186,7 @@ def _fill_record(sample: dict[str, Any], rec: dict[str, Any], max_caption_chars:
         status, error = S.STATUS_OK, None
     if status != S.STATUS_OK and notes:
         error = f"{error}; {'; '.join(notes)}"
-    rec[S.STATUS], rec[S.ERROR] = status, error
+    rec[S.STATUS], rec[S.ERROR] = status, S.cap_error(error)  # a key with 200,000 members lists them all
 
 
 def shard_records(samples: list[dict[str, Any]], max_caption_chars: int = MAX_CAPTION_CHARS) -> list[dict[str, Any]]:
@@ -244,7 +247,7 @@ def mark_duplicate_uids(records: list[dict[str, Any]], same=None) -> int:
                      + (f" and {len(others) - 5} more" if len(others) > 5 else ""))
             if rec[S.STATUS] != S.STATUS_OK:  # the sample's own fault is kept in the message
                 error += f"; also {rec[S.STATUS]}: {rec[S.ERROR]}"
-            rec[S.STATUS], rec[S.ERROR] = S.STATUS_DUPLICATE_UID, error[:1000]
+            rec[S.STATUS], rec[S.ERROR] = S.STATUS_DUPLICATE_UID, S.cap_error(error)
             rec[S.IMAGE_BYTES] = None
             marked += 1
     return marked

@@ -1,7 +1,11 @@
 """Listing and reading webdataset shards.
 
 Shard specs accept brace ranges (``sample-{000000..000002}.tar``, via ``braceexpand`` as in
-webdataset), globs (``shards/*.tar``) and fsspec URLs (``s3://``, ``gs://``, ``file://``).
+webdataset), globs (``shards/*.tar``) and fsspec URLs (``s3://``, ``gs://``, ``file://``); any
+other scheme, webdataset's ``pipe:`` (a shell command) above all, is refused with a
+``ValueError`` naming the spec before any work (``check_shard_spec``, ``SHARD_SCHEMES``), and a
+shard URL met later (an index's, a training config's) is read only under the same rule. Members
+are only ever read as bytes: nothing here decodes, inflates or unpickles a member.
 Members are grouped into samples with webdataset's own key rule
 (``webdataset.tariterators.base_plus_ext``: the key is the path up to the first dot of the
 file name, the extension is the rest, compared in lower case). Exactly one sample per key: members
@@ -38,6 +42,7 @@ import braceexpand
 import fsspec
 from webdataset.tariterators import base_plus_ext
 
+from curate import schema as S
 from curate.limits import DEFAULT_LIMITS
 
 SHARD_COMPLETE = "complete"
@@ -53,7 +58,56 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 _SKIP_CHUNK = 2**20
 # Magic numbers of the compressions ``tarfile``'s stream mode reads (gzip, bzip2, xz).
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
-_UID_RE = re.compile(r"^[0-9a-f]{32}$")
+# The URL schemes a shard is read from: the fsspec protocols curate deliberately supports, the
+# local disk (``file://``), the object stores of the README (``s3://``; ``gs://``, ``gcs://``) and
+# plain web URLs (``http(s)://``, as webdataset users give them; fsspec's HTTP reader, aiohttp).
+# Any other scheme is refused before any work (``check_shard_spec``): webdataset's ``pipe:``
+# above all (``pipe:cmd`` runs ``cmd`` in a shell; curate never runs one), and fsspec's other
+# protocols (``ssh://``, ``memory://``, chained ``a::b``), which curate never meant.
+SHARD_SCHEMES = ("file", "s3", "gs", "gcs", "http", "https")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+
+
+def check_shard_spec(spec: str | os.PathLike, what: str = "shard spec",
+                     schemes: tuple[str, ...] = SHARD_SCHEMES) -> str:
+    """Refuse a shard spec, shard URL or data path that would not be read as a plain file.
+
+    A spec without a scheme is a local path. One with a scheme (``name:`` at its start) must be
+    ``<scheme>://...`` with ``scheme`` in ``schemes`` (``SHARD_SCHEMES``; ``()`` for readers of
+    local paths only, such as ``curate evaluate``). ``::`` (fsspec's chaining, which also cuts a
+    local path there) is refused anywhere. A local file whose name holds a colon is given as
+    ``./name``. Only the string is looked at: nothing is opened, listed or run.
+
+    Args:
+        spec: the spec, URL or path as the user (or an index, or a config) gave it.
+        what: what ``spec`` is, for the message (``shard spec``, ``--data-dir``, ...).
+        schemes: the schemes accepted.
+
+    Returns:
+        ``spec`` as a string.
+
+    Raises:
+        ValueError: naming ``spec`` and its scheme: webdataset's ``pipe:`` (a shell command,
+            never run), a scheme not in ``schemes``, or ``::``.
+    """
+    text = os.fspath(spec)
+    if not isinstance(text, str):
+        raise ValueError(f"{what} {text!r}: not a text path")
+    where = ("a local path" + (" or a " + ", ".join(f"{s}://" for s in schemes) + " URL" if schemes else "")
+             + "; a local file whose name holds a colon is written ./name")
+    match = _SCHEME_RE.match(text)
+    if match is not None:
+        scheme = match.group(1).lower()
+        if scheme == "pipe":
+            raise ValueError(f"{what} {text!r}: webdataset's pipe: runs a shell command; curate never runs one "
+                             f"and reads shards as files: give {where}")
+        if scheme not in schemes:
+            raise ValueError(f"{what} {text!r}: URL scheme {match.group(1)!r} is not supported: give {where}")
+        if not text[match.end():].startswith("//"):
+            raise ValueError(f"{what} {text!r}: not a {scheme}:// URL: give {where}")
+    if "::" in text:
+        raise ValueError(f"{what} {text!r}: '::' (fsspec's URL chaining) is not supported: give {where}")
+    return text
 
 
 def expand_shards(specs: list[str] | str) -> list[str]:
@@ -73,9 +127,13 @@ def expand_shards(specs: list[str] | str) -> list[str]:
 
     Raises:
         FileNotFoundError: a glob matched nothing.
+        ValueError: a spec with a scheme curate does not read (``check_shard_spec``: ``pipe:``
+            and any scheme not in ``SHARD_SCHEMES``), found before any spec is expanded.
     """
     if isinstance(specs, str):
         specs = [specs]
+    for spec in specs:
+        check_shard_spec(spec)
     out: list[str] = []
     seen: set[str] = set()
     for spec in specs:
@@ -138,8 +196,9 @@ def stable_uid(url: str, key: str) -> str:
 
 
 def is_datacomp_uid(value: Any) -> bool:
-    """True for a DataComp uid: a string of 32 lower-case hex characters."""
-    return isinstance(value, str) and bool(_UID_RE.match(value))
+    """True for a DataComp uid: ``curate.schema.is_uid``, a string that is exactly 32 lower-case
+    hex characters (a ``.json`` uid ``"<32 hex>\\n"`` is not one)."""
+    return S.is_uid(value)
 
 
 @dataclass
@@ -272,7 +331,8 @@ def read_shard(url: str, max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes
 
     Returns:
         A ``ShardRead``. Samples before a cut or damage are kept; a sample that may have lost
-        members is flagged so it still gets an index row with status ``truncated``.
+        members is flagged so it still gets an index row with status ``truncated``. A URL that
+        ``check_shard_spec`` refuses (``pipe:``, another scheme) is ``unreadable``, never opened.
     """
     samples, result = drain(_read_samples(url, None, max_member_bytes))
     result.samples = samples
@@ -322,6 +382,10 @@ def plan_members(url: str, max_member_bytes: int = DEFAULT_LIMITS.max_member_byt
     """
     if "://" in url and not url.startswith("file://"):
         return None
+    try:
+        check_shard_spec(url, "shard")
+    except ValueError:
+        return None  # read_shard then reports why
     path = _local_or_url(url)
     if path.startswith("file://"):
         path = path[len("file://"):]
@@ -385,6 +449,7 @@ def _read_samples(url: str, plan: MemberPlan | None, max_member_bytes: int = DEF
     last = plan.last_member if plan is not None else {}
 
     try:
+        check_shard_spec(url, "shard")  # an index's or a config's URL too: never pipe: or another scheme
         with fsspec.open(url, "rb") as raw:
             with tarfile.open(fileobj=raw, mode="r|*", ignore_zeros=True,
                               tarinfo=_checked_tarinfo(max_member_bytes)) as tf:
@@ -461,7 +526,7 @@ def _read_samples(url: str, plan: MemberPlan | None, max_member_bytes: int = DEF
                 if current is not None:
                     current["__truncated__"] = True
     except Exception as e:  # tarfile.ReadError, zlib / gzip errors, OSError from fsspec, ...
-        result.error = f"{type(e).__name__}: {e}"
+        result.error = S.cap_error(f"{type(e).__name__}: {e}")
         result.status = SHARD_TRUNCATED if (done or by_key or plan is not None) else SHARD_UNREADABLE
         if current is not None:
             current["__truncated__"] = True
@@ -469,5 +534,5 @@ def _read_samples(url: str, plan: MemberPlan | None, max_member_bytes: int = DEF
     yield from by_key.values()
     if result.status == SHARD_DAMAGED and not (done or by_key) and plan is None:
         result.status = SHARD_UNREADABLE
-        result.error = "not a tar archive: " + result.error
+        result.error = S.cap_error("not a tar archive: " + result.error)
     return result

@@ -14,37 +14,34 @@ from curate import schema as S
 _HEX = np.full(256, 255, dtype=np.uint8)
 _HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 _HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
-_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 
 
 def uids_to_datacomp(uids) -> np.ndarray:
-    """32-hex uids to DataComp's subset array: structured ``np.dtype("u8,u8")`` (the two 64-bit
+    """Uids to DataComp's subset array: structured ``np.dtype("u8,u8")`` (the two 64-bit
     halves of the uid), sorted, as DataComp's ``baselines.py`` saves and its resharder loads.
 
     Args:
-        uids: a list of ``str`` or a ``pyarrow`` string array (decoded without Python objects,
-            a lookup table over the string bytes).
+        uids: a list of ``str`` or a ``pyarrow`` string array (checked by ``curate.schema.uid_mask``
+            and decoded without Python objects, a lookup table over the string bytes).
 
     Raises:
-        ValueError: a uid that is not 32 hex characters.
+        ValueError: a value that is not a uid (``curate.schema.is_uid``: 32 lower-case hex
+            characters), named in the message.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     arr = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
     arr = pa.array(arr, pa.string()) if not isinstance(arr, pa.Array) else arr.cast(pa.string())
     if arr.null_count:
         raise ValueError("a uid is missing (null)")
-    lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
-    if len(arr) and (lengths != 32).any():
-        bad = arr[int(np.flatnonzero(lengths != 32)[0])].as_py()
-        raise ValueError(f"uid {bad!r} is not 32 hex characters")
+    good = S.uid_mask(arr)
+    if not good.all():
+        bad = arr[int(np.flatnonzero(~good)[0])].as_py()
+        raise ValueError(f"uid {S.cap_error(repr(bad), 100)} is not a uid (32 lower-case hex characters)")
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4)
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]] if len(arr) else \
         np.zeros(0, np.uint8)
     nibbles = _HEX[data].reshape(-1, 32)
-    if (nibbles == 255).any():
-        raise ValueError("a uid holds characters that are not hex")
     halves = np.ascontiguousarray((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).view(">u8").reshape(-1, 2)
     hi, lo = halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64)
     if not ((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] >= lo[:-1]))).all():
@@ -86,11 +83,11 @@ class UidCounts:
         return int(self.counts.sum())
 
     def get(self, uid: str, default: int = 0) -> int:
-        """Multiplicity of ``uid`` (32 hex characters) in the subset; ``default`` when absent."""
-        try:
-            hi, lo = int(uid[:16], 16), int(uid[16:32], 16)
-        except (ValueError, TypeError):
+        """Multiplicity of ``uid`` in the subset; ``default`` when absent or not a uid
+        (``curate.schema.is_uid``: ``"<32 hex>\\n"`` never counts as its first 32 characters)."""
+        if not S.is_uid(uid):
             return default
+        hi, lo = int(uid[:16], 16), int(uid[16:], 16)
         i, j = np.searchsorted(self.hi, hi, "left"), np.searchsorted(self.hi, hi, "right")
         if i == j:
             return default
@@ -105,7 +102,7 @@ def load_subset_counts(path: str | None) -> UidCounts | None:
 
     Raises:
         FileNotFoundError: no such file. ValueError: unknown file type, no ``uid`` column,
-            a uid that is not 32 hex characters, or an empty subset.
+            a value that is not a uid (``curate.schema.is_uid``), or an empty subset.
     """
     if path is None:
         return None
@@ -118,7 +115,7 @@ def load_subset_counts(path: str | None) -> UidCounts | None:
         raise FileNotFoundError(f"subset file not found: {path}")
     if p.suffix == ".npy":
         try:
-            arr = np.load(p)
+            arr = np.load(p, allow_pickle=False)  # a user's file: an object array is refused, never unpickled
         except (ValueError, OSError, EOFError) as e:
             raise ValueError(f"{path} is not a readable .npy file ({e})") from None
         if arr.dtype.names is None or len(arr.dtype.names) != 2:

@@ -49,7 +49,14 @@ def build_report(index: str | Path, out: str | Path, subset: str | None = None, 
 
     Raises:
         FileNotFoundError: no index file. ValueError: bad ``band_by``, ``bands`` or ``per_band``,
-            or a bad subset file.
+            a bad subset file, or a ``shards`` spec with a scheme curate does not read
+            (``curate.io.shards.check_shard_spec``: ``pipe:``, ...), found before any work;
+            ``curate.io.atomic.ForeignOutput``: ``out/index.html`` or an image in ``out/images``
+            is a file curate did not write (``render.check_page_out``; nothing is written).
     """
+    from curate.io.shards import check_shard_spec
+
+    for spec in shards or []:
+        check_shard_spec(spec, "--shards")
     data = gather_report(index, subset=subset, band_by=band_by, bands=bands, per_band=per_band, seed=seed)
     return render_report(data, out, shards=shards, thumb=thumb)

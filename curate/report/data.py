@@ -91,14 +91,14 @@ def shard_accounting(table: pa.Table, meta: dict[str, dict[str, str]], summary_p
             continue
         row = row_of(shard)
         row["status"] = md.get(S.META_SHARD_STATUS, "")
-        row["error"] = md.get(S.META_SHARD_ERROR, "")
+        row["error"] = S.cap_error(md.get(S.META_SHARD_ERROR, ""))  # an old index's may be long
     if summary_path is not None and summary_path.is_file():
         try:
             for s in json.loads(summary_path.read_text()).get("shards", []):
                 row = row_of(s["url"])
                 if not row["status"] or s["status"] not in ("skipped", "complete"):
                     row["status"] = s["status"] if s["status"] != "skipped" else row["status"] or "complete"
-                    row["error"] = row["error"] or (s.get("error") or "")
+                    row["error"] = row["error"] or S.cap_error(s.get("error") or "")
         except (ValueError, KeyError, TypeError) as e:
             log.warning("ignoring unreadable %s: %s", summary_path, e)
     out = []
@@ -175,6 +175,9 @@ class ReportData:
         provenance: ``(label, value)`` pairs from the Parquet metadata (model, weights, detector).
         mask_method: the fill the masked images are re-made with (``mean``, ``inpaint``, ``none``).
         is_pretrained: ``False`` when the index was scored with a random-init CLIP.
+        bad_uids: rows whose uid is not a uid (``curate.schema.is_uid``: an index written by an
+            old version or edited by hand): counted and shown, left out of the bands (as a
+            filter never keeps them).
     """
 
     index: str
@@ -193,6 +196,7 @@ class ReportData:
     provenance: list[tuple[str, str]]
     mask_method: str
     is_pretrained: bool
+    bad_uids: int = 0
 
 
 def _filter_findings(view: SubsetView, folder: Path, table: pa.Table, per_band: int) -> None:
@@ -246,8 +250,9 @@ def gather_report(index: str | Path, subset: str | None = None, band_by: str = S
     status = np.asarray(table.column(S.STATUS).to_pylist(), dtype=object)
     ok = status == S.STATUS_OK
     scores = {k: table.column(k).to_numpy(zero_copy_only=False).astype(np.float64) for k in SCORES}
+    good_uid = S.uid_mask(table.column(S.UID))
     for k in SCORES:
-        scores[k][~ok] = np.nan
+        scores[k][~(ok & good_uid)] = np.nan
     has_text = np.nan_to_num(table.column(S.NUM_TEXT_BOXES).to_numpy(zero_copy_only=False).astype(np.float64)) > 0
     rng = np.random.default_rng(seed)
 
@@ -301,5 +306,5 @@ def gather_report(index: str | Path, subset: str | None = None, band_by: str = S
         band_by=band_by, per_band=per_band, seed=seed, bands=band_list, subset=view, examples=examples,
         accounting=accounting, total_errors=dict(sorted(collections.Counter(status[~ok].tolist()).items())),
         provenance=provenance, mask_method=mask_method,
-        is_pretrained=md0.get(S.META_CLIP_IS_PRETRAINED, "true") == "true",
+        is_pretrained=md0.get(S.META_CLIP_IS_PRETRAINED, "true") == "true", bad_uids=int((~good_uid).sum()),
     )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from curate import schema as S
-from curate.io.atomic import atomic_path, write_text_atomically
+from curate.io.atomic import atomic_path, inside, refuse_foreign, write_text_atomically
 from curate.report.data import SCORES, ReportData
 
 
@@ -116,7 +116,7 @@ def _render_examples(rows: dict[int, dict], out_dir: Path, locate, mask_method: 
             try:
                 image = decode_image(rec[S.IMAGE_BYTES], min_long_side=2 * thumb, resize_long=thumb, reduce=True)
             except DecodeError as e:
-                ex.problem = f"{e.status}: {e}"
+                ex.problem = S.cap_error(f"{e.status}: {e}")
                 continue
             h, w = image.shape[:2]
             polys = polygons_to_pixels(r[S.TEXT_BOXES], w, h)
@@ -128,13 +128,52 @@ def _render_examples(rows: dict[int, dict], out_dir: Path, locate, mask_method: 
             for p in polys:
                 pts = [(float(x) * scale, float(y) * scale) for x, y in p]
                 draw.polygon(pts, outline=(255, 0, 0), width=3)
-            stem = f"{i:07d}-{r[S.UID]}"
-            with atomic_path(img_dir / f"{stem}.jpg") as tmp:
+            stem = _stem(i, r)
+            with atomic_path(inside(img_dir, f"{stem}.jpg")) as tmp:
                 orig.save(tmp, format="JPEG", quality=90, subsampling=0)  # 4:4:4 keeps thin red lines red
-            with atomic_path(img_dir / f"{stem}.masked.jpg") as tmp:
+            with atomic_path(inside(img_dir, f"{stem}.masked.jpg")) as tmp:
                 Image.fromarray(masked).resize(size, Image.Resampling.BILINEAR).save(tmp, format="JPEG", quality=85)
             ex.original, ex.masked = f"images/{stem}.jpg", f"images/{stem}.masked.jpg"
     return examples
+
+
+def _stem(i: int, row: dict) -> str:
+    """The file name stem of an example's thumbnails in ``images/``: its row number (of the
+    index, or of the hits), zero-padded. Never anything of the row's data: a uid ``../../evil``
+    (an edited index) or one with a newline would otherwise name a file outside the folder or
+    one the page cannot load."""
+    return f"{i:07d}"
+
+
+PLOTS = ("hist_scores.png", "scatter_scores.png", "hist_subset.png")  # what ``_plots`` may write
+PAGE_MARK = "Written by <code>curate "  # in the footer of every page curate writes
+
+
+def _is_curate_page(path: Path) -> bool:
+    """Whether ``path`` is a page that ``curate report`` or ``curate search`` wrote (a regular
+    file of at most 64 MiB with curate's footer)."""
+    try:
+        return (not path.is_symlink() and path.is_file() and path.stat().st_size <= 64 << 20
+                and PAGE_MARK in path.read_text(errors="replace"))
+    except OSError:
+        return False
+
+
+def check_page_out(page: Path, rows: dict[int, dict], plots: tuple[str, ...] = ()) -> None:
+    """Refuse to write the page ``page`` and its images (``images/`` beside it: the thumbnails
+    of ``rows``, then ``plots``) where that would replace a file curate did not write: ``page``
+    must be absent or a page of curate's, and an image file already there is replaced only when
+    a page of curate's sits in the same folder (the images are that page's).
+
+    Raises:
+        curate.io.atomic.ForeignOutput: one is in the way; nothing is written.
+    """
+    refuse_foreign([page], _is_curate_page)
+    images = page.parent / "images"
+    names = [f"{_stem(i, r)}{ext}" for i, r in rows.items() for ext in (".jpg", ".masked.jpg")] + list(plots)
+    taken = [images / n for n in names if (images / n).exists() or (images / n).is_symlink()] if images.is_dir() else []
+    if taken and not any(_is_curate_page(p) for p in page.parent.glob("*.html")):
+        refuse_foreign(taken[:1])
 
 
 # --------------------------------------------------------------------------- plots
@@ -145,7 +184,7 @@ def _save(fig, img_dir: Path, name: str) -> str:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    with atomic_path(img_dir / name) as tmp:
+    with atomic_path(inside(img_dir, name)) as tmp:
         fig.savefig(tmp, format=Path(name).suffix.lstrip("."))
     plt.close(fig)
     return f"images/{name}"
@@ -228,6 +267,7 @@ code { font-size: 90%; }
 {% for k, v in provenance %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>
 {% endfor %}</table>
 {% if not pretrained %}<p class="warn">The index was scored with a random-init CLIP: its scores are not meaningful CLIP scores.</p>{% endif %}
+{% if bad_uids %}<p class="warn">{{ bad_uids }} row(s) have a uid that is not 32 lower-case hex characters (an old or edited index): left out of the bands, never kept by a filter.</p>{% endif %}
 
 <h2>Scores</h2>
 {% for p in plots %}<img src="{{ p }}" alt="{{ p }}"> {% endfor %}
@@ -320,10 +360,15 @@ def render_search(result, html: str | Path, index: str | Path = "", shards: list
 
     Returns:
         The page's path.
+
+    Raises:
+        curate.io.atomic.ForeignOutput: ``html`` (or an image beside it) is a file curate did not
+            write (``check_page_out``); nothing is written.
     """
     import curate
 
     html = Path(html)
+    check_page_out(html, dict(enumerate(result.rows)))
     html.parent.mkdir(parents=True, exist_ok=True)
     examples = _render_examples(dict(enumerate(result.rows)), html.parent, _shard_locator(shards), mask_method, thumb)
     page = _environment().from_string(_SEARCH_TEMPLATE).render(
@@ -346,10 +391,15 @@ def render_report(data: ReportData, out: str | Path, shards: list[str] | None = 
 
     Returns:
         ``ReportSummary``.
+
+    Raises:
+        curate.io.atomic.ForeignOutput: ``out/index.html`` or an image file in ``out/images`` is a
+            file curate did not write (``check_page_out``); nothing is written.
     """
     import curate
 
     out_dir = Path(out)
+    check_page_out(out_dir / "index.html", data.examples, PLOTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     examples = _render_examples(data.examples, out_dir, _shard_locator(shards), data.mask_method, thumb)
     plots = _plots(data.scores, data.has_text, out_dir, None if data.subset is None else data.subset.kept)
@@ -373,7 +423,7 @@ def render_report(data: ReportData, out: str | Path, shards: list[str] | None = 
         bands=[{"lo": b.lo, "hi": b.hi, "count": b.count, "examples": [examples[i] for i in b.rows]}
                for b in data.bands],
         shards=data.accounting, total_errors=", ".join(f"{k} {v}" for k, v in data.total_errors.items()),
-        version=getattr(curate, "__version__", "?"),
+        version=getattr(curate, "__version__", "?"), bad_uids=data.bad_uids,
     )
     html_path = out_dir / "index.html"
     write_text_atomically(html_path, page)

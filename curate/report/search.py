@@ -45,12 +45,15 @@ class SearchResult:
         rows: index rows of the hits (``dict`` of the index columns), most similar first.
         similarity: ``(K,) float32`` cosine similarity of each hit to the query.
         html: the page written with ``--html``, else ``None``.
+        bad_uids: rows passed over because their uid is not a uid (``curate.schema.is_uid``: an
+            index written by an old version or edited by hand).
     """
 
     query: str
     rows: list[dict]
     similarity: np.ndarray
     html: Path | None = None
+    bad_uids: int = 0
 
     def format(self) -> str:
         lines = [f"curate search: {self.query!r}: {len(self.rows)} nearest samples",
@@ -60,6 +63,8 @@ class SearchResult:
             masked = "-" if r[S.MASKED_CLIP_SCORE] is None else f"{r[S.MASKED_CLIP_SCORE]:.4f}"
             caption = " ".join((r[S.TEXT] or "").split())[:80]
             lines.append(f"{i:>4}  {s:6.4f}  {clip:>6}  {masked:>6}  {r[S.UID]}  {caption}")
+        if self.bad_uids:
+            lines.append(f"passed over {self.bad_uids} row(s) whose uid is not a uid (32 lower-case hex characters)")
         if self.html:
             lines.append(f"wrote {self.html}")
         return "\n".join(lines)
@@ -83,7 +88,10 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
         ValueError: neither or both of ``text`` and ``image``, a bad ``top_k`` or ``column``, an
             index without embedding files (``curate.io.embeddings.NoEmbeddings``), or a query
             image that cannot be decoded or is over ``curate.limits.DEFAULT_LIMITS`` (the
-            message says which).
+            message says which), or a ``shards`` spec with a scheme curate does not read
+            (``curate.io.shards.check_shard_spec``: ``pipe:``, ...), found before any work;
+            ``curate.io.atomic.ForeignOutput``: ``html`` (or an image beside it) is a file curate
+            did not write (``curate.report.render.check_page_out``; nothing is written).
         FileNotFoundError: no index files, or no such query image.
     """
     import faiss
@@ -94,8 +102,12 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
     from curate.stages.decode import DecodeError, decode_image
     from curate.stages.score import Score
 
+    from curate.io.shards import check_shard_spec
+
     if (text is None) == (image is None):
         raise ValueError("give a text query or --image, not both")
+    for spec in shards or []:
+        check_shard_spec(spec, "--shards")
     if top_k < 1 or column not in (S.IMAGE_EMBEDDING, S.MASKED_IMAGE_EMBEDDING):
         raise ValueError(f"top_k must be >= 1 and column an image embedding, got {top_k}, {column!r}")
     files = index_files(index)
@@ -121,9 +133,12 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
     query = np.ascontiguousarray(query, dtype=np.float32)
 
     best: list[tuple[float, int, int]] = []  # (similarity, file number, row)
+    bad_uids = 0
     for n, f in enumerate(files):
         emb = pq.read_table(embeddings_path(f), columns=[column]).column(column).combine_chunks()
-        valid = np.flatnonzero(~np.asarray(emb.is_null()))
+        good_uid = S.uid_mask(pq.read_table(f, columns=[S.UID]).column(S.UID))  # a bad uid: passed over, counted
+        bad_uids += int((~good_uid).sum())
+        valid = np.flatnonzero(~np.asarray(emb.is_null()) & good_uid)
         if not len(valid):
             continue
         vecs = emb.take(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
@@ -139,7 +154,7 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
             rows_of[(n, row)] = values
     rows = [rows_of[(n, row)] for _, n, row in best]
     result = SearchResult(text if text is not None else f"image:{image}", rows,
-                          np.asarray([b[0] for b in best], dtype=np.float32))
+                          np.asarray([b[0] for b in best], dtype=np.float32), bad_uids=bad_uids)
     if html is not None:
         from curate.report.render import render_search
 

@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -138,7 +139,8 @@ def isolate_missing(tracker, urls: list[str], specs: list[StageSpec], limits, fa
     log.warning("curate score: %d shard(s) lost samples to worker deaths; running those samples alone",
                 len(todo))
     # 0 CPUs: the re-reads must not wait behind the isolation actors, which may hold every CPU.
-    reader = ray.remote(read_records).options(num_cpus=0, max_retries=retries)
+    # At least one retry: a re-read lost with its node must not fail a whole shard.
+    reader = ray.remote(read_records).options(num_cpus=0, max_retries=max(1, retries))
     reads = {url: reader.remote(url, None if positions is None else positions.tolist(), read_kwargs(limits))
              for url, positions in todo.items()}
     statuses: collections.Counter = collections.Counter()
@@ -146,7 +148,7 @@ def isolate_missing(tracker, urls: list[str], specs: list[StageSpec], limits, fa
     # First in chunks of the plan's smallest batch: a poison sample then costs one more death
     # for its chunk, and its neighbours run at nearly the plan's speed.
     chunk = min(s.batch_size for s in specs)
-    try:
+    def shards():
         for url, ref in reads.items():
             try:
                 records = ray.get(ref, timeout=READY_TIMEOUT_S)
@@ -155,10 +157,13 @@ def isolate_missing(tracker, urls: list[str], specs: list[StageSpec], limits, fa
                 result.shard_errors[url] = f"reading the shard again for the samples its workers lost failed: {_cause(e)}"
                 tracker.fail(url, result.shard_errors[url])
                 continue
-            for rec, status in pool.run_all(records, tracker, limits, retries, chunk=chunk):
-                result.samples += 1
-                statuses[status] += 1
-            del records
+            yield records
+
+    try:
+        # One queue over every shard, so that each actor has work while another one restarts.
+        for rec, status in pool.run_all(shards(), tracker, limits, retries, chunk=chunk):
+            result.samples += 1
+            statuses[status] += 1
     finally:
         result.deaths = pool.deaths
         pool.close()
@@ -192,9 +197,11 @@ class _IsolationPool:
             ray.kill(actor)
         self.idle, self.starting = [], {}
 
-    def run_all(self, records: list[dict[str, Any]], tracker, limits, retries: int, chunk: int = 1):
-        """Run the records in chunks of ``chunk``, and the rows of a chunk whose worker died or
-        hung each alone; yield ``(record, status)`` as each row is handed to ``tracker``.
+    def run_all(self, shards: Iterable[list[dict[str, Any]]], tracker, limits, retries: int, chunk: int = 1):
+        """Run the records of each shard in ``shards`` in chunks of ``chunk``, and the rows of a
+        chunk whose worker died or hung each alone; yield ``(record, status)`` as each row is
+        handed to ``tracker``. Shards are taken from the iterator only as the queue runs short
+        (about two chunks per actor), so the pass holds a few shards' lost samples at a time.
 
         Raises:
             RuntimeError: ``MAX_START_FAILURES`` actors in a row could not load the models.
@@ -205,17 +212,31 @@ class _IsolationPool:
         from curate.scoring.writer import write_parts
 
         queue: collections.deque = collections.deque()  # (records, tries); one record: alone
-        samples = []
-        for rec in records:
-            if rec[S.STATUS] == SHARD_RECORD:  # an empty or unreadable shard: its fate, no sample
-                tracker.add(write_parts(records_to_batch([rec]), self.out_dir))
-            else:
-                samples.append(rec)
-        for start in range(0, len(samples), max(1, chunk)):
-            queue.append((samples[start : start + max(1, chunk)], 0))
+        source = iter(shards)
+
+        def refill() -> bool:
+            """Queue the next shard's chunks; False when there is none."""
+            records = next(source, None)
+            if records is None:
+                return False
+            samples = []
+            for rec in records:
+                if rec[S.STATUS] == SHARD_RECORD:  # an empty or unreadable shard: its fate, no sample
+                    tracker.add(write_parts(records_to_batch([rec]), self.out_dir))
+                else:
+                    samples.append(rec)
+            for start in range(0, len(samples), max(1, chunk)):
+                queue.append((samples[start : start + max(1, chunk)], 0))
+            return True
+
+        more = True
         running: dict[Any, tuple[Any, list, int, float]] = {}  # ref -> actor, records, tries, deadline
         stages = " > ".join(s.name for s in self.specs)
-        while queue or running:
+        while more or queue or running:
+            while more and len(queue) < 2 * self.parallel:
+                more = refill()
+            if not (queue or running):
+                continue
             while queue and self.idle:
                 recs, tries = queue.popleft()
                 actor = self.idle.pop()
@@ -287,7 +308,7 @@ class _IsolationPool:
         """The part records of a sample's row with ``status`` and ``error`` and no measurement."""
         from curate.scoring.writer import write_parts
 
-        batch = records_to_batch([{**rec, S.STATUS: status, S.ERROR: error[:1000]}])
+        batch = records_to_batch([{**rec, S.STATUS: status, S.ERROR: S.cap_error(error)}])
         batch.pop(S.IMAGE_BYTES, None)
         if self.embedding_dim:
             from curate.stages.common import object_array
@@ -312,7 +333,7 @@ def _cause(e: BaseException) -> str:
     detail = re.search(r"Worker exit detail: ([^.]*\.)", text)
     first = " ".join(str(root_cause(e)).split())
     out = first + (f" ({detail.group(1)})" if detail else "") + (f"; the worker said: {said}" if said else "")
-    return out[:600]
+    return S.cap_error(out, 600)
 
 
 def _worker_said(pid: int) -> str | None:
@@ -334,5 +355,5 @@ def _worker_said(pid: int) -> str | None:
         except OSError:
             continue
         if lines:
-            return lines[-1][len("curate: "):][:300]
+            return S.cap_error(lines[-1][len("curate: "):], 300)
     return None

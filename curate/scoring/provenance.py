@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ import pyarrow.parquet as pq
 from curate import schema as S
 from curate.scoring.config import PipelineConfig
 from curate.io.embeddings import embeddings_path
-from curate.io.index import INDEX_SUFFIX, complete_index_metadata, index_path, remove_stale_temporaries
+from curate.io.atomic import refuse_foreign
+from curate.io.index import (INDEX_SUFFIX, complete_index_metadata, index_path, read_index_metadata,
+                             remove_stale_temporaries)
 from curate.models import ResolvedWeights
 from curate.scoring.summary import SHARD_SKIPPED, ShardResult
 
@@ -131,10 +134,16 @@ def _wants_embeddings(fingerprint: str) -> bool:
 def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrite: bool = False):
     """Split shards into those to process and those whose index file is already complete.
 
+    Only curate's own files are ever replaced or removed: the index and embedding files of the
+    shards to process (and their part folders, stale temporaries) when they are there.
+
     Raises:
         ValueError: two shards would write the same index file (same file name).
         IndexConfigMismatch: a complete index file was produced with other scoring settings
             (and ``overwrite`` is false).
+        ForeignOutput (a ValueError): where a shard to process writes its index file, its
+            embedding file or its part folder there is something curate did not write (a
+            Parquet file without curate's metadata, a folder of other files); nothing is removed.
     """
     # Every complete index file already in the folder, not only those of these shards: one
     # folder never holds scores made with two settings.
@@ -163,7 +172,32 @@ def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrit
             statuses = collections.Counter(pq.read_table(p, columns=[S.STATUS]).column(S.STATUS).to_pylist())
             skipped.append(ShardResult(url, SHARD_SKIPPED, None, int(md[S.META_NUM_SAMPLES]), dict(statuses), str(p)))
         else:
-            remove_stale_temporaries(p)
-            shutil.rmtree(parts_dir(out_dir, url), ignore_errors=True)  # parts of a killed run
             todo.append(url)
+    for url in todo:  # every shard checked before any file is removed
+        p = index_path(out_dir, url)
+        refuse_foreign([p, embeddings_path(p)], written_by_curate)
+        refuse_foreign([parts_dir(out_dir, url)], is_parts_folder)
+    for url in todo:
+        remove_stale_temporaries(index_path(out_dir, url))
+        shutil.rmtree(parts_dir(out_dir, url), ignore_errors=True)  # parts of a killed run
     return todo, skipped
+
+
+# A part file of ``curate.scoring.writer.write_parts`` (a uuid4 hex name), or its temporary.
+PART_FILE = re.compile(r"[0-9a-f]{32}\.parquet|\.[0-9a-f]{32}\.parquet\.tmp-[0-9a-f]{8}")
+
+
+def written_by_curate(path: Path) -> bool:
+    """Whether ``path`` is a Parquet file with curate's key-value metadata (an index or
+    embedding file that ``curate score`` wrote, complete or not)."""
+    try:
+        return path.is_file() and not path.is_symlink() and bool(read_index_metadata(path))
+    except Exception:  # not Parquet, unreadable
+        return False
+
+
+def is_parts_folder(path: Path) -> bool:
+    """Whether ``path`` is a part folder that curate's workers wrote: a real folder holding
+    part files (``PART_FILE`` names) and nothing else."""
+    return (path.is_dir() and not path.is_symlink()
+            and all(PART_FILE.fullmatch(f.name) and f.is_file() and not f.is_symlink() for f in path.iterdir()))

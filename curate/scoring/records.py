@@ -107,13 +107,14 @@ def _streamed_records(url: str, plan, max_member_bytes: int, max_caption_chars: 
     missing = [k for k in plan.keys if k not in seen]
     if missing and status == SHARD_COMPLETE:
         status, error = SHARD_TRUNCATED, error or "the shard ended before all its samples were read"
+    error = S.cap_error(error)
     ending = {SHARD_STATUS: status, SHARD_ERROR: error, IGNORED: ignored}
     if held is not None:
         held.update(ending)
         yield held
     for seq, key in enumerate(missing, start=len(seen)):
         yield {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: "", S.IMAGE_BYTES: b"",
-               S.STATUS: S.STATUS_TRUNCATED, S.ERROR: f"not read: {error}"[:1000], FIXES: "", DIGEST: b"",
+               S.STATUS: S.STATUS_TRUNCATED, S.ERROR: S.cap_error(f"not read: {error}"), FIXES: "", DIGEST: b"",
                SEQ: seq, SHARD_N: n, **ending}
 
 
@@ -129,6 +130,7 @@ def _finish_record(rec: dict[str, Any], digest: bool) -> dict[str, Any]:
 
 
 def _shard_record(url: str, status: str, error: str, ignored: int) -> dict[str, Any]:
+    error = S.cap_error(error or "")
     return {S.UID: "", S.KEY: "", S.SHARD: url, S.TEXT: "", S.IMAGE_BYTES: b"", S.STATUS: SHARD_RECORD,
             S.ERROR: error or "", SEQ: -1, SHARD_N: 0, SHARD_STATUS: status, SHARD_ERROR: error or "",
             IGNORED: ignored, FIXES: "", DIGEST: b""}
@@ -139,7 +141,8 @@ def _shard_records(url: str, max_member_bytes: int, max_caption_chars: int) -> l
     n = len(result.samples)
     if n == 0:
         return [_shard_record(url, result.status, result.error or "", result.ignored_members)]
-    extra = {SHARD_N: n, SHARD_STATUS: result.status, SHARD_ERROR: result.error or "", IGNORED: result.ignored_members}
+    extra = {SHARD_N: n, SHARD_STATUS: result.status, SHARD_ERROR: S.cap_error(result.error or ""),
+             IGNORED: result.ignored_members}
     out = []
     for seq, rec in enumerate(shard_records(result.samples, max_caption_chars)):  # duplicate uids marked here
         rec = _finish_record(rec, digest=False)

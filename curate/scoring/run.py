@@ -20,7 +20,7 @@ from curate.scoring.plan import build_dataset, check_resources, fit_to_cluster, 
 from curate.scoring.provenance import index_metadata, plan_shards
 from curate.scoring.summary import SHARD_FAILED, ScoreSummary, ShardResult
 from curate.scoring.writer import ShardTracker
-from curate.io.atomic import write_json_atomically
+from curate.io.atomic import read_own_json, refuse_foreign, write_json_atomically
 
 log = logging.getLogger("curate")
 RAY_SESSION_BYTES = 100 * 2**20  # below this much free disk a local Ray cannot write its session (logs, sockets)
@@ -97,6 +97,8 @@ def run_score(
         ValueError: bad shard specs or config, or a plan the local cluster cannot start.
         FileNotFoundError: a glob matched nothing.
         IndexConfigMismatch: see ``plan_shards``.
+        ForeignOutput (a ValueError): a file curate did not write is where an output goes
+            (``_summary.json``, or see ``plan_shards``); found before any shard is read.
     """
     from tqdm import tqdm
 
@@ -115,6 +117,8 @@ def run_score(
     except OSError as e:
         raise ValueError(f"cannot create the index folder {out_dir}: {e}") from None
     metadata = index_metadata(cfg, weights)
+    refuse_foreign([out_dir / "_summary.json"],
+                   lambda path: read_own_json(path, "out_dir", "num_shards", "shards") is not None)
     todo, skipped = plan_shards(urls, out_dir, metadata[S.META_CONFIG], overwrite=overwrite)
 
     results: dict[str, ShardResult] = {s.url: s for s in skipped}
@@ -170,7 +174,7 @@ def run_score(
                     estimate_total()
         except Exception as e:  # keep what was written; report the rest as failed, by name
             failure = root_cause(e)
-            log.error("curate score stopped: %s", e)
+            log.error("curate score stopped: %s", S.cap_error(e))
         if failure is None:  # the samples whose worker died (or hung, or blew up), run alone
             try:
                 from curate.scoring.isolate import isolate_missing

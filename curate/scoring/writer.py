@@ -78,13 +78,13 @@ def write_parts(batch: dict[str, np.ndarray], out_dir: str) -> dict[str, np.ndar
             try:
                 part = _write_part(out_dir, url, {k: v[sel] for k, v in batch.items()}, seqs)
             except Exception as e:  # this shard fails by name; the block's other shards go on
-                error = f"{type(e).__name__}: {e}"
+                error = S.cap_error(f"{type(e).__name__}: {e}")
         out[P_SHARD].append(url)
         out[P_PATH].append(part)
         out[P_SEQS].append(seqs.tobytes())
         out[P_N].append(int(batch[SHARD_N][first]))
         out[P_STATUS].append(str(batch[SHARD_STATUS][first]))
-        out[P_ERROR].append(str(batch[SHARD_ERROR][first] or ""))
+        out[P_ERROR].append(S.cap_error(str(batch[SHARD_ERROR][first] or "")))
         out[P_IGNORED].append(int(batch[IGNORED][first]))
         out[P_WRITE_ERROR].append(error)
         for c in busy_cols:
@@ -169,7 +169,7 @@ def finalize_shard(url: str, parts: list[str], shard_n: int, shard_status: str, 
     md.update({S.META_SHARD: url, S.META_SHARD_STATUS: shard_status, S.META_NUM_SAMPLES: str(table.num_rows),
                S.META_IGNORED_MEMBERS: str(ignored), S.META_CAPTIONS_REPAIRED: str(repaired)})
     if shard_error:
-        md[S.META_SHARD_ERROR] = str(shard_error)
+        md[S.META_SHARD_ERROR] = S.cap_error(str(shard_error))
     write_index_file(path, table, md)
     shutil.rmtree(parts_dir(out_dir, url), ignore_errors=True)
     return _result_of(url, path, table, shard_status, shard_error, ignored, repaired)
@@ -363,6 +363,7 @@ class ShardTracker:
         self._fail(url, message)
 
     def _fail(self, url: str, message: str, started: bool = False) -> None:
+        message = S.cap_error(message)
         log.error("curate score: %s: %s", url, message)
         self.started.add(url)
         self.seen.pop(url, None)

@@ -117,7 +117,7 @@ def _isolate(stage: Stage, batch: dict[str, np.ndarray], start: int, stop: int) 
         if row[S.STATUS][0] == S.STATUS_OK:
             set_error(row, 0, stage.error_status, message)
         else:  # a row a stage computes whatever its status (caption language): keep the status
-            row[S.ERROR][0] = (f"{row[S.ERROR][0]}; " if row[S.ERROR][0] else "") + message[:500]
+            row[S.ERROR][0] = S.cap_error((f"{row[S.ERROR][0]}; " if row[S.ERROR][0] else "") + message)
         return [_defaults(stage, row)]
 
 

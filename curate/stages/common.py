@@ -42,9 +42,10 @@ def batch_len(batch: dict[str, np.ndarray]) -> int:
 
 
 def set_error(batch: dict[str, np.ndarray], i: int, status: str, message: str) -> None:
-    """Mark row ``i`` as failed with ``status`` and ``message`` (in place)."""
+    """Mark row ``i`` as failed with ``status`` and ``message`` (in place; the message capped,
+    ``curate.schema.cap_error``)."""
     batch[S.STATUS][i] = status
-    batch[S.ERROR][i] = message[:1000]
+    batch[S.ERROR][i] = S.cap_error(message)
 
 
 def image_at(images, i: int) -> np.ndarray:

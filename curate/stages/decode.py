@@ -294,14 +294,57 @@ def image_hash(data: bytes | None) -> bytes:
     return hashlib.blake2b(bytes(data), digest_size=16).digest() if data else b""
 
 
+PHASH_SIZE = 32  # side of the grey image whose DCT imagehash.phash thresholds (hash_size 8 x highfreq_factor 4)
+PHASH_MIN_STD = 4.0  # grey levels (0-255): a phash input with a lower standard deviation gives no hash
+NO_PHASH = 0  # the stored perceptual hash of an image without one (near-constant, or not decoded)
+
+
+def phash_input(image: np.ndarray) -> Image.Image:
+    """The ``PHASH_SIZE`` x ``PHASH_SIZE`` 8-bit grey image whose DCT ``imagehash.phash`` (4.3)
+    thresholds, made from an ``(H, W, 3) uint8`` image as imagehash makes it (Pillow's
+    ``convert("L")``, ITU-R 601 luma, then a Lanczos resize)."""
+    return Image.fromarray(image).convert("L").resize((PHASH_SIZE, PHASH_SIZE), Image.Resampling.LANCZOS)
+
+
+def phash_input_std(image: np.ndarray) -> float:
+    """Population standard deviation, in grey levels (0-255), of ``phash_input(image)``: how much
+    structure the perceptual hash has to encode. 0 for a flat image of any colour."""
+    return float(np.asarray(phash_input(image), dtype=np.float64).std())
+
+
 def perceptual_hash(image: np.ndarray) -> int:
-    """The 64-bit perceptual hash of an ``(H, W, 3) uint8`` image (``imagehash.phash``: the sign
-    of the low-frequency DCT of a 32x32 grey image against its median), as a signed int64.
+    """The 64-bit perceptual hash of an ``(H, W, 3) uint8`` image (``imagehash.phash``, Zauner
+    2010's DCT hash: the sign of the 8x8 lowest-frequency DCT coefficients of a 32x32 grey image
+    against their median), as a signed int64; ``NO_PHASH`` (0) for a near-constant image.
     Resizing and re-encoding change few of its bits (``curate.filters.dedup.phash_range`` finds
-    the hashes within a number of bits)."""
+    the hashes within a number of bits).
+
+    A near-constant image has no hash: one whose ``phash_input_std`` is below ``PHASH_MIN_STD``
+    (4 grey levels). Such a hash encodes no picture, only rounding noise or a faint pattern that
+    images of any colour share: every flat image but black hashes to ``0x8000000000000000``
+    (only the DC coefficient is above the median), so a flat red and a flat blue image, or
+    any two flat test and pool images, were "copies" 0 bits apart. The threshold:
+    - below about 1 grey level the 8-bit 32x32 input rounds to flat;
+    - measured (2-core CPU, 40 random smooth 256x192 patterns a level, imagehash 4.3.2): at a
+      standard deviation of 4 the hash stays within 2 bits of itself after JPEG quality-50
+      re-encoding for 25% of the patterns (2: 5%; 12: 88%), so below it the hash has little
+      recall to give;
+    - real images lie far above it: the 8,000 CIFAR-10 images of ``benchmarks/dedup_pool_bench.py``
+      (400 a class from each split) have at least 7.6, the photographs of ``shared/data`` at
+      least 25.
+    Such images are matched by their bytes (``image_hash``) or embeddings only. ``NO_PHASH`` and
+    any other hash without structure never match (``curate.filters.dedup.phash_has_structure``).
+
+    The hash is imagehash's own: ``imagehash.phash`` of ``phash_input(image)``, on which its
+    grey conversion and resize change nothing (Pillow copies an image resized to its own size),
+    so it equals ``imagehash.phash`` of the image.
+    """
     import imagehash
 
-    bits = imagehash.phash(Image.fromarray(image)).hash.ravel()
+    grey = phash_input(image)
+    if float(np.asarray(grey, dtype=np.float64).std()) < PHASH_MIN_STD:
+        return NO_PHASH
+    bits = imagehash.phash(grey, hash_size=PHASH_SIZE // 4, highfreq_factor=4).hash.ravel()
     value = int("".join("1" if b else "0" for b in bits), 2)
     return int(np.array(value, dtype=np.uint64).view(np.int64))
 
@@ -332,7 +375,8 @@ class Decode(Stage):
         hashes: also write ``image_hash`` (object ``bytes``: BLAKE2b-128 of the image bytes as
             stored; ``b""`` for rows without an image) and ``image_phash`` (int64: the 64-bit
             perceptual hash ``imagehash.phash`` of the decoded image, Zauner 2010's DCT hash;
-            0 for failed rows), for near-duplicate and test-set matching.
+            0 for failed rows and for near-constant images, ``perceptual_hash``), for
+            near-duplicate and test-set matching.
     """
 
     name = "decode"

@@ -74,6 +74,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 
     try:
+        # weights_only even though curate writes these (save_checkpoint): --resume may name any
+        # file, and a checkpoint holds only tensors and plain Python values.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors of a file that is not a torch checkpoint
         raise ValueError(f"{path} is not a curate train checkpoint (torch.load: {type(e).__name__})") from None

@@ -305,7 +305,7 @@ class SubsetStream(torch.utils.data.IterableDataset):
                 url = self.shards[i]
                 result = read_shard(url)
                 if result.status != SHARD_COMPLETE:
-                    problems.append(f"{url}: {result.status}: {result.error}")
+                    problems.append(S.cap_error(f"{url}: {result.status}: {result.error}"))
                 records = shard_records(result.samples)  # two samples of a shard with one uid: both skipped
                 for j, rec in enumerate(records):
                     position += 1

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curate import schema as S
 from curate.train.config import TrainConfig
 from curate.train.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, resume_mismatches
 from curate.train.loop import LOG_FILE, SUMMARY_FILE, worker_loop
-from curate.io.atomic import write_json_atomically
+from curate.io.atomic import read_own_json, refuse_foreign, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,24 @@ class TrainSummary:
         for death in s.get("worker_deaths", []):
             lines.append(f"  DATA WORKER   {death['message']}")
         return "\n".join(lines)
+
+
+CONFIG_FILE = "train_config.json"
+
+
+def check_train_out(out: Path) -> None:
+    """Refuse an output folder where a run would replace or append to a file that ``curate
+    train`` did not write: ``train_config.json`` and ``train_summary.json`` must be curate's
+    (JSON objects with its keys), and ``train_log.jsonl`` is appended to only beside curate's
+    ``train_config.json``. Checkpoints are checked by ``resolve_resume``.
+
+    Raises:
+        ForeignOutput: one is in the way; nothing is changed.
+    """
+    config = read_own_json(out / CONFIG_FILE, "run_id", "config")
+    refuse_foreign([out / CONFIG_FILE], lambda path: config is not None)
+    refuse_foreign([out / SUMMARY_FILE], lambda path: read_own_json(path, "run_id", "steps") is not None)
+    refuse_foreign([out / LOG_FILE], lambda path: config is not None)
 
 
 def resolve_resume(out: Path, resume: str | None) -> Path | None:
@@ -143,7 +162,9 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
         progress: show a progress bar.
 
     Raises:
-        ValueError, FileNotFoundError: bad arguments, found before any worker starts.
+        ValueError, FileNotFoundError: bad arguments, found before any worker starts; among them
+            ``curate.io.atomic.ForeignOutput``: ``out`` holds a file of an output's name that
+            ``curate train`` did not write (``check_train_out``).
         TrainFailed: a worker raised (its message is included).
     """
     from curate.io.shards import expand_shards
@@ -163,6 +184,7 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
     data_id = data_identity(urls, subset)
     subset = str(Path(subset).absolute()) if subset is not None else None  # workers run elsewhere
     out = Path(out).absolute()
+    check_train_out(out)
     resume_path = resolve_resume(out, resume)
     if resume_path is not None:
         saved = load_checkpoint(resume_path)["curate"]
@@ -180,7 +202,7 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
             raise ValueError(f"{resume_path} is at step {saved['step']}, the end of this run ({cfg.steps} steps)")
     out.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
-    write_json_atomically(out / "train_config.json",
+    write_json_atomically(out / CONFIG_FILE,
         {"run_id": run_id, "config": cfg.to_dict(), "shards": urls, "subset": subset,
          "resume": str(resume_path) if resume_path else None}, indent=2)
     summary_file = out / SUMMARY_FILE
@@ -203,7 +225,7 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
         except NoTrainingData:
             raise
         except Exception as e:
-            raise TrainFailed(f"{type(e).__name__}: {e}") from e
+            raise TrainFailed(S.cap_error(f"{type(e).__name__}: {e}", 2000)) from e
         finally:
             stop.set()
             if follower is not None:
@@ -270,6 +292,6 @@ def _worker_error(e: BaseException) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     found = [ln.strip() for ln in lines if _EXC_LINE.match(ln) and not ln.strip().startswith(("ray.", "Worker"))]
     if found:
-        return found[-1][:2000]
+        return S.cap_error(found[-1], 2000)
     tail = [ln for ln in lines if not ln.startswith(" ")][-3:]
-    return f"{type(e).__name__}: " + (" | ".join(tail) if tail else text)[:2000]
+    return S.cap_error(f"{type(e).__name__}: " + (" | ".join(tail) if tail else text), 2000)

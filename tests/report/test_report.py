@@ -111,7 +111,7 @@ def test_text_boxes_are_drawn_and_masked(indexed, tmp_path):
     for i, r in enumerate(index):
         if r not in with_text[:5]:
             continue
-        stem = tmp_path / "r" / "images" / f"{i:07d}-{r[S.UID]}"
+        stem = tmp_path / "r" / "images" / f"{i:07d}"
         orig = np.asarray(Image.open(f"{stem}.jpg").convert("RGB")).astype(int)
         masked = np.asarray(Image.open(f"{stem}.masked.jpg").convert("RGB")).astype(int)
         red = (orig[..., 0] > 200) & (orig[..., 1] < 60) & (orig[..., 2] < 60)
