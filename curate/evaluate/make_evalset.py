@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 
 from curate.evaluate.datasets import default_classnames, default_templates
 from curate.io.atomic import atomic_folder, refuse_foreign
+from curate.schema import cap_error
 from curate.io.formats import EVAL_WDS_EXTS, image_suffixes
 from curate.limits import DEFAULT_LIMITS
 
@@ -267,7 +268,8 @@ def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, 
 
     Raises:
         ValueError: a line without ``image`` or with no caption, an image that does not decode,
-            or an image file over ``max_member_bytes``, or a ``captions`` / ``image_root`` that is
+            or an image file over ``max_member_bytes``, an ``image`` that is not a
+            relative path under ``image_root`` (an absolute path, a ``..`` segment), or a ``captions`` / ``image_root`` that is
             not a local path (``curate.io.shards.check_shard_spec``: ``pipe:``, any scheme; before
             any work), or ``OUT/wds_<name>_test`` already exists and is not an empty folder
             (``curate.io.atomic.ForeignOutput``); FileNotFoundError: a missing image.
@@ -305,7 +307,13 @@ def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, 
                 caps = [c.strip() for c in raw if c.strip()]
                 if not isinstance(row.get("image"), str) or not caps:
                     raise ValueError(f"{captions} line {line_no}: needs 'image' and at least one non-empty caption")
-                image = root / row["image"]
+                # The captions file is data: its names stay under --image-root (no absolute name,
+                # no ``..``); links the user made under the root are followed as usual.
+                rel = PurePosixPath(row["image"].replace("\\", "/"))
+                if rel.is_absolute() or ".." in rel.parts or not rel.parts or Path(row["image"]).is_absolute():
+                    raise ValueError(f"{captions} line {line_no}: image {cap_error(repr(row['image']), 200)} is not "
+                                     f"a path under --image-root {image_root}; it is not read")
+                image = root / rel
                 if not image.is_file():
                     raise FileNotFoundError(f"{captions} line {line_no}: image not found: {image}")
                 ext, data = _evaluable(str(image), _read_file(image, max_member_bytes))

@@ -24,7 +24,7 @@ from curate.io.index import index_path, records_to_table, write_index_file
 from curate.report import build_report
 from curate.report.render import render_search
 from curate.report.search import SearchResult
-from tests.conftest import sample_members
+from tests.conftest import REPO, sample_members
 
 HOSTILE = ["../../evil", "/../../../evil", "/../../../../evil", "x\n/../../../../../evil"]
 OWN_NAMES = re.compile(r"\d{7}(\.masked)?\.jpg|hist_scores\.png|scatter_scores\.png|hist_subset\.png")
@@ -97,3 +97,29 @@ def test_inside_refuses_every_way_out(tmp_path):
     for url in ("s3://bucket/pool/00000001.tar", "/data/..", "file:///data/x/../y.tar.gz", "gs://b/.tar"):
         p = index_path(folder, url)
         assert p.parent == folder and os.sep not in p.name
+
+
+def test_a_captions_file_never_names_an_image_outside_the_image_root(tmp_path):
+    """The attack: a downloaded captions JSONL for ``make-evalset --captions`` whose ``image`` is
+    an absolute path or climbs out with ``..``; the file it names (any file the user can read)
+    was packed into the eval set. Now each is refused by line, before any image is read, and
+    nothing is written."""
+    import shutil
+
+    from curate.evaluate.make_evalset import make_retrieval_set
+
+    root = tmp_path / "images"
+    root.mkdir()
+    photo = next(p for p in sorted((REPO.parent / "shared" / "data" / "photos").iterdir()) if p.suffix == ".jpg")
+    shutil.copy(photo, root / "a.jpg")
+    secret = tmp_path / "secret.jpg"
+    shutil.copy(photo, secret)
+    ok = json.dumps({"image": "a.jpg", "captions": ["a photo"]})
+    for name in [str(secret), "../secret.jpg", "sub/../../secret.jpg", "..\\secret.jpg"]:
+        caps = tmp_path / "caps.jsonl"
+        caps.write_text(ok + "\n" + json.dumps({"image": name, "captions": ["x"]}) + "\n")
+        with pytest.raises(ValueError, match="line 2: image .* is not a path under --image-root"):
+            make_retrieval_set(caps, root, "r", tmp_path / "out")
+        assert not (tmp_path / "out" / "wds_r_test").exists()
+    caps.write_text(ok + "\n")
+    assert make_retrieval_set(caps, root, "r", tmp_path / "out").samples == 1
