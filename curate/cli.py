@@ -183,7 +183,7 @@ def _add_filter(sub) -> None:
         "--embeddings: dedup(threshold=, phash_bits=), decontaminate(evalset=DIR, threshold=, phash_bits=), "
         "image_based(target=DIR, clusters=). Combine with & | ~ and parentheses. Fractions are pool-wide.",
     )
-    p.add_argument("--index", required=True, help="score-index folder written by `curate score`")
+    _add_pool_index(p)
     p.add_argument("--rule", help='e.g. "tmars(fraction=0.5) & basic()"')
     p.add_argument("--where", help="one extra SQL expression over the index columns, ANDed with the rule, e.g. \"num_text_boxes = 0\" (nothing else is accepted; non-ok rows are never kept)")
     p.add_argument("--out", required=True, help="output folder: subset.parquet, subset.npy (DataComp), filter_summary.json")
@@ -199,10 +199,17 @@ def _add_query(sub) -> None:
         description="Example: curate query \"SELECT status, count(*) FROM scores GROUP BY status\" --index out/index",
     )
     p.add_argument("sql", help="one SELECT statement over the view `scores`")
-    p.add_argument("--index", required=True, help="score-index folder written by `curate score`")
+    _add_pool_index(p)
     p.add_argument("--output", help="write the result to a .csv, .parquet, .json or .jsonl file instead of printing")
     p.add_argument("--max-rows", type=_positive_int, default=40, help="rows to print (default 40)")
     _add_memory_limit(p, "--output is streamed; DuckDB spills sorts and joins beyond this to disk")
+
+
+def _add_pool_index(p) -> None:
+    p.add_argument("--index", required=True, action="append",
+                   help="the pool: a score-index folder written by `curate score`, or a DataComp metadata folder "
+                   "(<32 hex>.parquet files as download_upstream.py leaves them, read in place); give --index twice, "
+                   "one of each, to join them by uid")
 
 
 def _add_memory_limit(p, what: str) -> None:

@@ -37,45 +37,113 @@ def _literal_glob(path: str) -> str:
     return "".join(f"[{c}]" if c in "[*?" else c for c in path)
 
 
-def connect(index: str | Path, memory_limit: str | None = None,
+def connect(index, memory_limit: str | None = None,
             temp_directory: str | Path | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the view ``scores`` over the index at ``index``.
+    """An in-memory DuckDB connection with the view ``scores`` over the pool at ``index``.
+
+    ``index`` is a curate score index (a folder of index files, or one file), a DataComp
+    metadata folder (``curate.io.datacomp``: read in place, every row ``ok``), or a list of one
+    of each, joined by uid (``curate.io.datacomp.joined_sql``: the pool is the metadata's rows,
+    ``not_scored`` where the index has no row).
 
     ``memory_limit`` (DuckDB syntax, e.g. ``"2GiB"``) caps what DuckDB holds; sorts, joins and
     aggregations beyond it spill to ``temp_directory`` (DuckDB's out-of-core operators), which
     is created if missing. ``None``: DuckDB's defaults (80% of RAM, ``.tmp`` in the working
     folder).
 
-    Files are listed by curate (``index_files``) and handed to DuckDB's Parquet reader one by
-    one, each as a pattern that matches only its own name (``_literal_glob``): a name with
-    ``[ ] * ? { }``, spaces or quotes is read exactly once. Files written by an older schema
-    version get nulls for the columns they lack (``union_by_name``).
+    Files are listed by curate (``index_files``, ``metadata_files``) and handed to DuckDB's
+    Parquet reader one by one, each as a pattern that matches only its own name
+    (``_literal_glob``): a name with ``[ ] * ? { }``, spaces or quotes is read exactly once.
+    Files written by an older schema version get nulls for the columns they lack
+    (``union_by_name``).
 
     The connection is then locked down (DuckDB's "Securing DuckDB" settings): ``allowed_paths``
-    is exactly the index files, ``enable_external_access = false`` (no other file is read or
+    is exactly the pool's files, ``enable_external_access = false`` (no other file is read or
     written, no ``ATTACH``, no extension is installed or loaded) and ``lock_configuration =
     true`` (no query can change that).
 
     Raises:
-        FileNotFoundError: no index files.
+        FileNotFoundError: no index or metadata files.
+        ValueError: a list that is not one score index and one metadata folder.
     """
-    return connect_files([str(f.resolve()) for f in index_files(index)], memory_limit, temp_directory)
+    index_list, meta_list = pool_files(index)
+    return connect_files(index_list, memory_limit, temp_directory, metadata=meta_list)
+
+
+def pool_files(index) -> tuple[list[str], list[str]]:
+    """``(score-index files, DataComp metadata files)`` of ``connect``'s ``index`` (absolute
+    paths; either list may be empty, not both).
+
+    Raises:
+        FileNotFoundError: a path with neither.
+        ValueError: two paths of one kind, or more than two.
+    """
+    from curate.io.datacomp import is_metadata_folder, metadata_files
+
+    paths = [index] if isinstance(index, (str, Path)) else list(index)
+    idx: list[str] = []
+    meta: list[str] = []
+    for p in paths:
+        if is_metadata_folder(p):
+            if meta:
+                raise ValueError("give at most one DataComp metadata folder as --index")
+            meta = [str(f.resolve()) for f in metadata_files(p)]
+        else:
+            if idx:
+                raise ValueError("give at most one score index as --index (and one DataComp metadata folder)")
+            idx = [str(f.resolve()) for f in index_files(p)]
+    if not paths:
+        raise FileNotFoundError("no --index given")
+    return idx, meta
+
+
+def score_index_of(index) -> str | Path:
+    """The score-index path among ``connect``'s ``index`` (as given), else the DataComp
+    metadata folder."""
+    from curate.io.datacomp import is_metadata_folder
+
+    paths = [index] if isinstance(index, (str, Path)) else list(index)
+    return next((p for p in paths if not is_metadata_folder(p)), paths[0])
+
+
+def _names(con: duckdb.DuckDBPyConnection, patterns: str) -> set[str]:
+    """The column names of the Parquet files ``patterns`` (schema only)."""
+    return {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet([{patterns}], union_by_name = true)"
+                                      ).fetchall()}
 
 
 def connect_files(files: list[str], memory_limit: str | None = None,
-                  temp_directory: str | Path | None = None) -> duckdb.DuckDBPyConnection:
-    """``connect`` over exactly the Parquet files ``files`` (absolute paths, at least one),
-    with the same lock-down: a part of an index, as one task of a distributed filter reads."""
+                  temp_directory: str | Path | None = None, metadata: list[str] = ()) -> duckdb.DuckDBPyConnection:
+    """``connect`` over exactly the score-index files ``files`` and DataComp metadata files
+    ``metadata`` (absolute paths, at least one in all), with the same lock-down: a part of an
+    index, as one task of a distributed filter reads. ``files`` alone that are DataComp
+    metadata files (their columns say so) are read as such."""
+    from curate import schema as S
+    from curate.io.datacomp import IDENTIFYING, joined_sql, view_sql
+
     con = duckdb.connect(":memory:")
     if memory_limit is not None:
         con.execute(f"SET memory_limit = {_sql_string(str(memory_limit))}")
     if temp_directory is not None:
         Path(temp_directory).mkdir(parents=True, exist_ok=True)
         con.execute(f"SET temp_directory = {_sql_string(str(Path(temp_directory).resolve()))}")
-    allowed = ", ".join(_sql_string(p) for p in sorted(set(files) | {_literal_glob(f) for f in files}))
+    every = [*files, *metadata]
+    allowed = ", ".join(_sql_string(p) for p in sorted(set(every) | {_literal_glob(f) for f in every}))
     con.execute(f"SET allowed_paths = [{allowed}]")
-    patterns = ", ".join(_sql_string(_literal_glob(f)) for f in files)
-    con.execute(f"CREATE VIEW {VIEW} AS SELECT * FROM read_parquet([{patterns}], union_by_name = true)")
+    if files and not metadata:  # a part of a DataComp pool, as a task of a distributed filter reads
+        names = _names(con, ", ".join(_sql_string(_literal_glob(f)) for f in files))
+        if set(IDENTIFYING) <= names and S.STATUS not in names:
+            files, metadata = [], files
+    index_patterns = ", ".join(_sql_string(_literal_glob(f)) for f in files)
+    index_sql = f"SELECT * FROM read_parquet([{index_patterns}], union_by_name = true)"
+    if metadata:
+        meta_patterns = ", ".join(_sql_string(_literal_glob(f)) for f in metadata)
+        meta_names = _names(con, meta_patterns)
+        meta_sql = view_sql(meta_patterns, meta_names)
+        sql = joined_sql(meta_sql, meta_names, index_sql, _names(con, index_patterns)) if files else meta_sql
+    else:
+        sql = index_sql
+    con.execute(f"CREATE VIEW {VIEW} AS {sql}")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
@@ -145,10 +213,10 @@ def query_to_file(sql: str, index: str | Path, path: str | Path, memory_limit: s
     if ext not in (".parquet", ".csv", ".json", ".jsonl"):
         raise ValueError(f"--output must end in .csv, .parquet, .json or .jsonl, got {path.name}")
     target = path.resolve()
-    for f in index_files(index):
-        if f.resolve() == target or (ext == ".parquet" and f.resolve().parent == target.parent):
-            raise ForeignOutput(f"--output {path} is in the score index {index} (an index file, or a .parquet "
-                                f"file that would join the index); write the result elsewhere")
+    for f in map(Path, sum(pool_files(index), [])):
+        if f == target or (ext == ".parquet" and f.parent == target.parent):
+            raise ForeignOutput(f"--output {path} is in the score index (or metadata) folder (an index file, or a .parquet "
+                                f"file that would join them); write the result elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
     spill = make_work_folder(path.with_name(path.name + ".duckdb-tmp"))
     rows = 0

@@ -124,6 +124,9 @@ STATUS_LANGUAGE_ERROR = "language_error"  # caption language identification rais
 STATUS_DUPLICATE_UID = "duplicate_uid"  # another sample of the same shard carries the same uid
 STATUS_WORKER_DIED = "worker_died"  # alone, the sample killed its worker process (crash, abort, out of memory)
 STATUS_TIMEOUT = "timeout"  # alone, the sample ran past limits.sample_timeout_s in a stage
+# Never written to an index: the status, in a pool view of DataComp metadata joined with a score
+# index (``curate.io.datacomp.joined_sql``), of a metadata row the index has no row for.
+STATUS_NOT_SCORED = "not_scored"
 ERROR_STATUSES = (
     STATUS_DECODE_ERROR,
     STATUS_MISSING_IMAGE,

@@ -39,8 +39,7 @@ from curate.filters.run import (BATCH_ROWS, SAMPLE_FIELDS, FilterSummary, check_
                                 plan_filter, search_threshold, uid_bounds, write_datacomp_subset, write_summary,
                                 write_unshared)
 from curate.io.atomic import make_work_folder, remove_work_folder
-from curate.io.index import index_files
-from curate.query import VIEW, connect_files
+from curate.query import VIEW, connect_files, pool_files
 
 PARTITIONS = 16  # uid ranges of the shuffle (and tasks of the last round)
 SIGNATURE = f"hash({SAMPLE_FIELDS})"
@@ -205,7 +204,10 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
     if not rule and not where:
         raise RuleError("give --rule and/or --where")
     expr = check_predicate(where) if where else None
-    files = [str(f.resolve()) for f in index_files(index)]
+    index_list, meta_list = pool_files(index)
+    if index_list and meta_list:
+        raise RuleError("a score index joined with DataComp metadata is filtered in one process: drop --address")
+    files = index_list or meta_list
     check_filter_out(Path(out), index)
     init_ray(address=address)
     per = files_per_task or max(1, math.ceil(len(files) / (4 * max(1, int(ray.cluster_resources().get("CPU", 1))))))

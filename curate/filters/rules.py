@@ -136,22 +136,55 @@ class Pool:
         raise RuleError(f"{leaf.name}() needs the score index's embedding files: run it with curate filter")
 
 
-def _score_rule(column: str) -> Callable:
+def score_predicate(column: str, thr: float) -> str:
+    """``column >= thr`` as DataComp's ``baselines.py`` compares (``apply_filter.py``,
+    ``df[column] >= threshold`` on a float32 column): in float32 (the threshold is cast to the
+    column's type, so ``threshold=0.7`` keeps a stored ``float32(0.7)``), NaN never passing (in
+    DuckDB NaN is larger than every number); ``-inf`` keeps all, a NaN threshold nothing."""
+    if math.isnan(thr):
+        return "FALSE"
+    if thr == -math.inf:
+        return "TRUE"
+    return f"({column} >= CAST({float(thr)!r} AS FLOAT) AND NOT isnan({column}))"
+
+
+def _score_rule(column: str, archs: bool = False) -> Callable:
+    """A rule over one score column: ``threshold=`` or the top ``fraction=`` of the pool.
+    ``archs``: the rule also takes ``arch='b32'|'l14'``, which reads DataComp's
+    ``clip_<arch>_similarity_score`` instead (``curate.io.datacomp``)."""
+
     def build(leaf: Leaf, pool: Pool) -> None:
+        col = column
+        arch = leaf.kwargs.get("arch")
+        if archs and arch is not None:
+            from curate.io.datacomp import ARCHS, score_column
+
+            if arch not in ARCHS:
+                raise RuleError(f"{leaf.name}(arch=...) must be one of {list(ARCHS)} (DataComp's --arch), got {arch!r}")
+            col = score_column(arch)
+        if pool.has_values(col) is False:
+            hint = (f"; this pool is DataComp metadata: give arch='l14' or arch='b32' (its {col} is empty)"
+                    if archs and arch is None else "")
+            raise RuleError(f"{leaf}: no row of the pool has a value in {col}{hint}")
         thr, frac = leaf.kwargs.get("threshold"), leaf.kwargs.get("fraction")
         if (thr is None) == (frac is None):
             raise RuleError(f"{leaf.name}() takes exactly one of threshold= or fraction=")
         if frac is not None:
             if not (isinstance(frac, (int, float)) and 0 <= frac <= 1):
                 raise RuleError(f"{leaf.name}(fraction=...) must be in [0, 1], got {frac!r}")
-            thr = pool.threshold(column, float(frac))
-            leaf.thresholds[column] = thr
-        elif not isinstance(thr, (int, float)):
+            thr = pool.threshold(col, float(frac))
+            leaf.thresholds[col] = thr
+        elif not isinstance(thr, (int, float)) or isinstance(thr, bool):
             raise RuleError(f"{leaf.name}(threshold=...) must be a number, got {thr!r}")
-        leaf.sql = "TRUE" if thr == -math.inf else f"{column} >= {float(thr)!r}"
-        leaf.columns = (column,)
+        leaf.sql = score_predicate(col, float(thr))
+        leaf.columns = (col,)
 
     return build
+
+
+def _no_filter(leaf: Leaf, pool: Pool) -> None:
+    """DataComp's ``no_filter``: every row (of a curate index, every ``ok`` row)."""
+    leaf.sql = "TRUE"
 
 
 def _basic(leaf: Leaf, pool: Pool) -> None:
@@ -246,7 +279,8 @@ def _image_based(leaf: Leaf, pool: Pool) -> None:
 
 RULES: dict[str, tuple[Callable, set[str]]] = {
     "tmars": (_score_rule(S.MASKED_CLIP_SCORE), {"threshold", "fraction"}),
-    "clip_score": (_score_rule(S.CLIP_SCORE), {"threshold", "fraction"}),
+    "clip_score": (_score_rule(S.CLIP_SCORE, archs=True), {"threshold", "fraction", "arch"}),
+    "no_filter": (_no_filter, set()),
     "basic": (_basic, set()),
     "laion": (_laion, {"threshold"}),
     "text_area": (_text_area, {"max"}),

@@ -24,10 +24,10 @@ from curate import schema as S
 from curate.filters.rules import (OK, Leaf, Pool, RuleError, check_predicate, leaves, parse_rule, resolve,
                                   rule_sql)
 from curate.io.subset import uids_to_datacomp
-from curate.query import VIEW, connect
+from curate.query import VIEW, connect, pool_files, score_index_of
 from curate.io.atomic import (ForeignOutput, atomic_path, make_work_folder, read_own_json, refuse_foreign,
                                remove_work_folder, write_json_atomically)
-from curate.io.index import index_files
+from curate.io.datacomp import SCORE_COLUMNS as DATACOMP_SCORES
 
 
 class IndexPool(Pool):
@@ -35,10 +35,12 @@ class IndexPool(Pool):
     registered in it as in-memory Arrow tables, the index folder for rules that read embedding
     files, and the output folder for what they write for inspection."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, index: str | Path, out: str | Path,
+    def __init__(self, con: duckdb.DuckDBPyConnection, index, out: str | Path,
                  work: str | Path | None = None, owned: set[str] = frozenset()):
-        super().__init__(lambda column, fraction: pool_threshold(con, column, fraction))
-        self.con, self.index, self.out = con, Path(index), Path(out)
+        super().__init__(lambda column, fraction: pool_threshold(
+            con, column, fraction, "TRUE" if column in DATACOMP_SCORES else OK))
+        # The score index as given (its embedding files and settings), else the metadata folder.
+        self.con, self.index, self.out = con, Path(score_index_of(index)), Path(out)
         self.work = Path(work) if work else None
         self.owned = owned  # names in out that a previous run wrote (``check_filter_out``)
         self.staged: list[tuple[Path, Path]] = []  # (written in work, its place in out)
@@ -93,18 +95,21 @@ BUCKETS = 4096  # histogram buckets a narrowing pass
 FIRST_RANGE = (-1.0, 1.0)  # the first pass's range: that of a cosine similarity (CLIP scores)
 
 
-def pool_threshold(con: duckdb.DuckDBPyConnection, column: str, fraction: float) -> float:
+def pool_threshold(con: duckdb.DuckDBPyConnection, column: str, fraction: float, population: str = OK) -> float:
     """Pool-wide threshold for keeping the top ``fraction`` by ``column`` (DataComp
-    ``baselines.get_threshold``): the value at index ``int(N * fraction)`` of the descending
-    sort over the ``N`` ok rows with a value (NaN sorting above every number, as in NumPy);
-    ``-inf`` (keep all) when that index is past the end. Computed by ``search_threshold`` on
-    the one connection ``con``."""
+    ``baselines.get_threshold``, ``-np.sort(-scores)[int(N * fraction)]``): the value at index
+    ``int(N * fraction)`` of the descending sort over the ``N`` rows with a value (NaN sorting
+    after every number, as ``-np.sort(-x)`` puts it: NaN there means nothing is kept); ``-inf``
+    (keep all) when that index is past the end. The rows are the ok rows, or every row of the
+    pool for a DataComp metadata column (``population``: DataComp ranks the whole metadata
+    pool, downloaded or not). Computed by ``search_threshold`` on the one connection ``con``."""
     return search_threshold(lambda sql, params: [con.execute(sql, params).fetchall()],
-                            lambda sql, params: con.execute(sql, params).fetchnumpy()["v"], column, fraction)
+                            lambda sql, params: con.execute(sql, params).fetchnumpy()["v"], column, fraction,
+                            population)
 
 
 def search_threshold(rows_of: Callable[[str, dict], list[list[tuple]]], values_of: Callable[[str, dict], np.ndarray],
-                     column: str, fraction: float) -> float:
+                     column: str, fraction: float, population: str = OK) -> float:
     """``pool_threshold``, over a pool in one or many parts.
 
     Found exactly in bounded memory, without sorting or fetching the column. Each pass counts
@@ -126,9 +131,10 @@ def search_threshold(rows_of: Callable[[str, dict], list[list[tuple]]], values_o
             merged here, so a part can be one file or one node.
         values_of: runs a query selecting one column ``v`` over every part; returns the values
             of all parts as one array.
+        population: the SQL predicate of the rows ranked (default: the ok rows).
     """
     value = f"CAST({column} AS DOUBLE)"
-    base = f"FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL"
+    base = f"FROM {VIEW} WHERE ({population}) AND {column} IS NOT NULL"
     numbers = f"{base} AND NOT isnan({value}) AND {value} BETWEEN $lo AND $hi"
     bucket = (f"CASE WHEN isnan({value}) THEN -1 WHEN {value} <= $lo THEN 0 WHEN {value} >= $hi THEN {BUCKETS - 1} "
               f"WHEN $scale = 0 THEN {BUCKETS // 2} "
@@ -151,9 +157,9 @@ def search_threshold(rows_of: Callable[[str, dict], list[list[tuple]]], values_o
             k = int(n * fraction)
             if k >= n:
                 return -math.inf
-            if k < nans:
+            if k >= n - nans:  # NaNs come last in -np.sort(-x): the threshold is NaN, nothing passes
                 return math.nan
-            rank = k - nans  # descending rank among the numbers
+            rank = k  # descending rank among the numbers
         for b in sorted(merged, reverse=True):
             count, b_lo, b_hi = merged[b]
             if rank < count:
@@ -184,6 +190,7 @@ class FilterSummary:
     shared_uid_rows: int = 0
     details: dict[str, dict] = field(default_factory=dict)
     bad_uid_rows: int = 0
+    not_scored: int = 0  # rows of DataComp metadata joined with a score index that the index lacks
 
     def format(self) -> str:
         frac = self.kept / self.pool_ok if self.pool_ok else 0.0
@@ -193,6 +200,9 @@ class FilterSummary:
             f"  pool          {self.pool_rows} rows, {self.pool_ok} ok ({self.pool_rows - self.pool_ok} not ok, never kept)",
             f"  kept          {self.kept} ({frac:.2%} of ok rows)",
         ]
+        if self.not_scored:
+            lines.append(f"  not scored    {self.not_scored} row(s) of the DataComp metadata have no row in the score "
+                         "index (images that failed to download, or shards not scored): never kept")
         for part, n in self.removed_by.items():
             lines.append(f"  removed by    {part}: {n} ok rows fail it")
         if self.shared_uid_rows:
@@ -210,7 +220,7 @@ class FilterSummary:
         return "\n".join(lines)
 
 
-def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str | None = None,
+def run_filter(index, rule: str | None, out: str | Path, where: str | None = None,
                memory_limit: str | None = "2GiB") -> FilterSummary:
     """Select a subset of the pool with a rule expression and/or a SQL predicate.
 
@@ -239,7 +249,8 @@ def run_filter(index: str | Path, rule: str | None, out: str | Path, where: str 
     vectors in memory.
 
     Args:
-        index: score-index folder.
+        index: the pool (``curate.query.connect``): a score-index folder, a DataComp metadata
+            folder, or a list of one of each (joined by uid).
         rule: e.g. ``"tmars(fraction=0.5) & basic()"`` (see ``curate.filters``), or ``None``.
         out: output folder.
         where: one extra SQL expression on the index columns, ANDed with the rule
@@ -285,8 +296,9 @@ def check_filter_out(out: Path, index: str | Path) -> set[str]:
         FileNotFoundError: no index files.
     """
     target = out.resolve()
-    if any(f.resolve().parent == target for f in index_files(index)):
-        raise ForeignOutput(f"--out {out} is the score index's folder; write the subset to another folder")
+    index_list, meta_list = pool_files(index)
+    if any(Path(f).parent == target for f in [*index_list, *meta_list]):
+        raise ForeignOutput(f"--out {out} is the score index's folder (or the metadata's: --index); write the subset to another folder")
     summary = read_own_json(out / SUMMARY_FILE, "rule", "pool_rows", "kept", "outputs")
     outputs = summary["outputs"] if summary is not None and isinstance(summary["outputs"], dict) else {}
     owned = {Path(v).name for v in outputs.values() if isinstance(v, str)} | ({SUMMARY_FILE} if summary else set())
@@ -383,8 +395,12 @@ def _run_filter(con, index, rule, out: Path, where, expr, owned: set[str]) -> Fi
         pool.publish()
     finally:
         remove_work_folder(work)
+    not_scored = 0
+    if all(pool_files(index)):  # a score index joined with DataComp metadata
+        (not_scored,) = con.execute(f"SELECT count(*) FROM {VIEW} WHERE {S.STATUS} = '{S.STATUS_NOT_SCORED}'"
+                                    ).fetchall()[0]
     return write_summary(out, rule, where, plan.parts, pool_rows, pool_ok, kept_rows, dict(zip(plan.names, removed)),
-                         shared_uid_rows, runs.bad_uid_rows)
+                         shared_uid_rows, runs.bad_uid_rows, not_scored)
 
 
 def check_where_binds(con: duckdb.DuckDBPyConnection, expr: str) -> None:
@@ -735,14 +751,15 @@ def write_unshared(reader: pa.RecordBatchReader, path: str | Path) -> tuple[int,
 
 
 def write_summary(out: Path, rule: str | None, where: str | None, parts: list[Leaf], pool_rows: int, pool_ok: int,
-                  kept: int, removed: dict[str, int], shared_uid_rows: int, bad_uid_rows: int = 0) -> FilterSummary:
+                  kept: int, removed: dict[str, int], shared_uid_rows: int, bad_uid_rows: int = 0,
+                  not_scored: int = 0) -> FilterSummary:
     """The ``FilterSummary`` of a filter run, also written to ``out/filter_summary.json`` (strict
     JSON: a "keep all" threshold is the string ``"-inf"``)."""
     thresholds = {f"{leaf} on {col}": thr for leaf in parts for col, thr in leaf.thresholds.items()}
     summary = FilterSummary(rule or "", where, pool_rows, pool_ok, kept, removed, thresholds,
                             {"parquet": str(out / "subset.parquet"), "npy": str(out / "subset.npy")},
                             shared_uid_rows, {str(leaf): leaf.details for leaf in parts if leaf.details},
-                            bad_uid_rows)
+                            bad_uid_rows, not_scored)
     for leaf in parts:
         summary.outputs.update({f"{leaf.name} {k}": str(v) for k, v in leaf.details.pop("files", {}).items()})
     record = dict(summary.__dict__, thresholds={k: v if math.isfinite(v) else str(v) for k, v in thresholds.items()})

@@ -263,15 +263,17 @@ def test_basic_counts_on_real_captions(tmp_path):
 
 
 def _in_memory_threshold(con, column, fraction):
-    """The pool threshold as curate computed it before issue 19: the whole column fetched,
-    ``numpy.partition`` (NaN sorting last); the reference for the bounded-memory search."""
+    """The pool threshold as DataComp's ``baselines.get_threshold`` computes it, the whole
+    column in memory: ``-np.sort(-scores)[int(N * fraction)]`` (NaN last in that descending
+    order); the reference for the bounded-memory search (``-inf`` past the end, where DataComp
+    raises IndexError)."""
     from curate.filters.rules import OK
 
     values = np.asarray(con.sql(f"SELECT {column} FROM scores WHERE {OK} AND {column} IS NOT NULL").fetchnumpy()[column])
     k = int(len(values) * fraction)
     if k >= len(values):
         return -math.inf
-    return float(np.partition(values, len(values) - 1 - k)[len(values) - 1 - k])
+    return float(-np.sort(-values)[k])
 
 
 ties = st.lists(st.tuples(st.sampled_from(["ok", "ok", "ok", "decode_error"]),
