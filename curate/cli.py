@@ -6,6 +6,7 @@
     curate filter --index DIR --rule "tmars(fraction=0.5) & basic()" [--where SQL] --out DIR
     curate query "SELECT ... FROM scores" --index DIR [--output result.csv|.parquet|.json]
     curate reshard SHARDS... --subset subset.npy|subset.parquet --out DIR [--shard-size N]
+                   [--face-boxes METADATA_DIR [--webp-quality Q]]
     curate train SHARDS... [--subset subset.npy|subset.parquet] --scale tiny|small|medium|large|xlarge
                  --out DIR [--config pipelines/train_tiny.yaml] [--num-workers N] [--resume latest|PATH]
                  [--<any TrainConfig field> VALUE]
@@ -178,8 +179,9 @@ def _add_filter(sub) -> None:
     p = sub.add_parser(
         "filter",
         help="select a subset of the pool by rules over the score index (no image is re-read)",
-        description="Rules: tmars(threshold=|fraction=), clip_score(threshold=|fraction=), basic(), "
-        "laion(), text_area(max=), text_based(classes=FILE); over the embeddings of an index scored with "
+        description="Rules: tmars(threshold=|fraction=), clip_score(threshold=|fraction=, arch='b32'|'l14'), "
+        "no_filter(), basic_filter(lid_model=), laion2b(), text_based(wordnet=DIR) (DataComp's baselines, exactly), "
+        "basic(), laion(), text_area(max=), text_based(classes=FILE); over the embeddings of an index scored with "
         "--embeddings: dedup(threshold=, phash_bits=), decontaminate(evalset=DIR, threshold=, phash_bits=), "
         "image_based(target=DIR, clusters=). Combine with & | ~ and parentheses. Fractions are pool-wide.",
     )
@@ -226,6 +228,11 @@ def _add_reshard(sub) -> None:
     p.add_argument("shards", nargs="+", help="input shards (brace ranges, globs, fsspec URLs)")
     p.add_argument("--subset", required=True, help="subset.npy (DataComp u8,u8) or subset.parquet with a uid column")
     p.add_argument("--out", required=True, help="output folder for {:08d}.tar shards and their stats")
+    p.add_argument("--face-boxes", metavar="METADATA_DIR",
+                   help="a DataComp metadata folder (<32 hex>.parquet with uid, face_bboxes): blur the faces of "
+                   "each written image and store it as .webp, as DataComp's resharder does with "
+                   "--blur-metadata-map MAP --apply-blur (giving the folder turns blurring on); samples without "
+                   "boxes are written byte for byte")
     from curate.io.reshard import ReshardConfig
 
     _add_settings(p, ReshardConfig, "settings")
@@ -436,7 +443,8 @@ def _run_command(command: str, call, *errors: type[Exception]) -> int:
 def _cmd_reshard(args) -> int:
     from curate.io.reshard import reshard
 
-    return _run_command("reshard", lambda: reshard(args.subset, args.shards, args.out, **_settings(args)))
+    return _run_command("reshard", lambda: reshard(args.subset, args.shards, args.out, face_boxes=args.face_boxes,
+                                                   **_settings(args)))
 
 
 def _cmd_filter(args) -> int:

