@@ -17,6 +17,13 @@ every file of a previous run there (shards beyond the new count included) as tha
 files as they were. No other file is ever replaced or removed: an ``out`` that holds an input
 shard, or a file of an output's name that the previous summary does not list, is refused
 before anything in ``out`` changes (``curate.io.atomic.ForeignOutput``).
+
+With ``face_boxes`` (a DataComp metadata folder, ``--face-boxes``), the faces of each written
+image are blurred as DataComp's resharder does with ``--blur-metadata-map ... --apply-blur``
+(``curate.io.blur``): the boxes of one input shard's subset uids are looked up at a time (never
+the pool's), a sample with boxes is written with its image as a blurred ``.webp`` member in place
+of the original one, a sample without boxes byte for byte, and an image that cannot be blurred
+(it does not decode) unchanged, counted in the summary.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from pathlib import Path
 
 
 from curate import schema as S
-from curate.io.samples import sample_digest, shard_records
+from curate.io.blur import DEFAULT_WEBP_QUALITY, BlurFailed, FaceBoxes, blur_sample
+from curate.io.samples import image_member, sample_digest, shard_records
 from curate.io.shards import SHARD_COMPLETE, check_shard_spec, expand_shards, read_shard, shard_name
 from curate.io.subset import load_subset_counts
 from curate.io.atomic import (ForeignOutput, make_work_folder, read_own_json, refuse_foreign, remove_work_folder,
@@ -44,9 +52,12 @@ class ReshardConfig:
 
     Attributes:
         shard_size: samples per output shard (DataComp's resharder writes 10,000).
+        webp_quality: WebP quality of a face-blurred image, with --face-boxes (DataComp's
+            --reencode-webp-quality; above 100: lossless WebP).
     """
 
     shard_size: int = field(default=10_000, metadata={"min": 1})
+    webp_quality: int = field(default=DEFAULT_WEBP_QUALITY, metadata={"min": 1})
 
 
 @dataclass
@@ -60,6 +71,12 @@ class ReshardSummary:
     output_shards: list[str] = field(default_factory=list)
     input_problems: dict[str, str] = field(default_factory=dict)
     shared_uid_samples: list[str] = field(default_factory=list)
+    face_boxes: str | None = None  # the metadata folder of --face-boxes
+    blurred_images: int = 0  # samples whose image was blurred (each written as often as listed)
+    blurred_boxes: int = 0  # face boxes blurred in them
+    blur_failed: int = 0  # samples with boxes written unchanged: the image could not be blurred
+    blur_failed_samples: list[str] = field(default_factory=list)  # "shard/key: why", the first 100
+    face_boxes_missing_uids: int = 0  # written uids that the metadata folder lacks (not blurred)
 
     @property
     def missing_uids(self) -> int:
@@ -72,6 +89,15 @@ class ReshardSummary:
             f"  found         {self.found_uids} uids; {self.missing_uids} asked for but not found in the shards",
             f"  written       {self.written_samples} samples in {len(self.output_shards)} shards",
         ]
+        if self.face_boxes is not None:
+            lines.append(f"  faces         {self.blurred_images} images blurred ({self.blurred_boxes} boxes) "
+                         f"from {self.face_boxes}")
+            if self.blur_failed:
+                lines.append(f"  NOT BLURRED   {self.blur_failed} image(s) with face boxes written unchanged: "
+                             f"{'; '.join(self.blur_failed_samples[:3])}" + ("; ..." if self.blur_failed > 3 else ""))
+            if self.face_boxes_missing_uids:
+                lines.append(f"  no boxes      {self.face_boxes_missing_uids} written uid(s) not in the metadata "
+                             "folder (written unchanged)")
         if self.shared_uid_samples:
             lines.append(f"  shared uid    {len(self.shared_uid_samples)} sample(s) of the subset's uids not written: "
                          f"their uid is carried by another sample ({', '.join(self.shared_uid_samples[:3])}"
@@ -115,7 +141,8 @@ class _Writer:
             self.tar, self.count = None, 0
 
 
-def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_size: int = 10_000) -> ReshardSummary:
+def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_size: int = 10_000,
+            face_boxes: str | Path | None = None, webp_quality: int = DEFAULT_WEBP_QUALITY) -> ReshardSummary:
     """Write the subset's samples into new shards (see the module docstring).
 
     Args:
@@ -123,9 +150,14 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
         shards: input shard specs (brace ranges, globs, fsspec URLs).
         out: output folder (created).
         shard_size: samples per output shard.
+        face_boxes: a DataComp metadata folder (``uid``, ``face_bboxes``): blur the faces of
+            each written image (``curate.io.blur``); ``None``: every member byte for byte.
+        webp_quality: WebP quality of a blurred image (DataComp's default, 100).
 
     Raises:
-        ValueError: bad subset file or ``shard_size``, or a shard spec with a scheme curate does
+        FileNotFoundError: ``face_boxes`` holds no ``<32 hex>.parquet`` file (before any work).
+        ValueError: bad subset file, ``shard_size`` or ``webp_quality``, a metadata file without
+            ``uid`` or ``face_bboxes``, or a shard spec with a scheme curate does
             not read (``check_shard_spec``: ``pipe:``, ...), found before any work.
         ForeignOutput (a ValueError): ``out`` is the folder of an input shard (before any work),
             or a file that the run would replace was not written by a previous run (its summary
@@ -133,6 +165,9 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
     """
     if shard_size < 1:
         raise ValueError("--shard-size must be at least 1")
+    if webp_quality < 1:
+        raise ValueError("--webp-quality must be at least 1")
+    faces = FaceBoxes(face_boxes) if face_boxes is not None else None
     for spec in [shards] if isinstance(shards, str) else shards:
         check_shard_spec(spec)
     wanted = load_subset_counts(subset)
@@ -143,7 +178,7 @@ def reshard(subset: str | Path, shards: list[str] | str, out: str | Path, shard_
     # run's shards: a failed run (a full disk) leaves those as they were, and nothing else.
     work = make_work_folder(out / ".reshard-work")
     try:
-        summary = _reshard(wanted, shards, work, shard_size)
+        summary = _reshard(wanted, shards, work, shard_size, faces, webp_quality)
         written = [f for name in summary.output_shards for f in (name, _stats_name(name))] + [SUMMARY_NAME]
         refuse_foreign([out / name for name in written], lambda path: path.name in previous)
         for name in sorted(previous - set(written)):  # the previous run's shards beyond the new count
@@ -193,12 +228,13 @@ def check_out_holds_no_input(out: Path, urls: list[str]) -> None:
             raise ForeignOutput(f"--out {out} holds the input shard {url}; write the new shards to another folder")
 
 
-def _reshard(wanted, shards, out: Path, shard_size: int) -> ReshardSummary:
-    summary = ReshardSummary(len(wanted), wanted.total)
+def _reshard(wanted, shards, out: Path, shard_size: int, faces: FaceBoxes | None = None,
+             webp_quality: int = DEFAULT_WEBP_QUALITY) -> ReshardSummary:
+    summary = ReshardSummary(len(wanted), wanted.total, face_boxes=faces.folder if faces is not None else None)
     found: dict[str, bytes] = {}  # uid -> digest of the sample written for it (not its bytes)
     writer = _Writer(out, shard_size)
     try:
-        _write_subset(wanted, shards, writer, summary, found)
+        _write_subset(wanted, shards, writer, summary, found, faces, webp_quality)
     except BaseException:
         if writer.tar is not None:
             with suppress(Exception):  # a tar that cannot flush (a full disk) would complain again when collected
@@ -212,12 +248,18 @@ def _reshard(wanted, shards, out: Path, shard_size: int) -> ReshardSummary:
     return summary
 
 
-def _write_subset(wanted, shards, writer: _Writer, summary: ReshardSummary, found: dict[str, bytes]) -> None:
+MAX_NAMED_FAILURES = 100  # blur failures named in the summary (all are counted)
+
+
+def _write_subset(wanted, shards, writer: _Writer, summary: ReshardSummary, found: dict[str, bytes],
+                  faces: FaceBoxes | None = None, webp_quality: int = DEFAULT_WEBP_QUALITY) -> None:
     for url in expand_shards(shards):
         result = read_shard(url)
         if result.status != SHARD_COMPLETE:
             summary.input_problems[url] = S.cap_error(f"{result.status}: {result.error}")
         records = shard_records(result.samples)
+        # This shard's subset uids only: the boxes held are one shard's, never the pool's.
+        boxes = faces.lookup(r[S.UID] for r in records if wanted.get(r[S.UID])) if faces is not None else {}
         for sample, rec in zip(result.samples, records):
             uid = rec[S.UID]
             copies = wanted.get(uid)
@@ -231,5 +273,31 @@ def _write_subset(wanted, shards, writer: _Writer, summary: ReshardSummary, foun
                 summary.shared_uid_samples.append(f"{shard_name(url)}/{rec[S.KEY]}")
                 continue
             found[uid] = sample_digest(rec)
+            if faces is not None:
+                sample = _blurred(sample, uid, rec, boxes, summary, webp_quality)
             for _ in range(copies):
                 writer.write(sample)
+
+
+def _blurred(sample: dict, uid: str, rec: dict, boxes: dict, summary: ReshardSummary, quality: int) -> dict:
+    """The sample to write with its face boxes blurred (``curate.io.blur.blur_sample``), counted in
+    ``summary``; the sample itself when it has no boxes or its image cannot be blurred."""
+    if uid not in boxes:
+        summary.face_boxes_missing_uids += 1
+        return sample
+    faces = boxes[uid]
+    if not faces:
+        return sample
+    ext = image_member(sample)
+    try:
+        if ext is None:
+            raise BlurFailed("no image member")
+        out = blur_sample(sample, ext, faces, quality)
+    except BlurFailed as e:
+        summary.blur_failed += 1
+        if len(summary.blur_failed_samples) < MAX_NAMED_FAILURES:
+            summary.blur_failed_samples.append(S.cap_error(f"{shard_name(rec[S.SHARD])}/{rec[S.KEY]}: {e}"))
+        return sample
+    summary.blurred_images += 1
+    summary.blurred_boxes += len(faces)
+    return out
