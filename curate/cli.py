@@ -482,8 +482,20 @@ def _cmd_query(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``curate score: error: ... (see curate score --help)``.
+
+    argparse's own prints the whole usage first (20 lines for ``curate score``), which hides the
+    one line that matters. Sub-parsers are made with this class too (``add_subparsers`` uses the
+    parent's class). Exit status 2, as argparse's.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="curate",
         description="T-MARS-style data curation for CLIP pretraining: score once, filter many.",
     )

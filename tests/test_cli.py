@@ -70,6 +70,22 @@ def test_bad_arguments(tmp_path, capsys, extra, message):
     assert code == 2 and message in err, err
 
 
+def test_a_usage_error_is_one_line(tmp_path, capsys):
+    """argparse's errors come without the 20-line usage in front of them (issue 30)."""
+    code, err = run(["score", str(SHARDS[0]), "--out", str(tmp_path / "o"), "--detector", "easyocr"], capsys)
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert err.startswith("curate score: error:") and "detect.detector must be one of" in err
+    assert "(see `curate score --help`)" in err
+    code, err = run(["filtr"], capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "invalid choice: 'filtr'" in err, err
+
+
+def test_a_train_dir_that_does_not_exist(tmp_path, capsys):
+    code, err = run(["evaluate", "--train-dir", str(tmp_path / "trian"), "--tasks", "cifar10",
+                     "--data-dir", str(tmp_path), "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and "trian: no such folder" in err, err
+
+
 def test_out_is_a_file(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("x")

@@ -35,11 +35,13 @@ def resolve_train_dir(train_dir: str | Path) -> tuple[str, str]:
     ``train_config.json`` and the newest checkpoint.
 
     Raises:
-        FileNotFoundError: not a ``curate train`` folder, or no checkpoint in it.
+        FileNotFoundError: no such folder, not a ``curate train`` folder, or no checkpoint in it.
     """
     from curate.train.checkpoints import latest_checkpoint
 
     train_dir = Path(train_dir)
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"--train-dir {train_dir}: no such folder")
     cfg_file = train_dir / "train_config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"--train-dir {train_dir}: no train_config.json (not a curate train output folder)")

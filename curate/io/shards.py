@@ -126,7 +126,10 @@ def expand_shards(specs: list[str] | str) -> list[str]:
         URLs in the order given (globs sorted), duplicates removed; local paths absolute.
 
     Raises:
-        FileNotFoundError: a glob matched nothing.
+        FileNotFoundError: a glob matched nothing, or local paths (literal or from a brace range)
+            do not exist: the message names them (``N of M shards do not exist: ...``), so a typo
+            fails here, before any cluster starts. Remote URLs are not checked (no request is
+            made before the job; an unreadable one is the shard's ``unreadable`` row).
         ValueError: a spec with a scheme curate does not read (``check_shard_spec``: ``pipe:``
             and any scheme not in ``SHARD_SCHEMES``), found before any spec is expanded.
     """
@@ -162,6 +165,10 @@ def expand_shards(specs: list[str] | str) -> list[str]:
                 if u not in seen:
                     seen.add(u)
                     out.append(u)
+    missing = [u for u in out if "://" not in u and not os.path.isfile(u)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(out)} shards do not exist: {', '.join(missing[:5])}"
+                                + (" ..." if len(missing) > 5 else ""))
     return out
 
 

@@ -103,10 +103,10 @@ def run_score(
     from tqdm import tqdm
 
     t0, t0_wall = time.perf_counter(), time.time()
-    weights = resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained, cfg.score.cache_dir)
-    urls = expand_shards(shards)
+    urls = expand_shards(shards)  # first: a typo in the spec is the cheapest mistake to name
     if not urls:
         raise ValueError("no shards given")
+    weights = resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained, cfg.score.cache_dir)
     if "://" in str(out_dir):
         raise ValueError(f"--out must be a local folder (or a mounted shared filesystem), got {out_dir}")
     out_dir = Path(out_dir).absolute()  # workers on other nodes write here

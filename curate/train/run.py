@@ -175,11 +175,7 @@ def run_train(shards: list[str] | str, out: str | Path, cfg: TrainConfig, subset
     check_model_name(cfg.model)
     if local and cfg.num_workers != 1:
         raise ValueError(f"--local trains in one process: num_workers must be 1, got {cfg.num_workers}")
-    urls = expand_shards(shards)
-    missing = [u for u in urls if "://" not in u and not os.path.exists(u)]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(urls)} shards do not exist: {', '.join(missing[:5])}"
-                                + (" ..." if len(missing) > 5 else ""))
+    urls = expand_shards(shards)  # FileNotFoundError for a local shard that does not exist
     counts = load_subset_counts(subset)  # fail fast on a bad subset file
     data_id = data_identity(urls, subset)
     subset = str(Path(subset).absolute()) if subset is not None else None  # workers run elsewhere

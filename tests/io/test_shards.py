@@ -6,8 +6,11 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 import tarfile
 
+import numpy as np
 import pytest
 
 from curate import schema as S
@@ -39,6 +42,27 @@ def test_expand_brace_range_and_glob():
     assert expand_shards([rel, str(SHARDS[0].resolve()), "file://" + str(SHARDS[0].resolve())]) == urls[:1]
     with pytest.raises(FileNotFoundError):
         expand_shards(str(DATA / "shards" / "nothing-*.tar"))
+
+
+def test_a_typo_in_a_shard_spec_fails_before_any_job(tmp_path):
+    """A local path or brace range that names no file is an error naming it (issue 30), not a job
+    that starts Ray and reports ``unreadable`` shards after a minute."""
+    typo = str(DATA / "shards" / "sampel-{000000..000002}.tar")
+    with pytest.raises(FileNotFoundError, match=r"3 of 3 shards do not exist: .*sampel-000000\.tar"):
+        expand_shards(typo)
+    with pytest.raises(FileNotFoundError, match=r"1 of 4 shards do not exist: .*sample-000009\.tar"):
+        expand_shards([SHARD_SPEC, str(DATA / "shards" / "sample-000009.tar")])
+    # Remote URLs are not looked up before the job (no request is made here).
+    assert expand_shards("s3://bucket/pool/{0..1}.tar") == ["s3://bucket/pool/0.tar", "s3://bucket/pool/1.tar"]
+    subset = tmp_path / "s.npy"
+    np.save(subset, np.array([(1, 2)], np.dtype("u8,u8")))
+    for argv in (["score", typo, "--out", str(tmp_path / "idx"), "--config", "pipelines/tiny_cpu.yaml"],
+                 ["reshard", typo, "--subset", str(subset), "--out", str(tmp_path / "r")],
+                 ["train", typo, "--out", str(tmp_path / "t")]):
+        r = subprocess.run([sys.executable, "-m", "curate.cli", *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (argv[0], r.stdout, r.stderr)
+        assert "shards do not exist" in r.stderr and "sampel-000000.tar" in r.stderr, (argv[0], r.stderr)
+        assert "Traceback" not in r.stderr and "ray" not in r.stderr.lower(), (argv[0], r.stderr)
 
 
 @pytest.mark.parametrize("shard", SHARDS, ids=lambda p: p.name)
