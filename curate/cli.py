@@ -180,7 +180,9 @@ def _add_filter(sub) -> None:
         "filter",
         help="select a subset of the pool by rules over the score index (no image is re-read)",
         description="Rules: tmars(threshold=|fraction=), clip_score(threshold=|fraction=, arch='b32'|'l14'), "
-        "no_filter(), basic_filter(lid_model=), laion2b(), text_based(wordnet=DIR) (DataComp's baselines, exactly), "
+        "no_filter(), basic_filter(lid_model=), laion2b(), text_based(wordnet=DIR), "
+        "image_based(centroids=PATH, targets=DIR), image_based_intersect_clip_score(centroids=, targets=, arch=, "
+        "fraction=|threshold=) (DataComp's baselines, exactly; image_based on its metadata with the .npz), "
         "basic(), laion(), text_area(max=), text_based(classes=FILE); over the embeddings of an index scored with "
         "--embeddings: dedup(threshold=, phash_bits=), decontaminate(evalset=DIR, threshold=, phash_bits=), "
         "image_based(target=DIR, clusters=). Combine with & | ~ and parentheses. Fractions are pool-wide.",

@@ -39,9 +39,15 @@ Rules (``RULES``), each with its source:
   (``curate.filters.pool_rules``). Needs ``--embeddings``.
 - ``text_based(classes=FILE)``: curate's text-based rule: the caption mentions a class name of
   ``FILE`` (``curate.filters.pool_rules``); without ``classes``, DataComp's exactly (above).
-- ``image_based(target=DIR, clusters=1000)``: DataComp's image-based baseline: the sample's
-  image-embedding cluster is the nearest of some target image's (``curate.filters.pool_rules``).
-  Needs ``--embeddings``.
+- ``image_based(target=DIR, clusters=1000)``: curate's image-based rule, after DataComp's: the
+  sample's image-embedding cluster (its own k-means) is the nearest of some target image's
+  (``curate.filters.pool_rules``). Needs ``--embeddings``. A different algorithm from DataComp's:
+- ``image_based(centroids=PATH, targets=DIR|PATH|[PATHS], lid_model=None)``: DataComp's
+  ``--name image_based`` exactly, on a DataComp metadata pool with its ``.npz``
+  (``curate.filters.datacomp_image``: DataComp's released centroids and ImageNet-1k ViT-L/14
+  embeddings by path, computed on CPU); and
+  ``image_based_intersect_clip_score(centroids=, targets=, arch='l14'|'b32', fraction=|threshold=,
+  lid_model=None)``, DataComp's ``--name image_based_intersect_clip_score``.
 
 Pool-wide fraction (DataComp ``baselines.get_threshold``): over all ``ok`` rows of the whole
 index with a score (every row of the pool for a DataComp metadata column), sorted descending
@@ -138,10 +144,11 @@ class Pool:
         """
         raise RuleError(f"{leaf.name}() reads {what}: run it with curate filter")
 
-    def udf(self, leaf: Leaf, fn: Callable) -> str:
+    def udf(self, leaf: Leaf, fn: Callable, types: tuple[str, ...] = ("VARCHAR",)) -> str:
         """Register ``fn`` (Arrow string array -> Arrow boolean array, null -> False; e.g.
         ``curate.filters.datacomp_text.FastTextEnglish``) as a vectorized SQL function of one
-        ``VARCHAR`` over the pool; return its name (curate's own identifier).
+        ``VARCHAR`` (or of the DuckDB ``types``, one Arrow array each) over the pool; return its
+        name (curate's own identifier).
 
         Raises:
             RuleError: this pool cannot run Python in its scan (only ``curate filter``'s
@@ -376,9 +383,86 @@ def _text_based(leaf: Leaf, pool: Pool) -> None:
 
 
 def _image_based(leaf: Leaf, pool: Pool) -> None:
-    from curate.filters.pool_rules import image_based_rule
+    """With ``target=DIR``: curate's own image-based rule (``pool_rules.image_based_rule``).
+    With ``centroids=`` and ``targets=``: DataComp's ``image_based`` exactly
+    (``_datacomp_image_based``)."""
+    if "target" in leaf.kwargs or "clusters" in leaf.kwargs or not ({"centroids", "targets"} & set(leaf.kwargs)):
+        if {"centroids", "targets", "lid_model"} & set(leaf.kwargs):
+            raise RuleError("image_based() takes target=/clusters= (curate's rule) or centroids=/targets=/lid_model= "
+                            "(DataComp's image_based), not both")
+        from curate.filters.pool_rules import image_based_rule
 
-    image_based_rule(leaf, pool)
+        image_based_rule(leaf, pool)
+        return
+    _datacomp_image_based(leaf, pool)
+
+
+def _datacomp_image_based(leaf: Leaf, pool: Pool) -> str:
+    """DataComp's ``image_based`` exactly (``baselines/apply_filter.py``,
+    ``load_uids_with_image_filter`` / ``image_filter_helper``; ``curate.filters.datacomp_image``):
+    ``len(text) > 5``, ``len(fasttext.tokenize(text)) > 1``, fastText ``en`` (``lid_model=``),
+    and the row's ``l14_img`` (npz beside its metadata file) nearest a centroid of
+    ``centroids=PATH`` that is nearest some ImageNet-1k embedding of ``targets=DIR|PATH|[PATHS]``.
+    Sets ``leaf.sql``; returns it."""
+    from curate.filters.datacomp_image import (NearTargetCentroid, load_centroids, load_targets,
+                                               more_than_one_fasttext_token, target_centroid_ids, target_paths)
+    from curate.filters.datacomp_text import FastTextEnglish
+    from curate.io.datacomp import DC_FILE, DC_ROW
+
+    for name in ("centroids", "targets"):
+        if leaf.kwargs.get(name) is None:
+            raise RuleError(f"{leaf.name}() needs {name}=PATH (DataComp's "
+                            f"{'<scale>_centroids_l14.pt' if name == 'centroids' else 'in1k_clip_vit_l14_{0..4}.pt'})")
+    model = leaf.kwargs.get("lid_model")
+    if model is not None and not isinstance(model, str):
+        raise RuleError(f"{leaf.name}(lid_model=...) must be a path, got {model!r}")
+    if pool.has_values(DC_FILE) is False:
+        raise RuleError(f"{leaf.name}() reads the l14_img embeddings of DataComp's metadata (.npz beside each "
+                        "<32 hex>.parquet): give the DataComp metadata folder as --index")
+    english = pool.udf(leaf, _datacomp_asset(lambda: FastTextEnglish(model), leaf))
+    con = getattr(pool, "con", None)  # curate filter's pool: check every file's npz before the scan
+    if con is not None:
+        from curate.io.datacomp import npz_array, npz_path
+        from curate.query import VIEW
+
+        for (file,) in con.execute(f"SELECT DISTINCT {DC_FILE} FROM {VIEW} WHERE {DC_FILE} IS NOT NULL").fetchall():
+            try:
+                npz_array(npz_path(file), "l14_img")
+            except (FileNotFoundError, KeyError, ValueError) as e:
+                raise RuleError(f"{leaf.name}() reads l14_img of the .npz beside each metadata file: {e}") from None
+
+    def near():
+        centroids = load_centroids(leaf.kwargs["centroids"])
+        ids = target_centroid_ids([load_targets(p) for p in target_paths(leaf.kwargs["targets"])], centroids)
+        leaf.details["target_centroids"] = int(len(ids))
+        return NearTargetCentroid(centroids, ids)
+
+    near_fn = _datacomp_asset(near, leaf)
+    tokens = pool.udf(leaf, more_than_one_fasttext_token)
+    centroid = pool.udf(leaf, near_fn, ("VARCHAR", "BIGINT"))
+    t = S.TEXT
+    # Cheapest first; each test runs only on the rows the earlier ones pass (a CASE branch).
+    leaf.sql = (f"(CASE WHEN length({t}) > 5 THEN (CASE WHEN {tokens}({t}) THEN (CASE WHEN {english}({t}) "
+                f"THEN {centroid}({DC_FILE}, {DC_ROW}) ELSE FALSE END) ELSE FALSE END) ELSE FALSE END)")
+    leaf.columns = (t, DC_FILE, DC_ROW)
+    return leaf.sql
+
+
+def _image_based_intersect_clip_score(leaf: Leaf, pool: Pool) -> None:
+    """DataComp's ``image_based_intersect_clip_score`` (``--arch``, ``--threshold`` or
+    ``--fraction``): ``clip_score(arch=, threshold=|fraction=)`` (the fraction ranked over the
+    whole metadata pool, ``get_threshold``) and ``image_based(centroids=, targets=)``."""
+    arch = leaf.kwargs.get("arch")
+    if arch is None:
+        raise RuleError(f"{leaf.name}() needs arch='l14' or arch='b32' (DataComp's --arch)")
+    score = Leaf("clip_score", {k: leaf.kwargs[k] for k in ("arch", "threshold", "fraction") if k in leaf.kwargs})
+    _score_rule(S.CLIP_SCORE, archs=True)(score, pool)
+    image = Leaf(leaf.name, {k: v for k, v in leaf.kwargs.items() if k in ("centroids", "targets", "lid_model")})
+    _datacomp_image_based(image, pool)
+    leaf.thresholds.update(score.thresholds)
+    leaf.details.update(image.details)
+    leaf.sql = f"(CASE WHEN {score.sql} THEN {image.sql} ELSE FALSE END)"
+    leaf.columns = (*score.columns, *image.columns)
 
 
 RULES: dict[str, tuple[Callable, set[str]]] = {
@@ -394,7 +478,9 @@ RULES: dict[str, tuple[Callable, set[str]]] = {
     "dedup": (_dedup, {"threshold", "phash_bits"}),
     "decontaminate": (_decontaminate, {"evalset", "threshold", "phash_bits"}),
     "text_based": (_text_based, {"classes", "wordnet", "lid_model"}),
-    "image_based": (_image_based, {"target", "clusters"}),
+    "image_based": (_image_based, {"target", "clusters", "centroids", "targets", "lid_model"}),
+    "image_based_intersect_clip_score": (_image_based_intersect_clip_score,
+                                         {"centroids", "targets", "lid_model", "arch", "threshold", "fraction"}),
 }
 
 

@@ -84,12 +84,12 @@ class IndexPool(Pool):
             staged.replace(path)
         self.staged.clear()
 
-    def udf(self, leaf: Leaf, fn: Callable) -> str:
-        """Register ``fn`` in the connection as ``_udf_<n>`` (``VARCHAR -> BOOLEAN``, Arrow batches,
-        nulls passed in: ``fn`` maps them to False)."""
+    def udf(self, leaf: Leaf, fn: Callable, types: tuple[str, ...] = ("VARCHAR",)) -> str:
+        """Register ``fn`` in the connection as ``_udf_<n>`` (``types -> BOOLEAN``, default one
+        ``VARCHAR``; Arrow batches, nulls passed in: ``fn`` maps them to False)."""
         name = f"_udf_{self._udfs}"  # our own identifier: nothing of the user's reaches the SQL
         self._udfs += 1
-        self.con.create_function(name, fn, ["VARCHAR"], "BOOLEAN", type="arrow", null_handling="special",
+        self.con.create_function(name, fn, list(types), "BOOLEAN", type="arrow", null_handling="special",
                                  side_effects=False)
         return name
 

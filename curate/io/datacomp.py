@@ -20,7 +20,10 @@ row order).
 curate reads this folder in place, as a pool (``curate.query.connect``): nothing is converted or
 copied. Its rows are all ``ok`` (DataComp's baselines rank and filter every row of the
 metadata), ``shard`` is the metadata file and ``key`` the row's position in it, and
-``width``/``height`` are ``original_width``/``original_height``.
+``width``/``height`` are ``original_width``/``original_height``. ``metadata_file`` and
+``metadata_row`` (``DC_FILE``, ``DC_ROW``) name the file and row a pool row comes from, also when
+the folder is joined with a score index; ``npz_array`` reads an array of the ``.npz`` beside a
+file in place (memory-mapped where the member is stored uncompressed, as ``numpy.savez`` writes).
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ DC_WIDTH = "original_width"
 DC_HEIGHT = "original_height"
 DC_FACES = "face_bboxes"
 DC_SHA256 = "sha256"
+# Columns curate adds to a metadata pool's view: the metadata file a row is in and its position
+# there (also on a pool joined with a score index, whose ``shard``/``key`` are the index's), so
+# that a rule can read the row's embeddings from the ``.npz`` beside the file (``npz_array``).
+DC_FILE = "metadata_file"
+DC_ROW = "metadata_row"
+NPZ_KEYS = ("b32_img", "b32_txt", "l14_img", "l14_txt", "dedup")  # DataComp's npz arrays (float16)
 ARCHS = ("b32", "l14")  # the CLIP models DataComp scored the pool with (``--arch``)
 
 
@@ -104,6 +113,7 @@ def view_sql(patterns: str, names: set[str]) -> str:
         "* EXCLUDE (filename, file_row_number)", f"'{S.STATUS_OK}' AS {S.STATUS}", f"CAST(NULL AS VARCHAR) AS {S.ERROR}",
         f"filename AS {S.SHARD}", f"CAST(file_row_number AS VARCHAR) AS {S.KEY}",
         f"CAST({DC_WIDTH} AS INTEGER) AS {S.WIDTH}", f"CAST({DC_HEIGHT} AS INTEGER) AS {S.HEIGHT}", *extra,
+        f"filename AS {DC_FILE}", f"file_row_number AS {DC_ROW}",
     ]
     return (f"SELECT {', '.join(cols)} FROM read_parquet([{patterns}], filename = true, "
             f"file_row_number = true, union_by_name = true)")
@@ -118,7 +128,69 @@ def joined_sql(meta_sql: str, meta_names: set[str], index_sql: str, index_names:
     from the index. ``meta_names``, ``index_names``: the files' column names."""
     from_meta = [f"m.{n}" for n in (DC_URL, DC_WIDTH, DC_HEIGHT, DC_FACES, DC_SHA256) if n in meta_names]
     from_meta += [f"m.{n}" for n in SCORE_COLUMNS]  # the metadata view makes them, null when absent
+    from_meta += [f"m.{DC_FILE}", f"m.{DC_ROW}"]
     from_index = [f"i.{n}" for n in sorted(index_names) if n not in (S.UID, S.STATUS) and f"m.{n}" not in from_meta]
     cols = [f"m.{S.UID}", *from_meta, *from_index,
             f"coalesce(i.{S.STATUS}, '{S.STATUS_NOT_SCORED}') AS {S.STATUS}"]
     return (f"SELECT {', '.join(cols)} FROM ({meta_sql}) m LEFT JOIN ({index_sql}) i ON m.{S.UID} = i.{S.UID}")
+
+
+def npz_array(npz: str | Path, name: str):
+    """The array ``name`` (e.g. ``"l14_img"``, (N, 768) float16) of a DataComp ``.npz``, without
+    reading the rest of the file.
+
+    A member stored uncompressed (``numpy.savez``, as DataComp's files and
+    ``benchmarks/datacomp_pool.py`` write them) is memory-mapped read-only at its offset in the
+    zip (the local file header, then the ``.npy`` header, then the data): rows are read from disk
+    as they are indexed. A compressed member (``numpy.savez_compressed``) is decompressed whole
+    (``numpy.load``; one file's array, never the pool's). Object arrays are refused (no pickle).
+
+    Raises:
+        FileNotFoundError: no such file.
+        KeyError: the file has no such array.
+        ValueError: not a zip of ``.npy`` members, or an object array.
+    """
+    import struct
+    import zipfile
+
+    import numpy as np
+
+    path = Path(npz)
+    if not path.is_file():
+        raise FileNotFoundError(f"DataComp embeddings not found: {path} (download_upstream.py --download_npz writes it)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            try:
+                info = z.getinfo(f"{name}.npy")
+            except KeyError:
+                raise KeyError(f"{path} has no array {name!r} (it has {sorted(n[:-4] for n in z.namelist())})") from None
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path} is not an .npz file: {e}") from None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        with np.load(path, allow_pickle=False) as z:
+            return z[name]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path}: bad zip local header for {name}.npy")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                return z[name]
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path}: {name} is an object array (refused: it would need pickle)")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if offset - start + nbytes != info.file_size:
+        raise ValueError(f"{path}: {name}.npy is {info.file_size} bytes, its header says {offset - start + nbytes}")
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
