@@ -403,7 +403,9 @@ def _datacomp_image_based(leaf: Leaf, pool: Pool) -> str:
     ``len(text) > 5``, ``len(fasttext.tokenize(text)) > 1``, fastText ``en`` (``lid_model=``),
     and the row's ``l14_img`` (npz beside its metadata file) nearest a centroid of
     ``centroids=PATH`` that is nearest some ImageNet-1k embedding of ``targets=DIR|PATH|[PATHS]``.
-    Sets ``leaf.sql``; returns it."""
+    The embeddings are found by ``metadata_file``/``metadata_row``, also on metadata joined with a
+    score index (whose ``text`` the caption tests then read: the shard's caption, the metadata's
+    wherever the two agree). Sets ``leaf.sql``; returns it."""
     from curate.filters.datacomp_image import (NearTargetCentroid, load_centroids, load_targets,
                                                more_than_one_fasttext_token, target_centroid_ids, target_paths)
     from curate.filters.datacomp_text import FastTextEnglish

@@ -146,3 +146,23 @@ def test_image_based_on_a_curate_index_names_the_metadata(tmp_path):
     index = make_index(tmp_path / "index")
     with pytest.raises(RuleError, match="DataComp metadata"):
         run_filter(index, _rule("image_based"), tmp_path / "out")
+
+
+def test_image_based_on_metadata_joined_with_a_score_index(tmp_path):
+    """Joined with a score index (``--index INDEX --index METADATA``), the rule still reads each
+    row's ``l14_img`` by its metadata file and row (``metadata_file``, ``metadata_row``); it keeps
+    DataComp's subset restricted to the rows the index scored (its captions are the metadata's)."""
+    from curate.query import query
+    from tests.filters.test_filters import make_index
+
+    ref = np.load(REFERENCE / "image_based.npy")
+    ref_uids = {f"{int(a):016x}{int(b):016x}" for a, b in ref.tolist()}
+    meta = query("SELECT uid, text, original_width AS w, original_height AS h FROM scores ORDER BY uid LIMIT 600",
+                 POOL).to_pylist()
+    index = make_index(tmp_path / "index", [(r["uid"], "ok", r["text"], "en", r["w"], r["h"], 0.0, 0.3, 0.3)
+                                            for r in meta])
+    summary = run_filter([index, POOL], _rule("image_based"), tmp_path / "o")
+    assert summary.not_scored == 2400
+    kept = {f"{int(a):016x}{int(b):016x}" for a, b in np.load(tmp_path / "o" / "subset.npy").tolist()}
+    want = ref_uids & {r["uid"] for r in meta}
+    assert kept == want and len(want) > 10
