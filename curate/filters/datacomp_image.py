@@ -219,7 +219,8 @@ def target_centroid_ids(targets: list[np.ndarray] | np.ndarray, centroids: np.nd
     return np.unique(np.concatenate([nearest_centroids(t, centroids) for t in parts] or [np.empty(0, np.int64)]))
 
 
-_CACHE_FILES = 8
+_CACHE_FILES = 8  # memory maps (the pages are the OS's to drop)
+_CACHE_LOADED = 2  # decompressed arrays (savez_compressed npz): one file's l14_img each
 
 
 class NearTargetCentroid:
@@ -228,7 +229,8 @@ class NearTargetCentroid:
     ``curate.io.datacomp.npz_array``) is nearest a target centroid. Null is False.
 
     Holds the centroids (K, 768) float32 and a (K,) bool of the target ids; the npz arrays of
-    the last ``_CACHE_FILES`` files (memory maps, or one file's decompressed array each)."""
+    the last ``_CACHE_FILES`` files (memory maps), of which at most ``_CACHE_LOADED`` are
+    decompressed arrays (one file's ``l14_img`` each: memory grows with the file, never the pool)."""
 
     def __init__(self, centroids: np.ndarray, target_ids: np.ndarray):
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -255,6 +257,9 @@ class NearTargetCentroid:
             self._arrays[file] = arr
             while len(self._arrays) > _CACHE_FILES:
                 self._arrays.popitem(last=False)
+            loaded = [f for f, a in self._arrays.items() if not isinstance(a, np.memmap)]
+            for f in loaded[:-_CACHE_LOADED]:  # decompressed arrays hold memory: keep the newest few
+                del self._arrays[f]
         return arr
 
     def __call__(self, files, rows) -> pa.BooleanArray:
