@@ -13,8 +13,8 @@
     curate evaluate (--model ARCH --pretrained TAG_OR_PATH | --train-dir DIR) --tasks TASKS
                     --data-dir DIR --out DIR
     curate make-evalset (--imagefolder DIR_OR_TAR | --captions FILE.jsonl --image-root DIR) --name NAME --out DIR
-    curate report --index DIR --out DIR [--subset FILE]
-    curate search ("TEXT" | --image PATH) --index DIR [-k 20] [--html OUT.html]
+    curate report --index DIR [--index DIR] --out DIR [--subset FILE]
+    curate search ("TEXT" | --image PATH) --index DIR [--index METADATA_DIR] [-k 20] [--html OUT.html]
 
 Settings: every command's settings are one dataclass (``PipelineConfig``, ``TrainConfig``,
 ``EvalConfig``, ``ReportConfig``, ``ReshardConfig``, ``EvalsetConfig``, ``SearchConfig``) and ``_add_settings``
@@ -244,9 +244,11 @@ def _add_report(sub) -> None:
     p = sub.add_parser(
         "report",
         help="a self-contained HTML report: examples per score band with boxes and masks, plots, accounting",
-        description="Writes OUT/index.html and OUT/images/. Images are read back from the shards named in the index.",
+        description="Writes OUT/index.html and OUT/images/. Images are read back from the shards named in the index. "
+        "On a DataComp metadata folder alone: counts, score and caption figures, no thumbnails (the metadata names "
+        "no shard); joined with a score index: the full report plus DataComp's scores.",
     )
-    p.add_argument("--index", required=True, help="score-index folder written by `curate score`")
+    _add_pool_index(p)
     p.add_argument("--subset", help="subset.parquet or DataComp .npy: show what it kept and dropped")
     p.add_argument("--shards", nargs="+", help="where the shards are now, if moved since scoring (matched by file name)")
     p.add_argument("--out", required=True, help="output folder (index.html, images/)")
@@ -265,7 +267,8 @@ def _cmd_report(args) -> int:
         return 2
     print(f"curate report: {r.html} ({r.num_samples} samples, {r.num_examples} examples shown, "
           f"{r.num_images} images" + (f", {r.missing} image(s) unreadable, shown with the reason" if r.missing else "")
-          + (f"; subset kept {r.subset_kept}" if r.subset_kept is not None else "") + ")")
+          + (f"; subset kept {r.subset_kept}" if r.subset_kept is not None else "") + ")"
+          + (f"; {r.note}" if r.note else ""))
     return 0
 
 
@@ -280,7 +283,10 @@ def _add_search(sub) -> None:
     )
     p.add_argument("query", nargs="?", help="a text query (or give --image)")
     p.add_argument("--image", help="a query image file instead of a text")
-    p.add_argument("--index", required=True, help="score-index folder written by `curate score --embeddings`")
+    p.add_argument("--index", required=True, action="append",
+                   help="score-index folder written by `curate score --embeddings`; give a DataComp metadata folder "
+                   "as a second --index to show DataComp's scores of the hits (the metadata alone cannot be searched: "
+                   "its .npz embeddings are not read)")
     p.add_argument("--html", help="also write a page of the hits' thumbnails to this .html file")
     p.add_argument("--shards", nargs="+", help="where the shards are now, if moved since scoring (for --html)")
     _add_settings(p, SearchConfig, "settings", aliases={"top_k": "-k"})

@@ -49,7 +49,7 @@ def datacomp_block() -> str:
 
 
 def test_datacomp_track_commands_run_as_written(tmp_path, scored):
-    """The DataComp section's filter and reshard commands, as written, in a folder holding the
+    """The DataComp section's filter, report and reshard commands, as written, in a folder holding the
     repository's data and a score index of the sample shards at ``out/index`` (the session's
     scored pool standing in for ``make demo``'s): the metadata-only and the joined filters write
     subsets, the joined one counts the metadata rows the index lacks, and reshard blurs the
@@ -61,21 +61,22 @@ def test_datacomp_track_commands_run_as_written(tmp_path, scored):
     from curate.cli import build_parser
 
     commands = [c.replace("\\\n", " ") for c in re.split(r"\n(?=\.venv/bin/curate )", datacomp_block().strip())]
-    assert [shlex.split(c)[1] for c in commands] == ["filter", "filter", "reshard", "train", "evaluate"]
+    assert [shlex.split(c)[1] for c in commands] == ["filter", "filter", "report", "reshard", "train", "evaluate"]
     os.symlink(REPO / "tests", tmp_path / "tests")
     os.symlink(REPO / ".venv", tmp_path / ".venv")
     (tmp_path / "out").mkdir()
     os.symlink(scored[0], tmp_path / "out" / "index")
     outputs = []
-    for command in commands[:3]:
+    for command in commands[:4]:
         r = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (command, r.stdout[-2000:], r.stderr[-2000:])
         outputs.append(r.stdout)
     assert "not scored    3 row(s)" in outputs[1], outputs[1]
+    assert "subset kept" in outputs[2] and (tmp_path / "out/datacomp/report/index.html").is_file(), outputs[2]
     import json
 
     summary = json.loads((tmp_path / "out/datacomp/shards/reshard_summary.json").read_text())
     assert summary["written_samples"] > 0 and summary["blurred_images"] > 0, summary
     parser = build_parser()
-    for command in commands[3:]:
+    for command in commands[4:]:
         parser.parse_args(shlex.split(command)[1:])

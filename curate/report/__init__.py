@@ -39,7 +39,10 @@ def build_report(index: str | Path, out: str | Path, subset: str | None = None, 
     ``render_report``.
 
     Args:
-        index: a score index folder (or one index file) written by ``curate score``.
+        index: a score index folder (or one index file) written by ``curate score``; or a
+            DataComp metadata folder, alone or with a score index (a list, joined by uid):
+            ``curate.report.pool`` (DuckDB aggregates, flat memory; no thumbnails from the
+            metadata alone).
         out: output folder (created).
         subset: a subset file (``subset.parquet`` or DataComp ``.npy``) to show what it kept.
         shards: where the shards are now, when not at the index's ``shard`` URLs (matched by name).
@@ -54,9 +57,24 @@ def build_report(index: str | Path, out: str | Path, subset: str | None = None, 
             ``curate.io.atomic.ForeignOutput``: ``out/index.html`` or an image in ``out/images``
             is a file curate did not write (``render.check_page_out``; nothing is written).
     """
+    from curate.io.atomic import make_work_folder, remove_work_folder
     from curate.io.shards import check_shard_spec
+    from curate.query import pool_files, score_index_of
+    from curate.report.pool import WORK, gather_pool_report, is_datacomp_pool, render_pool_report
 
     for spec in shards or []:
         check_shard_spec(spec, "--shards")
+    if is_datacomp_pool(index):  # DuckDB aggregates over the metadata (and the joined index): flat memory
+        pool_files(index)  # two folders of one kind: refused before any work
+        spill = make_work_folder(Path(out) / WORK)
+        try:
+            data = gather_pool_report(index, subset=subset, band_by=band_by, bands=bands, per_band=per_band,
+                                      seed=seed, spill=spill)
+        finally:
+            remove_work_folder(spill)
+        return render_pool_report(data, out, shards=shards, thumb=thumb)
+    if not isinstance(index, (str, Path)):
+        pool_files(index)  # two score indexes: refused
+        index = score_index_of(index)
     data = gather_report(index, subset=subset, band_by=band_by, bands=bands, per_band=per_band, seed=seed)
     return render_report(data, out, shards=shards, thumb=thumb)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate import schema as S
+from curate.io.datacomp import SCORE_COLUMNS
 
 log = logging.getLogger("curate")
 
@@ -31,14 +32,16 @@ class ReportConfig:
     """Settings of ``curate report``.
 
     Attributes:
-        band_by: score whose quantile bands group the examples (clip_score or masked_clip_score).
+        band_by: score whose quantile bands group the examples (clip_score or masked_clip_score; on a
+            DataComp pool also clip_b32_similarity_score or clip_l14_similarity_score, which the
+            metadata alone is banded by).
         bands: number of score bands.
         per_band: examples shown per band.
         seed: seed of the example sampling.
         thumb: long side of the example thumbnails, pixels.
     """
 
-    band_by: str = field(default=S.MASKED_CLIP_SCORE, metadata={"choices": SCORES})
+    band_by: str = field(default=S.MASKED_CLIP_SCORE, metadata={"choices": (*SCORES, *SCORE_COLUMNS)})
     bands: int = field(default=5, metadata={"min": 1})
     per_band: int = field(default=8, metadata={"min": 1})
     seed: int = 0
@@ -72,19 +75,30 @@ def shard_accounting(table: pa.Table, meta: dict[str, dict[str, str]], summary_p
     Shards without an index file (unreadable, or failed) come from ``_summary.json`` when the
     index folder has one, so they are counted too.
     """
+    counts: dict[str, collections.Counter] = {}
+    for shard, status in zip(table.column(S.SHARD).to_pylist(), table.column(S.STATUS).to_pylist()):
+        counts.setdefault(shard, collections.Counter())[status] += 1
+    return accounting_rows(counts, meta, summary_path)
+
+
+def accounting_rows(counts: dict[str, dict[str, int]], meta: dict[str, dict[str, str]],
+                    summary_path: Path | None) -> list[dict]:
+    """``shard_accounting`` from rows counted by shard and status (``{shard: {status: rows}}``,
+    as a ``GROUP BY`` gives them), each index file's ``curate.*`` metadata and ``_summary.json``."""
     per: dict[str, dict[str, Any]] = {}
 
     def row_of(shard: str) -> dict[str, Any]:
         return per.setdefault(shard, {"shard": shard, "samples": 0, "ok": 0, "errors": collections.Counter(),
                                       "status": "", "error": ""})
 
-    for shard, status in zip(table.column(S.SHARD).to_pylist(), table.column(S.STATUS).to_pylist()):
+    for shard, by_status in counts.items():
         row = row_of(shard)
-        row["samples"] += 1
-        if status == S.STATUS_OK:
-            row["ok"] += 1
-        else:
-            row["errors"][status] += 1
+        for status, n in by_status.items():
+            row["samples"] += n
+            if status == S.STATUS_OK:
+                row["ok"] += n
+            else:
+                row["errors"][status] += n
     for md in meta.values():
         shard = md.get(S.META_SHARD)
         if shard is None:
@@ -241,7 +255,8 @@ def gather_report(index: str | Path, subset: str | None = None, band_by: str = S
     from curate.io.subset import load_subset_counts
 
     if band_by not in SCORES:
-        raise ValueError(f"--band-by must be one of {', '.join(SCORES)}, got {band_by!r}")
+        raise ValueError(f"--band-by must be one of {', '.join(SCORES)} on a score index (DataComp's score columns "
+                         f"need its metadata folder as --index too), got {band_by!r}")
     if per_band < 1:
         raise ValueError(f"--per-band must be at least 1, got {per_band}")
     if bands < 1:

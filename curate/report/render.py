@@ -34,6 +34,7 @@ class Example:
     original: str | None = None
     masked: str | None = None
     problem: str | None = None
+    extra: str | None = None  # more scores of the sample (DataComp's, on a DataComp pool)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ReportSummary:
     missing: int = 0
     subset_kept: int | None = None
     problems: list[str] = field(default_factory=list)
+    note: str = ""  # what the page could not show, for the command's line
 
 
 def _float(v: Any) -> float | None:
@@ -319,6 +321,7 @@ _GRID = """<div class="grid">{% for e in examples %}<div class="card">
 {% else %}<div class="problem">image not shown: {{ e.problem }}</div>{% endif %}
 <div class="caption">{{ e.caption if e.caption else "(no caption)" }}</div>
 <div>clip {{ fmt(e.clip_score) }} &middot; masked {{ fmt(e.masked_clip_score) }} &middot; {{ e.num_text_boxes }} box(es){% if e.text_area_frac is not none %}, text {{ "%.0f"|format(100 * e.text_area_frac) }}% of area{% endif %}</div>
+{% if e.extra %}<div>{{ e.extra }}</div>{% endif %}
 <div><small><code>{{ e.uid }}</code></small></div></div>{% else %}<p>(none)</p>{% endfor %}</div>"""
 
 
@@ -371,6 +374,10 @@ def render_search(result, html: str | Path, index: str | Path = "", shards: list
     check_page_out(html, dict(enumerate(result.rows)))
     html.parent.mkdir(parents=True, exist_ok=True)
     examples = _render_examples(dict(enumerate(result.rows)), html.parent, _shard_locator(shards), mask_method, thumb)
+    from curate.report.pool import _extra
+
+    for i, e in examples.items():  # DataComp's scores, when the metadata was given beside the index
+        e.extra = _extra(result.rows[i])
     page = _environment().from_string(_SEARCH_TEMPLATE).render(
         query=result.query, n=len(result.rows), index=str(index),
         sims=", ".join(f"{s:.3f}" for s in result.similarity[:10]) + (" ..." if len(result.rows) > 10 else ""),

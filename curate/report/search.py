@@ -7,6 +7,14 @@ searched in turn with an exact inner-product index (``faiss.IndexFlatIP``) and t
 kept across files, so memory holds one file's vectors at a time and the result is exact (cosine
 similarity: the stored vectors are L2-normalised). With ``--html`` the hits are shown as a grid
 of thumbnails read back from their shards, as in ``curate report``.
+
+On a DataComp pool (issue 29): with a DataComp metadata folder given beside the score index
+(``--index SCORE_INDEX --index METADATA_DIR``) the score index's embeddings are searched as
+above and each hit gets DataComp's columns (``clip_b32``/``clip_l14`` scores, ``url``) from the
+metadata, looked up by uid for the hits only (``curate.query.connect_files``, one streaming
+semi-join); a hit whose uid the metadata lacks is counted. The metadata folder alone cannot be
+searched: it holds no curate embeddings and names no shard, and DataComp's ``.npz`` embeddings
+are not read here, so it is refused with what to give instead.
 """
 
 from __future__ import annotations
@@ -54,15 +62,24 @@ class SearchResult:
     similarity: np.ndarray
     html: Path | None = None
     bad_uids: int = 0
+    metadata: str | None = None  # the DataComp metadata folder the hits' DataComp columns come from
+    not_in_metadata: int = 0  # hits whose uid the metadata lacks
 
     def format(self) -> str:
+        from curate.io.datacomp import ARCHS, SCORE_COLUMNS
+
+        dc = self.metadata is not None
         lines = [f"curate search: {self.query!r}: {len(self.rows)} nearest samples",
-                 f"{'rank':>4}  {'sim':>6}  {'clip':>6}  {'masked':>6}  uid                               caption"]
+                 f"{'rank':>4}  {'sim':>6}  {'clip':>6}  {'masked':>6}  "
+                 + "".join(f"{a:>6}  " for a in ARCHS if dc) + "uid                               caption"]
         for i, (r, s) in enumerate(zip(self.rows, self.similarity), 1):
             clip = "-" if r[S.CLIP_SCORE] is None else f"{r[S.CLIP_SCORE]:.4f}"
             masked = "-" if r[S.MASKED_CLIP_SCORE] is None else f"{r[S.MASKED_CLIP_SCORE]:.4f}"
+            more = "".join(f"{'-' if r.get(c) is None else format(r[c], '.4f'):>6}  " for c in SCORE_COLUMNS if dc)
             caption = " ".join((r[S.TEXT] or "").split())[:80]
-            lines.append(f"{i:>4}  {s:6.4f}  {clip:>6}  {masked:>6}  {r[S.UID]}  {caption}")
+            lines.append(f"{i:>4}  {s:6.4f}  {clip:>6}  {masked:>6}  {more}{r[S.UID]}  {caption}")
+        if self.not_in_metadata:
+            lines.append(f"{self.not_in_metadata} hit(s) have no row in the DataComp metadata {self.metadata}")
         if self.bad_uids:
             lines.append(f"passed over {self.bad_uids} row(s) whose uid is not a uid (32 lower-case hex characters)")
         if self.html:
@@ -76,7 +93,8 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
     """The ``top_k`` pool samples whose stored image embedding is nearest to the query.
 
     Args:
-        index: score-index folder scored with ``--embeddings``.
+        index: score-index folder scored with ``--embeddings``; or a list of it and a DataComp
+            metadata folder (``--index`` twice): the hits get DataComp's columns.
         text: a text query (e.g. ``"a red double-decker bus"``); or
         image: the path of a query image.
         top_k: how many hits.
@@ -91,7 +109,8 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
             message says which), or a ``shards`` spec with a scheme curate does not read
             (``curate.io.shards.check_shard_spec``: ``pipe:``, ...), found before any work;
             ``curate.io.atomic.ForeignOutput``: ``html`` (or an image beside it) is a file curate
-            did not write (``curate.report.render.check_page_out``; nothing is written).
+            did not write (``curate.report.render.check_page_out``; nothing is written);
+            ``NoEmbeddings`` too for a DataComp metadata folder without a score index.
         FileNotFoundError: no index files, or no such query image.
     """
     import faiss
@@ -110,6 +129,15 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
         check_shard_spec(spec, "--shards")
     if top_k < 1 or column not in (S.IMAGE_EMBEDDING, S.MASKED_IMAGE_EMBEDDING):
         raise ValueError(f"top_k must be >= 1 and column an image embedding, got {top_k}, {column!r}")
+    from curate.query import pool_files, score_index_of
+
+    idx_files, meta_files = pool_files(index)
+    if not idx_files:
+        raise NoEmbeddings("a DataComp metadata folder alone cannot be searched (it holds no curate embeddings and "
+                           "names no shard; its .npz embeddings are not read): give the score index of its shards, "
+                           "scored with `curate score --embeddings`, as --index, with the metadata folder as a "
+                           "second --index for DataComp's scores")
+    index = score_index_of(index)
     files = index_files(index)
     missing = [f for f in files if not embeddings_path(f).is_file()]
     if missing:
@@ -155,6 +183,9 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
     rows = [rows_of[(n, row)] for _, n, row in best]
     result = SearchResult(text if text is not None else f"image:{image}", rows,
                           np.asarray([b[0] for b in best], dtype=np.float32), bad_uids=bad_uids)
+    if meta_files:
+        result.metadata = str(Path(meta_files[0]).parent)
+        result.not_in_metadata = _add_datacomp_columns(rows, meta_files)
     if html is not None:
         from curate.report.render import render_search
 
@@ -164,3 +195,26 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
         result.html = render_search(result, html, index=index, shards=shards,
                                     mask_method=mask_method if mask_method != "none" else "mean")
     return result
+
+
+def _add_datacomp_columns(rows: list[dict], meta_files: list[str]) -> int:
+    """Give each hit row DataComp's columns (``url``, ``clip_b32``/``clip_l14`` scores) from the
+    metadata files, looked up by uid for these rows only (the hits' uids are a bound parameter);
+    ``None`` where the metadata has no row for the uid. Returns how many hits it lacks."""
+    from curate.io.datacomp import DC_URL, SCORE_COLUMNS
+    from curate.query import VIEW, connect_files
+
+    cols = [DC_URL, *SCORE_COLUMNS]
+    con = connect_files([], metadata=meta_files)
+    try:
+        names = {r[0] for r in con.execute(f"DESCRIBE {VIEW}").fetchall()}
+        cols = [c for c in cols if c in names]
+        found = {}
+        for r in con.execute(f"SELECT {S.UID}, {', '.join(cols)} FROM {VIEW} WHERE {S.UID} IN "
+                             f"(SELECT unnest($uids))", {"uids": sorted({r[S.UID] for r in rows})}).fetchall():
+            found.setdefault(r[0], dict(zip(cols, r[1:])))
+    finally:
+        con.close()
+    for r in rows:
+        r.update(found.get(r[S.UID], dict.fromkeys(cols)))
+    return sum(r[S.UID] not in found for r in rows)
