@@ -25,8 +25,8 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path

@@ -36,11 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from curate import schema as S  # noqa: E402
-from curate.scoring.config import load_config  # noqa: E402
 from curate.io.index import records_to_table  # noqa: E402
 from curate.models import resolve_pretrained  # noqa: E402
-from curate.scoring.plan import StageChain
-from curate.scoring.records import SHARD_RECORD, records_to_batch, shard_record_list
+from curate.scoring.config import load_config  # noqa: E402
+from curate.scoring.plan import StageChain  # noqa: E402
+from curate.scoring.records import SHARD_RECORD, records_to_batch, shard_record_list  # noqa: E402
 from tests.fuzz_shards import RandomDriver, build_tar, expected_keys, shard_members  # noqa: E402
 
 

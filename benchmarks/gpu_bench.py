@@ -143,8 +143,8 @@ def clip_throughput(images, device: str, models: list[str], batch: int) -> dict:
 def end_to_end(copies: int, device: str, clip_model: str, detectors: list[str], tmp: Path, num_cpus: int) -> dict:
     import ray
 
-    from curate.scoring.config import load_config
     from curate.scoring import run_score
+    from curate.scoring.config import load_config
 
     pool = tmp / "pool"
     pool.mkdir(exist_ok=True)

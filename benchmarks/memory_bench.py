@@ -121,8 +121,8 @@ class PeakMemory(threading.Thread):
 def measure(n_shards: int, per_shard: int, tmp: Path, object_store_mib: int | None = None) -> dict:
     import ray
 
-    from curate.scoring.config import load_config
     from curate.scoring import run_score
+    from curate.scoring.config import load_config
 
     pool = tmp / f"pool-{n_shards}"
     write_pool(pool, n_shards, per_shard)
@@ -181,7 +181,7 @@ def main() -> None:
     print("\npeak PSS (MiB) and peak process count per Ray process role:")
     print(f"{'role':<48}" + "".join(f"{str(r['shards']) + ' shards':>18}" for r in rows))
     for k in roles:
-        cells = "".join(f"{'%d x %.0f' % r['roles'][k] if k in r['roles'] else '-':>18}" for r in rows)
+        cells = "".join(f"{'{} x {:.0f}'.format(*r['roles'][k]) if k in r['roles'] else '-':>18}" for r in rows)
         print(f"{k[:47]:<48}{cells}")
     print("\npeak Ray PSS sum (MiB) per quarter of each run:")
     for r in rows:

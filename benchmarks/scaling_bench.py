@@ -23,8 +23,8 @@ SHARDS = sorted((REPO / "tests" / "data" / "shards").glob("sample-*.tar"))
 def main() -> None:
     import ray
 
-    from curate.scoring.config import load_config
     from curate.scoring import run_score
+    from curate.scoring.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--copies", type=int, default=2)

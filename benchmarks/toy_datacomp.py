@@ -474,7 +474,9 @@ def format_tables(rows: list[dict], pools: list[dict], tests: list[dict], args, 
                   "| mean CLIP score | mean masked CLIP score | mean text-match score |",
                   "| " + " | ".join(["---"] * 8) + " |"]
         for kind, m in pool["mechanism"].items():
-            pct = (lambda v: "-" if v != v else f"{100 * v:.1f}%")
+            def pct(v):
+                return "-" if v != v else f"{100 * v:.1f}%"
+
             lines.append(f"| {kind} | {m['n']} | {pct(m['boxes'])} | {pct(m['masked'])} | {pct(m['read'])} | "
                          f"{m['clip']:.4f} | {m['masked_clip']:.4f} | {m['tm']:.3f} |")
         lines.append("")

@@ -1,3 +1,6 @@
+
+
+
 """The ``curate`` command.
 
     curate score SHARDS... --out DIR [--config pipelines/tmars.yaml] [--clip-model NAME]
@@ -29,6 +32,7 @@ disk error, no traceback); 2 for a usage or configuration error (unknown model, 
 available offline, bad config), reported before any shard is read.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +43,7 @@ import sys
 from typing import Any
 
 from curate import __version__
+from curate.errors import CurateError
 
 
 def _positive_int(text: str) -> int:
@@ -153,39 +158,26 @@ def _add_score(sub) -> None:
 
 
 def _cmd_score(args) -> int:
-    from curate.models import PretrainedNotAvailable
-    from curate.scoring import IndexConfigMismatch, run_score
+    from curate.scoring import run_score
     from curate.scoring.config import apply_settings, load_config
 
-    try:
+    def call():
         cfg = apply_settings(load_config(args.config), _settings(args))
-        summary = run_score(
-            args.shards,
-            args.out,
-            cfg,
-            num_cpus=args.num_cpus,
-            address=args.address,
-            progress=not args.no_progress,
-            overwrite=args.overwrite,
-        )
-    except (PretrainedNotAvailable, IndexConfigMismatch, ValueError, FileNotFoundError) as e:
-        print(f"curate score: error: {_error_text(e)}", file=sys.stderr)
-        return 2
-    print(summary.format())
-    return summary.exit_code
+        return run_score(args.shards, args.out, cfg, num_cpus=args.num_cpus, address=args.address,
+                         progress=not args.no_progress, overwrite=args.overwrite)
+
+    return _run_command("score", call)
 
 
 def _add_filter(sub) -> None:
+    from curate.filters.rules import rule_signatures
+
     p = sub.add_parser(
         "filter",
         help="select a subset of the pool by rules over the score index (no image is re-read)",
-        description="Rules: tmars(threshold=|fraction=), clip_score(threshold=|fraction=, arch='b32'|'l14'), "
-        "no_filter(), basic_filter(lid_model=), laion2b(), text_based(wordnet=DIR), "
-        "image_based(centroids=PATH, targets=DIR), image_based_intersect_clip_score(centroids=, targets=, arch=, "
-        "fraction=|threshold=) (DataComp's baselines, exactly; image_based on its metadata with the .npz), "
-        "basic(), laion(), text_area(max=), text_based(classes=FILE); over the embeddings of an index scored with "
-        "--embeddings: dedup(threshold=, phash_bits=), decontaminate(evalset=DIR, threshold=, phash_bits=), "
-        "image_based(target=DIR, clusters=). Combine with & | ~ and parentheses. Fractions are pool-wide.",
+        description=f"Rules: {rule_signatures()}. Combine with & | ~ and parentheses; fraction= ranks the whole "
+        "pool's ok rows, not one file's. What each rule does, and which give DataComp's baselines exactly: README, 'Filter and query the "
+        "index' and 'DataComp participants'.",
     )
     _add_pool_index(p)
     p.add_argument("--rule", help='e.g. "tmars(fraction=0.5) & basic()"')
@@ -194,6 +186,19 @@ def _add_filter(sub) -> None:
     _add_memory_limit(p, "the kept rows spill to OUT/.filter-work and are sorted a uid range at a time")
     p.add_argument("--address", help="run on this Ray cluster (or RAY_ADDRESS's), a task per group of index files; "
                    "the index and --out must be on storage every node reads (default: one process)")
+
+
+def _cmd_filter(args) -> int:
+    from curate.filters import run_filter
+
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        from curate.filters.distributed import run_filter_distributed
+
+        return _run_command("filter", lambda: run_filter_distributed(
+            args.index, args.rule, args.out, where=args.where, memory_limit=args.memory_limit,
+            address=args.address))
+    return _run_command("filter", lambda: run_filter(args.index, args.rule, args.out, where=args.where,
+                                                     memory_limit=args.memory_limit))
 
 
 def _add_query(sub) -> None:
@@ -207,6 +212,23 @@ def _add_query(sub) -> None:
     p.add_argument("--output", help="write the result to a .csv, .parquet, .json or .jsonl file instead of printing")
     p.add_argument("--max-rows", type=_positive_int, default=40, help="rows to print (default 40)")
     _add_memory_limit(p, "--output is streamed; DuckDB spills sorts and joins beyond this to disk")
+
+
+def _cmd_query(args) -> int:
+    from curate.query import query, query_to_file
+
+    def call() -> None:
+        if args.output:
+            rows = query_to_file(args.sql, args.index, args.output, memory_limit=args.memory_limit)
+            print(f"{rows} rows written to {args.output}")
+        else:
+            import duckdb
+
+            table = query(args.sql, args.index)
+            duckdb.from_arrow(table).show(max_rows=args.max_rows, max_width=200)
+            print(f"({table.num_rows} rows)")
+
+    return _run_command("query", call)
 
 
 def _add_pool_index(p) -> None:
@@ -240,6 +262,13 @@ def _add_reshard(sub) -> None:
     _add_settings(p, ReshardConfig, "settings")
 
 
+def _cmd_reshard(args) -> int:
+    from curate.io.reshard import reshard
+
+    return _run_command("reshard", lambda: reshard(args.subset, args.shards, args.out, face_boxes=args.face_boxes,
+                                                   **_settings(args)))
+
+
 def _add_report(sub) -> None:
     p = sub.add_parser(
         "report",
@@ -260,16 +289,15 @@ def _add_report(sub) -> None:
 def _cmd_report(args) -> int:
     from curate.report import build_report
 
-    try:
-        r = build_report(args.index, args.out, subset=args.subset, shards=args.shards, **_settings(args))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"curate report: error: {_error_text(e)}", file=sys.stderr)
-        return 2
-    print(f"curate report: {r.html} ({r.num_samples} samples, {r.num_examples} examples shown, "
-          f"{r.num_images} images" + (f", {r.missing} image(s) unreadable, shown with the reason" if r.missing else "")
-          + (f"; subset kept {r.subset_kept}" if r.subset_kept is not None else "") + ")"
-          + (f"; {r.note}" if r.note else ""))
-    return 0
+    def show(r) -> str:
+        return (f"curate report: {r.html} ({r.num_samples} samples, {r.num_examples} examples shown, "
+                f"{r.num_images} images"
+                + (f", {r.missing} image(s) unreadable, shown with the reason" if r.missing else "")
+                + (f"; subset kept {r.subset_kept}" if r.subset_kept is not None else "") + ")"
+                + (f"; {r.note}" if r.note else ""))
+
+    return _run_command("report", lambda: build_report(args.index, args.out, subset=args.subset, shards=args.shards,
+                                                       **_settings(args)), show=show)
 
 
 def _add_search(sub) -> None:
@@ -293,11 +321,10 @@ def _add_search(sub) -> None:
 
 
 def _cmd_search(args) -> int:
-    from curate.models import PretrainedNotAvailable
     from curate.report.search import search
 
     return _run_command("search", lambda: search(args.index, text=args.query, image=args.image, html=args.html,
-                                                 shards=args.shards, **_settings(args)), PretrainedNotAvailable)
+                                                 shards=args.shards, **_settings(args)))
 
 
 def _add_train(sub) -> None:
@@ -366,6 +393,15 @@ def _add_evaluate(sub) -> None:
     _add_settings(p, EvalConfig, "settings")
 
 
+def _cmd_evaluate(args) -> int:
+    from curate.evaluate.run import run_evaluate
+    from curate.evaluate.tasks import parse_tasks
+
+    return _run_command("evaluate", lambda: run_evaluate(
+        parse_tasks(args.tasks), args.data_dir, args.out, model=args.model, pretrained=args.pretrained,
+        train_dir=args.train_dir, **_settings(args)))
+
+
 def _add_make_evalset(sub) -> None:
     p = sub.add_parser(
         "make-evalset",
@@ -383,16 +419,6 @@ def _add_make_evalset(sub) -> None:
     from curate.evaluate.make_evalset import EvalsetConfig
 
     _add_settings(p, EvalsetConfig, "settings")
-
-
-def _cmd_evaluate(args) -> int:
-    from curate.evaluate.run import run_evaluate
-    from curate.evaluate.tasks import parse_tasks
-    from curate.models import PretrainedNotAvailable
-
-    return _run_command("evaluate", lambda: run_evaluate(
-        parse_tasks(args.tasks), args.data_dir, args.out, model=args.model, pretrained=args.pretrained,
-        train_dir=args.train_dir, **_settings(args)), PretrainedNotAvailable)
 
 
 def _cmd_make_evalset(args) -> int:
@@ -435,59 +461,27 @@ def disk_full(e: BaseException | None) -> BaseException | None:
     return None
 
 
-def _run_command(command: str, call, *errors: type[Exception]) -> int:
-    """Run ``call``; print its summary (exit code: the summary's, else 0), or a usage error (2)."""
+# The one error path of every command: an error the user fixes from its message (``CurateError``,
+# and the ValueError / FileNotFoundError curate raises for bad input) is one line and exit 2; a
+# full disk is ``main``'s one line and exit 1; anything else is a bug and keeps its traceback.
+USER_ERRORS = (CurateError, ValueError, FileNotFoundError)
+
+
+def _run_command(command: str, call, show=None) -> int:
+    """Run ``call``; print ``show(result)`` (default ``result.format()``; nothing for ``None``)
+    and return the result's ``exit_code`` (else 0), or print a ``USER_ERRORS`` error in one line
+    and return 2."""
     try:
-        summary = call()
-    except (ValueError, FileNotFoundError, *errors) as e:
+        result = call()
+    except USER_ERRORS as e:
         if disk_full(e):
             raise  # main's one line
         print(f"curate {command}: error: {_error_text(e)}", file=sys.stderr)
         return 2
-    print(summary.format())
-    return getattr(summary, "exit_code", 0)
-
-
-def _cmd_reshard(args) -> int:
-    from curate.io.reshard import reshard
-
-    return _run_command("reshard", lambda: reshard(args.subset, args.shards, args.out, face_boxes=args.face_boxes,
-                                                   **_settings(args)))
-
-
-def _cmd_filter(args) -> int:
-    from curate.filters import RuleError, run_filter
-
-    if args.address or os.environ.get("RAY_ADDRESS"):
-        from curate.filters.distributed import run_filter_distributed
-
-        return _run_command("filter", lambda: run_filter_distributed(
-            args.index, args.rule, args.out, where=args.where, memory_limit=args.memory_limit,
-            address=args.address), RuleError)
-    return _run_command("filter", lambda: run_filter(args.index, args.rule, args.out, where=args.where,
-                                                                memory_limit=args.memory_limit), RuleError)
-
-
-def _cmd_query(args) -> int:
-    from curate.query import QueryError, query, query_to_file
-
-    try:
-        if args.output:
-            rows = query_to_file(args.sql, args.index, args.output, memory_limit=args.memory_limit)
-            print(f"{rows} rows written to {args.output}")
-        else:
-            import duckdb
-
-            table = query(args.sql, args.index)
-            rel = duckdb.from_arrow(table)
-            rel.show(max_rows=args.max_rows, max_width=200)
-            print(f"({table.num_rows} rows)")
-    except (QueryError, FileNotFoundError, ValueError) as e:
-        if disk_full(e):
-            raise  # main's one line
-        print(f"curate query: error: {_error_text(e)}", file=sys.stderr)
-        return 2
-    return 0
+    text = show(result) if show is not None else result.format() if result is not None else None
+    if text is not None:
+        print(text)
+    return getattr(result, "exit_code", 0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -502,6 +496,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+# Each command: (the function that adds its parser, the function that runs it), in --help order.
+COMMANDS = {
+    "score": (_add_score, _cmd_score),
+    "filter": (_add_filter, _cmd_filter),
+    "query": (_add_query, _cmd_query),
+    "reshard": (_add_reshard, _cmd_reshard),
+    "train": (_add_train, _cmd_train),
+    "evaluate": (_add_evaluate, _cmd_evaluate),
+    "make-evalset": (_add_make_evalset, _cmd_make_evalset),
+    "report": (_add_report, _cmd_report),
+    "search": (_add_search, _cmd_search),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="curate",
@@ -509,15 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"curate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_score(sub)
-    _add_filter(sub)
-    _add_query(sub)
-    _add_reshard(sub)
-    _add_train(sub)
-    _add_evaluate(sub)
-    _add_make_evalset(sub)
-    _add_report(sub)
-    _add_search(sub)
+    for name, (add, handler) in COMMANDS.items():
+        add(sub)
+        sub.choices[name].set_defaults(handler=handler)
     return parser
 
 
@@ -525,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``curate`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        return args.handler(args)
     except KeyboardInterrupt:
         print(f"curate {args.command}: interrupted; finished index files are kept, rerun to resume", file=sys.stderr)
         return 130
@@ -537,28 +539,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curate {args.command}: error: no space left on device ({detail}). Free space on that disk, or write "
               f"the output to a larger one, then rerun", file=sys.stderr)
         return 1
-
-
-def _dispatch(args) -> int:
-    if args.command == "score":
-        return _cmd_score(args)
-    if args.command == "filter":
-        return _cmd_filter(args)
-    if args.command == "query":
-        return _cmd_query(args)
-    if args.command == "reshard":
-        return _cmd_reshard(args)
-    if args.command == "train":
-        return _cmd_train(args)
-    if args.command == "evaluate":
-        return _cmd_evaluate(args)
-    if args.command == "make-evalset":
-        return _cmd_make_evalset(args)
-    if args.command == "report":
-        return _cmd_report(args)
-    if args.command == "search":
-        return _cmd_search(args)
-    raise AssertionError(args.command)
 
 
 if __name__ == "__main__":

@@ -97,18 +97,29 @@ def build_section(cls: type, data: dict[str, Any] | None, where: str) -> Any:
                   for name, value in data.items()})
 
 
+POSITIVE = {"positive": True}  # field metadata: the setting must be > 0
+AT_LEAST_0 = {"min": 0}  # field metadata: the setting must be >= 0
+
+
 def check_field(key: str, value: Any, f: dataclasses.Field, default: Any) -> Any:
-    """``check_type`` for the dataclass field ``f``, then what its metadata declares: a lower
-    bound (``metadata["min"]``) and the allowed values (``metadata["choices"]``, a registry's
-    keys such as ``curate.stages.detect.DETECTORS``).
+    """``check_type`` for the dataclass field ``f``, then what its metadata declares (the one
+    place a setting's bounds are written): ``metadata["positive"]`` (> 0), bounds
+    (``metadata["min"]`` and ``metadata["max"]``, inclusive) and the allowed values
+    (``metadata["choices"]``, a registry's keys such as ``curate.stages.detect.DETECTORS``).
+    ``None`` (``auto``) passes the bounds.
 
     Raises:
-        ValueError: wrong type, below the bound, or not a choice (the message names ``key``).
+        ValueError: wrong type, out of bounds, or not a choice (the message names ``key``).
     """
     value = check_type(key, value, default, f.type)
-    low = f.metadata.get("min")
-    if low is not None and value is not None and value < low:
-        raise ValueError(f"{key} must be at least {low}, got {value!r}")
+    if value is not None and not isinstance(value, str):
+        if f.metadata.get("positive") and value <= 0:
+            raise ValueError(f"{key} must be a positive number, got {value!r}")
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        if low is not None and value < low:
+            raise ValueError(f"{key} must be at least {low}, got {value!r}")
+        if high is not None and value > high:
+            raise ValueError(f"{key} must be at most {high}, got {value!r}")
     if "choices" in f.metadata:
         check_choice(key, value, f.metadata["choices"])
     return value

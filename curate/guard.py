@@ -145,7 +145,7 @@ class StageGuard:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "StageGuard":
+    def __enter__(self) -> StageGuard:
         if self.timeout_s > 0 or self.memory_mb > 0:
             start = resident_bytes() if self.memory_mb > 0 else None
             self._thread = threading.Thread(target=self._watch, args=(time.monotonic(), start),

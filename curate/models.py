@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from curate import schema as S
+from curate.errors import CurateError
 from curate.limits import DEFAULT_LIMITS, Limits
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -32,7 +33,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 _registered = False
 
 
-class PretrainedNotAvailable(RuntimeError):
+class PretrainedNotAvailable(CurateError, RuntimeError):
     """Pretrained CLIP weights were asked for but are not on this machine."""
 
 
@@ -241,7 +242,7 @@ def _long_piece(max_word_chars: int):
     import regex
 
     n = int(max_word_chars) + 1
-    return regex.compile(r"\p{L}{%d,}|[^\s\p{L}\p{N}]{%d,}" % (n, n))
+    return regex.compile(r"\p{L}{" + str(n) + r",}|[^\s\p{L}\p{N}]{" + str(n) + r",}")
 
 
 _WORD = re.compile(r"\S+")  # a word of str.split (re's \s is str.isspace)

@@ -14,13 +14,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.errors import CurateError
 from curate.io.atomic import ForeignOutput, atomic_path, make_work_folder, remove_work_folder
 from curate.io.index import index_files
 
 VIEW = "scores"
 
 
-class QueryError(ValueError):
+class QueryError(CurateError, ValueError):
     """A query that is not a single read-only statement, or that DuckDB rejects."""
 
 

@@ -113,8 +113,8 @@ def scored(pool, tmp_path_factory, ray_cluster):
     (``--ocr``) and the tiny CLIP (``pipelines/tiny_cpu.yaml``). Tests may rerun into the folder
     but leave it complete."""
     out = tmp_path_factory.mktemp("index")
-    from curate.scoring.config import load_config
     from curate.scoring import run_score
+    from curate.scoring.config import load_config
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
     cfg.detect.ocr = True

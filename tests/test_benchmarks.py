@@ -45,6 +45,7 @@ def test_toy_datacomp_pool_has_the_kinds_it_claims(tmp_path):
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     import toy_datacomp as toy
+
     from curate.io.shards import SHARD_COMPLETE, is_datacomp_uid, read_shard
 
     cifar = REPO.parent / "shared" / "data" / "cifar10" / "test.tar"

@@ -201,3 +201,17 @@ def test_legacy_metadata_keys_are_read_under_their_names(tmp_path):
     table = pa.table({"x": [1]}).replace_schema_metadata({"curate.detect_long_side": "512", "curate.detector": "craft"})
     pq.write_table(table, path)
     assert read_index_metadata(path) == {S.META_DETECT_LONG_SIDE: "512", S.META_DETECTOR: "craft"}
+
+
+def test_filter_help_lists_every_rule(capsys):
+    """The rule list of ``curate filter --help`` is read from ``RULES`` (``text_match()`` was missing
+    from the hand-written one, issue 30)."""
+    from curate.filters.rules import RULES
+
+    with pytest.raises(SystemExit) as e:
+        main(["filter", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the description
+    for name in RULES:
+        assert f"{name}(" in text, name
+    assert "text_match(min_confidence=, threshold=)" in text

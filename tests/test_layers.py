@@ -18,7 +18,7 @@ from tests.conftest import REPO
 
 # Lowest first. Components of one layer may not import each other.
 LAYERS: list[tuple[str, ...]] = [
-    ("curate.schema", "curate.limits"),
+    ("curate.schema", "curate.limits", "curate.errors"),
     ("curate.config", "curate.models", "curate.runtime", "curate.guard", "curate.io"),
     ("curate.stages", "curate.query"),
     ("curate.scoring", "curate.filters", "curate.train"),

@@ -36,9 +36,9 @@ def members(shard) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def edge_rows():
     """The edge shard through the whole stage chain (no Ray), DBNet and the tiny CLIP."""
-    from curate.scoring.config import load_config
     from curate.io.index import records_to_table
     from curate.models import resolve_pretrained
+    from curate.scoring.config import load_config
     from curate.scoring.plan import StageChain
     from curate.scoring.records import records_to_batch, shard_record_list
 

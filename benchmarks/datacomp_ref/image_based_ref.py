@@ -53,10 +53,9 @@ from pathlib import Path
 DATACOMP = Path(os.environ.get("DATACOMP_REF_SRC", "/work/datacomp-ref/datacomp"))
 sys.path.insert(0, str(DATACOMP))
 
+import baselines.apply_filter as af  # noqa: E402  (DataComp's own module, in DataComp's env)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-import baselines.apply_filter as af  # noqa: E402  (DataComp's own module, in DataComp's env)
 
 # ---- patch 1: the device ---------------------------------------------------------------------
 _to = torch.Tensor.to

@@ -96,15 +96,14 @@ def main() -> None:
     import pandas as pd
 
     nltk.data.path.insert(0, args.nltk_data)
-    from nltk.corpus import wordnet
-
     from baselines.apply_filter import does_contain_text_entity, get_fasttext_language, get_gcld3_language
     from baselines.utils import download
+    from nltk.corpus import wordnet
 
     commit = open(os.path.join(DATACOMP, "COMMIT")).read().strip()
     ids_path = download("imagenet21k_wordnet_ids")  # sha256-checked against DataComp's hash
     # as load_uids_with_text_entity builds it: a list, membership by ==
-    entity_ids = open(ids_path, "r").readlines()
+    entity_ids = open(ids_path).readlines()
     entity_ids = [x.strip() for x in entity_ids]
     entity_ids = [int(x[1:]) for x in entity_ids]
     entity_set = set(entity_ids)  # the same membership test, faster; checked on every row below

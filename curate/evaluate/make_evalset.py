@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
 
 from curate.evaluate.datasets import default_classnames, default_templates
 from curate.io.atomic import atomic_folder, refuse_foreign
-from curate.schema import cap_error
 from curate.io.formats import EVAL_WDS_EXTS, image_suffixes
 from curate.limits import DEFAULT_LIMITS
+from curate.schema import cap_error
 
 
 @dataclass

@@ -35,6 +35,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curate.errors import CurateError
+
 DATACOMP_COMMIT = "4a8df1992566ef8334773f7152e1855b1f716162"
 # baselines/utils.py, download(): "imagenet21k_wordnet_ids"
 IMAGENET21K_IDS_SHA256 = "66362bdedf36d933382edca5493fc562dcc17128ce36403c9e730a75f48cb2f2"
@@ -44,7 +46,7 @@ LID_176_FTZ_SHA256 = "8f3472cfe8738a7b6099e8e999c3cbfae0dcd15696aac7d7738a8039db
 _LOCK = threading.Lock()
 
 
-class DataCompAssetError(RuntimeError):
+class DataCompAssetError(CurateError, RuntimeError):
     """A model, database or package that a DataComp caption test needs is missing or wrong."""
 
 
@@ -502,7 +504,7 @@ class ImageNet21kWords:
                     _WORDNETS[self.wordnet_path] = _WordNet(self.wordnet_path)
                 if self.synsets_path not in _IDS:
                     # load_uids_with_text_entity: readlines(), strip(), int(x[1:])
-                    with open(self.synsets_path, "r") as f:
+                    with open(self.synsets_path) as f:
                         _IDS[self.synsets_path] = frozenset(int(x.strip()[1:]) for x in f.readlines())
                 wn, ids = _WORDNETS[self.wordnet_path], _IDS[self.synsets_path]
         cache = _WORD_CACHES.setdefault((self.wordnet_path, self.synsets_path), {})

@@ -35,9 +35,19 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate
-from curate.filters.run import (BATCH_ROWS, SAMPLE_FIELDS, FilterSummary, check_filter_out, check_where_binds,
-                                plan_filter, search_threshold, uid_bounds, write_datacomp_subset, write_summary,
-                                write_unshared)
+from curate.filters.run import (
+    BATCH_ROWS,
+    SAMPLE_FIELDS,
+    FilterSummary,
+    check_filter_out,
+    check_where_binds,
+    plan_filter,
+    search_threshold,
+    uid_bounds,
+    write_datacomp_subset,
+    write_summary,
+    write_unshared,
+)
 from curate.io.atomic import make_work_folder, remove_work_folder
 from curate.query import VIEW, connect_files, pool_files
 

@@ -80,6 +80,27 @@ def _embeddings(pool: Pool, leaf: Leaf, index_columns):
         raise RuleError(f"{leaf.name}(): {e}") from None
 
 
+def _similarity_threshold(leaf: Leaf, pool: Pool) -> float:
+    """``threshold=`` of ``dedup`` / ``decontaminate`` (cosine similarity, default 0.95), checked
+    against the index's weights (issue 30): a random-init CLIP maps unrelated images close
+    together (on the sample pool, ``dedup()`` kept 6 of 485 samples and ``decontaminate()``
+    removed all of them). On such an index the default becomes 1 (image hashes only) and an
+    explicit threshold below 1 is kept; either way ``leaf.details["warning"]`` says so, and the
+    filter's summary prints it as a ``WARNING`` line."""
+    given = "threshold" in leaf.kwargs
+    threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
+    if threshold >= 1 or _index_model(pool.index)[1] is not None:
+        return threshold
+    if given:
+        leaf.details["warning"] = (f"the index was scored with a random-init CLIP, whose embeddings put unrelated "
+                                   f"images close together: threshold={threshold:g} compares them anyway")
+        return threshold
+    leaf.details["warning"] = ("the index was scored with a random-init CLIP, whose embeddings put unrelated images "
+                               "close together: matched by image hashes only (threshold=1); give threshold= to "
+                               "compare the embeddings anyway")
+    return 1.0
+
+
 def dedup_rule(leaf: Leaf, pool: Pool) -> None:
     """Resolve ``dedup(threshold=...)`` (see the module docstring).
 
@@ -88,9 +109,9 @@ def dedup_rule(leaf: Leaf, pool: Pool) -> None:
     """
     from curate.filters.dedup import dedup_groups
 
-    threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
     bits = int(_number(leaf, "phash_bits", 2, 0, 16))
     rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY, S.MASKED_CLIP_SCORE))
+    threshold = _similarity_threshold(leaf, pool)
     n = rows.num_rows
     priority = rows.column(S.MASKED_CLIP_SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
     leader = dedup_groups(vectors if threshold < 1 else None, priority, threshold,
@@ -109,8 +130,8 @@ def dedup_rule(leaf: Leaf, pool: Pool) -> None:
     path = pool.artifact("dedup_groups.parquet")
     pool.write_artifact(path, groups.sort_by([("group", "ascending"), ("kept", "descending")]))
     leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(kept)))
-    leaf.details = {"groups": int((sizes > 1).sum()), "duplicates removed": int(n - kept.sum()),
-                    **_no_structure(hashes, bits), "files": {"groups": path}}
+    leaf.details.update({"groups": int((sizes > 1).sum()), "duplicates removed": int(n - kept.sum()),
+                         **_no_structure(hashes, bits), "files": {"groups": path}})
 
 
 def _no_structure(hashes: pa.Table, bits: int) -> dict[str, int]:
@@ -190,6 +211,9 @@ def image_based_rule(leaf: Leaf, pool: Pool) -> None:
     hit = np.isin(pool_cluster[:, 0], chosen)
     leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(hit)))
     leaf.details = {"clusters": k, "target images": len(targets), "clusters chosen": len(chosen), **found.report()}
+    if _index_model(pool.index)[1] is None:
+        leaf.details["warning"] = ("the index was scored with a random-init CLIP: its clusters do not group images "
+                                   "by content, so this subset is not DataComp's image-based selection")
 
 
 EMBED_BATCH = 64  # test images per forward pass (their (3, S, S) model inputs, not the images, are held)
@@ -390,10 +414,10 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     evalset = leaf.kwargs.get("evalset")
     if not isinstance(evalset, str) or not evalset:
         raise RuleError("decontaminate() needs evalset='DIR' (a test-set folder, e.g. from curate make-evalset)")
-    threshold = _number(leaf, "threshold", 0.95, 1e-6, 1.0)
     bits = int(_number(leaf, "phash_bits", 2, 0, 16))
     _check_local_folder(leaf, evalset, "evalset")
     rows, vectors, hashes = _embeddings(pool, leaf, (S.UID, S.SHARD, S.KEY))
+    threshold = _similarity_threshold(leaf, pool)
     # threshold=1: perceptual hashes only (e.g. a random-init model's index), no model is run
     found = _read_test_images(pool, evalset, leaf, embed=threshold < 1, phash=True)
     names, eval_phash = found.names, found.phash
@@ -442,8 +466,8 @@ def decontaminate_rule(leaf: Leaf, pool: Pool) -> None:
     path = pool.artifact("decontamination.parquet")
     pool.write_artifact(path, matches)
     leaf.sql = pool.keep_rows(leaf, rows.filter(pa.array(~hit)))
-    leaf.details = {"test images": len(names), "matched by image bytes": int(by_bytes.sum()),
-                    "matched by phash": int((by_phash & ~by_bytes).sum()),
-                    "by embedding only": int((by_emb & ~by_phash & ~by_bytes).sum()),
-                    **({"test images without a usable perceptual hash": no_hash} if no_hash else {}),
-                    **_no_structure(hashes, bits), **found.report(), "files": {"matches": path}}
+    leaf.details.update({"test images": len(names), "matched by image bytes": int(by_bytes.sum()),
+                         "matched by phash": int((by_phash & ~by_bytes).sum()),
+                         "by embedding only": int((by_emb & ~by_phash & ~by_bytes).sum()),
+                         **({"test images without a usable perceptual hash": no_hash} if no_hash else {}),
+                         **_no_structure(hashes, bits), **found.report(), "files": {"matches": path}})

@@ -61,17 +61,19 @@ from __future__ import annotations
 import ast
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import duckdb
 
 from curate import schema as S
+from curate.errors import CurateError
 
 OK = f"{S.STATUS} = '{S.STATUS_OK}'"
 
 
-class RuleError(ValueError):
+class RuleError(CurateError, ValueError):
     """A rule expression that cannot be parsed or has bad arguments."""
 
 
@@ -406,8 +408,14 @@ def _datacomp_image_based(leaf: Leaf, pool: Pool) -> str:
     The embeddings are found by ``metadata_file``/``metadata_row``, also on metadata joined with a
     score index (whose ``text`` the caption tests then read: the shard's caption, the metadata's
     wherever the two agree). Sets ``leaf.sql``; returns it."""
-    from curate.filters.datacomp_image import (NearTargetCentroid, load_centroids, load_targets,
-                                               more_than_one_fasttext_token, target_centroid_ids, target_paths)
+    from curate.filters.datacomp_image import (
+        NearTargetCentroid,
+        load_centroids,
+        load_targets,
+        more_than_one_fasttext_token,
+        target_centroid_ids,
+        target_paths,
+    )
     from curate.filters.datacomp_text import FastTextEnglish
     from curate.io.datacomp import DC_FILE, DC_ROW
 
@@ -484,6 +492,13 @@ RULES: dict[str, tuple[Callable, set[str]]] = {
     "image_based_intersect_clip_score": (_image_based_intersect_clip_score,
                                          {"centroids", "targets", "lid_model", "arch", "threshold", "fraction"}),
 }
+
+
+def rule_signatures() -> str:
+    """Every rule of ``RULES`` with its keyword arguments, for ``curate filter --help``:
+    ``tmars(fraction=, threshold=), clip_score(arch=, fraction=, threshold=), ...``. Read from
+    the registry, so a rule added there is listed (the module docstring says what each does)."""
+    return ", ".join(f"{name}({', '.join(f'{a}=' for a in sorted(args))})" for name, (_, args) in RULES.items())
 
 
 def parse_rule(text: str):

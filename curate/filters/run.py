@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import duckdb
 import numpy as np
@@ -21,13 +21,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate.filters.rules import (OK, Leaf, Pool, RuleError, check_predicate, leaves, parse_rule, resolve,
-                                  rule_sql)
+from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate, leaves, parse_rule, resolve, rule_sql
+from curate.io.atomic import (
+    ForeignOutput,
+    atomic_path,
+    make_work_folder,
+    read_own_json,
+    refuse_foreign,
+    remove_work_folder,
+    write_json_atomically,
+)
+from curate.io.datacomp import SCORE_COLUMNS as DATACOMP_SCORES
 from curate.io.subset import uids_to_datacomp
 from curate.query import VIEW, connect, pool_files, score_index_of
-from curate.io.atomic import (ForeignOutput, atomic_path, make_work_folder, read_own_json, refuse_foreign,
-                               remove_work_folder, write_json_atomically)
-from curate.io.datacomp import SCORE_COLUMNS as DATACOMP_SCORES
 
 
 class IndexPool(Pool):
@@ -185,6 +191,15 @@ def search_threshold(rows_of: Callable[[str, dict], list[list[tuple]]], values_o
     return float(np.partition(values, len(values) - 1 - rank)[len(values) - 1 - rank])
 
 
+def kept_text(kept: int, pool_rows: int, pool_ok: int) -> str:
+    """The one way curate states a subset's size (filter summary, report):
+    ``15 of 41 samples (36.59% of the pool; 38.46% of its 39 ok samples)``. The pool is every
+    row, as DataComp states subset sizes; the ok share is the base of curate's ``fraction=``."""
+    of_pool = kept / pool_rows if pool_rows else 0.0
+    of_ok = kept / pool_ok if pool_ok else 0.0
+    return f"{kept} of {pool_rows} samples ({of_pool:.2%} of the pool; {of_ok:.2%} of its {pool_ok} ok samples)"
+
+
 @dataclass
 class FilterSummary:
     """What ``run_filter`` did; ``format()`` is the printed summary."""
@@ -203,12 +218,11 @@ class FilterSummary:
     not_scored: int = 0  # rows of DataComp metadata joined with a score index that the index lacks
 
     def format(self) -> str:
-        frac = self.kept / self.pool_ok if self.pool_ok else 0.0
         lines = [
             "curate filter: summary",
             f"  rule          {self.rule or '-'}" + (f"  WHERE {self.where}" if self.where else ""),
             f"  pool          {self.pool_rows} rows, {self.pool_ok} ok ({self.pool_rows - self.pool_ok} not ok, never kept)",
-            f"  kept          {self.kept} ({frac:.2%} of ok rows)",
+            f"  kept          {kept_text(self.kept, self.pool_rows, self.pool_ok)}",
         ]
         if self.not_scored:
             lines.append(f"  not scored    {self.not_scored} row(s) of the DataComp metadata have no row in the score "
@@ -224,8 +238,12 @@ class FilterSummary:
         for name, thr in self.thresholds.items():
             lines.append(f"  threshold     {name} >= {thr:.6g}")
         for name, found in self.details.items():
-            lines.append(f"  found         {name}: " + ", ".join(f"{k} {v}" for k, v in found.items()))
-        for kind, path in self.outputs.items():
+            shown = {k: v for k, v in found.items() if k != "warning"}
+            if shown:
+                lines.append(f"  found         {name}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+            if found.get("warning"):
+                lines.append(f"  WARNING       {name}: {found['warning']}")
+        for path in self.outputs.values():
             lines.append(f"  wrote         {path}")
         return "\n".join(lines)
 
@@ -426,7 +444,7 @@ def check_where_binds(con: duckdb.DuckDBPyConnection, expr: str) -> None:
     con.execute(f"SELECT 1 FROM {VIEW} WHERE coalesce(({expr}), FALSE) LIMIT 0").fetchall()
 
 
-def select_pool(con: duckdb.DuckDBPyConnection, plan: FilterPlan, work: Path) -> tuple[int, int, list[int], "KeptRuns"]:
+def select_pool(con: duckdb.DuckDBPyConnection, plan: FilterPlan, work: Path) -> tuple[int, int, list[int], KeptRuns]:
     """One scan of the pool: evaluate the rule on every row, count what each part removes, and
     spill the kept rows to uid ranges and every row's uid hash to hash buckets (``KeptRuns``).
 

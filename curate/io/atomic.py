@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from curate.errors import CurateError
 from curate.schema import cap_error
 
 
@@ -140,7 +141,7 @@ def inside(folder: str | Path, name: str | Path) -> Path:
 WORK_MARKER = ".curate-work"  # the file in every work or spill folder curate creates
 
 
-class ForeignOutput(ValueError):
+class ForeignOutput(CurateError, ValueError):
     """A command would replace or remove a file or folder that curate did not write (a user's
     file where an output goes, an input, a folder without curate's marker); nothing was changed.
     A ``ValueError``: the CLI reports it as a usage error (exit 2)."""

@@ -42,8 +42,9 @@ Where curate differs from DataComp, on purpose:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from curate.io.datacomp import DC_FACES, metadata_files
 from curate.limits import PILLOW_MAX_PIXELS

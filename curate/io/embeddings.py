@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema as S
+from curate.errors import CurateError
 from curate.io.index import index_files, write_parquet_atomically
 
 
@@ -83,7 +84,7 @@ def write_embeddings_file(index_file: str | Path, columns: dict[str, np.ndarray]
     return path
 
 
-class NoEmbeddings(ValueError):
+class NoEmbeddings(CurateError, ValueError):
     """The index was scored without ``--embeddings`` (or an embedding file is missing or stale)."""
 
 

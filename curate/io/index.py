@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -188,16 +189,51 @@ def complete_index_metadata(path: str | Path) -> dict[str, str] | None:
     return md if complete else None
 
 
+# What other folders curate (or a user) passes where a score index goes look like, by the file
+# that marks them, checked in this order: (marker, what the folder is, what to give instead).
+_NOT_AN_INDEX = (
+    ("filter_summary.json", "a subset folder written by `curate filter`",
+     "give --index the score index it was filtered from (curate report takes the subset as --subset)"),
+    ("train_config.json", "a `curate train` output folder", "give --index a score index written by `curate score`"),
+    ("eval_results.jsonl", "a `curate evaluate` output folder", "give --index a score index written by `curate score`"),
+    ("index.html", "a `curate report` page", "give --index the score index the page was made from"),
+    ("reshard_summary.json", "shards written by `curate reshard`", "score them with `curate score` first"),
+)
+
+
+def describe_not_an_index(index: str | Path) -> str:
+    """One line saying that ``index`` is not a score index, what it is, and what to give
+    instead, e.g. ``out/subset is a subset folder written by `curate filter`, not a score index:
+    give --index the score index it was filtered from (...)``."""
+    p = Path(index)
+    if not p.exists():
+        return f"{index}: no such file or folder"
+    if p.is_file():
+        return f"{index} is not a score-index file (*{INDEX_SUFFIX} written by `curate score`)"
+    for marker, what, instead in _NOT_AN_INDEX:
+        if (p / marker).is_file():
+            return f"{index} is {what}, not a score index: {instead}"
+    if any(p.glob("*.tar")) or any(p.glob("*.tar.gz")):
+        return f"{index} holds shards, not a score index: score them with `curate score` first"
+    if not any(p.iterdir()):
+        return f"{index} is an empty folder, not a score index"
+    return f"no score-index files (*{INDEX_SUFFIX} written by `curate score`) in {index}"
+
+
 def index_files(index: str | Path) -> list[Path]:
     """The index files of a folder (or the one file given), sorted.
 
     Raises:
-        FileNotFoundError: none found.
+        FileNotFoundError: none found, or the folder is another of curate's outputs (a subset
+            folder, whose ``subset.parquet`` would otherwise pass for an index file): the message
+            is ``describe_not_an_index``'s one line.
     """
     p = Path(index)
     files = sorted(p.glob("*" + INDEX_SUFFIX)) if p.is_dir() else ([p] if p.is_file() else [])
+    if p.is_dir() and files and (p / "filter_summary.json").is_file() and (p / "subset.parquet") in files:
+        files = []  # a subset folder: subset.parquet holds index columns but is not an index
     if not files:
-        raise FileNotFoundError(f"no score-index files (*{INDEX_SUFFIX}) in {index}")
+        raise FileNotFoundError(describe_not_an_index(index))
     return files
 
 

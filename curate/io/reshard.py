@@ -36,14 +36,19 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from curate import schema as S
+from curate.io.atomic import (
+    ForeignOutput,
+    make_work_folder,
+    read_own_json,
+    refuse_foreign,
+    remove_work_folder,
+    write_json_atomically,
+)
 from curate.io.blur import DEFAULT_WEBP_QUALITY, BlurFailed, FaceBoxes, blur_sample
 from curate.io.samples import image_member, sample_digest, shard_records
 from curate.io.shards import SHARD_COMPLETE, check_shard_spec, expand_shards, read_shard, shard_name
 from curate.io.subset import load_subset_counts
-from curate.io.atomic import (ForeignOutput, make_work_folder, read_own_json, refuse_foreign, remove_work_folder,
-                               write_json_atomically)
 
 
 @dataclass

@@ -24,7 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from curate import schema as S
-
 from curate.report.data import ReportData, gather_report, score_bands, shard_accounting
 from curate.report.render import ReportSummary, render_report
 

@@ -483,7 +483,7 @@ code { font-size: 90%; }
 
 {% if subset %}
 <h2>Subset <code>{{ subset.path }}</code></h2>
-<p>Kept {{ subset.kept }} of {{ num_samples }} samples ({{ "%.1f"|format(100 * subset.kept / num_samples) }}%), dropped {{ subset.dropped }}.
+<p>Kept {{ subset.kept_text }} (as <code>curate filter</code> counts), dropped {{ subset.dropped }}.
 {% if subset.repeats %}{{ subset.repeats }} uid(s) are listed more than once (kept with repeats by <code>curate train</code>).{% endif %}
 {% if subset.unknown %}{{ subset.unknown }} uid(s) of the subset are not in this pool.{% endif %}</p>
 <table><tr><th>status</th><th class="n">kept</th><th class="n">dropped</th></tr>
@@ -576,8 +576,11 @@ def render_pool_report(data: PoolReportData, out: str | Path, shards: list[str] 
 
     subset_info = None
     if data.subset is not None:
+        from curate.filters.run import kept_text
+
         v = data.subset
         subset_info = {"path": v.path, "kept": v.kept, "dropped": v.dropped, "repeats": v.repeats,
+                       "kept_text": kept_text(v.kept, data.num_samples, data.num_ok),
                        "unknown": v.unknown, "by_status": v.by_status, "plot": plots.get("subset"),
                        "rank_by": v.rank_by, "dropped_examples": pick(v.dropped_rows),
                        "kept_examples": pick(v.kept_rows)}

@@ -276,7 +276,7 @@ code { font-size: 90%; }
 
 {% if subset %}
 <h2>Subset <code>{{ subset.path }}</code></h2>
-<p>Kept {{ subset.kept }} of {{ num_samples }} samples ({{ "%.1f"|format(100 * subset.kept / num_samples) }}%), dropped {{ subset.dropped }}.
+<p>Kept {{ subset.kept_text }} (as <code>curate filter</code> counts), dropped {{ subset.dropped }}.
 {% if subset.repeats %}{{ subset.repeats }} uid(s) are listed more than once (kept with repeats by <code>curate train</code>).{% endif %}
 {% if subset.unknown %}{{ subset.unknown }} uid(s) of the subset are not in this index.{% endif %}</p>
 <table><tr><th>status</th><th class="n">kept</th><th class="n">dropped</th></tr>
@@ -346,10 +346,14 @@ body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 .card img { max-width: 136px; max-height: 136px; vertical-align: top; }
 .caption { margin: 4px 0; overflow-wrap: anywhere; }
 .problem { color: #a00; }
+.warn { color: #a00; font-weight: bold; }
+img.query { max-width: 256px; max-height: 256px; border: 1px solid #888; }
 </style></head><body>
 <h1>curate search</h1>
+{% if warning %}<p class="warn">WARNING: {{ warning }}</p>{% endif %}
 <p>Query <code>{{ query }}</code>: the {{ n }} nearest samples of <code>{{ index }}</code>, most similar first
 (cosine similarity {{ sims }}).</p>
+{% if query_src %}<p><img class="query" src="{{ query_src }}" alt="the query image"></p>{% endif %}
 {{ grid(examples) }}
 <p><small>Written by <code>curate search</code> {{ version }}.</small></p>
 </body></html>
@@ -371,15 +375,27 @@ def render_search(result, html: str | Path, index: str | Path = "", shards: list
     import curate
 
     html = Path(html)
-    check_page_out(html, dict(enumerate(result.rows)))
+    query_name = "query.jpg" if result.query_image is not None else None
+    check_page_out(html, dict(enumerate(result.rows)), (query_name,) if query_name else ())
     html.parent.mkdir(parents=True, exist_ok=True)
     examples = _render_examples(dict(enumerate(result.rows)), html.parent, _shard_locator(shards), mask_method, thumb)
     from curate.report.pool import _extra
 
-    for i, e in examples.items():  # DataComp's scores, when the metadata was given beside the index
-        e.extra = _extra(result.rows[i])
+    for i, e in examples.items():  # rank and similarity first; DataComp's scores when the metadata was given
+        extra = _extra(result.rows[i])
+        e.extra = f"rank {i + 1} · similarity {result.similarity[i]:.4f}" + (f" · {extra}" if extra else "")
+    query_src = None
+    if query_name:
+        from PIL import Image
+
+        picture = Image.fromarray(result.query_image)
+        picture.thumbnail((thumb, thumb))
+        (html.parent / "images").mkdir(parents=True, exist_ok=True)
+        with atomic_path(inside(html.parent / "images", query_name)) as tmp:
+            picture.save(tmp, format="JPEG", quality=90)
+        query_src = f"images/{query_name}"
     page = _environment().from_string(_SEARCH_TEMPLATE).render(
-        query=result.query, n=len(result.rows), index=str(index),
+        query=result.query, n=len(result.rows), index=str(index), query_src=query_src, warning=result.warning,
         sims=", ".join(f"{s:.3f}" for s in result.similarity[:10]) + (" ..." if len(result.rows) > 10 else ""),
         examples=[examples[i] for i in range(len(result.rows))], version=getattr(curate, "__version__", "?"))
     write_text_atomically(html, page)
@@ -414,9 +430,12 @@ def render_report(data: ReportData, out: str | Path, shards: list[str] | None = 
     env = _environment()
     subset_info = None
     if data.subset is not None:
+        from curate.filters.run import kept_text
+
         v = data.subset
         subset_info = {
             "path": v.path, "kept": int(v.kept.sum()), "dropped": int((~v.kept).sum()), "repeats": v.repeats,
+            "kept_text": kept_text(int(v.kept.sum()), data.num_samples, data.num_ok),
             "unknown": v.unknown, "by_status": v.by_status, "plot": plots.get("subset"),
             "dropped_examples": [examples[i] for i in v.dropped_rows],
             "kept_examples": [examples[i] for i in v.kept_rows],

@@ -64,6 +64,8 @@ class SearchResult:
     bad_uids: int = 0
     metadata: str | None = None  # the DataComp metadata folder the hits' DataComp columns come from
     not_in_metadata: int = 0  # hits whose uid the metadata lacks
+    warning: str | None = None  # e.g. the index was scored with a random-init CLIP
+    query_image: np.ndarray | None = None  # (H, W, 3) uint8: the decoded query image, for the page
 
     def format(self) -> str:
         from curate.io.datacomp import ARCHS, SCORE_COLUMNS
@@ -82,6 +84,8 @@ class SearchResult:
             lines.append(f"{self.not_in_metadata} hit(s) have no row in the DataComp metadata {self.metadata}")
         if self.bad_uids:
             lines.append(f"passed over {self.bad_uids} row(s) whose uid is not a uid (32 lower-case hex characters)")
+        if self.warning:
+            lines.append(f"WARNING: {self.warning}")
         if self.html:
             lines.append(f"wrote {self.html}")
         return "\n".join(lines)
@@ -118,10 +122,9 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
     from curate.filters.pool_rules import index_weights
     from curate.io.embeddings import NoEmbeddings, embeddings_path
     from curate.io.index import index_files
+    from curate.io.shards import check_shard_spec
     from curate.stages.decode import DecodeError, decode_image
     from curate.stages.score import Score
-
-    from curate.io.shards import check_shard_spec
 
     if (text is None) == (image is None):
         raise ValueError("give a text query or --image, not both")
@@ -182,14 +185,17 @@ def search(index: str | Path, text: str | None = None, image: str | Path | None 
             rows_of[(n, row)] = values
     rows = [rows_of[(n, row)] for _, n, row in best]
     result = SearchResult(text if text is not None else f"image:{image}", rows,
-                          np.asarray([b[0] for b in best], dtype=np.float32), bad_uids=bad_uids)
+                          np.asarray([b[0] for b in best], dtype=np.float32), bad_uids=bad_uids,
+                          query_image=picture if image is not None else None)
+    if not weights.is_pretrained:  # as `curate score` and `curate report` say (issue 30)
+        result.warning = ("the index was scored with a random-init CLIP: these similarities are not meaningful "
+                          "(score with --pretrained)")
     if meta_files:
         result.metadata = str(Path(meta_files[0]).parent)
         result.not_in_metadata = _add_datacomp_columns(rows, meta_files)
     if html is not None:
-        from curate.report.render import render_search
-
         from curate.io.index import read_index_metadata
+        from curate.report.render import render_search
 
         mask_method = read_index_metadata(files[0]).get(S.META_MASK_METHOD, "mean")
         result.html = render_search(result, html, index=index, shards=shards,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.config import build_section, check_dataclass, check_field, read_yaml_mapping
+from curate.config import AT_LEAST_0, POSITIVE, build_section, check_dataclass, check_field, read_yaml_mapping
 from curate.limits import PILLOW_MAX_PIXELS, Limits
 from curate.models import PRECISIONS
 from curate.stages.detect import DETECTORS
@@ -36,7 +36,7 @@ class ReadConfig:
         num_cpus: CPUs reserved per read task (fractions allowed).
     """
 
-    num_cpus: float = 0.25
+    num_cpus: float = field(default=0.25, metadata=POSITIVE)
 
 
 @dataclass
@@ -56,11 +56,11 @@ class DecodeConfig:
         batch_size: samples per decode batch.
     """
 
-    max_pixels: int = PILLOW_MAX_PIXELS
+    max_pixels: int = field(default=PILLOW_MAX_PIXELS, metadata=POSITIVE)
     background: tuple[int, int, int] = (255, 255, 255)
     draft: bool = True
-    num_cpus: float = 0.25
-    batch_size: int = 32
+    num_cpus: float = field(default=0.25, metadata=POSITIVE)
+    batch_size: int = field(default=32, metadata=POSITIVE)
 
 
 @dataclass
@@ -86,13 +86,13 @@ class ActorPoolConfig:
             sets one thread per reserved CPU).
     """
 
-    batch_size: int = 32
-    num_actors: int | None = None
-    min_actors: int = 1
-    max_actors: int | None = None
-    num_gpus: float | None = None
-    num_cpus: float | None = None
-    torch_threads: int = 0
+    batch_size: int = field(default=32, metadata=POSITIVE)
+    num_actors: int | None = field(default=None, metadata=POSITIVE)
+    min_actors: int = field(default=1, metadata=POSITIVE)
+    max_actors: int | None = field(default=None, metadata=POSITIVE)
+    num_gpus: float | None = field(default=None, metadata=AT_LEAST_0)
+    num_cpus: float | None = field(default=None, metadata=POSITIVE)
+    torch_threads: int = field(default=0, metadata=AT_LEAST_0)
 
     RESOURCE_FIELDS = ("num_actors", "min_actors", "max_actors", "num_gpus", "num_cpus")
 
@@ -120,19 +120,24 @@ class DetectConfig(ActorPoolConfig):
         recognizer: the text recognizer of ``ocr``: ``auto`` (the detector's own), ``easyocr``
             (``english_g2``) or ``ppocr`` (PP-OCRv4; it read 12 of the 21 legible ICDAR 2015
             words of the sample shards exactly, EasyOCR 2: ``benchmarks/RESULTS.md``).
+        ocr_min_confidence: reads with a confidence below this, in [0, 1], and empty reads are
+            not stored in ``ocr_text`` (0.3: on the sample shards with DBNet, 20 of the 38 reads
+            below it were single stray characters and 9 were empty, and none was a word of the
+            image; text_match()'s own ``min_confidence`` (0.5) applies on top).
         batch_size, num_actors, min_actors, max_actors, num_gpus, num_cpus, torch_threads: see
             ``ActorPoolConfig``.
     """
 
     detector: str = field(default="craft", metadata={"choices": tuple(DETECTORS)})
-    long_side: int = 512
+    long_side: int = field(default=512, metadata=POSITIVE)
     text_threshold: float = 0.7
     link_threshold: float = 0.4
     low_text: float = 0.4
-    min_size: int = 4
+    min_size: int = field(default=4, metadata=AT_LEAST_0)
     ocr: bool = False
     recognizer: str = field(default="auto", metadata={"choices": ("auto", *RECOGNIZERS)})
-    batch_size: int = 16
+    ocr_min_confidence: float = field(default=0.3, metadata={"min": 0, "max": 1})
+    batch_size: int = field(default=16, metadata=POSITIVE)
 
 
 @dataclass
@@ -149,9 +154,9 @@ class MaskConfig:
     """
 
     method: str = field(default="mean", metadata={"choices": MASK_METHODS})
-    ring_px: int = 3
-    inpaint_radius: int = 3
-    num_cpus: float = 0.25
+    ring_px: int = field(default=3, metadata=AT_LEAST_0)
+    inpaint_radius: int = field(default=3, metadata=AT_LEAST_0)
+    num_cpus: float = field(default=0.25, metadata=POSITIVE)
 
 
 @dataclass
@@ -237,27 +242,11 @@ def load_config(path: str | Path | None) -> PipelineConfig:
 
 
 def validate(cfg: PipelineConfig) -> None:
-    """Check value ranges. Raises ``ValueError`` with the offending key."""
+    """Check every field against its declaration (``curate.config.check_field``: type, bounds and
+    choices from the field's metadata), then the rules that join two settings. Raises
+    ``ValueError`` with the offending key."""
     for name in SECTIONS:
         check_dataclass(getattr(cfg, name), name)
-    for name in ("detect.long_side", "detect.batch_size", "score.batch_size", "decode.max_pixels",
-                 "decode.batch_size", "detect.num_actors", "score.num_actors", "detect.min_actors",
-                 "score.min_actors", "detect.max_actors", "score.max_actors",
-                 "read.num_cpus", "decode.num_cpus", "mask.num_cpus", "detect.num_cpus", "score.num_cpus"):
-        section, key = name.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value is None and key in ActorPoolConfig.RESOURCE_FIELDS:
-            continue  # auto
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive number, got {value!r}")
-    for name in ("detect.num_gpus", "score.num_gpus", "detect.torch_threads", "score.torch_threads",
-                 "detect.min_size", "mask.ring_px", "mask.inpaint_radius"):
-        section, key = name.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value is None and key in ActorPoolConfig.RESOURCE_FIELDS:
-            continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     for section in ("detect", "score"):
         pool = getattr(cfg, section)
         if pool.max_actors is not None and pool.max_actors < pool.min_actors:

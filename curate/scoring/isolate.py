@@ -24,8 +24,8 @@ import collections
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -161,7 +161,7 @@ def isolate_missing(tracker, urls: list[str], specs: list[StageSpec], limits, fa
 
     try:
         # One queue over every shard, so that each actor has work while another one restarts.
-        for rec, status in pool.run_all(shards(), tracker, limits, retries, chunk=chunk):
+        for _rec, status in pool.run_all(shards(), tracker, limits, retries, chunk=chunk):
             result.samples += 1
             statuses[status] += 1
     finally:

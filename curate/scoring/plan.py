@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from curate.scoring.config import ActorPoolConfig, PipelineConfig
 from curate.models import ResolvedWeights
 from curate.runtime import ClusterResources, require_resources
+from curate.scoring.config import ActorPoolConfig, PipelineConfig
 from curate.scoring.provenance import draft_sizes
 from curate.stages.base import Resources, Stage
 from curate.stages.common import batch_len
@@ -88,7 +88,7 @@ class StageSpec:
                 "max_workers": self.max_workers if r.actor else None}
 
 
-def run_stage(stage: Stage, spec: StageSpec, batch: dict[str, np.ndarray], guard: "GuardSettings | None" = None
+def run_stage(stage: Stage, spec: StageSpec, batch: dict[str, np.ndarray], guard: GuardSettings | None = None
               ) -> dict[str, np.ndarray]:
     """Run one stage on a batch (with its per-row fault isolation), drop the columns it declares
     dropped, and add ``_busy_<name>`` (float64 seconds: the batch's time shared equally by its
@@ -130,7 +130,7 @@ class GuardSettings:
     faults: tuple = ()
 
     @classmethod
-    def of(cls, limits, faults: tuple = ()) -> "GuardSettings":
+    def of(cls, limits, faults: tuple = ()) -> GuardSettings:
         """From a ``curate.limits.Limits`` and the faults."""
         return cls(float(limits.batch_timeout_s), int(limits.worker_memory_mb), tuple(faults))
 

@@ -20,18 +20,24 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from curate import schema as S
-from curate.scoring.config import PipelineConfig
-from curate.io.embeddings import embeddings_path
+from curate.errors import CurateError
 from curate.io.atomic import refuse_foreign
-from curate.io.index import (INDEX_SUFFIX, complete_index_metadata, index_path, read_index_metadata,
-                             remove_stale_temporaries)
+from curate.io.embeddings import embeddings_path
+from curate.io.index import (
+    INDEX_SUFFIX,
+    complete_index_metadata,
+    index_path,
+    read_index_metadata,
+    remove_stale_temporaries,
+)
 from curate.models import ResolvedWeights
+from curate.scoring.config import PipelineConfig
 from curate.scoring.summary import SHARD_SKIPPED, ShardResult
 
 PARTS_DIR = "_parts"  # per-shard part files written by the workers, merged into the shard's index file
 
 
-class IndexConfigMismatch(RuntimeError):
+class IndexConfigMismatch(CurateError, RuntimeError):
     """The output folder holds index files produced with different scoring settings."""
 
 
@@ -61,8 +67,9 @@ def scoring_fingerprint(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[s
         "detect": ({"detector": "none"} if cfg.detect.detector == "none" else
                    # ocr and recognizer are absent when off: indexes written before --ocr existed still match
                    {**{k: v for k, v in cfg.detect.stage_kwargs().items()
-                       if k not in ("batch_size", "torch_threads", "ocr", "recognizer")},
-                    **({"ocr": True, "recognizer": recognizer_name(cfg)} if cfg.detect.ocr else {})}),
+                       if k not in ("batch_size", "torch_threads", "ocr", "recognizer", "ocr_min_confidence")},
+                    **({"ocr": True, "recognizer": recognizer_name(cfg),
+                        "ocr_min_confidence": cfg.detect.ocr_min_confidence} if cfg.detect.ocr else {})}),
         "mask": ({"method": "none"} if cfg.detect.detector == "none" else
                  {k: v for k, v in dataclasses.asdict(cfg.mask).items() if k != "num_cpus"}),
         "clip_model": weights.model,
@@ -131,6 +138,34 @@ def _wants_embeddings(fingerprint: str) -> bool:
     return bool(json.loads(fingerprint).get("embeddings"))
 
 
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix or "(settings)": value}
+
+
+def setting_differences(found: str | None, expected: str) -> list[str]:
+    """The settings two scoring fingerprints (``scoring_fingerprint`` JSON) disagree on, one
+    ``name (folder: X, now: Y)`` string per dotted setting, e.g.
+    ``detect.long_side (folder: 1280, now: 960)``; a setting one side lacks shows as ``unset``.
+    A fingerprint that is not JSON (an index from an old or foreign writer) is one entry."""
+    try:
+        was = _flatten(json.loads(found)) if found else {}
+    except (TypeError, ValueError):
+        return [f"settings (folder: {S.cap_error(str(found), 200)!r}, now: {expected})"]
+    now = _flatten(json.loads(expected))
+    diffs = []
+    for key in sorted(set(was) | set(now)):
+        a, b = was.get(key, "unset"), now.get(key, "unset")
+        if a != b:
+            diffs.append(f"{key} (folder: {json.dumps(a) if a != 'unset' else a}, "
+                         f"now: {json.dumps(b) if b != 'unset' else b})")
+    return diffs or ["the same settings in another spelling"]
+
+
 def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrite: bool = False):
     """Split shards into those to process and those whose index file is already complete.
 
@@ -155,8 +190,9 @@ def plan_shards(urls: list[str], out_dir: str | Path, fingerprint: str, overwrit
                 continue
             if md.get(S.META_CONFIG) != fingerprint:
                 raise IndexConfigMismatch(
-                    f"{path} was written with other scoring settings:\n  found:    {md.get(S.META_CONFIG)}\n"
-                    f"  expected: {fingerprint}\nuse another --out folder, or --overwrite to recompute"
+                    f"{path} was written with other scoring settings: "
+                    f"{'; '.join(setting_differences(md.get(S.META_CONFIG), fingerprint))}. "
+                    "Use another --out folder, or --overwrite to recompute"
                 )
             complete[path] = md
     by_path: dict[Path, str] = {}

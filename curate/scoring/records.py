@@ -6,14 +6,22 @@ so that the writer learns its fate; it never reaches an index file.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from curate import schema as S
 from curate.io.samples import mark_duplicate_uids, sample_digest, sample_to_record, shard_records
-from curate.io.shards import (SHARD_COMPLETE, SHARD_TRUNCATED, SHARD_UNREADABLE, iter_shard, plan_members, read_shard,
-                              stable_uid)
+from curate.io.shards import (
+    SHARD_COMPLETE,
+    SHARD_TRUNCATED,
+    SHARD_UNREADABLE,
+    iter_shard,
+    plan_members,
+    read_shard,
+    stable_uid,
+)
 from curate.limits import DEFAULT_LIMITS
 from curate.stages.common import object_array
 

@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from curate import schema as S
-from curate.scoring.config import PipelineConfig, apply_settings, config_from_dict, load_config
+from curate.io.atomic import read_own_json, refuse_foreign, write_json_atomically
 from curate.io.shards import expand_shards
 from curate.models import resolve_pretrained
 from curate.runtime import cluster_resources, init_ray, joins_existing_cluster, quiet_ray_data, root_cause
+from curate.scoring.config import PipelineConfig, apply_settings, config_from_dict, load_config
 from curate.scoring.plan import build_dataset, check_resources, fit_to_cluster, operators, stage_specs
 from curate.scoring.provenance import index_metadata, plan_shards
 from curate.scoring.summary import SHARD_FAILED, ScoreSummary, ShardResult
 from curate.scoring.writer import ShardTracker
-from curate.io.atomic import read_own_json, refuse_foreign, write_json_atomically
 
 log = logging.getLogger("curate")
 RAY_SESSION_BYTES = 100 * 2**20  # below this much free disk a local Ray cannot write its session (logs, sockets)
@@ -131,7 +131,8 @@ def run_score(
             tmp = tempfile.gettempdir()  # where a local Ray writes its session (TMPDIR, else /tmp)
             if not address and shutil.disk_usage(tmp).free < RAY_SESSION_BYTES:
                 raise OSError(errno.ENOSPC, f"No space left on device for a local Ray cluster's files in {tmp} "
-                                            f"({shutil.disk_usage(tmp).free / 1e6:.1f} MB free; TMPDIR moves them): {e}")
+                                            f"({shutil.disk_usage(tmp).free / 1e6:.1f} MB free; TMPDIR moves them): {e}"
+                              ) from e
             raise ValueError(f"cannot start or reach the Ray cluster ({address or 'local'}): {e}") from None
         cluster = cluster_resources(fixed=not joins_existing_cluster(address))
         sized = fit_to_cluster(cfg, cluster)

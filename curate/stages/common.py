@@ -6,7 +6,8 @@ The stage contract itself (``Stage``, ``Resources``, the per-row fault isolation
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-
 from pathlib import Path
 
 import cv2
@@ -191,7 +190,7 @@ class CraftDetector:
             for i, m in zip(members, y.float().cpu().numpy()):  # (H32/2, W32/2, 2): text, link scores
                 maps[i] = m
         out = []
-        for (canvas, scale), score_map, img in zip(prepared, maps, images):
+        for (_canvas, scale), score_map, img in zip(prepared, maps, images):
             boxes, _, _ = getDetBoxes(
                 score_map[:, :, 0], score_map[:, :, 1], self.text_threshold, self.link_threshold, self.low_text, False
             )
@@ -302,8 +301,10 @@ class Detect(Stage):
 
     With ``ocr=True`` it also reads the text in each box (``curate.stages.recognize``: EasyOCR's
     ``english_g2`` for CRAFT, PP-OCRv4's recognizer for DBNet, in the same actor) and adds
-    ``ocr_text`` (object: the box texts as one JSON list string, ``""`` for failed rows) and
-    ``ocr_confidence`` (object: one ``(N,) float32`` array per row, in [0, 1]).
+    ``ocr_text`` (object: the texts read, in box order, as one JSON list string, ``""`` for failed
+    rows) and ``ocr_confidence`` (object: one ``(M,) float32`` array per row, in [0, 1]). A read
+    that is empty (blank after ``str.strip``) or below ``ocr_min_confidence`` is not stored, so
+    ``M <= N`` and ``[]`` means no legible text.
 
     Args:
         detector: a name of ``DETECTORS``: ``craft`` (``CraftDetector``), ``dbnet``
@@ -312,6 +313,8 @@ class Detect(Stage):
         ocr: also recognize the text in each box.
         recognizer: ``auto`` (the detector's own: ``easyocr`` for CRAFT, ``ppocr`` for DBNet),
             ``easyocr`` or ``ppocr`` (``curate.stages.recognize.RECOGNIZERS``).
+        ocr_min_confidence: reads below this confidence, in [0, 1], are not stored
+            (``curate.scoring.config.DetectConfig``).
         **kwargs: passed to the detector.
 
     Raises:
@@ -326,13 +329,14 @@ class Detect(Stage):
     batch_size = 16
 
     def __init__(self, detector: str = "craft", batch_size: int = 16, ocr: bool = False, recognizer: str = "auto",
-                 **kwargs):
+                 ocr_min_confidence: float = 0.3, **kwargs):
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; available: {sorted(DETECTORS)}")
         if detector == "dbnet":  # CRAFT's score-map thresholds do not apply to DBNet
             for k in ("text_threshold", "link_threshold", "low_text", "min_size"):
                 kwargs.pop(k, None)
         self.recognizer = None
+        self.ocr_min_confidence = float(ocr_min_confidence)
         if ocr:
             self.recognizer = recognizer_for(detector, recognizer, batch_size=batch_size, device=kwargs.get("device"),
                                              torch_threads=kwargs.get("torch_threads", 0))
@@ -376,7 +380,8 @@ class Detect(Stage):
         read = self.recognizer(crops)
         per_row: dict[int, list] = {int(i): [] for i in rows}
         for i, (text, conf) in zip(owners, read):
-            per_row[int(i)].append((text, conf))
+            if text.strip() and conf >= self.ocr_min_confidence:  # empty and unsure reads are not text
+                per_row[int(i)].append((text, conf))
         for i, found in per_row.items():
             texts[i] = json.dumps([t for t, _ in found], ensure_ascii=False)
             confidences[i] = np.asarray([c for _, c in found], dtype=np.float32)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from curate.config import check_dataclass, check_type, read_yaml_mapping
 from curate.models import PRECISIONS
 

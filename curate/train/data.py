@@ -66,7 +66,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -77,7 +76,6 @@ from curate.guard import Fault, do_fault, faults_from_env, resident_bytes
 from curate.io.samples import shard_records
 from curate.io.shards import SHARD_COMPLETE, read_shard
 from curate.limits import DEFAULT_LIMITS
-
 from curate.stages.decode import DecodeError, decode_pil
 
 # Consecutive epochs in which a stream finds no sample of the subset before it gives up.
@@ -496,7 +494,7 @@ class GuardedLoader:
         self._sigchld: list[Any] = []  # the SIGCHLD handler to put back on close
         self._watchdog: tuple[threading.Thread, threading.Event] | None = None
 
-    def __iter__(self) -> "GuardedLoader":
+    def __iter__(self) -> GuardedLoader:
         return self
 
     def __next__(self) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
+from curate.io.atomic import write_json_atomically
 from curate.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from curate.train.config import TrainConfig
-from curate.io.atomic import write_json_atomically
 
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -192,9 +192,9 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
     """
     import open_clip
 
+    from curate.io.subset import load_subset_counts
     from curate.limits import DEFAULT_LIMITS
     from curate.models import clip_input_size
-    from curate.io.subset import load_subset_counts
     from curate.train.data import GuardedLoader, SubsetStream
 
     cfg = TrainConfig(**config["train"])

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from curate import schema as S
-from curate.train.config import TrainConfig
-from curate.train.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, resume_mismatches
-from curate.train.loop import LOG_FILE, SUMMARY_FILE, worker_loop
 from curate.io.atomic import read_own_json, refuse_foreign, write_json_atomically
+from curate.train.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, resume_mismatches
+from curate.train.config import TrainConfig
+from curate.train.loop import LOG_FILE, SUMMARY_FILE, worker_loop
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import SHARD_SPEC
-
 from curate.cli import main
 from curate.evaluate.datasets import open_evalset
 from curate.evaluate.make_evalset import make_classification_set, make_retrieval_set
 from curate.evaluate.run import RESULTS_FILE, classification_metrics, retrieval_metrics
 from curate.evaluate.tasks import DATACOMP_TASKS, NUM_AVERAGED, parse_tasks
 from curate.models import create_clip, resolve_pretrained
+from tests.conftest import SHARD_SPEC
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -390,10 +389,10 @@ def test_the_eval_reader_never_reads_members_it_does_not_use(data_dir, tmp_path)
     images, labels = _batches(open_evalset("cifar10", dirty), max_member_bytes=1_000_000)
     assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
 
+    import warnings
+
     from clip_benchmark.datasets.builder import build_wds_dataset
     from torchvision.transforms import ToTensor
-
-    import warnings
 
     with pytest.raises(Exception) as e, warnings.catch_warnings():  # the reader this replaced, same folder
         warnings.simplefilter("ignore", UserWarning)

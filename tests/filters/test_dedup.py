@@ -293,3 +293,22 @@ def test_phash_range_finds_exactly_the_pairs_within_the_bits():
         got = {(q, int(ids[k]), int(dist[k])) for q in range(len(query)) for k in range(lims[q], lims[q + 1])}
         want = {(q, b, int(brute[q, b])) for q, b in zip(*np.nonzero(brute <= bits))}
         assert got == want and (bits == 0 or len(want) >= 10)
+
+
+@pytest.mark.slow
+def test_embedding_rules_on_a_random_init_index_fall_back_to_hashes_loudly(embedded_pool, tmp_path):
+    """The fixture's index was scored with the random-init tiny CLIP (issue 30): at their default
+    threshold ``dedup()`` and ``decontaminate()`` match image hashes only, as with
+    ``threshold=1``, and the summary says so in a WARNING line; an explicit threshold is kept,
+    with the warning."""
+    index, evalset = embedded_pool["index"], str(embedded_pool["evaldata"])
+    for rule, hashes_only in (("dedup()", "dedup(threshold=1.0)"),
+                              (f"decontaminate(evalset={evalset!r})", f"decontaminate(evalset={evalset!r}, threshold=1.0)")):
+        s = run_filter(index, rule, tmp_path / "default")
+        ref = run_filter(index, hashes_only, tmp_path / "hashes")
+        assert s.kept == ref.kept, (rule, s.format(), ref.format())
+        text = s.format()
+        assert "WARNING" in text and "random-init CLIP" in text and "image hashes only" in text, text
+        assert "WARNING" not in ref.format()
+    s = run_filter(index, "dedup(threshold=0.5)", tmp_path / "explicit")
+    assert "WARNING" in s.format() and "threshold=0.5 compares them anyway" in s.format()

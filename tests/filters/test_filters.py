@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 
 from curate import schema as S
 from curate.cli import main
-from curate.filters import RuleError, parse_rule
-from curate.io.index import records_to_table, write_index_file
-from curate.filters import pool_threshold, run_filter
+from curate.filters import RuleError, parse_rule, pool_threshold, run_filter
 from curate.filters.run import write_array
+from curate.io.index import records_to_table, write_index_file
 from curate.io.subset import uids_to_datacomp
 from curate.query import QueryError, connect, query
 from curate.stages.language import detect_language
@@ -183,7 +182,7 @@ def test_cli_query_and_filter(index, tmp_path, capsys):
     assert main(["query", "DROP VIEW scores", "--index", str(index)]) == 2
     assert main(["filter", "--index", str(index), "--rule", "tmars(fraction=0.5) & basic()", "--out", str(tmp_path / "f")]) == 0
     out = capsys.readouterr().out
-    assert "kept          2 (25.00% of ok rows)" in out and "threshold" in out
+    assert "kept          2 of 10 samples (20.00% of the pool; 25.00% of its 8 ok samples)" in out and "threshold" in out
     assert main(["filter", "--index", str(index), "--rule", "bogus()", "--out", str(tmp_path / "g")]) == 2
 
 

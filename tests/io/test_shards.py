@@ -9,13 +9,12 @@ import re
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from curate import schema as S
-from pathlib import Path
-
 from curate.io.samples import sample_to_record
 from curate.io.shards import (
     SHARD_COMPLETE,

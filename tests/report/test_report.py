@@ -14,8 +14,8 @@ import pytest
 
 from curate import schema as S
 from curate.cli import main
-from curate.io.index import index_files, read_index
 from curate.filters import run_filter
+from curate.io.index import index_files, read_index
 from curate.report import build_report, score_bands
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -22,9 +22,15 @@ def test_an_image_query_finds_its_own_sample_first_and_writes_a_page(embedded_po
     assert len(r.rows) == 5 and (np.diff(r.similarity) <= 1e-6).all()
     page = r.html.read_text()
     assert page.count('class="card"') == 5 and "images/" in page
+    # Each card says its rank and similarity; the query image heads the page (issue 30).
+    assert f"rank 1 · similarity {r.similarity[0]:.4f}" in page and "rank 5 · similarity" in page
+    assert 'src="images/query.jpg"' in page and (tmp_path / "page" / "images" / "query.jpg").is_file()
+    # The fixture's index was scored with a random-init CLIP: search says so, as score and report do.
+    assert "random-init CLIP" in page and "WARNING" in page
     assert main(["search", "a photo", "--index", str(embedded_pool["index"]), "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert "3 nearest samples" in out and len([ln for ln in out.splitlines() if ln[:4].strip().isdigit()]) == 3
+    assert "WARNING: the index was scored with a random-init CLIP" in out
 
 
 def test_search_needs_embeddings_and_one_query(scored, tmp_path):

@@ -19,10 +19,10 @@ import psutil
 import pytest
 
 from curate import schema as S
-from curate.scoring.config import load_config
 from curate.io.index import read_index
 from curate.models import resolve_pretrained
-from tests.conftest import SHARDS, N_SHARDS, assert_same_scores, rows_by_uid
+from curate.scoring.config import load_config
+from tests.conftest import N_SHARDS, SHARDS, assert_same_scores, rows_by_uid
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"

@@ -27,8 +27,8 @@ FUZZ_EXAMPLES = 40
 
 @pytest.fixture(scope="module")
 def chain():
-    from curate.scoring.config import load_config
     from curate.models import resolve_pretrained
+    from curate.scoring.config import load_config
     from curate.scoring.plan import StageChain
 
     cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")

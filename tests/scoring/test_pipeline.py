@@ -10,9 +10,9 @@ import pytest
 
 from curate import schema as S
 from curate.cli import main
-from curate.scoring.config import PipelineConfig, load_config
 from curate.io.index import index_path, read_index, read_index_metadata
 from curate.scoring import IndexConfigMismatch, run_score
+from curate.scoring.config import PipelineConfig, load_config
 from tests.conftest import NEMO_SHARD, SHARDS, samples_per_shard
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,16 +77,18 @@ def test_caption_language_and_filter_on_the_real_index(scored, tmp_path):
 
 
 def test_ocr_text_rides_with_the_boxes_and_text_match_reads_it(scored, tmp_path):
-    """``--ocr``: one text and one confidence per box on every ok row, the recognizer named in the
-    metadata; ``text_match()`` drops the samples whose caption is the text read in the image and
+    """``--ocr``: at most one text and one confidence per box on every ok row, none of them empty
+    or below ``detect.ocr_min_confidence`` (issue 30: stray characters and blank reads are not
+    text), the recognizer named in the metadata; ``text_match()`` drops the samples whose caption is the text read in the image and
     keeps every photo whose caption describes it."""
     from curate.filters import run_filter
 
     out, _, _ = scored
     rows = [r for f in sorted(out.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     ok = [r for r in rows if r[S.STATUS] == S.STATUS_OK]
-    assert all(len(r[S.OCR_TEXT]) == len(r[S.OCR_CONFIDENCE]) == r[S.NUM_TEXT_BOXES] for r in ok)
-    assert all(0.0 <= c <= 1.0 for r in ok for c in r[S.OCR_CONFIDENCE])
+    assert all(len(r[S.OCR_TEXT]) == len(r[S.OCR_CONFIDENCE]) <= r[S.NUM_TEXT_BOXES] for r in ok)
+    assert all(0.3 <= c <= 1.0 for r in ok for c in r[S.OCR_CONFIDENCE])
+    assert all(t.strip() for r in ok for t in r[S.OCR_TEXT])
     assert all(r[S.OCR_TEXT] is None for r in rows if r[S.STATUS] != S.STATUS_OK)
     assert "english_g2" in read_index_metadata(index_path(out, str(SHARDS[0])))[S.META_RECOGNIZER]
     by_text = {r[S.TEXT]: r for r in ok}
@@ -163,12 +165,15 @@ def test_other_settings_never_mix_into_an_index(scored, pool):
     out, cfg, _ = scored
     other = load_config(TINY)
     other.mask.method = "inpaint"
-    with pytest.raises(IndexConfigMismatch, match="other scoring settings"):
+    with pytest.raises(IndexConfigMismatch, match="other scoring settings") as e:
         run_score([str(SHARDS[0])], out, other, progress=False)
+    # The message names each setting that differs with both values, not two blobs to compare.
+    assert 'mask.method (folder: "mean", now: "inpaint")' in str(e.value), e.value
+    assert "\n" not in str(e.value)
     # A shard the folder does not hold yet is refused too: the folder is one set of settings.
     other = load_config(TINY)
     other.detect.long_side = 256
-    with pytest.raises(IndexConfigMismatch):
+    with pytest.raises(IndexConfigMismatch, match=r"detect\.long_side \(folder: \d+, now: 256\)"):
         run_score([str(NEMO_SHARD)], out, other, progress=False)
     # The same settings without --ocr (no text read) are other settings too.
     assert cfg.detect.ocr
@@ -190,7 +195,7 @@ def test_dbnet_end_to_end(ray_cluster, tmp_path):
     assert sum(n > 0 for n in t.column(S.NUM_TEXT_BOXES).to_pylist()) >= 5
     # PP-OCRv4 reads the ICDAR words DBNet finds at 512 px (measured: 7 boxes, these 3 exact).
     read = [w for texts in t.column(S.OCR_TEXT).to_pylist() for w in texts or []]
-    assert len(read) == sum(t.column(S.NUM_TEXT_BOXES).to_pylist())
+    assert 0 < len(read) <= sum(t.column(S.NUM_TEXT_BOXES).to_pylist()) and all(w.strip() for w in read)
     assert {"NOTHING?", "Reserve", "citi"} <= set(read)
 
 
@@ -220,7 +225,7 @@ def test_out_must_be_local(tmp_path, capsys):
 
 def test_cli_fails_fast_without_weights(tmp_path, capsys):
     out = tmp_path / "idx"
-    code = main(["score", str(tmp_path / "never-read-{0..9}.tar"), "--out", str(out), "--clip-model", "ViT-B-32",
+    code = main(["score", str(SHARDS[0]), "--out", str(out), "--clip-model", "ViT-B-32",
                  "--pretrained", "laion2b_s34b_b79k", "--cache-dir", str(tmp_path / "cache")])
     assert code == 2
     err = capsys.readouterr().err

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from curate import schema as S
-from curate.scoring.config import PipelineConfig, config_from_dict, load_config
 from curate.models import resolve_pretrained
 from curate.runtime import ClusterResources
+from curate.scoring.config import PipelineConfig, config_from_dict, load_config
 from curate.scoring.plan import StageChain, check_resources, fit_to_cluster, stage_specs
 from tests.conftest import REPO, SHARDS
 

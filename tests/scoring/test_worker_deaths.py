@@ -20,14 +20,13 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 from PIL import Image
 
 from curate import schema as S
-from curate.limits import Limits
 from curate.guard import EXIT_MEMORY, EXIT_TIMEOUT, parse_faults
+from curate.limits import Limits
 from tests.conftest import REPO, assert_same_scores, rows_by_uid, write_unique_pool
 
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"

@@ -273,7 +273,7 @@ def test_reduce_shrinks_other_formats_as_a_full_decode_then_a_reduction(photo):
     rgba = _rgba_photo(photo)  # 2096 x 1264
     rgb = rgba.convert("RGB")
     pal = rgb.quantize(64)
-    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)).convert("I;16")
+    grey16 = Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).convert("I;16")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise: width and height swap
     cases = {

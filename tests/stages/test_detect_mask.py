@@ -111,7 +111,7 @@ def test_detect_stage_normalised_boxes(images):
     }
     out = stage(batch)
     assert out[S.NUM_TEXT_BOXES][3] == -1 and out[S.TEXT_BOXES][3].shape == (0, 8)
-    for i, k in enumerate(keys):
+    for i in range(len(keys)):
         b = out[S.TEXT_BOXES][i]
         assert b.shape == (out[S.NUM_TEXT_BOXES][i], 8)
         assert (b >= 0).all() and (b <= 1).all()

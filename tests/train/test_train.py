@@ -17,16 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import SHARD_SPEC, SHARDS
-
 from curate import schema as S
 from curate.io.samples import sample_to_record
 from curate.io.shards import read_shard
-from curate.io.subset import uids_to_datacomp
+from curate.io.subset import UidCounts, load_subset_counts, uids_to_datacomp
 from curate.train.config import SCALES, train_config
-from curate.io.subset import UidCounts, load_subset_counts
 from curate.train.data import SubsetStream
 from curate.train.loop import build_model, build_optimizer, train_step
+from tests.conftest import SHARD_SPEC, SHARDS
 
 REPO = Path(__file__).resolve().parents[2]
 URLS = [str(p) for p in SHARDS]
