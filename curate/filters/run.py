@@ -349,7 +349,7 @@ class FilterPlan:
         counts_sql: one aggregate over the view: pool rows, ok rows, then the ok rows each part
             removes on its own.
         passes_sql: the SQL of each of ``names`` on its own: whether a row passes it (never null).
-        on_passes: the predicate (without ``ok``) over columns ``_p0``, ``_p1``, ... holding
+        on_passes: the predicate (without ``ok``) over columns ``__p0``, ``__p1``, ... holding
             ``passes_sql``: each part is evaluated once a row.
     """
 

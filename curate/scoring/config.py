@@ -23,7 +23,7 @@ from typing import Any
 from curate.config import AT_LEAST_0, POSITIVE, build_section, check_dataclass, check_field, read_yaml_mapping
 from curate.limits import PILLOW_MAX_PIXELS, Limits
 from curate.models import PRECISIONS
-from curate.stages.detect import DETECTORS
+from curate.stages.detect import DETECTORS, check_long_side
 from curate.stages.mask import MASK_METHODS
 from curate.stages.recognize import RECOGNIZERS
 
@@ -253,8 +253,7 @@ def validate(cfg: PipelineConfig) -> None:
             raise ValueError(f"{section}.max_actors ({pool.max_actors}) is below {section}.min_actors ({pool.min_actors})")
     if cfg.detect.ocr and cfg.detect.detector == "none":
         raise ValueError("detect.ocr reads the text in detected boxes: choose detect.detector craft or dbnet")
-    if cfg.detect.long_side % 32:
-        raise ValueError("detect.long_side must be a multiple of 32 (CRAFT's stride)")
+    check_long_side(cfg.detect.long_side, "detect.long_side")
 
 
 # Settings that also go by their bare field name (``clip_model`` and ``pretrained`` are handled

@@ -7,12 +7,12 @@ and DataTrove's ``PipelineStep`` are the models): ``__init__`` loads its model o
 
 - ``name``: the stage's name in messages, in the plan and in the summary;
 - ``reads`` / ``writes`` / ``drops``: the columns it needs, adds and removes;
-- ``resources``: its default ``Resources`` (CPUs, GPUs, an actor pool or Ray tasks);
-- ``batch_size``: its default samples per batch.
+- ``resources``: its ``Resources`` (an actor pool or Ray tasks, and default CPUs and GPUs).
 
-The score plan (``curate.scoring.plan``) is built by one loop over declared stages, and the
-cluster check is derived from the same declarations; the per-row fault isolation
-(``run_isolated``) is shared by every stage.
+Batch and pool sizes are settings, not declarations (``curate.scoring.config``). The score plan
+(``curate.scoring.plan``) binds each declared stage to its settings, and the cluster check is
+derived from the same specs; the per-row fault isolation (``run_isolated``) is shared by every
+stage. The contract in prose is ``docs/architecture.md``, "The stage contract".
 """
 
 from __future__ import annotations
@@ -64,8 +64,10 @@ class Stage:
         reads: columns the stage needs in its input batch.
         writes: columns it adds (every row gets a value; "no value" for rows it does not compute).
         drops: columns it removes (e.g. ``image_bytes`` once decoded).
-        resources: default ``Resources`` of one worker (the config may override them).
-        batch_size: default samples per batch.
+        resources: ``Resources`` of one worker: whether the stage runs in an actor pool
+            (``actor``) and its CPUs and GPUs when the settings leave them to the stage. Batch
+            sizes, pool sizes, CPUs and GPUs are settings (``curate.scoring.config``, one field
+            each); ``curate.scoring.plan.stage_specs`` binds a stage to them.
     """
 
     name = "stage"
@@ -74,7 +76,6 @@ class Stage:
     writes: tuple[str, ...] = ()
     drops: tuple[str, ...] = ()
     resources = Resources(cpus=0.25)
-    batch_size = 32
 
     def rows_of(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Indices of the rows this stage computes, ``(K,) int64``; by default the ``ok`` rows."""

@@ -86,6 +86,20 @@ def clip_polygons(polys: np.ndarray, width: int, height: int) -> np.ndarray:
     return polys[area > 0.5]
 
 
+
+LONG_SIDE_STRIDE = 32  # both detectors' networks downsample by 32 (CRAFT's VGG16, DBNet's backbone)
+
+
+def check_long_side(long_side: int, name: str = "long_side") -> None:
+    """The detector input's long side (pixels) must be a positive multiple of ``LONG_SIDE_STRIDE``.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if long_side <= 0 or long_side % LONG_SIDE_STRIDE:
+        raise ValueError(f"{name} must be a positive multiple of {LONG_SIDE_STRIDE} (the detectors' stride), "
+                         f"got {long_side}")
+
 class CraftDetector:
     """CRAFT text detector, batched by canvas shape.
 
@@ -121,8 +135,7 @@ class CraftDetector:
         import easyocr
         import torch
 
-        if long_side % 32:
-            raise ValueError(f"long_side must be a multiple of 32, got {long_side}")
+        check_long_side(long_side)
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         if model_dir is None:  # a folder given by the environment (e.g. weights carried to a GPU machine)
@@ -230,8 +243,7 @@ class DBNetDetector:
         import onnxruntime as ort
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 
-        if long_side % 32:
-            raise ValueError(f"long_side must be a multiple of 32, got {long_side}")
+        check_long_side(long_side)
         if model_path is None:
             import rapidocr_onnxruntime
 
@@ -296,8 +308,8 @@ class Detect(Stage):
     Output columns added: ``text_boxes`` (object: one ``(N, 8) float32`` array per row, each
     quadrilateral flattened as ``[x1, y1, ..., x4, y4]`` and normalised to [0, 1] by image
     width and height; ``(0, 8)`` for failed rows) and ``num_text_boxes`` (int32, -1 for failed rows).
-    A batch whose forward pass raises is retried image by image, and an image that still fails
-    gets status ``detect_error`` (``curate.stages.base.Stage``).
+    A row the detector fails on gets status ``detect_error``; the other rows go on (the shared
+    fault isolation of ``curate.stages.base.Stage``: the batch is rerun in halves).
 
     With ``ocr=True`` it also reads the text in each box (``curate.stages.recognize``: EasyOCR's
     ``english_g2`` for CRAFT, PP-OCRv4's recognizer for DBNet, in the same actor) and adds
@@ -326,7 +338,6 @@ class Detect(Stage):
     reads = (S.STATUS, S.IMAGE)
     writes = (S.TEXT_BOXES, S.NUM_TEXT_BOXES)
     resources = Resources(cpus=1.0, actor=True)
-    batch_size = 16
 
     def __init__(self, detector: str = "craft", batch_size: int = 16, ocr: bool = False, recognizer: str = "auto",
                  ocr_min_confidence: float = 0.3, **kwargs):
