@@ -85,7 +85,7 @@ def test_rayjob_entrypoint_is_a_valid_curate_command_whose_config_fits_the_gpus(
     sized = fit_to_cluster(cfg, cluster)
     specs = {s.name: s for s in stage_specs(sized, resolve_pretrained("tiny", None))}
     assert specs["detect"].resources.gpus == specs["score"].resources.gpus == 0.5
-    assert specs["detect"].max_workers is None and specs["score"].max_workers is None  # grow with the cluster
+    assert specs["detect"].max_actors is None and specs["score"].max_actors is None  # grow with the cluster
     check_resources(list(specs.values()), sized.decode.num_cpus, ClusterResources(cpus, gpus, 2, fixed=True))
 
 

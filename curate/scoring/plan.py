@@ -55,8 +55,8 @@ class StageSpec:
         kwargs: constructor arguments (picklable: sent to every worker).
         resources: what one worker reserves (``Resources``).
         batch_size: samples per batch.
-        min_workers, max_workers: actor pool bounds (``ActorPoolStrategy(min_size, max_size)``;
-            equal for a fixed pool; ``max_workers`` ``None`` means no cap, for a cluster that
+        min_actors, max_actors: actor pool bounds (``ActorPoolStrategy(min_size, max_size)``;
+            equal for a fixed pool; ``max_actors`` ``None`` means no cap, for a cluster that
             autoscales). Ignored for task stages.
     """
 
@@ -65,8 +65,8 @@ class StageSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     resources: Resources = Resources()
     batch_size: int = 32
-    min_workers: int = 1
-    max_workers: int | None = 1
+    min_actors: int = 1
+    max_actors: int | None = 1
 
     def build(self) -> Stage:
         """The stage object (loads its model)."""
@@ -74,18 +74,18 @@ class StageSpec:
 
     def describe(self) -> dict[str, Any]:
         """Where and how the stage runs, for the summary: ``name``, ``runs_on`` (text),
-        ``cpus``, ``gpus``, ``batch_size``, ``min_workers``, ``max_workers``."""
+        ``cpus``, ``gpus``, ``batch_size``, ``min_actors``, ``max_actors``."""
         r = self.resources
         where = f"{r.cpus:g} CPU" + (f" + {r.gpus:g} GPU" if r.gpus else "")
         if r.actor:
-            pool = (f"{self.min_workers}" if self.min_workers == self.max_workers
-                    else f"{self.min_workers}..{self.max_workers if self.max_workers is not None else 'auto'}")
+            pool = (f"{self.min_actors}" if self.min_actors == self.max_actors
+                    else f"{self.min_actors}..{self.max_actors if self.max_actors is not None else 'auto'}")
             runs_on = f"{pool} actor{'' if pool == '1' else 's'} x {where}"
         else:
             runs_on = f"tasks x {where}"
         return {"name": self.name, "runs_on": runs_on, "cpus": r.cpus, "gpus": r.gpus, "actor": r.actor,
-                "batch_size": self.batch_size, "min_workers": self.min_workers if r.actor else None,
-                "max_workers": self.max_workers if r.actor else None}
+                "batch_size": self.batch_size, "min_actors": self.min_actors if r.actor else None,
+                "max_actors": self.max_actors if r.actor else None}
 
 
 def run_stage(stage: Stage, spec: StageSpec, batch: dict[str, np.ndarray], guard: GuardSettings | None = None
@@ -180,8 +180,8 @@ class Operator:
         if head.resources.gpus:
             args["num_gpus"] = head.resources.gpus
         if head.resources.actor:
-            pool = (ray.data.ActorPoolStrategy(size=head.min_workers) if head.min_workers == head.max_workers
-                    else ray.data.ActorPoolStrategy(min_size=head.min_workers, max_size=head.max_workers))
+            pool = (ray.data.ActorPoolStrategy(size=head.min_actors) if head.min_actors == head.max_actors
+                    else ray.data.ActorPoolStrategy(min_size=head.min_actors, max_size=head.max_actors))
             args.update(fn=StageActor, fn_constructor_kwargs={"op": self}, compute=pool)
         else:
             args.update(fn=run_task_stage, fn_kwargs={"op": self})
@@ -196,7 +196,7 @@ class Operator:
             d = spec.describe()
             if spec is not self.head:
                 d.update(runs_on=f"in {self.head.name}'s workers", cpus=head["cpus"], gpus=head["gpus"],
-                         actor=head["actor"], min_workers=head["min_workers"], max_workers=head["max_workers"])
+                         actor=head["actor"], min_actors=head["min_actors"], max_actors=head["max_actors"])
             out.append(d)
         return out
 
@@ -410,12 +410,12 @@ def check_resources(specs: list[StageSpec], task_cpus: float, cluster: ClusterRe
             autoscale only gets a warning).
     """
     actors = [s for s in specs if s.resources.actor]
-    need_cpu = sum(s.min_workers * s.resources.cpus for s in actors) + max(
+    need_cpu = sum(s.min_actors * s.resources.cpus for s in actors) + max(
         [task_cpus] + [s.resources.cpus for s in specs if not s.resources.actor])
-    need_gpu = sum(s.min_workers * s.resources.gpus for s in actors)
+    need_gpu = sum(s.min_actors * s.resources.gpus for s in actors)
     require_resources(
         "the pipeline", need_cpu, need_gpu, cluster.fixed,
-        cpu_what=", ".join(f"{s.name} {s.min_workers} x {s.resources.cpus:g}" for s in actors) + " plus one task",
+        cpu_what=", ".join(f"{s.name} {s.min_actors} x {s.resources.cpus:g}" for s in actors) + " plus one task",
         cpu_fix="lower *.num_cpus / *.min_actors / *.num_actors in the config (or leave them auto) or raise --num-cpus",
         gpu_fix="set detect.num_gpus and score.num_gpus to 0 (or auto) in the config to run on CPUs",
         have=cluster,

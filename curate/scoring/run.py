@@ -62,7 +62,7 @@ def isolation_parallelism(specs, cluster) -> int:
     fits = cluster.cpus / max(r["num_cpus"], 1e-9)
     if r["num_gpus"]:
         fits = min(fits, cluster.gpus / r["num_gpus"])
-    pools = [s.max_workers if s.max_workers is not None else s.min_workers for s in specs if s.resources.actor]
+    pools = [s.max_actors if s.max_actors is not None else s.min_actors for s in specs if s.resources.actor]
     return int(max(1, min(8, fits, (min(pools) if pools else 1) + 1)))
 
 

@@ -180,7 +180,7 @@ class ScoreSummary:
             p = plan.get(name, {})
             rate = st["samples"] / st["busy_s"] if st["busy_s"] > 0 else float("nan")
             busy = st["busy_s"] / self.wall_s if self.wall_s > 0 else 0.0
-            load[name] = busy / max(1.0, float(p.get("max_workers") or 1))
+            load[name] = busy / max(1.0, float(p.get("max_actors") or 1))
             lines.append(f"  {'':14}{name:<10}{p.get('runs_on', ''):<26}{rate:>17.1f}{busy:>14.2f}")
         if load:
             lines.append(f"  bottleneck    {max(load, key=load.get)} (busiest for the workers it may use)")

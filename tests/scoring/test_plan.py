@@ -27,7 +27,7 @@ def test_defaults_fit_a_two_core_laptop():
     for name in ("detect", "score"):
         s = specs[name]
         assert s.resources.actor and s.resources.gpus == 0
-        assert s.min_workers == s.max_workers == 1
+        assert s.min_actors == s.max_actors == 1
     # both pools and one task fit exactly in 2 CPUs
     assert specs["detect"].resources.cpus + specs["score"].resources.cpus + 0.25 <= 2 + 1e-9
     for name in ("language", "decode", "mask"):
@@ -37,8 +37,8 @@ def test_defaults_fit_a_two_core_laptop():
 def test_defaults_grow_with_a_cpu_node():
     specs = specs_for(PipelineConfig(), ClusterResources(cpus=16, gpus=0))
     for name in ("detect", "score"):
-        assert specs[name].resources.cpus == 1.0 and specs[name].min_workers == 1 and specs[name].max_workers == 7
-    total = sum(specs[n].resources.cpus * specs[n].max_workers for n in ("detect", "score"))
+        assert specs[name].resources.cpus == 1.0 and specs[name].min_actors == 1 and specs[name].max_actors == 7
+    total = sum(specs[n].resources.cpus * specs[n].max_actors for n in ("detect", "score"))
     assert total + 0.25 <= 16
 
 
@@ -46,8 +46,8 @@ def test_defaults_use_every_gpu_of_an_8_gpu_node():
     specs = specs_for(PipelineConfig(), ClusterResources(cpus=128, gpus=8))
     for name in ("detect", "score"):
         s = specs[name]
-        assert s.resources.gpus == 0.5 and s.max_workers == 8 and s.resources.cpus == 2.0
-    assert sum(specs[n].resources.gpus * specs[n].max_workers for n in ("detect", "score")) == 8
+        assert s.resources.gpus == 0.5 and s.max_actors == 8 and s.resources.cpus == 2.0
+    assert sum(specs[n].resources.gpus * specs[n].max_actors for n in ("detect", "score")) == 8
     assert "1..8 actors x 2 CPU + 0.5 GPU" == specs["score"].describe()["runs_on"]
 
 
@@ -58,8 +58,8 @@ def test_a_joined_cluster_leaves_the_pools_uncapped_and_config_values_win():
     cfg.detect.num_gpus = 0
     cfg.detect.num_cpus = 4
     specs = specs_for(cfg, ClusterResources(cpus=32, gpus=2, fixed=False))
-    assert specs["score"].max_workers == 3 and specs["score"].resources.gpus == 0.5
-    assert specs["detect"].min_workers == specs["detect"].max_workers == 2
+    assert specs["score"].max_actors == 3 and specs["score"].resources.gpus == 0.5
+    assert specs["detect"].min_actors == specs["detect"].max_actors == 2
     assert specs["detect"].resources.gpus == 0 and specs["detect"].resources.cpus == 4
 
 
