@@ -534,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                         load_start=load_start, load_end=os.getloadavg()[0], **m)
                 r.kept = npy_rows(npy) if r.ok else None
                 log(f"{rows:,} {baseline} {tool}: {status_of(r)}, {r.wall_s:.1f} s wall, {r.cpu_s:.1f} s CPU, "
-                    f"peak {fmt_gib(r.peak_rss)} GiB, kept {r.kept}, load average {r.load_start:.1f} -> {r.load_end:.1f}")
+                    f"peak {fmt_gib(r.peak_rss)} GiB, kept {r.kept}, "
+                    f"load average {r.load_start:.1f} -> {r.load_end:.1f}")
                 if not r.ok:
                     tail = Path(r.log).read_text(errors="replace")[-2000:]
                     log(f"{tool} log tail ({r.log}):\n{tail}")
@@ -551,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                 equal, why = compare(Path(dc.npy), Path(cu.npy))
                 same = "same" if equal else "**DIFFERENT**"
                 if not equal:
-                    bad.append(f"{rows:,} {baseline} (rule {curate_rule(baseline, args.wordnet)}): subsets differ: {why}")
+                    bad.append(
+                        f"{rows:,} {baseline} (rule {curate_rule(baseline, args.wordnet)}): subsets differ: {why}")
             row = table_row(rows, baseline, dc, cu, same)
             if not table:
                 print(HEADER, flush=True)

@@ -39,7 +39,8 @@ def make_pool(path: Path, n: int, dim: int, seed: int = 0, copies: float = 0.005
     chunk = 200_000
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        x = centres[rng.integers(0, len(centres), m)] + 0.9 * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim) * 3
+        x = (centres[rng.integers(0, len(centres), m)]
+             + 0.9 * rng.standard_normal((m, dim)).astype(np.float32) / np.sqrt(dim) * 3)
         out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     k = int(n * copies)
     src = rng.choice(n, k, replace=False)
@@ -86,7 +87,8 @@ def main() -> None:
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
-    print("\n| rows | dim | wall | rows/s | peak RSS | recall of planted copies | extra removed | time growth (rows growth) |")
+    print("\n| rows | dim | wall | rows/s | peak RSS | recall of planted copies | extra removed "
+          "| time growth (rows growth) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['n']:,} | {r['dim']} | {r['wall_s']:.1f} s | {r['rows_per_s']:,.0f} | {r['peak_rss_gib']:.2f} GiB "

@@ -59,7 +59,9 @@ def build(workdir: Path, rows: int, files: int, seed: int = 0, uids: str = "hex"
     if index.exists():
         shutil.rmtree(index)
     index.mkdir(parents=True)
-    captions = [t for t in pq.read_table(REPO / "tests/data/captions/laion_sample_1000.parquet").column("TEXT").to_pylist() if t]
+    captions = [
+        t for t in pq.read_table(REPO / "tests/data/captions/laion_sample_1000.parquet").column("TEXT").to_pylist() if t
+    ]
     rng = np.random.default_rng(seed)
     per = -(-rows // files)
     for f in range(files):
@@ -86,7 +88,8 @@ def build(workdir: Path, rows: int, files: int, seed: int = 0, uids: str = "hex"
                 S.TEXT_BOXES: empty_lists, S.NUM_TEXT_BOXES: pa.array(np.zeros(n, np.int32), mask=~ok),
                 S.TEXT_AREA_FRAC: pa.array(np.zeros(n, np.float32), mask=~ok),
                 S.CLIP_SCORE: pa.array(clip, mask=~ok), S.MASKED_CLIP_SCORE: pa.array(masked, mask=~ok),
-                S.CAPTION_LANG: pa.array(lang.astype(object)), S.CAPTION_LANG_SCORE: pa.array(np.full(n, 0.9, np.float32)),
+                S.CAPTION_LANG: pa.array(lang.astype(object)),
+                S.CAPTION_LANG_SCORE: pa.array(np.full(n, 0.9, np.float32)),
                 S.OCR_TEXT: pa.nulls(n, pa.list_(pa.string())), S.OCR_CONFIDENCE: pa.nulls(n, pa.list_(pa.float32())),
             },
             schema=S.SCHEMA,

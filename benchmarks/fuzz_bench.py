@@ -133,7 +133,9 @@ def main() -> None:
 
     # Baseline: the bundled clean sample shards through the same chain.
     t0 = time.perf_counter()
-    clean = sum(len(run_shard(chain, p, args.batch_size)[0]) for p in sorted((REPO / "tests/data/shards").glob("*.tar")))
+    clean = sum(
+        len(run_shard(chain, p, args.batch_size)[0]) for p in sorted((REPO / "tests/data/shards").glob("*.tar"))
+    )
     clean_rate = clean / (time.perf_counter() - t0)
 
     d = RandomDriver(args.seed)

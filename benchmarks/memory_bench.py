@@ -137,7 +137,10 @@ def measure(n_shards: int, per_shard: int, tmp: Path, object_store_mib: int | No
         init_ray(num_cpus=2, object_store_memory=object_store_mib * 2**20)
     summary = run_score([str(pool / "*.tar")], tmp / f"index-{n_shards}", cfg, num_cpus=2, progress=False)
     secs = time.perf_counter() - t0
-    store = ray.available_resources().get("object_store_memory", 0), ray.cluster_resources().get("object_store_memory", 0)
+    store = (
+        ray.available_resources().get("object_store_memory", 0),
+        ray.cluster_resources().get("object_store_memory", 0),
+    )
     ray.shutdown()
     watch.stop.set()
     watch.join()
@@ -187,8 +190,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['shards']:>7} shards: " + "  ".join(f"{v:.0f}" for v in r["quarters_mib"]))
     a, b = rows[0], rows[-1]
-    print(f"\n{b['shards'] / a['shards']:.0f}x the shards: driver PSS x{b['driver_pss_mib'] / a['driver_pss_mib']:.2f}, "
-          f"Ray PSS sum x{b['ray_pss_mib'] / a['ray_pss_mib']:.2f}, Ray RSS sum x{b['ray_rss_mib'] / a['ray_rss_mib']:.2f}")
+    print(f"\n{b['shards'] / a['shards']:.0f}x the shards: "
+          f"driver PSS x{b['driver_pss_mib'] / a['driver_pss_mib']:.2f}, "
+          f"Ray PSS sum x{b['ray_pss_mib'] / a['ray_pss_mib']:.2f}, "
+          f"Ray RSS sum x{b['ray_rss_mib'] / a['ray_rss_mib']:.2f}")
 
 
 if __name__ == "__main__":

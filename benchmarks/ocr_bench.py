@@ -54,7 +54,8 @@ def main() -> None:
     n = len(records)
     weights = resolve_pretrained("tiny", None)
     print(f"{n} samples, detector input {args.long_side} px, tiny CLIP, best of {args.repeats}, 2 threads")
-    print("| detector + recognizer | seconds a sample without OCR | with OCR | ratio | boxes read | index bytes a sample without / with |")
+    print("| detector + recognizer | seconds a sample without OCR | with OCR | ratio | boxes read "
+          "| index bytes a sample without / with |")
     print("| --- | --- | --- | --- | --- | --- |")
     for detector in args.detectors:
         chains = {}

@@ -156,7 +156,8 @@ def driver_ceiling(n_rows: int = 2_000_000, block: int = 256, shard_size: int = 
     records = []
     for shard in range(n_rows // shard_size):
         for start in range(0, shard_size, block):
-            records.append((f"s3://pool/{shard:08d}.tar", np.arange(start, min(start + block, shard_size), dtype=np.int64)))
+            records.append(
+                (f"s3://pool/{shard:08d}.tar", np.arange(start, min(start + block, shard_size), dtype=np.int64)))
     batches = []
     for i in range(0, len(records), 16):  # Ray Data hands the driver blocks of part records
         part = records[i:i + 16]

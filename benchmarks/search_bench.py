@@ -70,7 +70,8 @@ def main() -> None:
     print("| --- | " + " | ".join("---" for _ in classes) + " | --- | --- |")
     for name, per in results.items():
         mean = sum(per.values()) / len(per)
-        print(f"| {name} | " + " | ".join(f"{per[c]:.1f}" for c in classes) + f" | {mean:.3f} | {1 / len(classes):.3f} |")
+        print(f"| {name} | " + " | ".join(f"{per[c]:.1f}" for c in classes)
+              + f" | {mean:.3f} | {1 / len(classes):.3f} |")
 
 
 if __name__ == "__main__":

@@ -272,7 +272,9 @@ def mechanism(index: Path, truth: dict[str, dict]) -> dict[str, dict[str, float]
             glyphs = canvas[y0 * scale:y1 * scale, x0 * scale:x1 * scale]
             a["masked"].append(float(glyphs.mean()) if glyphs.size else 0.0)
             word = meta["caption_class"].lower()
-            tokens = [t for text in (ocr or []) for t in "".join(c if c.isalnum() else " " for c in text.lower()).split()]
+            tokens = [
+                t for text in (ocr or []) for t in "".join(c if c.isalnum() else " " for c in text.lower()).split()
+            ]
             a["read"].append(float(any(len(t) >= min(len(word), 4) and word.startswith(t) for t in tokens)))
     return {k: {m: (float(np.mean(v)) if v else float("nan")) for m, v in a.items()} | {"n": len(a["boxes"])}
             for k, a in acc.items()}
@@ -417,7 +419,8 @@ def main() -> None:
     print(text)
     (out / "results.json").write_text(json.dumps(
         {"rows": rows, "tests": tests, "mechanism": {pl["seed"]: pl["mechanism"] for pl in pools},
-         "scorer_acc1": {pl["seed"]: pl["scorer_acc"] for pl in pools}, "args": {k: str(v) for k, v in vars(args).items()},
+         "scorer_acc1": {pl["seed"]: pl["scorer_acc"] for pl in pools},
+         "args": {k: str(v) for k, v in vars(args).items()},
          "minutes": (time.time() - t_start) / 60}, indent=2, default=str))
     if args.results:
         with open(args.results, "a") as f:
@@ -457,19 +460,24 @@ def format_tables(rows: list[dict], pools: list[dict], tests: list[dict], args, 
         ps = pool["seed"]
         lines += [f"**Pool {ps}** ({len(pool['truth'])} samples; its scorer's own CIFAR-10 zero-shot acc1 "
                   f"{100 * pool['scorer_acc']:.2f}%)", "",
-                  "| subset | rule | size | % of pool | match kept | match+text kept | text-spotting kept | mismatch kept "
-                  "| text-spotting in subset | CIFAR-10 zero-shot acc1 (%), mean ± sd | per seed (" + ", ".join(map(str, seeds)) + ") |",
+                  "| subset | rule | size | % of pool | match kept | match+text kept | text-spotting kept "
+                  "| mismatch kept | text-spotting in subset | CIFAR-10 zero-shot acc1 (%), mean ± sd | per seed ("
+                  + ", ".join(map(str, seeds)) + ") |",
                   "| " + " | ".join(["---"] * 11) + " |"]
         for r in (r for r in rows if r["pool"] == ps):
             accs = [r["acc"][s] for s in seeds]
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             k = r["kept"]
             lines.append(
-                f"| {r['name']}{' (= ' + r['same_as'] + ')' if r['same_as'] else ''} | `{r['rule'] or '-'}` | {r['size']} | "
+                f"| {r['name']}{' (= ' + r['same_as'] + ')' if r['same_as'] else ''} | "
+                f"`{r['rule'] or '-'}` | {r['size']} | "
                 f"{100 * r['size'] / r['pool_size']:.0f}% | {100 * k['match']:.0f}% | {100 * k['match_text']:.0f}% | "
                 f"{100 * k['text_spot']:.0f}% | {100 * k['mismatch']:.0f}% | {100 * r['makeup']['text_spot']:.1f}% | "
                 f"{100 * np.mean(accs):.2f} ± {100 * sd:.2f} | " + ", ".join(f"{100 * a:.2f}" for a in accs) + " |")
-        lines += ["", f"Mechanism, pool {ps} (DBNet at 128 px on the 64 px images, PP-OCRv4 recognizer, mean-colour masking):", "",
+        lines += ["",
+                  f"Mechanism, pool {ps} (DBNet at 128 px on the 64 px images, PP-OCRv4 recognizer, "
+                  "mean-colour masking):",
+                  "",
                   "| kind | samples | with text boxes | rendered word's area masked | rendered word read by OCR "
                   "| mean CLIP score | mean masked CLIP score | mean text-match score |",
                   "| " + " | ".join(["---"] * 8) + " |"]
@@ -488,7 +496,8 @@ def format_tables(rows: list[dict], pools: list[dict], tests: list[dict], args, 
         p = "n/a" if t["p"] != t["p"] else (f"**{t['p']:.3g}**" if t["p"] < 0.05 else f"{t['p']:.3g}")
         lines.append(f"| {t['a']} | {t['b']} | {', '.join(map(str, t['pools']))} | {t['size_a']} / {t['size_b']} | "
                      f"{t['n']} | {100 * t['mean']:+.2f} ± {100 * t['sd']:.2f} | {t['wins']}/{t['n']} | {p} |")
-    lines += ["", f"Pools {args.pools} of {args.pool_size} samples (shares {args.shares}); each scorer {args.scorer_samples} "
+    lines += ["", f"Pools {args.pools} of {args.pool_size} samples (shares {args.shares}); "
+              f"each scorer {args.scorer_samples} "
               f"samples seen; each subset trained for {args.samples_seen} samples seen (tiny recipe, `curate train "
               f"--local`), seeds {seeds}; CIFAR-10 test images: "
               f"{'all 10,000' if not args.test_per_class else f'{10 * args.test_per_class}'}; chance is 10%. "

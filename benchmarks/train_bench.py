@@ -72,7 +72,8 @@ def run_open_clip(args, logs: Path) -> dict:
 def run_curate(args, out: Path, draft: bool = True) -> dict:
     cmd = [
         sys.executable, "-m", "curate.cli", "train", args.shards, "--out", str(out), "--scale", "tiny",
-        "--model", args.model, "--batch-size", str(args.batch_size), "--samples-seen", str(args.steps * args.batch_size),
+        "--model", args.model, "--batch-size", str(args.batch_size),
+        "--samples-seen", str(args.steps * args.batch_size),
         "--lr", str(args.lr), "--warmup", str(args.warmup), "--data-workers", str(args.data_workers),
         "--cpus-per-worker", str(args.threads), "--torch-threads", str(args.threads),
         "--save-every", str(args.steps), "--log-every", str(args.log_every), "--no-progress",

@@ -144,7 +144,8 @@ def _add_score(sub) -> None:
         "flag, --<section>-<key>, which wins over --config. --clip-model without --pretrained: random init, "
         "as open_clip does.",
     )
-    p.add_argument("shards", nargs="+", help="shard paths or URLs; brace ranges {000000..000009}, globs and fsspec URLs")
+    p.add_argument("shards", nargs="+",
+                   help="shard paths or URLs; brace ranges {000000..000009}, globs and fsspec URLs")
     p.add_argument("--out", required=True, help="output folder of the score index (one .parquet per shard)")
     p.add_argument("--config", help="pipeline YAML (e.g. pipelines/tmars.yaml); default: the T-MARS defaults, "
                    "with actor pools, CPUs and GPUs sized to the Ray cluster")
@@ -176,13 +177,15 @@ def _add_filter(sub) -> None:
         "filter",
         help="select a subset of the pool by rules over the score index (no image is re-read)",
         description=f"Rules: {rule_signatures()}. Combine with & | ~ and parentheses; fraction= ranks the whole "
-        "pool's ok rows, not one file's. What each rule does, and which give DataComp's baselines exactly: README, 'Filter and query the "
-        "index' and 'DataComp participants'.",
+        "pool's ok rows, not one file's. What each rule does, and which give DataComp's baselines exactly: "
+        "README, 'Filter and query the index' and 'DataComp participants'.",
     )
     _add_pool_index(p)
     p.add_argument("--rule", help='e.g. "tmars(fraction=0.5) & basic()"')
-    p.add_argument("--where", help="one extra SQL expression over the index columns, ANDed with the rule, e.g. \"num_text_boxes = 0\" (nothing else is accepted; non-ok rows are never kept)")
-    p.add_argument("--out", required=True, help="output folder: subset.parquet, subset.npy (DataComp), filter_summary.json")
+    p.add_argument("--where", help="one extra SQL expression over the index columns, ANDed with the rule, "
+                   "e.g. \"num_text_boxes = 0\" (nothing else is accepted; non-ok rows are never kept)")
+    p.add_argument("--out", required=True,
+                   help="output folder: subset.parquet, subset.npy (DataComp), filter_summary.json")
     _add_memory_limit(p, "the kept rows spill to OUT/.filter-work and are sorted a uid range at a time")
     p.add_argument("--address", help="run on this Ray cluster (or RAY_ADDRESS's), a task per group of index files; "
                    "the index and --out must be on storage every node reads (default: one process)")
@@ -279,7 +282,8 @@ def _add_report(sub) -> None:
     )
     _add_pool_index(p)
     p.add_argument("--subset", help="subset.parquet or DataComp .npy: show what it kept and dropped")
-    p.add_argument("--shards", nargs="+", help="where the shards are now, if moved since scoring (matched by file name)")
+    p.add_argument("--shards", nargs="+",
+                   help="where the shards are now, if moved since scoring (matched by file name)")
     p.add_argument("--out", required=True, help="output folder (index.html, images/)")
     from curate.report.data import ReportConfig
 

@@ -216,8 +216,8 @@ def query_to_file(sql: str, index: str | Path, path: str | Path, memory_limit: s
     target = path.resolve()
     for f in map(Path, sum(pool_files(index), [])):
         if f == target or (ext == ".parquet" and f.parent == target.parent):
-            raise ForeignOutput(f"--output {path} is in the score index (or metadata) folder (an index file, or a .parquet "
-                                f"file that would join them); write the result elsewhere")
+            raise ForeignOutput(f"--output {path} is in the score index (or metadata) folder (an index file, "
+                                f"or a .parquet file that would join them); write the result elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
     spill = make_work_folder(path.with_name(path.name + ".duckdb-tmp"))
     rows = 0

@@ -107,7 +107,8 @@ MASKED_IMAGE_EMBEDDING = "masked_image_embedding"  # of the text-masked image (=
 TEXT_EMBEDDING = "text_embedding"  # of the caption
 EMBEDDING_COLUMNS = (IMAGE_EMBEDDING, MASKED_IMAGE_EMBEDDING, TEXT_EMBEDDING)
 IMAGE_HASH = "image_hash"  # binary(16): BLAKE2b-128 of the image bytes as stored (exact copies)
-IMAGE_PHASH = "image_phash"  # int64: 64-bit perceptual hash (imagehash.phash) of the decoded image; 0: none (near-constant image)
+# int64: 64-bit perceptual hash (imagehash.phash) of the decoded image; 0: none (near-constant image)
+IMAGE_PHASH = "image_phash"
 
 # Status values. `ok` is the only status whose scores are meaningful.
 STATUS_OK = "ok"

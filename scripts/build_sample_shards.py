@@ -46,7 +46,9 @@ OUR_CAPTIONS = {
     "text_images/example.png": "Screenshot of text detection results on an infographic and street signs.",
     "text_images/example2.png": "Street signs with Japanese and Korean text, one reading NO LITTER.",
     "text_images/example3.png": "50 40 BASRURKAR MARKET SPEED LIMIT",
-    "text_images/french.jpg": "Mairie du 1er Palais du Louvre Les Arts Decoratifs Musee du Louvre Theatre du Palais-Royal",
+    "text_images/french.jpg": (
+        "Mairie du 1er Palais du Louvre Les Arts Decoratifs Musee du Louvre Theatre du Palais-Royal"
+    ),
     "text_images/width_ths.png": "35,498,648.64 6,001,271.61",
 }
 
@@ -109,7 +111,9 @@ def collect(data: Path) -> list[list[tuple[str, str | None]]]:
         rel = f"icdar2015_toy/img_{i}.jpg"
         shard1.append((rel, icdar_caption(data / "icdar2015_toy" / f"gt_img_{i}.txt") or OUR_CAPTIONS[rel]))
     shard0 += [(rel, cap) for rel, cap in OUR_CAPTIONS.items() if rel.startswith("flickr30k_snli/")]
-    shard2 = [(rel, cap) for rel, cap in OUR_CAPTIONS.items() if rel.split("/")[0] in ("photos", "dj_images", "text_images")]
+    shard2 = [
+        (rel, cap) for rel, cap in OUR_CAPTIONS.items() if rel.split("/")[0] in ("photos", "dj_images", "text_images")
+    ]
     shard2.append(("dj_images/img3.jpg", None))  # the sample without a caption
     return [shard0, shard1, shard2]
 

@@ -165,7 +165,8 @@ def embedded_pool(tmp_path_factory, ray_cluster, sources):
     tree = d / "evaltree" / "things"
     tree.mkdir(parents=True)
     (tree / "a.jpg").write_bytes(jpeg_bytes(imgs[pool[4]], quality=50))
-    (tree / "b.jpg").write_bytes(jpeg_bytes(imgs[pool[5]].resize((imgs[pool[5]].width // 2, imgs[pool[5]].height // 2))))
+    (tree / "b.jpg").write_bytes(
+        jpeg_bytes(imgs[pool[5]].resize((imgs[pool[5]].width // 2, imgs[pool[5]].height // 2))))
     import numpy as np
 
     rng = np.random.default_rng(0)  # two pictures the pool does not hold: a gradient and noise
@@ -187,7 +188,9 @@ def embedded_pool(tmp_path_factory, ray_cluster, sources):
 N_SHARDS, PER_SHARD = 20, 3
 
 
-def write_unique_pool(folder: Path, n_shards: int, per_shard: int, max_bytes: int = 200_000) -> dict[tuple[str, str], str]:
+def write_unique_pool(
+    folder: Path, n_shards: int, per_shard: int, max_bytes: int = 200_000
+) -> dict[tuple[str, str], str]:
     """``n_shards`` shards of ``per_shard`` samples taken in turn from the bundled sample shards
     (images under ``max_bytes``, plus the broken JPEG and the sample without caption), each with
     a fresh uid. Returns ``{(shard path, key): uid}``, read back from the tars with tarfile."""

@@ -35,8 +35,8 @@ from webdataset.tariterators import base_plus_ext
 
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "bmp": "BMP", "tif": "TIFF", "gif": "GIF", "avif": "AVIF"}
 MODES = ("RGB", "RGBA", "LA", "P", "P+trns", "L", "L+trns", "RGB+trns", "1", "I;16", "CMYK")
-SPECIAL_TEXT = ("\ud83d", "\udfff", "\x00", "\x07", "\x1b[31m", "\u202e", "\ufeff", "\r\n", "\x85", "'; DROP TABLE scores; --",
-                "{{c}}", "%s%n", "\U0001f600", "")
+SPECIAL_TEXT = ("\ud83d", "\udfff", "\x00", "\x07", "\x1b[31m", "\u202e", "\ufeff", "\r\n", "\x85",
+                "'; DROP TABLE scores; --", "{{c}}", "%s%n", "\U0001f600", "")
 SHARED_UID = "0123456789abcdef0123456789abcdef"
 
 
@@ -218,7 +218,8 @@ def shard_members(d, max_samples: int = 8) -> list[tuple]:
 def build_tar(members: list[tuple], cut: int | None = None) -> bytes:
     """A tar (GNU format) of ``members``; ``cut``: keep only that many bytes."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tf:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tf:
         for m in members:
             name, data = m[0], m[1]
             info = tarfile.TarInfo(name)

@@ -277,7 +277,8 @@ def test_the_real_language_stage_isolates_a_caption_it_raises_on():
              S.STATUS: np.array(["ok", "ok", "missing_caption"], dtype=object),
              S.ERROR: np.array(["", "", "empty caption"], dtype=object)}
     out = CaptionLanguage()(batch)
-    assert out[S.CAPTION_LANG].tolist()[0] == "en" and out[S.STATUS].tolist() == ["ok", "language_error", "missing_caption"]
+    assert (out[S.CAPTION_LANG].tolist()[0] == "en"
+            and out[S.STATUS].tolist() == ["ok", "language_error", "missing_caption"])
     assert out[S.ERROR][1].startswith("language: ")
 
 
@@ -394,7 +395,8 @@ def test_where_is_one_expression_and_nothing_else_runs(hostile_index, tmp_path, 
     for where in ("FALSE), FALSE) OR coalesce((TRUE", "TRUE UNION SELECT TRUE", "1 FROM scores", "x AS y"):
         assert main(["filter", "--index", str(out), "--where", where, "--out", str(tmp_path / "o")]) == 2
     # Whatever --where says, a row whose status is not ok is never kept.
-    assert main(["filter", "--index", str(out), "--where", "status <> 'ok' OR TRUE", "--out", str(tmp_path / "all")]) == 0
+    assert main(["filter", "--index", str(out), "--where", "status <> 'ok' OR TRUE",
+                 "--out", str(tmp_path / "all")]) == 0
     statuses = set(query_statuses(out, tmp_path / "all"))
     assert statuses == {"ok"}
     # The summary is strict JSON: a keep-all threshold is "-inf", never -Infinity.

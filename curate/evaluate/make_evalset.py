@@ -10,8 +10,8 @@ DataComp's evaluation read): ``test/{0..n-1}.tar`` written with ``webdataset.Sha
   formats (``curate.io.formats``). A sample is the image's bytes unchanged when it is JPEG, PNG
   or WebP (what ``evaluate`` and clip_benchmark's webdataset reader take), else the image
   converted to PNG losslessly (BMP, TIFF, GIF, AVIF, ...), so ``evaluate`` reads every sample
-  written; a file that cannot be decoded is refused by name. With it, its label (``.cls``, index in sorted folder order, as
-  ``torchvision.datasets.ImageFolder`` numbers classes). Class names: ``--classnames`` file,
+  written; a file that cannot be decoded is refused by name. With it, its label (``.cls``, index in
+  sorted folder order, as ``torchvision.datasets.ImageFolder`` numbers classes). Class names: ``--classnames`` file,
   else the known names for ``--name`` (CIFAR-10's from torchvision, others from clip_benchmark)
   when they match the folders, else the folder names. Templates: ``--templates`` file, else
   clip_benchmark's for ``--name``, else ``"a photo of a {c}."``.
@@ -269,8 +269,9 @@ def make_retrieval_set(captions: str | Path, image_root: str | Path, name: str, 
     Raises:
         ValueError: a line without ``image`` or with no caption, an image that does not decode,
             or an image file over ``max_member_bytes``, an ``image`` that is not a
-            relative path under ``image_root`` (an absolute path, a ``..`` segment), or a ``captions`` / ``image_root`` that is
-            not a local path (``curate.io.shards.check_shard_spec``: ``pipe:``, any scheme; before
+            relative path under ``image_root`` (an absolute path, a ``..`` segment), or a
+            ``captions`` / ``image_root`` that is not a local path
+            (``curate.io.shards.check_shard_spec``: ``pipe:``, any scheme; before
             any work), or ``OUT/wds_<name>_test`` already exists and is not an empty folder
             (``curate.io.atomic.ForeignOutput``); FileNotFoundError: a missing image.
     """

@@ -184,7 +184,8 @@ def load_targets(path) -> np.ndarray:
     try:
         x = np.load(p, allow_pickle=False) if p.suffix == ".npy" else _torch_load(p)
     except Exception as e:  # noqa: BLE001
-        raise DataCompAssetError(f"cannot read ImageNet-1k embeddings {p} (weights_only, no pickled code): {e}") from None
+        raise DataCompAssetError(
+            f"cannot read ImageNet-1k embeddings {p} (weights_only, no pickled code): {e}") from None
     if isinstance(x, dict):
         if "image_features" not in x:
             raise DataCompAssetError(f"{p}: no 'image_features' (has {sorted(map(str, x))})")
@@ -250,9 +251,11 @@ class NearTargetCentroid:
         try:
             arr = npz_array(npz_path(file), "l14_img")
         except (FileNotFoundError, KeyError, ValueError) as e:
-            raise DataCompAssetError(f"image_based() reads l14_img of the .npz beside each metadata file: {e}") from None
+            raise DataCompAssetError(
+                f"image_based() reads l14_img of the .npz beside each metadata file: {e}") from None
         if arr.ndim != 2 or arr.shape[1] != self.centroids.shape[1]:
-            raise DataCompAssetError(f"{npz_path(file)}: l14_img is {arr.shape}, expected (rows, {self.centroids.shape[1]})")
+            raise DataCompAssetError(
+                f"{npz_path(file)}: l14_img is {arr.shape}, expected (rows, {self.centroids.shape[1]})")
         with self._lock:
             self._arrays[file] = arr
             while len(self._arrays) > _CACHE_FILES:

@@ -35,7 +35,9 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def leaf_centroids(emb: np.ndarray, leaves: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def leaf_centroids(
+    emb: np.ndarray, leaves: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Spherical k-means centroids of ``emb``, two-level when there are many.
 
     Up to 256 leaves, one ``faiss.Kmeans`` run; beyond, ``ceil(sqrt(leaves))`` coarse clusters,

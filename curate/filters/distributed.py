@@ -181,7 +181,8 @@ class RayPool(Pool):
         names = self._rows_of(f"SELECT count(*) FROM (DESCRIBE {VIEW}) WHERE column_name = '{column}'", {})
         if not any(part[0][0] for part in names):
             return False  # an index written before the column existed
-        found = self._rows_of(f"SELECT count(*) FROM (SELECT 1 FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL LIMIT 1)", {})
+        found = self._rows_of(
+            f"SELECT count(*) FROM (SELECT 1 FROM {VIEW} WHERE {OK} AND {column} IS NOT NULL LIMIT 1)", {})
         return any(part[0][0] for part in found)
 
     def need_whole_pool(self, leaf: Leaf, what: str) -> None:
@@ -237,8 +238,10 @@ def run_filter_distributed(index: str | Path, rule: str | None, out: str | Path,
                                                          plan.counts_sql)
             bounds = uid_bounds(partitions)
             select = _remote(_select, num_cpus=1)
-            counts = np.sum(get_all([select.remote(g, i, predicate, counts_sql, cols, bounds, str(parts_dir), memory_limit)
-                                     for i, g in enumerate(groups)]), axis=0)
+            counts = np.sum(get_all([
+                select.remote(g, i, predicate, counts_sql, cols, bounds, str(parts_dir), memory_limit)
+                for i, g in enumerate(groups)
+            ]), axis=0)
             finish = _remote(_finish, num_cpus=1)
             ranges = [(parts_dir / f"p{j:04d}", parts_dir / f"kept-{j:04d}.parquet") for j in range(partitions)]
             done = get_all([finish.remote(str(d), cols, str(o), memory_limit) for d, o in ranges])

@@ -324,7 +324,8 @@ def text_match_sql(min_confidence: float = 0.5) -> str:
     words = (f"list_filter(flatten(list_transform(list_filter(list_zip({S.OCR_TEXT}, {S.OCR_CONFIDENCE}), "
              f"lambda p: p[2] >= {conf!r}), lambda p: regexp_split_to_array(lower(p[1]), '[^[:alnum:]]+'))), "
              f"lambda w: length(w) >= {MIN_MATCH_WORD})")
-    matched = f"list_sum(list_transform({words}, lambda w: CASE WHEN contains(lower({S.TEXT}), w) THEN length(w) ELSE 0 END))"
+    matched = (f"list_sum(list_transform({words}, "
+               f"lambda w: CASE WHEN contains(lower({S.TEXT}), w) THEN length(w) ELSE 0 END))")
     total = f"list_sum(list_transform({words}, lambda w: length(w)))"
     return (f"(CASE WHEN {S.OCR_TEXT} IS NULL THEN NULL "
             f"ELSE coalesce(CAST({matched} AS DOUBLE) / nullif({total}, 0), 0.0) END)")
@@ -627,7 +628,8 @@ def check_predicate(where: str) -> str:
         and not select_list[0].get("alias")
         # every clause of the statement (FROM, WHERE, GROUP BY [ALL], HAVING, QUALIFY, ORDER BY,
         # LIMIT, CTEs, set operations) exactly as in the bare "SELECT 1"
-        and {k: v for k, v in node.items() if k != "select_list"} == {k: v for k, v in baseline.items() if k != "select_list"}
+        and {k: v for k, v in node.items() if k != "select_list"}
+        == {k: v for k, v in baseline.items() if k != "select_list"}
         and not _has_class(select_list[0], {"STAR", "POSITIONAL_REFERENCE"})
     )
     if not plain:

@@ -221,7 +221,8 @@ class FilterSummary:
         lines = [
             "curate filter: summary",
             f"  rule          {self.rule or '-'}" + (f"  WHERE {self.where}" if self.where else ""),
-            f"  pool          {self.pool_rows} rows, {self.pool_ok} ok ({self.pool_rows - self.pool_ok} not ok, never kept)",
+            f"  pool          {self.pool_rows} rows, {self.pool_ok} ok "
+            f"({self.pool_rows - self.pool_ok} not ok, never kept)",
             f"  kept          {kept_text(self.kept, self.pool_rows, self.pool_ok)}",
         ]
         if self.not_scored:
@@ -230,8 +231,8 @@ class FilterSummary:
         for part, n in self.removed_by.items():
             lines.append(f"  removed by    {part}: {n} ok rows fail it")
         if self.shared_uid_rows:
-            lines.append(f"  shared uid    {self.shared_uid_rows} row(s) pass the rule but share their uid with another "
-                         "row of the pool: not kept (a uid must name one sample)")
+            lines.append(f"  shared uid    {self.shared_uid_rows} row(s) pass the rule but share their uid with "
+                         "another row of the pool: not kept (a uid must name one sample)")
         if self.bad_uid_rows:
             lines.append(f"  bad uid       {self.bad_uid_rows} row(s) pass the rule but their uid is not a uid (32 "
                          "lower-case hex characters; an old or edited index): not kept")
@@ -326,7 +327,8 @@ def check_filter_out(out: Path, index: str | Path) -> set[str]:
     target = out.resolve()
     index_list, meta_list = pool_files(index)
     if any(Path(f).parent == target for f in [*index_list, *meta_list]):
-        raise ForeignOutput(f"--out {out} is the score index's folder (or the metadata's: --index); write the subset to another folder")
+        raise ForeignOutput(f"--out {out} is the score index's folder (or the metadata's: --index); "
+                            "write the subset to another folder")
     summary = read_own_json(out / SUMMARY_FILE, "rule", "pool_rows", "kept", "outputs")
     outputs = summary["outputs"] if summary is not None and isinstance(summary["outputs"], dict) else {}
     owned = {Path(v).name for v in outputs.values() if isinstance(v, str)} | ({SUMMARY_FILE} if summary else set())
@@ -754,7 +756,8 @@ def shared_uids(con: duckdb.DuckDBPyConnection, duplicate_hashes: np.ndarray) ->
     try:
         return con.sql(
             f"SELECT {S.UID} FROM {VIEW} WHERE {UID_HASH} IN (SELECT h FROM _repeated_hashes) GROUP BY {S.UID} "
-            f"HAVING count(*) > 1 AND NOT (bool_and({OK}) AND {SAME_SAMPLE})").to_arrow_table().column(0).combine_chunks()
+            f"HAVING count(*) > 1 AND NOT (bool_and({OK}) AND {SAME_SAMPLE})"
+        ).to_arrow_table().column(0).combine_chunks()
     finally:
         con.unregister("_repeated_hashes")
 

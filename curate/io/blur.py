@@ -111,7 +111,8 @@ def _too_many_pixels(image: bytes) -> str | None:
     except Exception:
         return None
     if width * height > PILLOW_MAX_PIXELS:
-        return f"too large to blur: {width}x{height} pixels, over {PILLOW_MAX_PIXELS} (Pillow's decompression-bomb level)"
+        return (f"too large to blur: {width}x{height} pixels, over {PILLOW_MAX_PIXELS} "
+                "(Pillow's decompression-bomb level)")
     return None
 
 

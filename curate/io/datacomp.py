@@ -9,7 +9,8 @@ DataComp's ``download_upstream.py`` leaves the pool's metadata as one flat folde
 | ``uid`` | string | the sample's uid (32 hex characters) |
 | ``url``, ``text`` | string | the image URL and the caption |
 | ``original_width``, ``original_height`` | int64 | the image's size in pixels, as downloaded |
-| ``clip_b32_similarity_score``, ``clip_l14_similarity_score`` | float32 | OpenAI CLIP ViT-B/32 and ViT-L/14 image-caption cosine similarity |
+| ``clip_b32_similarity_score`` | float32 | OpenAI CLIP ViT-B/32 image-caption cosine similarity |
+| ``clip_l14_similarity_score`` | float32 | OpenAI CLIP ViT-L/14 image-caption cosine similarity |
 | ``face_bboxes`` | list<list<double>> | faces, ``[x0, y0, x1, y1]`` normalised to [0, 1] |
 | ``sha256`` | string | of the image bytes |
 
@@ -110,7 +111,8 @@ def view_sql(patterns: str, names: set[str]) -> str:
     lacks is null)."""
     extra = [f"CAST(NULL AS FLOAT) AS {c}" for c in SCORE_COLUMNS if c not in names]
     cols = [
-        "* EXCLUDE (filename, file_row_number)", f"'{S.STATUS_OK}' AS {S.STATUS}", f"CAST(NULL AS VARCHAR) AS {S.ERROR}",
+        "* EXCLUDE (filename, file_row_number)", f"'{S.STATUS_OK}' AS {S.STATUS}",
+        f"CAST(NULL AS VARCHAR) AS {S.ERROR}",
         f"filename AS {S.SHARD}", f"CAST(file_row_number AS VARCHAR) AS {S.KEY}",
         f"CAST({DC_WIDTH} AS INTEGER) AS {S.WIDTH}", f"CAST({DC_HEIGHT} AS INTEGER) AS {S.HEIGHT}", *extra,
         f"filename AS {DC_FILE}", f"file_row_number AS {DC_ROW}",
@@ -157,13 +159,15 @@ def npz_array(npz: str | Path, name: str):
 
     path = Path(npz)
     if not path.is_file():
-        raise FileNotFoundError(f"DataComp embeddings not found: {path} (download_upstream.py --download_npz writes it)")
+        raise FileNotFoundError(
+            f"DataComp embeddings not found: {path} (download_upstream.py --download_npz writes it)")
     try:
         with zipfile.ZipFile(path) as z:
             try:
                 info = z.getinfo(f"{name}.npy")
             except KeyError:
-                raise KeyError(f"{path} has no array {name!r} (it has {sorted(n[:-4] for n in z.namelist())})") from None
+                raise KeyError(
+                    f"{path} has no array {name!r} (it has {sorted(n[:-4] for n in z.namelist())})") from None
     except zipfile.BadZipFile as e:
         raise ValueError(f"{path} is not an .npz file: {e}") from None
     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:

@@ -7,9 +7,13 @@ needed and a misaligned file is detected):
 | column | type |
 | --- | --- |
 | ``uid``, ``key`` | string |
-| ``image_embedding``, ``masked_image_embedding``, ``text_embedding`` | fixed_size_list<float16>[D], L2-normalised; null where the row is not ``ok`` |
+| ``image_embedding`` | fixed_size_list<float16>[D], L2-normalised; null where the row is not ``ok`` |
+| ``masked_image_embedding`` | fixed_size_list<float16>[D], L2-normalised; null where the row is not ``ok`` |
+| ``text_embedding`` | fixed_size_list<float16>[D], L2-normalised; null where the row is not ``ok`` |
 | ``image_hash`` | binary(16): BLAKE2b-128 of the image bytes as stored in the shard |
-| ``image_phash`` | int64: 64-bit perceptual hash (``imagehash.phash``) of the decoded image; 0 for a near-constant image (``curate.stages.decode.perceptual_hash``), which has none |
+| ``image_phash`` | int64: 64-bit perceptual hash (``imagehash.phash``) of the decoded image; 0: none (see below) |
+
+``image_phash`` is 0 for a near-constant image (``curate.stages.decode.perceptual_hash``), which has none.
 
 Any Parquet reader reads them without curate: ``pyarrow.parquet.read_table``, DuckDB
 (``SELECT uid, image_embedding FROM 'index/_embeddings/*.parquet'``), or numpy via

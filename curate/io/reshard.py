@@ -7,8 +7,8 @@ the subset (upweighting, as DataComp's resharder does). A uid names one sample: 
 of one shard carry the same uid neither is written, and when a later shard holds another sample
 with a uid already written, that sample is not written; both are counted and named in the
 summary (``shared_uid_samples``), never written in another sample's place. Copies of one sample
-(same image bytes and caption) are one sample: it is written as often as the subset lists it. Output shards are ``{:08d}.tar`` of
-``shard_size`` samples each, with a ``{:08d}_stats.json`` beside each and
+(same image bytes and caption) are one sample: it is written as often as the subset lists it. Output shards are
+``{:08d}.tar`` of ``shard_size`` samples each, with a ``{:08d}_stats.json`` beside each and
 ``reshard_summary.json`` for the whole run. Output keys are new and sequential (``{:09d}``):
 an input key may repeat across shards, and a repeated uid needs distinct keys. The files are
 written under ``out/.reshard-work`` and moved into ``out`` when the run is complete, replacing

@@ -126,7 +126,9 @@ def sample_to_record(sample: dict[str, Any], max_caption_chars: int = MAX_CAPTIO
     try:
         _fill_record(sample, rec, max_caption_chars)
     except Exception as e:  # a sample this odd still gets its row
-        rec.update({S.STATUS: S.STATUS_INVALID_SAMPLE, S.ERROR: S.cap_error(f"{type(e).__name__}: {e}"), S.IMAGE_BYTES: None})
+        rec.update({
+            S.STATUS: S.STATUS_INVALID_SAMPLE, S.ERROR: S.cap_error(f"{type(e).__name__}: {e}"), S.IMAGE_BYTES: None,
+        })
     return rec
 
 

@@ -495,7 +495,8 @@ def _read_samples(url: str, plan: MemberPlan | None, max_member_bytes: int = DEF
                     if last.get(key, -1) == position:
                         done.append(by_key.pop(key))
                     if not member.isfile():
-                        current.setdefault("__notes__", []).append(f"skipped {name!r}: not a regular file (link or device)")
+                        current.setdefault("__notes__", []).append(
+                            f"skipped {name!r}: not a regular file (link or device)")
                         skip_member_data(tf, member)
                         continue
                     if member.size > max_member_bytes:

@@ -460,19 +460,25 @@ code { font-size: 90%; }
 <table>
 {% for k, v in provenance %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>
 {% endfor %}</table>
-{% if not pretrained %}<p class="warn">The index was scored with a random-init CLIP: its scores are not meaningful CLIP scores.</p>{% endif %}
-{% if bad_uids %}<p class="warn">{{ bad_uids }} row(s) have a uid that is not 32 lower-case hex characters: left out of the bands and scores, never kept by a filter.</p>{% endif %}
+{% if not pretrained %}<p class="warn">The index was scored with a random-init CLIP: its scores are not meaningful \
+CLIP scores.</p>{% endif %}
+{% if bad_uids %}<p class="warn">{{ bad_uids }} row(s) have a uid that is not 32 lower-case hex characters: left out \
+of the bands and scores, never kept by a filter.</p>{% endif %}
 
 <h2>Samples by status</h2>
 <table><tr><th>status</th><th class="n">samples</th></tr>
 {% for s, n in by_status %}<tr><td>{{ s }}</td><td class="n">{{ n }}</td></tr>
 {% endfor %}</table>
-{% if joined %}<p><code>not_scored</code>: metadata rows the score index has no row for (images that failed to download, or shards not scored yet); a filter never keeps them.</p>{% endif %}
+{% if joined %}<p><code>not_scored</code>: metadata rows the score index has no row for (images that failed to \
+download, or shards not scored yet); a filter never keeps them.</p>{% endif %}
 
 <h2>Scores</h2>
-<table><tr><th>score</th><th class="n">samples</th><th class="n">min</th><th class="n">p10</th><th class="n">p50</th><th class="n">p90</th><th class="n">max</th><th class="n">mean</th></tr>
-{% for s in score_stats %}<tr><td>{{ s.name }}</td><td class="n">{{ s.n }}</td><td class="n">{{ fmt(s.min) }}</td><td class="n">{{ fmt(s.p10) }}</td>
-<td class="n">{{ fmt(s.p50) }}</td><td class="n">{{ fmt(s.p90) }}</td><td class="n">{{ fmt(s.max) }}</td><td class="n">{{ fmt(s.mean) }}</td></tr>
+<table><tr><th>score</th><th class="n">samples</th><th class="n">min</th><th class="n">p10</th><th class="n">p50</th>\
+<th class="n">p90</th><th class="n">max</th><th class="n">mean</th></tr>
+{% for s in score_stats %}<tr><td>{{ s.name }}</td><td class="n">{{ s.n }}</td><td class="n">{{ fmt(s.min) }}</td>\
+<td class="n">{{ fmt(s.p10) }}</td>
+<td class="n">{{ fmt(s.p50) }}</td><td class="n">{{ fmt(s.p90) }}</td><td class="n">{{ fmt(s.max) }}</td>\
+<td class="n">{{ fmt(s.mean) }}</td></tr>
 {% endfor %}</table>
 <p><small>Quantiles are approximate (DuckDB's t-digest); counts, min, max and mean are exact.</small></p>
 {% for p in plots %}<img src="{{ p }}" alt="{{ p }}"> {% endfor %}
@@ -484,7 +490,8 @@ code { font-size: 90%; }
 {% if subset %}
 <h2>Subset <code>{{ subset.path }}</code></h2>
 <p>Kept {{ subset.kept_text }} (as <code>curate filter</code> counts), dropped {{ subset.dropped }}.
-{% if subset.repeats %}{{ subset.repeats }} uid(s) are listed more than once (kept with repeats by <code>curate train</code>).{% endif %}
+{% if subset.repeats %}{{ subset.repeats }} uid(s) are listed more than once \
+(kept with repeats by <code>curate train</code>).{% endif %}
 {% if subset.unknown %}{{ subset.unknown }} uid(s) of the subset are not in this pool.{% endif %}</p>
 <table><tr><th>status</th><th class="n">kept</th><th class="n">dropped</th></tr>
 {% for s, k, d in subset.by_status %}<tr><td>{{ s }}</td><td class="n">{{ k }}</td><td class="n">{{ d }}</td></tr>
@@ -499,7 +506,8 @@ code { font-size: 90%; }
 <h2>Examples by {{ band_by }} band</h2>
 {% if band_note %}<p class="warn">{{ band_note }}</p>{% endif %}
 <p>{{ bands|length }} approximate quantile bands of {{ band_by }}, highest first; up to {{ per_band }} samples per band
-(those with the lowest hash of uid and seed {{ seed }}).{% if joined %} Left: the image with the detected text polygons in
+(those with the lowest hash of uid and seed {{ seed }}).{% if joined %}\
+ Left: the image with the detected text polygons in
 red; right: the masked image the masked CLIP score saw ({{ mask_method }} fill).{% endif %}</p>
 {% for b in bands %}
 <h3>{{ band_by }} in [{{ "%.4f"|format(b.lo) }}, {{ "%.4f"|format(b.hi) }}] ({{ b.count }} samples)</h3>
@@ -507,10 +515,13 @@ red; right: the masked image the masked CLIP score saw ({{ mask_method }} fill).
 {% endfor %}
 
 <h2>Per-{% if joined %}shard{% else %}file{% endif %} accounting</h2>
-<table><tr><th>{% if joined %}shard{% else %}metadata file{% endif %}</th><th>read status</th><th class="n">samples</th><th class="n">ok</th><th>errors</th></tr>
-{% for s in shards %}<tr><td><code>{{ s.shard }}</code></td><td>{{ s.status }}{% if s.error %}: {{ s.error }}{% endif %}</td>
+<table><tr><th>{% if joined %}shard{% else %}metadata file{% endif %}</th><th>read status</th>\
+<th class="n">samples</th><th class="n">ok</th><th>errors</th></tr>
+{% for s in shards %}<tr><td><code>{{ s.shard }}</code></td><td>\
+{{ s.status }}{% if s.error %}: {{ s.error }}{% endif %}</td>
 <td class="n">{{ s.samples }}</td><td class="n">{{ s.ok }}</td><td>{{ s.errors }}</td></tr>
-{% endfor %}<tr><th>total</th><th></th><th class="n">{{ num_samples }}</th><th class="n">{{ num_ok }}</th><th>{{ total_errors }}</th></tr>
+{% endfor %}<tr><th>total</th><th></th><th class="n">{{ num_samples }}</th><th class="n">{{ num_ok }}</th>\
+<th>{{ total_errors }}</th></tr>
 </table>
 <p><small>Written by <code>curate report</code> {{ version }}.</small></p>
 </body></html>

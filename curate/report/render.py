@@ -268,8 +268,10 @@ code { font-size: 90%; }
 <table>
 {% for k, v in provenance %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>
 {% endfor %}</table>
-{% if not pretrained %}<p class="warn">The index was scored with a random-init CLIP: its scores are not meaningful CLIP scores.</p>{% endif %}
-{% if bad_uids %}<p class="warn">{{ bad_uids }} row(s) have a uid that is not 32 lower-case hex characters (an old or edited index): left out of the bands, never kept by a filter.</p>{% endif %}
+{% if not pretrained %}<p class="warn">The index was scored with a random-init CLIP: its scores are not meaningful \
+CLIP scores.</p>{% endif %}
+{% if bad_uids %}<p class="warn">{{ bad_uids }} row(s) have a uid that is not 32 lower-case hex characters (an old or \
+edited index): left out of the bands, never kept by a filter.</p>{% endif %}
 
 <h2>Scores</h2>
 {% for p in plots %}<img src="{{ p }}" alt="{{ p }}"> {% endfor %}
@@ -277,7 +279,8 @@ code { font-size: 90%; }
 {% if subset %}
 <h2>Subset <code>{{ subset.path }}</code></h2>
 <p>Kept {{ subset.kept_text }} (as <code>curate filter</code> counts), dropped {{ subset.dropped }}.
-{% if subset.repeats %}{{ subset.repeats }} uid(s) are listed more than once (kept with repeats by <code>curate train</code>).{% endif %}
+{% if subset.repeats %}{{ subset.repeats }} uid(s) are listed more than once \
+(kept with repeats by <code>curate train</code>).{% endif %}
 {% if subset.unknown %}{{ subset.unknown }} uid(s) of the subset are not in this index.{% endif %}</p>
 <table><tr><th>status</th><th class="n">kept</th><th class="n">dropped</th></tr>
 {% for s, k, d in subset.by_status %}<tr><td>{{ s }}</td><td class="n">{{ k }}</td><td class="n">{{ d }}</td></tr>
@@ -291,7 +294,8 @@ code { font-size: 90%; }
 {% for g in subset.groups %}{{ grid(g) }}{% endfor %}{% endif %}
 {% if subset.matches %}<h3>Test-set matches (decontaminate): pool samples dropped as copies of test images</h3>
 <table><tr><th>uid</th><th>test image</th><th>method</th><th class="n">phash bits</th><th class="n">similarity</th></tr>
-{% for e, name, method, bits, sim in subset.matches %}<tr><td><code>{{ e.uid }}</code></td><td><code>{{ name }}</code></td>
+{% for e, name, method, bits, sim in subset.matches %}<tr><td><code>{{ e.uid }}</code></td>\
+<td><code>{{ name }}</code></td>
 <td>{{ method }}</td><td class="n">{{ bits }}</td><td class="n">{{ "%.4f"|format(sim) }}</td></tr>
 {% endfor %}</table>
 {{ grid(subset.matches|map(attribute=0)|list) }}{% endif %}
@@ -308,19 +312,23 @@ masked image the masked CLIP score saw ({{ mask_method }} fill).</p>
 
 <h2>Per-shard accounting</h2>
 <table><tr><th>shard</th><th>read status</th><th class="n">samples</th><th class="n">ok</th><th>errors</th></tr>
-{% for s in shards %}<tr><td><code>{{ s.shard }}</code></td><td>{{ s.status }}{% if s.error %}: {{ s.error }}{% endif %}</td>
+{% for s in shards %}<tr><td><code>{{ s.shard }}</code></td><td>\
+{{ s.status }}{% if s.error %}: {{ s.error }}{% endif %}</td>
 <td class="n">{{ s.samples }}</td><td class="n">{{ s.ok }}</td><td>{{ s.errors }}</td></tr>
-{% endfor %}<tr><th>total</th><th></th><th class="n">{{ num_samples }}</th><th class="n">{{ num_ok }}</th><th>{{ total_errors }}</th></tr>
+{% endfor %}<tr><th>total</th><th></th><th class="n">{{ num_samples }}</th><th class="n">{{ num_ok }}</th>\
+<th>{{ total_errors }}</th></tr>
 </table>
 <p><small>Written by <code>curate report</code> {{ version }}.</small></p>
 </body></html>
 """
 
 _GRID = """<div class="grid">{% for e in examples %}<div class="card">
-{% if e.original %}<img src="{{ e.original }}" alt="original {{ e.uid }}"> <img src="{{ e.masked }}" alt="masked {{ e.uid }}">
+{% if e.original %}<img src="{{ e.original }}" alt="original {{ e.uid }}">\
+ <img src="{{ e.masked }}" alt="masked {{ e.uid }}">
 {% else %}<div class="problem">image not shown: {{ e.problem }}</div>{% endif %}
 <div class="caption">{{ e.caption if e.caption else "(no caption)" }}</div>
-<div>clip {{ fmt(e.clip_score) }} &middot; masked {{ fmt(e.masked_clip_score) }} &middot; {{ e.num_text_boxes }} box(es){% if e.text_area_frac is not none %}, text {{ "%.0f"|format(100 * e.text_area_frac) }}% of area{% endif %}</div>
+<div>clip {{ fmt(e.clip_score) }} &middot; masked {{ fmt(e.masked_clip_score) }} &middot; {{ e.num_text_boxes }} \
+box(es){% if e.text_area_frac is not none %}, text {{ "%.0f"|format(100 * e.text_area_frac) }}% of area{% endif %}</div>
 {% if e.extra %}<div>{{ e.extra }}</div>{% endif %}
 <div><small><code>{{ e.uid }}</code></small></div></div>{% else %}<p>(none)</p>{% endfor %}</div>"""
 

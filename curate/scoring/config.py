@@ -250,7 +250,8 @@ def validate(cfg: PipelineConfig) -> None:
     for section in ("detect", "score"):
         pool = getattr(cfg, section)
         if pool.max_actors is not None and pool.max_actors < pool.min_actors:
-            raise ValueError(f"{section}.max_actors ({pool.max_actors}) is below {section}.min_actors ({pool.min_actors})")
+            raise ValueError(
+                f"{section}.max_actors ({pool.max_actors}) is below {section}.min_actors ({pool.min_actors})")
     if cfg.detect.ocr and cfg.detect.detector == "none":
         raise ValueError("detect.ocr reads the text in detected boxes: choose detect.detector craft or dbnet")
     check_long_side(cfg.detect.long_side, "detect.long_side")

@@ -154,7 +154,8 @@ def isolate_missing(tracker, urls: list[str], specs: list[StageSpec], limits, fa
                 records = ray.get(ref, timeout=READY_TIMEOUT_S)
             except Exception as e:  # its worker died every try, or it hung
                 ray.cancel(ref, force=True)
-                result.shard_errors[url] = f"reading the shard again for the samples its workers lost failed: {_cause(e)}"
+                result.shard_errors[url] = (
+                    f"reading the shard again for the samples its workers lost failed: {_cause(e)}")
                 tracker.fail(url, result.shard_errors[url])
                 continue
             yield records

@@ -436,8 +436,9 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
         specs: ``stage_specs``.
         read_cpus: CPUs per read task (and per write task).
         out_dir: the score-index folder: the last stage's workers write their rows as part files
-            (``write_parts``) and the plan's rows are part records (``curate.scoring.writer``). ``None``: the plan ends after the last stage and
-            its rows are the scored records (tests, debugging).
+            (``write_parts``) and the plan's rows are part records (``curate.scoring.writer``).
+            ``None``: the plan ends after the last stage and its rows are the scored records
+            (tests, debugging).
         block_bytes: Ray Data's target block size for this plan (``DataContext
             .target_max_block_size``; ``None``: Ray's default, 128 MiB).
         limits: ``curate.limits.Limits`` (``None``: the defaults): the retries, the guards of

@@ -75,7 +75,9 @@ def read_shard_records(row: dict[str, Any], max_member_bytes: int = DEFAULT_LIMI
     try:
         records = _shard_records(url, max_member_bytes, max_caption_chars)
     except Exception as e:  # an internal fault on this shard: report it as unreadable, go on
-        records = [_shard_record(url, SHARD_UNREADABLE, f"internal error reading the shard: {type(e).__name__}: {e}", 0)]
+        records = [
+            _shard_record(url, SHARD_UNREADABLE, f"internal error reading the shard: {type(e).__name__}: {e}", 0)
+        ]
     yield from records
 
 

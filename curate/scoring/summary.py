@@ -142,7 +142,8 @@ class ScoreSummary:
             f"  samples       {self.num_samples}",
             f"  ok            {ok}",
             "  errors        " + (", ".join(f"{k} {v}" for k, v in errors.items()) if errors else "none"),
-            f"  time          {self.wall_s:.1f} s, {self.samples_per_s:.2f} samples/s ({processed} samples scored this run"
+            f"  time          {self.wall_s:.1f} s, {self.samples_per_s:.2f} samples/s "
+            f"({processed} samples scored this run"
             + (f"; first samples scored after {self.startup_s:.1f} s" if self.startup_s else "") + ")",
         ]
         lines += self._stage_lines()

@@ -25,7 +25,10 @@ def ok_rows(batch: dict[str, np.ndarray]) -> np.ndarray:
     them over as fixed-width ``<U`` arrays, which would truncate a longer status).
     """
     batch[S.STATUS] = np.array(batch[S.STATUS], dtype=object)
-    batch[S.ERROR] = np.array(batch[S.ERROR], dtype=object) if S.ERROR in batch else np.full(len(batch[S.STATUS]), "", dtype=object)
+    batch[S.ERROR] = (
+        np.array(batch[S.ERROR], dtype=object) if S.ERROR in batch
+        else np.full(len(batch[S.STATUS]), "", dtype=object)
+    )
     return np.flatnonzero(batch[S.STATUS] == S.STATUS_OK)
 
 

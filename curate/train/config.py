@@ -129,7 +129,9 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     return check_type(key, value, default, f.type)
 
 
-def train_config(scale: str = "tiny", path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def train_config(
+    scale: str = "tiny", path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Build the config of a run: scale, then YAML file, then overrides.
 
     Args:

@@ -126,9 +126,9 @@ class WorkerBoard:
     fields ``PID``, ``CURSOR`` (the sample's cursor, 1-based; -1 between samples), ``LAST`` (the
     cursor of the last sample begun, or the cursor the stream resumed at), ``SHARD``, ``INDEX``
     (``Where``), ``SINCE`` (``time.monotonic_ns()`` when the decode began), ``RSS`` (the worker's
-    peak resident bytes then, or 0 when memory is not watched), ``KILLED`` (``KILLED_TIME`` or ``KILLED_MEMORY`` once the
-    watchdog ended the worker; else 0) and ``MEASURED`` (what the watchdog measured: ns or bytes),
-    and the sample's key (UTF-8, at most ``KEY_BYTES`` bytes).
+    peak resident bytes then, or 0 when memory is not watched), ``KILLED`` (``KILLED_TIME`` or
+    ``KILLED_MEMORY`` once the watchdog ended the worker; else 0) and ``MEASURED`` (what the
+    watchdog measured: ns or bytes), and the sample's key (UTF-8, at most ``KEY_BYTES`` bytes).
 
     Args:
         num_streams: records (streams per training worker).
@@ -268,7 +268,8 @@ class SubsetStream(torch.utils.data.IterableDataset):
         self.start_step, self.decode_min_side, self.input_size = start_step, decode_min_side, input_size
         self.start_cursors = list(start_cursors) if start_cursors else [0] * num_streams
         if len(self.start_cursors) != num_streams:
-            raise ValueError(f"checkpoint has {len(self.start_cursors)} data streams per worker, this run {num_streams}")
+            raise ValueError(
+                f"checkpoint has {len(self.start_cursors)} data streams per worker, this run {num_streams}")
         self.skip: dict[Where, str] = dict(skip or {})
         self.faults = train_faults_from_env() if faults is None else tuple(faults)
         self.board: WorkerBoard | None = None

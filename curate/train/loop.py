@@ -236,7 +236,8 @@ def worker_loop(config: dict[str, Any], context: RayTrainContext | LocalContext 
     stream = SubsetStream(config["shards"], load_subset_counts(config["subset"]), preprocess, tokenizer,
                           cfg.local_batch_size, rank=rank, world_size=world_size, num_streams=num_streams,
                           seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, start_step=start_step,
-                          start_cursors=cursors, decode_min_side=2 * clip_input_size(cfg.model) if cfg.draft_decode else None,
+                          start_cursors=cursors,
+                          decode_min_side=2 * clip_input_size(cfg.model) if cfg.draft_decode else None,
                           input_size=clip_input_size(cfg.model), skip=skip)
     torch.manual_seed(cfg.seed + 7919 * rank)
     batches = GuardedLoader(stream, cfg.data_workers, prefetch_factor=4, max_deaths=cfg.max_worker_deaths,

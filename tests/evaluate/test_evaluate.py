@@ -61,7 +61,8 @@ def test_task_lists():
     assert len(DATACOMP_TASKS) == 40 and NUM_AVERAGED == 38
     assert len(parse_tasks("datacomp")) == 40 and len(parse_tasks("datacomp38")) == 38
     assert parse_tasks("cifar10, flickr30k,mscoco,cifar10") == [
-        "cifar10", "retrieval/flickr_1k_test_image_text_retrieval", "retrieval/mscoco_2014_5k_test_image_text_retrieval"]
+        "cifar10", "retrieval/flickr_1k_test_image_text_retrieval",
+        "retrieval/mscoco_2014_5k_test_image_text_retrieval"]
     assert DATACOMP_TASKS["vtab/pets"].main_metric == "mean_per_class_recall"
 
 

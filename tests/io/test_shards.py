@@ -306,7 +306,8 @@ def test_streaming_reads_the_same_samples_as_a_whole_read():
             continue
         planned += 1
         streamed, ending = drain(iter_shard(url, plan))
-        assert (ending.status, ending.error, ending.ignored_members) == (whole.status, whole.error, whole.ignored_members), url
+        assert (ending.status, ending.error, ending.ignored_members) == (
+            whole.status, whole.error, whole.ignored_members), url
         assert len(plan.keys) == len(whole.samples) == len(streamed), url
         by_key = {s["__key__"]: s for s in whole.samples}
         assert {s["__key__"]: s for s in streamed} == by_key, url

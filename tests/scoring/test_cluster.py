@@ -64,11 +64,16 @@ def test_parts_delivered_twice_are_written_once(ray_cluster, tmp_path):
                    .iter_batches(batch_size=1, batch_format="numpy"))
     assert len(batches) >= 4
     shutil.copytree(once_dir / "_parts", tmp_path / "parts-backup")
-    once, twice = ShardTracker(once_dir, {}, lambda r: None, "local"), ShardTracker(twice_dir, {}, lambda r: None, "local")
+    once, twice = (
+        ShardTracker(once_dir, {}, lambda r: None, "local"),
+        ShardTracker(twice_dir, {}, lambda r: None, "local"),
+    )
     for b in batches:
         once.add(b)
-    shutil.copytree(tmp_path / "parts-backup", once_dir / "_parts", dirs_exist_ok=True)  # the parts again, for the replay
-    replay = batches[:2] + batches[:3] + batches[1:] + batches  # overlapping re-deliveries, also after a shard is written
+    # the parts again, for the replay
+    shutil.copytree(tmp_path / "parts-backup", once_dir / "_parts", dirs_exist_ok=True)
+    # overlapping re-deliveries, also after a shard is written
+    replay = batches[:2] + batches[:3] + batches[1:] + batches
     for b in replay:
         twice.add(b)
     rows = lambda bs: sum(len(np.frombuffer(s, dtype=np.int64)) for b in bs for s in b["seqs"])  # noqa: E731
@@ -115,7 +120,8 @@ def test_worker_node_killed_mid_job(dbnet_unique_pool, tmp_path):
 def _score_and_kill_worker(pool, out, faults: str | None = None):
     """``curate score`` on a fresh 2-node cluster (head + worker, 2 CPUs each), submitted through
     ``RAY_ADDRESS``; the worker node is SIGKILLed once a shard is written and the node runs job
-    workers. ``faults``: ``CURATE_FAULTS`` for the job. Returns ``(process, shards written at the kill, busy workers, stdout, stderr)``."""
+    workers. ``faults``: ``CURATE_FAULTS`` for the job. Returns ``(process, shards written at the
+    kill, busy workers, stdout, stderr)``."""
     from ray.cluster_utils import Cluster
 
     mib = 2**20

@@ -79,8 +79,8 @@ def test_caption_language_and_filter_on_the_real_index(scored, tmp_path):
 def test_ocr_text_rides_with_the_boxes_and_text_match_reads_it(scored, tmp_path):
     """``--ocr``: at most one text and one confidence per box on every ok row, none of them empty
     or below ``detect.ocr_min_confidence`` (issue 30: stray characters and blank reads are not
-    text), the recognizer named in the metadata; ``text_match()`` drops the samples whose caption is the text read in the image and
-    keeps every photo whose caption describes it."""
+    text), the recognizer named in the metadata; ``text_match()`` drops the samples whose caption
+    is the text read in the image and keeps every photo whose caption describes it."""
     from curate.filters import run_filter
 
     out, _, _ = scored

@@ -35,7 +35,8 @@ def test_cap_error_keeps_the_head_and_says_what_was_cut():
     capped = S.cap_error(text)
     assert len(capped) <= CAP and capped.startswith("members: xxx")
     cut = int(capped.rsplit("[", 1)[1].split()[0])
-    assert capped.endswith(f"... [{cut} characters cut]") and len(capped) - len(f"... [{cut} characters cut]") + cut == len(text)
+    assert (capped.endswith(f"... [{cut} characters cut]")
+            and len(capped) - len(f"... [{cut} characters cut]") + cut == len(text))
     for limit in (20, 64, 500, 2000):
         assert len(S.cap_error(text, limit)) <= limit
     assert S.cap_error("y" * CAP) == "y" * CAP

@@ -123,7 +123,8 @@ def test_flat_red_and_flat_blue_are_not_duplicates(tmp_path):
     """Attack: two flat cards of different colours had the same perceptual hash, and dedup
     dropped one as a copy of the other."""
     red, blue, green = flat(COLOURS["red"]), flat(COLOURS["blue"]), flat(COLOURS["green"])
-    removed, groups = dedup(tmp_path, [("red", png(red)), ("blue", png(blue)), ("green", jpeg_bytes(Image.fromarray(green)))])
+    removed, groups = dedup(
+        tmp_path, [("red", png(red)), ("blue", png(blue)), ("green", jpeg_bytes(Image.fromarray(green)))])
     assert removed == set() and groups == []
     assert phash_input_std(red) == phash_input_std(blue) == 0.0
     assert perceptual_hash(red) == perceptual_hash(blue) == NO_PHASH  # no hash, rather than a shared one

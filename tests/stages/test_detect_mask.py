@@ -147,7 +147,8 @@ def test_mean_fill_is_the_surrounding_colour():
 
 def test_mask_stage_clips_polygons_and_reports_area():
     img = np.full((50, 100, 3), 128, np.uint8)
-    boxes = np.array([[-0.2, -0.2, 0.5, -0.2, 0.5, 0.5, -0.2, 0.5], [0.9, 0.9, 1.5, 0.9, 1.5, 1.5, 0.9, 1.5]], np.float32)
+    boxes = np.array([[-0.2, -0.2, 0.5, -0.2, 0.5, 0.5, -0.2, 0.5],
+                      [0.9, 0.9, 1.5, 0.9, 1.5, 1.5, 0.9, 1.5]], np.float32)
     assert all((p >= 0).all() for p in polygons_to_pixels(boxes, 100, 50))
     batch = {
         "image": object_array([img, img]),
@@ -202,5 +203,6 @@ def test_detect_stage_with_dbnet_extreme_aspect_ratio(images):
     stage = Detect(detector="dbnet", long_side=512)
     strip = np.ascontiguousarray(images["text_images/width_ths.png"][:40])  # 300x40: wide text strip
     wide = np.concatenate([strip] * 4, axis=1)  # 1200 x 40
-    batch = {"image": object_array([wide]), S.STATUS: np.array(["ok"], dtype=object), S.ERROR: np.array([""], dtype=object)}
+    batch = {"image": object_array([wide]), S.STATUS: np.array(["ok"], dtype=object),
+             S.ERROR: np.array([""], dtype=object)}
     assert stage(batch)[S.NUM_TEXT_BOXES][0] > 0

@@ -371,7 +371,8 @@ def test_train_on_subset_writes_checkpoints_open_clip_and_score_load(ray_cluster
     assert _train(local, "--local", subset=subset_file) == 0
     local_log = [json.loads(line) for line in (local / "train_log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in local_log] == [r["loss"] for r in log]
-    local_state = torch.load(local / "checkpoints" / ckpts[-1].name, map_location="cpu", weights_only=True)["state_dict"]
+    local_state = torch.load(
+        local / "checkpoints" / ckpts[-1].name, map_location="cpu", weights_only=True)["state_dict"]
     assert local_state.keys() == state.keys() and all(torch.equal(local_state[k], state[k]) for k in state)
     assert _train(tmp_path / "two", "--local", "--num-workers", "2", subset=subset_file) == 2
     # curate score takes it as --pretrained.
