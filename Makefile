@@ -9,7 +9,7 @@ STAMP := $(VENV)/.curate-installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast clean browser
+.PHONY: setup demo test test-fast clean browser lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,12 @@ browser:
 		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }; \
 	fi
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q --durations=15
+
+# ruff (configured in pyproject.toml): lint and import order; part of `make test`, so CI runs it.
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # The fast tier for a developer's loop: everything not marked slow (one local Ray cluster and one
 # score job shared by the tests; no node kills, no training runs, no browser), about 4 minutes on
