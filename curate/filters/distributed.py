@@ -34,21 +34,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema as S
+from curate.filters.plan import check_where_binds, plan_filter
 from curate.filters.rules import OK, Leaf, Pool, RuleError, check_predicate
-from curate.filters.run import (
-    BATCH_ROWS,
-    SAMPLE_FIELDS,
-    FilterSummary,
-    check_filter_out,
-    check_where_binds,
-    plan_filter,
-    search_threshold,
-    uid_bounds,
-    write_datacomp_subset,
-    write_summary,
-    write_unshared,
-)
+from curate.filters.scan import SAMPLE_FIELDS, uid_bounds
+from curate.filters.summary import FilterSummary, check_filter_out, write_summary
+from curate.filters.thresholds import search_threshold
 from curate.io.atomic import make_work_folder, remove_work_folder
+from curate.io.subset import BATCH_ROWS, write_datacomp_subset, write_unshared
 from curate.query import VIEW, connect_files, pool_files
 
 PARTITIONS = 16  # uid ranges of the shuffle (and tasks of the last round)

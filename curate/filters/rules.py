@@ -122,7 +122,7 @@ class Pool:
     """What a rule may ask of the pool while it is resolved (``resolve``).
 
     The base answers thresholds from a function only (enough for the SQL rules); ``curate
-    filter`` passes ``curate.filters.run.IndexPool``, which also lets a rule read the index's
+    filter`` passes ``curate.filters.pool.IndexPool``, which also lets a rule read the index's
     embedding files and register the rows it keeps.
     """
 

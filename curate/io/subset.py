@@ -1,14 +1,23 @@
 """Subset files (``curate filter`` output): a DataComp ``.npy`` (structured ``u8,u8`` uid halves,
 ``uids_to_datacomp``) or a ``subset.parquet`` with a ``uid`` column, read into ``UidCounts``
-(uid -> multiplicity). Written by ``curate filter``; read by ``curate reshard``, ``curate train``
-and ``curate report``.
+(uid -> multiplicity). Read by ``curate reshard``, ``curate train`` and ``curate report``;
+written by ``curate filter`` through the writers here (``write_datacomp_subset``,
+``write_npy_from_raw``, ``write_unshared``), in bounded memory.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from curate import schema as S
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _HEX = np.full(256, 255, dtype=np.uint8)
 _HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
@@ -133,3 +142,84 @@ def load_subset_counts(path: str | None) -> UidCounts | None:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     raise ValueError(f"--subset must be a .npy (DataComp) or .parquet file, got {p.name}")
+
+
+BATCH_ROWS = 1 << 20  # rows a batch of a subset file (one Parquet row group; uids a batch of the .npy)
+
+
+def write_array(f, a: np.ndarray) -> None:
+    """Append ``a``'s bytes to the binary file ``f``. Unlike ``ndarray.tofile``, whose error on
+    a full disk has no errno ("1000000 requested and 0 written"), Python's write raises
+    ``OSError`` with ``errno.ENOSPC``."""
+    f.write(np.ascontiguousarray(a).view(np.uint8).data)
+
+
+def write_npy_from_raw(raw: Path, npy_path: Path, dtype: np.dtype, n: int, sort: bool = False) -> None:
+    """``npy_path``: the ``n`` records of ``dtype`` in the raw file ``raw`` behind a ``.npy``
+    header (``numpy.lib.format``), copied in blocks; sorted in place (memory-mapped) if
+    ``sort``. ``raw`` is removed."""
+    with open(npy_path, "wb") as out, open(raw, "rb") as src:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                    "fortran_order": False, "shape": (n,)})
+        shutil.copyfileobj(src, out, 1 << 24)
+    raw.unlink()
+    if sort and n:
+        arr = np.load(npy_path, mmap_mode="r+", allow_pickle=False)  # the file just written above
+        arr.sort()
+        arr.flush()
+        del arr
+
+
+def write_unshared(reader: pa.RecordBatchReader, path: str | Path) -> tuple[int, int]:
+    """Stream ``reader``'s rows to the Parquet file ``path`` (a row group a batch), leaving out
+    the rows whose boolean column ``_shared`` is true, and the column itself.
+
+    Returns:
+        ``(rows written, rows left out)``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = reader.schema.remove(reader.schema.get_field_index("_shared"))
+    kept = shared = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in reader:
+            mask = batch.column("_shared").to_numpy(zero_copy_only=False).astype(bool)
+            shared += int(mask.sum())
+            table = pa.Table.from_batches([batch]).drop_columns(["_shared"]).filter(pa.array(~mask))
+            writer.write_table(table)
+            kept += table.num_rows
+    return kept, shared
+
+
+def write_datacomp_subset(parquet_path: str | Path, npy_path: str | Path) -> int:
+    """Write the DataComp subset array (``uids_to_datacomp``: sorted structured ``u8,u8``) of
+    the ``uid`` column of ``parquet_path`` to ``npy_path``, ``BATCH_ROWS`` uids at a time into a
+    memory-mapped ``.npy``: 16 bytes a uid on disk, one batch in memory. Batches are sorted
+    each; if the file is not sorted by uid as well, the array is sorted in place at the end.
+
+    Returns:
+        Uids written.
+
+    Raises:
+        ValueError: a value that is not a uid (``curate.schema.is_uid``).
+    """
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(parquet_path)
+    n = pf.metadata.num_rows
+    arr = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.dtype("u8,u8"), shape=(n,))
+    with open(npy_path, "r+b") as f:  # reserve the blocks: a full disk is ENOSPC here, not SIGBUS on a page
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    at, in_order = 0, True
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[S.UID]):
+        part = uids_to_datacomp(batch.column(0))
+        if at and len(part) and part[0].item() < arr[at - 1].item():
+            in_order = False
+        arr[at : at + len(part)] = part
+        at += len(part)
+    if not in_order:
+        arr.sort()
+    arr.flush()
+    del arr
+    return n

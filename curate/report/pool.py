@@ -587,7 +587,7 @@ def render_pool_report(data: PoolReportData, out: str | Path, shards: list[str] 
 
     subset_info = None
     if data.subset is not None:
-        from curate.filters.run import kept_text
+        from curate.filters.summary import kept_text
 
         v = data.subset
         subset_info = {"path": v.path, "kept": v.kept, "dropped": v.dropped, "repeats": v.repeats,

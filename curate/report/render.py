@@ -438,7 +438,7 @@ def render_report(data: ReportData, out: str | Path, shards: list[str] | None = 
     env = _environment()
     subset_info = None
     if data.subset is not None:
-        from curate.filters.run import kept_text
+        from curate.filters.summary import kept_text
 
         v = data.subset
         subset_info = {

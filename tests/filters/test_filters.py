@@ -303,15 +303,15 @@ def test_narrowing_threshold_equals_the_in_memory_one(tmp_path_factory, monkeypa
 def _check_narrowing(tmp_path_factory, monkeypatch, rows, fraction, exact_rows):
     """The histogram search (4 buckets a pass, at most ``exact_rows`` values fetched) over
     ``rows`` of ``(status, clip score)`` equals ``_in_memory_threshold``."""
-    import curate.filters.run as run
+    import curate.filters.thresholds as thresholds
 
     idx = make_index(tmp_path_factory.mktemp("n"), [(f"{i:03d}", st_, "a photo of a dog", "en", 400, 400, 0.0, v, v)
                                                      for i, (st_, v) in enumerate(rows)])
     con = connect(idx)
     expected = _in_memory_threshold(con, S.CLIP_SCORE, fraction)
     with monkeypatch.context() as m:
-        m.setattr(run, "EXACT_ROWS", exact_rows)
-        m.setattr(run, "BUCKETS", 4)
+        m.setattr(thresholds, "EXACT_ROWS", exact_rows)
+        m.setattr(thresholds, "BUCKETS", 4)
         got = pool_threshold(con, S.CLIP_SCORE, fraction)
     assert got == expected or (math.isnan(got) and math.isnan(expected))
 
@@ -321,7 +321,8 @@ def test_streamed_subset_equals_the_one_read_in_one_batch(tmp_path, monkeypatch)
     limit writes the same subset files, byte for byte, as with one batch and a fetched column;
     on a pool with ties at the threshold, NaN scores, non-ok rows and a uid shared by two
     samples."""
-    import curate.filters.run as run
+    import curate.filters.scan as scan
+    import curate.filters.thresholds as thresholds
 
     rng = np.random.default_rng(0)
     rows = [(f"{i:03d}", "ok" if i % 7 else "decode_error", "a photo of a dog on a mat", "en", 400, 400, 0.0,
@@ -331,9 +332,9 @@ def test_streamed_subset_equals_the_one_read_in_one_batch(tmp_path, monkeypatch)
     rule = "clip_score(fraction=0.4) & tmars(fraction=0.7)"
     one = run_filter(idx, rule, tmp_path / "one", memory_limit=None)
     with monkeypatch.context() as m:
-        m.setattr(run, "BATCH_ROWS", 1)
-        m.setattr(run, "EXACT_ROWS", 5)
-        m.setattr(run, "BUCKETS", 3)
+        m.setattr(scan, "BATCH_ROWS", 1)
+        m.setattr(thresholds, "EXACT_ROWS", 5)
+        m.setattr(thresholds, "BUCKETS", 3)
         many = run_filter(idx, rule, tmp_path / "many", memory_limit="64MiB")
     assert one.thresholds == many.thresholds and one.kept == many.kept > 0 and many.shared_uid_rows == 1
     assert (tmp_path / "one/subset.npy").read_bytes() == (tmp_path / "many/subset.npy").read_bytes()
@@ -380,7 +381,7 @@ def test_distributed_filter_writes_the_single_node_subset(ray_cluster, tmp_path,
     partial histograms) against the single-node filter on a pool of 3 files with ties at the
     threshold, NaN scores, non-ok rows, a uid on two samples in two files and a sample copied
     into another file: the same subset files byte for byte and the same summary."""
-    import curate.filters.run as run
+    import curate.filters.thresholds as thresholds
     from curate.filters.distributed import run_filter_distributed
 
     rng = np.random.default_rng(1)
@@ -403,8 +404,8 @@ def test_distributed_filter_writes_the_single_node_subset(ray_cluster, tmp_path,
                    idx / "pool-000002.parquet")
     rule = "clip_score(fraction=0.4) & tmars(fraction=0.7) & basic()"
     one = run_filter(idx, rule, tmp_path / "one", where="width >= 300")
-    monkeypatch.setattr(run, "EXACT_ROWS", 7)
-    monkeypatch.setattr(run, "BUCKETS", 5)
+    monkeypatch.setattr(thresholds, "EXACT_ROWS", 7)
+    monkeypatch.setattr(thresholds, "BUCKETS", 5)
     many = run_filter_distributed(idx, rule, tmp_path / "many", where="width >= 300", files_per_task=1, partitions=4)
     assert many.shared_uid_rows == one.shared_uid_rows >= 1 and many.kept == one.kept > 0
     assert (many.pool_rows, many.pool_ok, many.removed_by, many.thresholds) == \
@@ -474,13 +475,13 @@ def test_streaming_filter_equals_the_one_query_reference(tmp_path, monkeypatch, 
     rows, hash buckets of 64 hashes, 7 rows pending, a uid hash that collides for most uids so
     that every repeated-uid candidate is checked exactly), writes what the one-query filter
     writes: subset.parquet equal, subset.npy byte for byte, the same counts."""
-    import curate.filters.run as run
+    import curate.filters.scan as scan
 
     idx = _awkward_pool(tmp_path / "index", seed=len(rule or ""))
     ref = _one_query_subset()(idx, rule, tmp_path / "ref", where=where)
     for name, value in [("PART_POOL_ROWS", 16), ("RANGE_ROWS", 8), ("PENDING_ROWS", 7), ("SPLIT_SAMPLE", 5),
                         ("HASH_BUCKET_ROWS", 64), ("BATCH_ROWS", 50), ("UID_HASH", f"hash({S.UID}) % 5")]:
-        monkeypatch.setattr(run, name, value)
+        monkeypatch.setattr(scan, name, value)
     got = run_filter(idx, rule, tmp_path / "got", where=where, memory_limit="64MiB")
     assert (got.pool_rows, got.pool_ok, got.kept, got.shared_uid_rows, got.removed_by) == \
         (ref["pool_rows"], ref["pool_ok"], ref["kept"], ref["shared_uid_rows"], ref["removed_by"])
