@@ -24,6 +24,7 @@ from curate.io.atomic import atomic_path, inside
 from curate.io.shards import SHARD_COMPLETE, shard_name
 
 INDEX_SUFFIX = ".parquet"
+PARTS_DIR = "_parts"  # per-shard part files written by the workers, merged into the shard's index file
 
 
 def index_path(out_dir: str | Path, shard_url: str) -> Path:
@@ -35,6 +36,12 @@ def index_path(out_dir: str | Path, shard_url: str) -> Path:
             name = name[: -len(ext)]
             break
     return inside(out_dir, name + INDEX_SUFFIX)
+
+
+def parts_dir(out_dir: str | Path, url: str) -> Path:
+    """The folder of the part files of one shard: ``out_dir/_parts/<index file name>``."""
+    p = index_path(out_dir, url)
+    return p.parent / PARTS_DIR / p.name
 
 
 def records_to_table(columns: dict[str, Any]) -> pa.Table:

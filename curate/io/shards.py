@@ -32,10 +32,12 @@ from __future__ import annotations
 import functools
 import glob as globlib
 import hashlib
+import json
 import os
 import re
 import tarfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import braceexpand
@@ -191,6 +193,27 @@ def _exists(url: str) -> bool:
 def shard_name(url: str) -> str:
     """The shard's file name without directories or protocol, e.g. ``sample-000001.tar``."""
     return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def stats_sample_count(url: str) -> int | None:
+    """Samples of a shard as recorded beside it by the tool that wrote it: img2dataset's
+    ``<shard>_stats.json`` (``successes``) or ``curate reshard``'s (``count``); ``None`` when
+    there is no such file (or it cannot be read)."""
+    if "://" in url:
+        return None
+    p = Path(url)
+    name = p.name
+    for ext in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    stats = p.with_name(f"{name}_stats.json")
+    try:
+        data = json.loads(stats.read_text())
+        value = data.get("successes", data.get("count"))
+        return int(value) if isinstance(value, int) and value >= 0 else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def stable_uid(url: str, key: str) -> str:

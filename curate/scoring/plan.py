@@ -29,8 +29,7 @@ import numpy as np
 
 from curate.models import ResolvedWeights
 from curate.runtime import ClusterResources, require_resources
-from curate.scoring.config import ActorPoolConfig, PipelineConfig
-from curate.scoring.provenance import draft_sizes
+from curate.scoring.config import ActorPoolConfig, PipelineConfig, draft_sizes
 from curate.stages.base import Resources, Stage
 from curate.stages.common import batch_len
 

@@ -27,36 +27,17 @@ from curate.io.index import (
     INDEX_SUFFIX,
     complete_index_metadata,
     index_path,
+    parts_dir,
     read_index_metadata,
     remove_stale_temporaries,
 )
 from curate.models import ResolvedWeights
-from curate.scoring.config import PipelineConfig
+from curate.scoring.config import PipelineConfig, draft_sizes
 from curate.scoring.summary import SHARD_SKIPPED, ShardResult
-
-PARTS_DIR = "_parts"  # per-shard part files written by the workers, merged into the shard's index file
 
 
 class IndexConfigMismatch(CurateError, RuntimeError):
     """The output folder holds index files produced with different scoring settings."""
-
-
-def parts_dir(out_dir: str | Path, url: str) -> Path:
-    """The folder of the part files of one shard: ``out_dir/_parts/<index file name>``."""
-    p = index_path(out_dir, url)
-    return p.parent / PARTS_DIR / p.name
-
-
-def draft_sizes(cfg: PipelineConfig) -> dict[str, int | None]:
-    """``min_side`` / ``min_long_side`` of the decode stage when ``decode.draft`` is on (else
-    ``None``: full decode): the CLIP model's input size, and twice the detector's long side (the
-    detector then still shrinks from at least 2x with ``INTER_AREA``; decoding right at its size,
-    DCT scaling alone, lost a detection on an ICDAR 2015 image with DBNet)."""
-    if not cfg.decode.draft:
-        return {"min_side": None, "min_long_side": None}
-    from curate.models import clip_input_size
-
-    return {"min_side": clip_input_size(cfg.score.clip_model), "min_long_side": 2 * cfg.detect.long_side}
 
 
 def scoring_fingerprint(cfg: PipelineConfig, weights: ResolvedWeights) -> dict[str, Any]:

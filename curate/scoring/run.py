@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import shutil
 import tempfile
@@ -13,7 +12,7 @@ from typing import Any
 
 from curate import schema as S
 from curate.io.atomic import read_own_json, refuse_foreign, write_json_atomically
-from curate.io.shards import expand_shards
+from curate.io.shards import expand_shards, stats_sample_count
 from curate.models import resolve_pretrained
 from curate.runtime import cluster_resources, init_ray, joins_existing_cluster, quiet_ray_data, root_cause
 from curate.scoring.config import PipelineConfig, apply_settings, config_from_dict, load_config
@@ -24,27 +23,6 @@ from curate.scoring.writer import ShardTracker
 
 log = logging.getLogger("curate")
 RAY_SESSION_BYTES = 100 * 2**20  # below this much free disk a local Ray cannot write its session (logs, sockets)
-
-
-def stats_sample_count(url: str) -> int | None:
-    """Samples of a shard as recorded beside it by the tool that wrote it: img2dataset's
-    ``<shard>_stats.json`` (``successes``) or ``curate reshard``'s (``count``); ``None`` when
-    there is no such file (or it cannot be read)."""
-    if "://" in url:
-        return None
-    p = Path(url)
-    name = p.name
-    for ext in (".tar.gz", ".tgz", ".tar"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    stats = p.with_name(f"{name}_stats.json")
-    try:
-        data = json.loads(stats.read_text())
-        value = data.get("successes", data.get("count"))
-        return int(value) if isinstance(value, int) and value >= 0 else None
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def isolation_resources(specs) -> dict[str, float]:

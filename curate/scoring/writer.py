@@ -37,10 +37,9 @@ import pyarrow.parquet as pq
 
 from curate import schema as S
 from curate.io.atomic import atomic_path
-from curate.io.index import index_path, records_to_table, write_index_file
+from curate.io.index import index_path, parts_dir, records_to_table, write_index_file
 from curate.io.shards import SHARD_COMPLETE, SHARD_UNREADABLE
 from curate.scoring.plan import BUSY_PREFIX, DONE_AT
-from curate.scoring.provenance import parts_dir
 from curate.scoring.records import DIGEST, FIXES, IGNORED, SEQ, SHARD_ERROR, SHARD_N, SHARD_RECORD, SHARD_STATUS
 from curate.scoring.summary import SHARD_FAILED, ShardResult
 from curate.stages.common import object_array
