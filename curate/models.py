@@ -18,7 +18,7 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +51,49 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+def _open_clip_config_dir() -> Path | None:
+    """open_clip's ``model_configs`` folder, found without importing open_clip (which imports
+    torch, torchvision and transformers: 4-8 s on a small machine, issue 31)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(root) / "model_configs").is_dir():
+            return Path(root) / "model_configs"
+    return None
+
+
+@cache
+def model_config(model: str) -> dict[str, Any] | None:
+    """The open_clip model config of ``model`` (the parsed ``<model>.json``), or ``None``.
+
+    Read from curate's ``model_configs`` (``tiny``) and open_clip's own folder, the files
+    ``open_clip.get_model_config`` reads (open_clip ``factory._rescan_model_configs``), without
+    importing open_clip; a config registered some other way falls back to open_clip's registry.
+    """
+    import json
+
+    for folder in (_CONFIG_DIR, _open_clip_config_dir()):
+        path = folder / f"{model}.json" if folder is not None and "/" not in model else None
+        if path is not None and path.is_file():
+            cfg = json.loads(path.read_text())
+            if all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+                return cfg
+    import open_clip
+
+    register_configs()
+    return open_clip.get_model_config(model)
+
+
 def check_model_name(model: str) -> None:
-    """Check that ``model`` is in open_clip's registry (``open_clip.list_models()``, after
-    ``register_configs()`` adds curate's ``tiny``).
+    """Check that ``model`` is in open_clip's registry (``open_clip.list_models()``, with
+    curate's ``tiny``), without importing open_clip when its config file is found
+    (``model_config``).
 
     Raises:
         ValueError: unknown model name (the message says where the names are listed).
     """
-    import open_clip
-
-    register_configs()
-    if open_clip.get_model_config(model) is None:
+    if model_config(model) is None:
         raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models() (ours: tiny)")
 
 
@@ -125,9 +157,6 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
         ValueError: unknown model name or unknown tag for the model.
         PretrainedNotAvailable: a known tag whose weights are not cached locally.
     """
-    import open_clip
-    from open_clip import pretrained as oc_pretrained
-
     check_model_name(model)
     if pretrained in (None, "", "none", "None"):
         return ResolvedWeights(model, None, None, False)
@@ -140,6 +169,9 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
         path = os.path.abspath(os.path.expanduser(pretrained))
         check_checkpoint(path, model)
         return ResolvedWeights(model, pretrained, path, True)
+    import open_clip  # a pretrained tag: open_clip's registry of them
+    from open_clip import pretrained as oc_pretrained
+
     cfg = oc_pretrained.get_pretrained_cfg(model, pretrained)
     if not cfg:
         if "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
@@ -217,10 +249,8 @@ def clip_input_size(model: str) -> int:
     Raises:
         ValueError: unknown model name.
     """
-    import open_clip
-
     check_model_name(model)
-    cfg = open_clip.get_model_config(model)
+    cfg = model_config(model)
     size = cfg.get("vision_cfg", {}).get("image_size", 224)
     return int(max(size)) if isinstance(size, (list, tuple)) else int(size)
 

@@ -42,7 +42,6 @@ from typing import Any
 
 import braceexpand
 import fsspec
-from webdataset.tariterators import base_plus_ext
 
 from curate import schema as S
 from curate.limits import DEFAULT_LIMITS
@@ -450,11 +449,20 @@ def _member_key(member: tarfile.TarInfo) -> str | None:
     return None if member.isdir() else _key_ext(_readable_name(member.name))[0]
 
 
+@functools.cache
+def _base_plus_ext():
+    """webdataset's ``base_plus_ext``, imported on first use: ``import webdataset`` imports torch
+    (2-3 s), which a driver that only lists shards does not need (issue 31)."""
+    from webdataset.tariterators import base_plus_ext
+
+    return base_plus_ext
+
+
 def _key_ext(name: str) -> tuple[str | None, str | None]:
     """webdataset's ``base_plus_ext`` split of a member name, ``(None, None)`` without extension;
     the extension in lower case."""
     base = name.rsplit("/", 1)[-1]
-    key, ext = base_plus_ext(name) if "." in base.lstrip(".") else (None, None)
+    key, ext = _base_plus_ext()(name) if "." in base.lstrip(".") else (None, None)
     return (None, None) if key is None or ext is None else (key, ext.lower())
 
 
