@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -289,3 +290,56 @@ def full_disk(tmp_path):
         yield mnt, fill
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+# The hostile cases of issue 13 (``tests/data/robustness/CASES.md``, copied from
+# ``shared/cases/robustness``): the edge shard, the surrogate shard and the transparent pictures.
+CASES = DATA / "robustness"
+EDGE = CASES / "edge-000000.tar"
+SURR = CASES / "surr-000000.tar"
+TRANSPARENT = ["t01_rgba", "t02_rgb_trns", "t03_p_trns", "t04_la", "t05_l_trns"]
+
+
+def members(shard) -> dict[str, bytes]:
+    with tarfile.open(shard) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+
+
+@pytest.fixture(scope="session")
+def edge_rows():
+    """The edge shard through the whole stage chain (no Ray), DBNet and the tiny CLIP."""
+    from curate import schema as S
+    from curate.io.index import records_to_table
+    from curate.models import resolve_pretrained
+    from curate.scoring.config import load_config
+    from curate.scoring.plan import StageChain
+    from curate.scoring.records import records_to_batch, shard_record_list
+
+    cfg = load_config(REPO / "pipelines" / "tiny_cpu.yaml")
+    cfg.detect.detector = "dbnet"
+    chain = StageChain(cfg, resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained, cfg.score.cache_dir))
+    table = records_to_table(chain(records_to_batch(shard_record_list(str(EDGE)))))
+    return {r[S.KEY]: r for r in table.to_pylist()}
+
+
+@pytest.fixture(scope="session")
+def hostile_index(ray_cluster, tmp_path_factory):
+    """``curate score`` (CLI, in process) over the edge shard, the surrogate shard under names
+    with glob, brace, quote and space characters, and a decoy that a glob would also match."""
+    from curate.cli import main
+
+    d = tmp_path_factory.mktemp("hostile pool")
+    shutil.copy(EDGE, d / "edge-000000.tar")
+    shutil.copy(SURR, d / "pool[1].tar")
+    shutil.copy(SURR, d / "it's {a,b} *x?.tar")
+    with tarfile.open(d / "pool1.tar", "w") as tf:  # what "pool[1].tar" matches as a glob
+        for name in ("decoy.jpg", "decoy.txt"):
+            data = members(EDGE)["k01_upper.JPG"] if name.endswith("jpg") else b"a decoy sample"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    out = d / "index [x]"
+    shards = [str(d / "edge-000000.tar"), str(d / "pool[1].tar"), str(d / "it's {a,b} *x?.tar"), str(d / "pool1.tar")]
+    rc = main(["score", *shards, "--out", str(out), "--config", str(REPO / "pipelines" / "tiny_cpu.yaml"),
+               "--detector", "dbnet", "--num-cpus", "2", "--no-progress"])
+    return d, out, rc

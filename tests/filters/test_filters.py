@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from curate import schema as S
 from curate.cli import main
-from curate.filters import RuleError, parse_rule, pool_threshold, run_filter
+from curate.filters import RuleError, pool_threshold, run_filter
 from curate.filters.run import write_array
 from curate.io.index import records_to_table, write_index_file
 from curate.io.subset import uids_to_datacomp
-from curate.query import QueryError, connect, query
+from curate.query import connect
 from curate.stages.language import detect_language
 from tests.conftest import DATA
 
@@ -152,25 +152,6 @@ def test_subset_npy_is_datacomp_format(index, tmp_path):
     real = "a3f2c9d41b7e40e8b0f65d2c1e9a7b44"
     back = uids_to_datacomp([real])
     assert back[0][0] == int(real[:16], 16) and back[0][1] == int(real[16:], 16)
-
-
-@pytest.mark.parametrize("bad", ["tmars()", "tmars(threshold=0.1, fraction=0.5)", "nope()", "tmars(0.3)",
-                                 "basic() + laion()", "tmars(fraction=2)", "text_area(min=0.1)", "basic(", "import os"])
-def test_bad_rules(bad):
-    with pytest.raises(RuleError):
-        from curate.filters import resolve
-
-        resolve(parse_rule(bad), lambda c, f: 0.0)
-
-
-def test_query_is_read_only(index):
-    t = query("SELECT status, count(*) AS n FROM scores GROUP BY status ORDER BY status", index)
-    assert dict(zip(t.column("status").to_pylist(), t.column("n").to_pylist())) == {
-        "decode_error": 1, "missing_caption": 1, "ok": 8}
-    for sql in ["COPY scores TO '/tmp/x.csv'", "CREATE TABLE t AS SELECT 1", "SELECT 1; SELECT 2",
-                "ATTACH '/tmp/x.db'", "INSERT INTO scores VALUES (1)", "SET threads = 1"]:
-        with pytest.raises(QueryError):
-            query(sql, index)
 
 
 def test_cli_query_and_filter(index, tmp_path, capsys):
@@ -340,40 +321,6 @@ def test_streamed_subset_equals_the_one_read_in_one_batch(tmp_path, monkeypatch)
     assert (tmp_path / "one/subset.npy").read_bytes() == (tmp_path / "many/subset.npy").read_bytes()
     assert pq.read_table(tmp_path / "one/subset.parquet").equals(pq.read_table(tmp_path / "many/subset.parquet"))
     assert not (tmp_path / "many/.duckdb-tmp").exists()
-
-
-def test_query_output_is_streamed_in_batches(index, tmp_path, monkeypatch):
-    """``curate query --output`` written two rows a batch holds what ``query`` returns whole:
-    Parquet equal, CSV with the box lists as JSON text, JSON lines with NaN as null."""
-    import json
-
-    import pyarrow.csv as pacsv
-
-    import curate.query as Q
-
-    sql = "SELECT key, clip_score, text_boxes FROM scores ORDER BY key"
-    whole = query(sql, index)
-    monkeypatch.setattr(Q, "BATCH_ROWS", 2)
-    for ext in ("parquet", "csv", "jsonl"):
-        dest = tmp_path / f"r.{ext}"
-        assert Q.query_to_file(sql, index, dest, memory_limit="64MiB") == whole.num_rows
-        assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.duckdb-tmp"))
-        if ext == "parquet":
-            assert pq.read_table(dest).equals(whole)
-        elif ext == "csv":
-            got = pacsv.read_csv(dest, convert_options=pacsv.ConvertOptions(
-                column_types={"key": pa.string()}, strings_can_be_null=True))
-            assert got.column("key").to_pylist() == whole.column("key").to_pylist()
-            boxes = [None if v is None else json.loads(v) for v in got.column("text_boxes").to_pylist()]
-            assert boxes == whole.column("text_boxes").to_pylist()
-        else:
-            lines = [json.loads(line) for line in dest.read_text().splitlines()]
-            assert [r["key"] for r in lines] == whole.column("key").to_pylist()
-            assert [r["clip_score"] is None for r in lines] == [
-                k in {"08", "09"} for k in whole.column("key").to_pylist()]
-    with pytest.raises(QueryError):
-        Q.query_to_file("DELETE FROM scores", index, tmp_path / "x.parquet")
-    assert not (tmp_path / "x.parquet").exists()
 
 
 def test_distributed_filter_writes_the_single_node_subset(ray_cluster, tmp_path, monkeypatch):
@@ -552,3 +499,18 @@ def test_full_disk_is_one_line_and_leaves_the_previous_outputs(tmp_path, full_di
     with open(disk / "hashes.u64", "wb", buffering=0) as f, pytest.raises(OSError) as e:
         write_array(f, np.arange(1 << 16, dtype=np.uint64))
     assert e.value.errno == 28
+
+
+def test_filter_never_keeps_a_uid_shared_across_shards(tmp_path):
+    index = make_index(tmp_path / "index", ROWS, "a-000000.tar")
+    other = [("01", "ok", "another sample entirely", "en", 640, 480, 0.0, 0.3, 0.3),  # uid 01, other caption
+             ("07",) + ROWS[7][1:],  # uid 07 on a decode_error row of another sample
+             ("05",) + ROWS[4][1:]]  # uid 05: a copy of the same sample (upweighted)
+    make_index(index, other, "b-000000.tar")
+    summary = run_filter(index, "tmars(threshold=0.26)", tmp_path / "subset")
+    kept = pq.read_table(tmp_path / "subset" / "subset.parquet").to_pylist()
+    # 01 (both rows) and 07 are dropped; 05's two copies are kept, so its uid is listed twice.
+    assert sorted((r[S.KEY], r[S.SHARD]) for r in kept) == [
+        ("05", "a-000000.tar"), ("05", "b-000000.tar"), ("06", "a-000000.tar")]
+    assert summary.shared_uid_rows == 3
+    assert "shared uid    3 row(s)" in summary.format()

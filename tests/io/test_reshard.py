@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import json
 import tarfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import schema as S
 from curate.cli import main
 from curate.io.reshard import reshard
 from curate.io.samples import sample_to_record
 from curate.io.shards import read_shard
 from curate.io.subset import uids_to_datacomp
-from tests.conftest import SHARD_SPEC, SHARDS
+from tests.conftest import DATA, EDGE, SHARD_SPEC, SHARDS, members
 
 
 def all_samples():
@@ -95,3 +98,57 @@ def test_a_full_disk_leaves_the_previous_shards_and_a_rerun_replaces_them_all(tm
     assert sorted(p.name for p in out.iterdir()) == ["00000000.tar", "00000000_stats.json", "00000001.tar",
                                                       "00000001_stats.json", "reshard_summary.json"]
     assert len(read_out(out)) == 3
+
+
+def test_reshard_never_writes_one_sample_in_place_of_another(tmp_path):
+    from curate.io.reshard import reshard
+    from curate.io.subset import uids_to_datacomp
+
+    # The subset names the shared uid twice (as a filter over both rows would) and t01_rgba.
+    rgba_uid = sample_to_record(next(s for s in read_shard(str(EDGE)).samples if s["__key__"] == "t01_rgba"))[S.UID]
+    uid = "0123456789abcdef0123456789abcdef"
+    np.save(tmp_path / "subset.npy", uids_to_datacomp([uid, uid, rgba_uid]))
+    summary = reshard(tmp_path / "subset.npy", str(EDGE), tmp_path / "out")
+    assert summary.written_samples == 1
+    assert sorted(summary.shared_uid_samples) == ["edge-000000.tar/d01_dupuid", "edge-000000.tar/d02_dupuid"]
+    written = members(tmp_path / "out" / "00000000.tar")
+    assert written["000000000.png"] == members(EDGE)["t01_rgba.png"]
+
+
+def test_a_broken_sample_sharing_a_uid_is_never_written_for_it(tmp_path):
+    """One sample is ok, another with the same uid has no caption: the uid names neither."""
+    from curate.io.reshard import reshard
+    from curate.io.subset import uids_to_datacomp
+
+    uid = "fedcba9876543210fedcba9876543210"
+    image = members(EDGE)["k01_upper.JPG"]
+    p = tmp_path / "pair.tar"
+    with tarfile.open(p, "w") as tf:
+        for name, data in (("a.jpg", image), ("a.txt", b"a caption"), ("a.json", json.dumps({"uid": uid}).encode()),
+                           ("b.jpg", image[:-10]), ("b.json", json.dumps({"uid": uid}).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    from curate.scoring.records import shard_record_list
+
+    statuses = [(r[S.KEY], r[S.STATUS]) for r in shard_record_list(str(p))]
+    assert statuses == [("a", "duplicate_uid"), ("b", "duplicate_uid")]
+    b = shard_record_list(str(p))[1]
+    assert "also missing_caption" in b[S.ERROR]
+    np.save(tmp_path / "subset.npy", uids_to_datacomp([uid]))
+    summary = reshard(tmp_path / "subset.npy", str(p), tmp_path / "out")
+    assert summary.written_samples == 0 and sorted(summary.shared_uid_samples) == ["pair.tar/a", "pair.tar/b"]
+
+
+def test_copies_of_one_sample_are_one_sample_for_reshard(tmp_path):
+    """Resharding an upweighted reshard again: the copies (same bytes, same uid) are one sample,
+    written as often as the subset lists it, and never reported as a shared uid."""
+    from curate.io.reshard import reshard
+    from curate.io.subset import uids_to_datacomp
+
+    shard = str(DATA / "shards" / "sample-000000.tar")  # samples with a DataComp uid in their .json
+    uid = sample_to_record(read_shard(shard).samples[0])[S.UID]
+    np.save(tmp_path / "twice.npy", uids_to_datacomp([uid, uid]))
+    assert reshard(tmp_path / "twice.npy", shard, tmp_path / "a").written_samples == 2
+    again = reshard(tmp_path / "twice.npy", str(tmp_path / "a" / "00000000.tar"), tmp_path / "b")
+    assert again.written_samples == 2 and again.shared_uid_samples == []

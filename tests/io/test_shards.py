@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from curate import schema as S
+from curate.cli import main
 from curate.io.samples import sample_to_record
 from curate.io.shards import (
     SHARD_COMPLETE,
@@ -25,7 +26,7 @@ from curate.io.shards import (
     read_shard,
     stable_uid,
 )
-from tests.conftest import DATA, NEMO_SHARD, SHARD_SPEC, SHARDS, samples_per_shard
+from tests.conftest import DATA, EDGE, NEMO_SHARD, SHARD_SPEC, SHARDS, members, samples_per_shard
 
 
 def test_expand_brace_range_and_glob():
@@ -489,3 +490,65 @@ def test_a_gzip_bomb_member_is_skipped_without_holding_it(tmp_path):
     assert lines[-2] == str([("a", "ok"), ("b", "too_large"), ("c", "ok")])
     growth = int(lines[-1].split()[1])
     assert growth < 100 * 2**20, f"peak RSS grew by {growth / 2**20:.0f} MiB reading a shard with a 512 MiB member"
+
+
+def test_one_row_per_key_of_the_edge_shard(edge_rows):
+    keys = {name.split(".", 1)[0] for name in members(EDGE)} | {"h01_hardlink"}
+    assert set(edge_rows) == keys and len(edge_rows) == 14  # CASES.md says 15; the tar holds 14 keys
+    assert all(r[S.STATUS] in S.STATUSES for r in edge_rows.values())
+
+
+def test_non_adjacent_and_repeated_members_give_one_row_per_key(tmp_path):
+    def add(tf, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+    jpg = (DATA / "robustness" / "edge-000000.tar")
+    image = members(jpg)["k01_upper.JPG"]
+    p = tmp_path / "order.tar"
+    with tarfile.open(p, "w") as tf:
+        add(tf, "a.jpg", image)
+        add(tf, "b.jpg", image)
+        add(tf, "a.txt", b"caption of a")  # not adjacent to a.jpg
+        add(tf, "b.txt", b"caption of b")
+        add(tf, "b.txt", b"caption of b")  # repeated, same bytes
+        add(tf, "c.jpg", image)
+        add(tf, "c.txt", b"one")
+        add(tf, "c.txt", b"two")  # repeated, other bytes: which is c's caption is unknown
+    recs = [sample_to_record(s) for s in read_shard(str(p)).samples]
+    assert [(r[S.KEY], r[S.STATUS], r[S.TEXT]) for r in recs] == [
+        ("a", "ok", "caption of a"), ("b", "ok", "caption of b"), ("c", "invalid_sample", "one")]
+    assert "'c.txt' appears more than once" in recs[2][S.ERROR]
+
+
+def test_every_command_reads_a_literal_path_exactly_once(hostile_index, tmp_path, capsys):
+    from curate.query import query
+
+    d, out, _ = hostile_index
+    rows = query("SELECT shard, count(*) AS n FROM scores GROUP BY shard", out).to_pylist()
+    per_shard = {r["shard"].rsplit("/", 1)[-1]: r["n"] for r in rows}
+    assert per_shard == {"edge-000000.tar": 14, "pool[1].tar": 2, "it's {a,b} *x?.tar": 2, "pool1.tar": 1}
+    assert expand_shards(str(d / "pool[1].tar")) == [str(d / "pool[1].tar")]
+    assert expand_shards(str(d / "it's {a,b} *x?.tar")) == [str(d / "it's {a,b} *x?.tar")]
+    # filter + reshard from the literal name: the two samples of pool[1].tar, never the decoy's.
+    assert main(["filter", "--index", str(out), "--rule", "clip_score(fraction=1.0)", "--out", str(tmp_path / "s"),
+                 "--where", "shard LIKE '%pool[1].tar'"]) == 0
+    assert main(["reshard", str(d / "pool[1].tar"), "--subset", str(tmp_path / "s" / "subset.npy"),
+                 "--out", str(tmp_path / "r")]) == 0
+    assert len(members(tmp_path / "r" / "00000000.tar")) == 4  # 2 samples x (jpg + txt or json)
+    # train's data stream reads the literal shard: two samples an epoch, the surrogate one cleaned.
+    from curate.io.subset import load_subset_counts
+    from curate.train.data import SubsetStream
+
+    stream = SubsetStream(expand_shards(str(d / "pool[1].tar")), load_subset_counts(str(tmp_path / "s" / "subset.npy")),
+                          None, None, local_batch_size=1)
+    first_epoch = []
+    for rec, epoch in stream._records(0, []):
+        if epoch:
+            break
+        first_epoch.append(rec[S.KEY])
+    assert sorted(first_epoch) == ["s01_plain", "s02_surrogate"]
+    # report reads the images back from each literal shard name.
+    assert main(["report", "--index", str(out), "--out", str(tmp_path / "report")]) == 0
+    capsys.readouterr()

@@ -14,15 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
 from curate import schema as S
 from curate.io.index import read_index
-from curate.models import resolve_pretrained
-from curate.scoring.config import load_config
-from tests.conftest import N_SHARDS, SHARDS, assert_same_scores, rows_by_uid
+from tests.conftest import N_SHARDS, assert_same_scores, rows_by_uid
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "pipelines" / "tiny_cpu.yaml"
@@ -40,54 +37,6 @@ def busy_job_workers(raylet_pid: int) -> list[str]:
         if title.startswith("ray::") and "Map" in title:  # MapWorker(...) actors, FlatMap/MapBatches tasks
             out.append(title.split()[0])
     return out
-
-
-@pytest.mark.slow
-def test_parts_delivered_twice_are_written_once(ray_cluster, tmp_path):
-    """Part records Ray delivers twice (a re-executed task) are counted once; the index file
-    written from them is identical to the one written from a single delivery."""
-    import shutil
-
-    from curate.runtime import ClusterResources
-    from curate.scoring.plan import build_dataset, fit_to_cluster, stage_specs
-    from curate.scoring.writer import ShardTracker, finalize_shard
-
-    cfg = load_config(TINY)
-    cfg.detect.detector = "dbnet"
-    cfg.decode.batch_size = cfg.detect.batch_size = cfg.score.batch_size = 4
-    weights = resolve_pretrained(cfg.score.clip_model, cfg.score.pretrained)
-    specs = stage_specs(fit_to_cluster(cfg, ClusterResources(2, 0)), weights)
-    once_dir, twice_dir = tmp_path / "once", tmp_path / "twice"
-    once_dir.mkdir(), twice_dir.mkdir()
-    # Small blocks, so that each shard arrives in several parts.
-    batches = list(build_dataset([str(s) for s in SHARDS[:2]], specs, 0.25, out_dir=once_dir, block_bytes=2**16)
-                   .iter_batches(batch_size=1, batch_format="numpy"))
-    assert len(batches) >= 4
-    shutil.copytree(once_dir / "_parts", tmp_path / "parts-backup")
-    once, twice = (
-        ShardTracker(once_dir, {}, lambda r: None, "local"),
-        ShardTracker(twice_dir, {}, lambda r: None, "local"),
-    )
-    for b in batches:
-        once.add(b)
-    # the parts again, for the replay
-    shutil.copytree(tmp_path / "parts-backup", once_dir / "_parts", dirs_exist_ok=True)
-    # overlapping re-deliveries, also after a shard is written
-    replay = batches[:2] + batches[:3] + batches[1:] + batches
-    for b in replay:
-        twice.add(b)
-    rows = lambda bs: sum(len(np.frombuffer(s, dtype=np.int64)) for b in bs for s in b["seqs"])  # noqa: E731
-    assert once.duplicates == 0
-    assert twice.duplicates == rows(replay) - rows(batches)
-    assert sorted(once.results) == sorted(twice.results) == sorted(str(s) for s in SHARDS[:2])
-    a, b = read_index(once_dir), read_index(twice_dir)
-    assert a.num_rows == b.num_rows == sum(r.num_samples for r in once.results.values())
-    assert a.equals(b)
-    # finalize is idempotent (Ray may retry it after it wrote the file and removed the parts)
-    r = once.results[str(SHARDS[0])]
-    again = finalize_shard(str(SHARDS[0]), ["/nonexistent/part.parquet"], r.num_samples, r.status, "", 0,
-                           str(once_dir), {})
-    assert (again.num_samples, again.statuses, again.index_file) == (r.num_samples, r.statuses, r.index_file)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +330,17 @@ def test_detector_none_end_to_end(ray_cluster, tmp_path):
     assert ok and all(r[S.NUM_TEXT_BOXES] == 0 and r[S.CLIP_SCORE] == r[S.MASKED_CLIP_SCORE] for r in ok)
     md = read_index_metadata(index_path(tmp_path / "index", str(SHARDS[0])))
     assert md[S.META_DETECTOR].startswith("none") and '"detector": "none"' in md[S.META_CONFIG]
+
+
+def test_a_lone_surrogate_never_stops_the_job(hostile_index):
+    d, out, rc = hostile_index
+    assert rc == 0
+    rows = read_index(out).to_pylist()
+    surr = [r for r in rows if r[S.KEY] == "s02_surrogate"]
+    assert len(surr) == 2  # once from each of its two copies
+    for r in surr:
+        assert r[S.STATUS] == S.STATUS_OK and r[S.TEXT] == "a photo of a cat on a sofa \ufffd"
+        assert np.isfinite(r[S.CLIP_SCORE])
+    assert all(r[S.STATUS] == S.STATUS_OK for r in rows if r[S.KEY] == "s01_plain")
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["shards_by_status"] == {"complete": 4} and summary["num_samples"] == 14 + 2 + 2 + 1

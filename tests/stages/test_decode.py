@@ -12,6 +12,7 @@ from PIL import Image
 
 from curate import schema as S
 from curate.stages.decode import Decode, DecodeError, decode_image
+from tests.conftest import EDGE, TRANSPARENT, members
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +298,42 @@ def test_reduce_shrinks_other_formats_as_a_full_decode_then_a_reduction(photo):
     assert decode_sized(data, min_side=300)[0].size == (2096, 1264)
     assert decode_sized(data, min_side=600, reduce=True)[0].size == (1048, 632)  # 1/2 keeps 632 >= 600
     assert decode_sized(data, min_side=700, reduce=True)[0].size == (2096, 1264)  # 1/2 would not
+
+
+def test_every_kind_of_transparency_gives_the_same_pixels():
+    m = members(EDGE)
+    rgba = decode_image(m["t01_rgba.png"])
+    # The picture: a red/blue striped square on a transparent half, composited on white.
+    assert (rgba == 255).all(axis=-1).sum() == 128 * 64
+    for key in ("t02_rgb_trns", "t03_p_trns"):
+        np.testing.assert_array_equal(decode_image(m[f"{key}.png"]), rgba, err_msg=key)
+    grey = decode_image(m["t04_la.png"])
+    np.testing.assert_array_equal(decode_image(m["t05_l_trns.png"]), grey)
+    assert (grey == 255).all(axis=-1).sum() == 128 * 64 and not (grey == 0).all(axis=-1).any()
+
+
+def test_one_picture_gives_the_same_scores_whatever_its_storage(edge_rows):
+    for group in (TRANSPARENT[:3], TRANSPARENT[3:]):
+        rows = [edge_rows[k] for k in group]
+        assert all(r[S.STATUS] == S.STATUS_OK for r in rows)
+        assert len({(r[S.CLIP_SCORE], r[S.MASKED_CLIP_SCORE], r[S.NUM_TEXT_BOXES]) for r in rows}) == 1, rows
+
+
+def test_avif_is_an_image_member_and_is_scored(edge_rows):
+    r = edge_rows["f01_avif"]
+    assert r[S.STATUS] == S.STATUS_OK and (r[S.WIDTH], r[S.HEIGHT]) == (524, 316)
+    assert np.isfinite(r[S.CLIP_SCORE])
+
+
+def test_cmyk_bomb_zero_size_upper_case_and_hard_link(edge_rows):
+    m = members(EDGE)
+    expected = np.asarray(Image.open(io.BytesIO(m["f02_cmyk.jpg"])).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(m["f02_cmyk.jpg"]), expected)
+    assert edge_rows["f02_cmyk"][S.STATUS] == S.STATUS_OK
+    assert edge_rows["f03_bomb"][S.STATUS] == S.STATUS_TOO_LARGE
+    zero = edge_rows["f04_zero"]
+    assert zero[S.STATUS] == S.STATUS_DECODE_ERROR
+    assert zero[S.ERROR] == "zero-size image: the PNG header says 0x16 pixels"
+    assert edge_rows["k01_upper"][S.STATUS] == S.STATUS_OK
+    link = edge_rows["h01_hardlink"]
+    assert link[S.STATUS] == S.STATUS_MISSING_IMAGE and "'h01_hardlink.png': not a regular file" in link[S.ERROR]
