@@ -1,7 +1,7 @@
 # `make demo`: set up .venv, run the main job (curate score) on the bundled sample shards, and
 # write its HTML report (out/report/index.html).
 # `make test`: set up .venv (and Debian's chromium for the report tests) and run the test suite.
-# `make test-fast`: the tests not marked slow (about 4 minutes on 2 cores), for a developer's loop.
+# `make test-fast`: the tests not marked slow (5-10 minutes on 2 cores), for a developer's loop.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # The fast tier for a developer's loop: everything not marked slow (one local Ray cluster and one
-# score job shared by the tests; no node kills, no training runs, no browser), about 4 minutes on
+# score job shared by the tests; no node kills, no training runs, no browser), 5-10 minutes on
 # 2 cores. `make test` is what CI runs. Tests marked gpu are skipped where CUDA is not visible.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
