@@ -101,6 +101,11 @@ def image_member(sample: dict[str, Any]) -> str | None:
     return next((e for e in image_extensions() if e in sample), None)
 
 
+# The columns of a record (``sample_to_record``): what the first stage of the score plan gets,
+# besides the read's own bookkeeping (``curate.scoring.records``).
+RECORD_COLUMNS = (S.UID, S.KEY, S.SHARD, S.TEXT, S.IMAGE_BYTES, S.STATUS, S.ERROR, "caption_fixes")
+
+
 def sample_to_record(sample: dict[str, Any], max_caption_chars: int = MAX_CAPTION_CHARS) -> dict[str, Any]:
     """Turn one webdataset sample into a record; never raises.
 
@@ -121,8 +126,7 @@ def sample_to_record(sample: dict[str, Any], max_caption_chars: int = MAX_CAPTIO
         (``curate.schema.cap_error``); ``caption_fixes`` is ``"; "``-joined repairs or ``""``.
     """
     key, url = sample["__key__"], sample["__url__"]
-    rec = {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: None, S.IMAGE_BYTES: None,
-           S.STATUS: S.STATUS_OK, S.ERROR: None, "caption_fixes": ""}
+    rec = dict(zip(RECORD_COLUMNS, (stable_uid(url, key), key, url, None, None, S.STATUS_OK, None, "")))
     try:
         _fill_record(sample, rec, max_caption_chars)
     except Exception as e:  # a sample this odd still gets its row

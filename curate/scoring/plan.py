@@ -397,7 +397,26 @@ def stage_specs(cfg: PipelineConfig, weights: ResolvedWeights) -> list[StageSpec
                            Resources(cpus=cfg.mask.num_cpus), cfg.detect.batch_size))
     specs.append(pool_spec("score", Score, {"weights": weights, **cfg.score.stage_kwargs(), "limits": cfg.limits},
                            cfg.score))
+    check_chain(specs)
     return specs
+
+
+def check_chain(specs: list[StageSpec]) -> None:
+    """Check the plan against the stages' declarations (``Stage.reads`` / ``writes`` / ``drops``):
+    every column a stage reads is a record column (``curate.io.samples.RECORD_COLUMNS``) or one an
+    earlier stage writes and no stage in between drops.
+
+    Raises:
+        ValueError: naming the stage and the columns nothing gives it.
+    """
+    from curate.io.samples import RECORD_COLUMNS
+
+    have = set(RECORD_COLUMNS)
+    for spec in specs:
+        missing = [c for c in spec.cls.reads if c not in have]
+        if missing:
+            raise ValueError(f"stage {spec.name} reads {missing}, which neither the records nor an earlier stage give")
+        have = (have | set(spec.cls.writes)) - set(spec.cls.drops)
 
 
 def check_resources(specs: list[StageSpec], task_cpus: float, cluster: ClusterResources) -> None:

@@ -145,3 +145,31 @@ def test_the_python_api_rejects_unknown_settings(tmp_path):
         curate.score(str(SHARDS[0]), tmp_path, detect__no_such_key=1)
     with pytest.raises(ValueError, match="detect.batch_size"):
         curate.score(str(SHARDS[0]), tmp_path, detect__batch_size="big")
+
+
+def test_the_plan_checks_what_each_stage_reads_against_what_came_before():
+    """The stage declarations are what the plan reads (issue 30): a stage that reads a column no
+    record or earlier stage gives, or one an earlier stage dropped, is refused when the plan is
+    built, naming the stage."""
+    from dataclasses import replace
+
+    from curate.io.samples import RECORD_COLUMNS, sample_to_record
+    from curate.scoring.plan import check_chain
+    from curate.stages.base import Stage
+
+    cfg = fit_to_cluster(load_config(REPO / "pipelines" / "tiny_cpu.yaml"), ClusterResources(cpus=2.0, gpus=0.0))
+    specs = stage_specs(cfg, TINY_W)  # the real chain passes (stage_specs runs check_chain)
+    assert tuple(sample_to_record({"__key__": "k", "__url__": "u.tar"})) == RECORD_COLUMNS
+
+    class ReadsNothingGiven(Stage):
+        name = "bogus"
+        reads = (S.STATUS, "no_such_column")
+
+    class ReadsTheDroppedImage(Stage):
+        name = "late"
+        reads = (S.STATUS, S.IMAGE)  # the score stage drops the decoded images
+
+    with pytest.raises(ValueError, match=r"stage bogus reads \['no_such_column'\]"):
+        check_chain([*specs[:2], replace(specs[2], name="bogus", cls=ReadsNothingGiven), *specs[3:]])
+    with pytest.raises(ValueError, match=r"stage late reads \['image'\]"):
+        check_chain([*specs, replace(specs[-1], name="late", cls=ReadsTheDroppedImage)])
