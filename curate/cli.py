@@ -40,10 +40,13 @@ import dataclasses
 import errno
 import os
 import sys
+import time
 from typing import Any
 
 from curate import __version__
 from curate.errors import CurateError
+
+STARTED_AT = time.time()  # the command's start (this module's import), for the start-up `curate score` reports
 
 
 def _positive_int(text: str) -> int:
@@ -165,7 +168,7 @@ def _cmd_score(args) -> int:
     def call():
         cfg = apply_settings(load_config(args.config), _settings(args))
         return run_score(args.shards, args.out, cfg, num_cpus=args.num_cpus, address=args.address,
-                         progress=not args.no_progress, overwrite=args.overwrite)
+                         progress=not args.no_progress, overwrite=args.overwrite, started_at=STARTED_AT)
 
     return _run_command("score", call)
 

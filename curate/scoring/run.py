@@ -52,6 +52,7 @@ def run_score(
     address: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    started_at: float | None = None,
 ) -> ScoreSummary:
     """Score shards into a score index (one Parquet file per shard in ``out_dir``).
 
@@ -65,6 +66,9 @@ def run_score(
         address: Ray cluster address (``None``: local, or ``RAY_ADDRESS``).
         progress: show a progress bar on stderr.
         overwrite: recompute shards whose index file is already complete.
+        started_at: when the command started (Unix seconds; the CLI passes the time its module
+            was imported), so that the start-up the summary reports includes the imports and
+            argument parsing before this call; ``None``: the call itself.
 
     Returns:
         ``ScoreSummary``; also written to ``out_dir/_summary.json``.
@@ -81,6 +85,8 @@ def run_score(
     from tqdm import tqdm
 
     t0, t0_wall = time.perf_counter(), time.time()
+    started_at = min(started_at or t0_wall, t0_wall)
+    phases = {"before_call": t0_wall - started_at}  # seconds of each step before the first row
     urls = expand_shards(shards)  # first: a typo in the spec is the cheapest mistake to name
     if not urls:
         raise ValueError("no shards given")
@@ -100,9 +106,11 @@ def run_score(
     todo, skipped = plan_shards(urls, out_dir, metadata[S.META_CONFIG], overwrite=overwrite)
 
     results: dict[str, ShardResult] = {s.url: s for s in skipped}
-    duplicates, stage_stats, plan, startup, driver_cpu = 0, {}, [], 0.0, 0.0
+    duplicates, stage_stats, plan, startup, driver_cpu, steady = 0, {}, [], 0.0, 0.0, None
     isolation = None
     if todo:
+        t_ray = time.time()
+        phases["checks"] = t_ray - t0_wall  # shard list, weights, output folder, resume plan
         try:
             init_ray(num_cpus=num_cpus, address=address)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -112,6 +120,8 @@ def run_score(
                                             f"({shutil.disk_usage(tmp).free / 1e6:.1f} MB free; TMPDIR moves them): {e}"
                               ) from e
             raise ValueError(f"cannot start or reach the Ray cluster ({address or 'local'}): {e}") from None
+        t_plan = time.time()
+        phases["ray_init"] = t_plan - t_ray
         cluster = cluster_resources(fixed=not joins_existing_cluster(address))
         sized = fit_to_cluster(cfg, cluster)
         specs = stage_specs(sized, weights)
@@ -144,6 +154,8 @@ def run_score(
         faults = faults_from_env()
         ds = build_dataset(todo, specs, sized.read.num_cpus, out_dir=out_dir, limits=sized.limits, faults=faults)
         failure = None
+        t_run = time.time()
+        phases["plan"] = t_run - t_plan
         cpu0 = time.process_time()
         try:
             for records in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -168,7 +180,11 @@ def run_score(
         tracker.cleanup()
         driver_cpu = time.process_time() - cpu0
         if tracker.first_done_at != float("inf"):
-            startup = max(0.0, tracker.first_done_at - t0_wall)
+            startup = max(0.0, tracker.first_done_at - started_at)
+            # Ray Data starts the actors (loading their models), the reads and the first
+            # batches through every stage
+            phases["first_batch"] = max(0.0, tracker.first_done_at - t_run)
+            steady = tracker.steady_rate
         bar.close()
         results.update(tracker.results)
         duplicates = tracker.duplicates
@@ -179,7 +195,8 @@ def run_score(
     if duplicates:
         log.warning("curate score: %d row(s) arrived twice (Ray task retries) and were written once", duplicates)
     summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir), duplicates,
-                           stage_stats, plan, startup, driver_cpu, isolation=isolation)
+                           stage_stats, plan, startup, driver_cpu, isolation=isolation,
+                           startup_phases=phases if startup else {}, steady_samples_per_s=steady)
     write_json_atomically(out_dir / "_summary.json", summary.to_dict(), indent=2, default=str)
     return summary
 

@@ -60,8 +60,17 @@ class ScoreSummary:
             workers spent in the stage}``, summed over workers; ``samples / busy_s`` is one
             worker's throughput and ``busy_s / wall`` the mean number of busy workers.
         plan: the stages as run (``StageSpec.describe()``): compute, resources, pool sizes.
-        startup_s: seconds from the call until the first samples left the last stage (Ray
-            start-up, model loading, the first batches through every stage).
+        startup_s: seconds from the command's start (``run_score``'s ``started_at``) until the
+            first samples left the last stage.
+        startup_phases: where ``startup_s`` went, seconds per step in order: ``before_call``
+            (imports, argument parsing), ``checks`` (shard list, weights, output folder),
+            ``ray_init`` (``ray.init``: starting or joining the cluster), ``plan`` (sizing the
+            plan, building the Ray Data dataset), ``first_batch`` (Ray Data starts the actors,
+            which load their models, while the first shards are read; the first batch passes
+            every stage). Empty when no row was scored.
+        steady_samples_per_s: samples/s after start-up: the rows that left the last stage after
+            the first batch, over the seconds between the first and the last batch (``None``
+            with fewer than two batches).
         driver_cpu_s: CPU seconds the driver process used while the plan ran (its share of the
             machine: ``driver_cpu_s / wall_s``).
         isolation: ``curate.scoring.isolate.IsolationResult`` (``None`` when no worker died):
@@ -78,6 +87,8 @@ class ScoreSummary:
     startup_s: float = 0.0
     driver_cpu_s: float = 0.0
     isolation: Any = None
+    startup_phases: dict[str, float] = field(default_factory=dict)
+    steady_samples_per_s: float | None = None
 
     @property
     def processed(self) -> list[ShardResult]:
@@ -116,6 +127,8 @@ class ScoreSummary:
             "statuses": self.statuses(),
             "wall_s": round(self.wall_s, 3),
             "startup_s": round(self.startup_s, 3),
+            "startup_phases": {k: round(v, 3) for k, v in self.startup_phases.items()},
+            "steady_samples_per_s": round(self.steady_samples_per_s, 3) if self.steady_samples_per_s else None,
             "driver_cpu_s": round(self.driver_cpu_s, 3),
             "samples_per_s_processed": round(self.samples_per_s, 3),
             "duplicates_dropped": self.duplicates_dropped,
@@ -146,6 +159,12 @@ class ScoreSummary:
             f"({processed} samples scored this run"
             + (f"; first samples scored after {self.startup_s:.1f} s" if self.startup_s else "") + ")",
         ]
+        if self.startup_phases:
+            names = {"before_call": "imports", "checks": "checks", "ray_init": "Ray start", "plan": "plan",
+                     "first_batch": "models + first batch"}
+            lines.append("  start-up      " + ", ".join(f"{names.get(k, k)} {v:.1f} s"
+                                                      for k, v in self.startup_phases.items())
+                         + (f"; then {self.steady_samples_per_s:.1f} samples/s" if self.steady_samples_per_s else ""))
         lines += self._stage_lines()
         iso = self.isolation
         if iso is not None and (iso.samples or iso.shard_errors):

@@ -269,7 +269,29 @@ class ShardTracker:
         self.shard_sizes: dict[str, int] = {}
         self.ending: dict[str, tuple[str, str, int]] = {}  # how each shard's reading ended (its worst news)
         self.first_done_at = float("inf")  # wall-clock time the first rows left the last stage
+        self.first_rows = 0  # rows that left it then (the first batch)
+        self.last_done_at = float("-inf")  # ... and the last rows
+        self.rows_done = 0  # rows of the part records taken so far, re-deliveries included
         self._remote = None
+
+    def _note_done_times(self, records: dict[str, np.ndarray]) -> None:
+        done = np.asarray(records[DONE_AT], dtype=np.float64)
+        rows = np.array([len(s) // 8 for s in records[P_SEQS]], dtype=np.int64)  # int64 positions
+        first = float(done.min())
+        if first < self.first_done_at:
+            self.first_done_at, self.first_rows = first, int(rows[done == first].sum())
+        elif first == self.first_done_at:
+            self.first_rows += int(rows[done == first].sum())
+        self.last_done_at = max(self.last_done_at, float(done.max()))
+
+    @property
+    def steady_rate(self) -> float | None:
+        """Samples/s through the whole plan after the first batch left it: the rows that left
+        the last stage after the first ones, over the seconds from the first to the last
+        (``None`` before two batches have)."""
+        span = self.last_done_at - self.first_done_at
+        rows = self.rows_done - self.first_rows
+        return rows / span if span > 0 and rows > 0 else None
 
     def add(self, records: dict[str, np.ndarray]) -> int:
         """Take a batch of part records; start the finalize of every shard now complete. A shard
@@ -277,10 +299,11 @@ class ShardTracker:
         fresh_rows = 0
         busy_cols = [c for c in records if c.startswith(BUSY_PREFIX)]
         if DONE_AT in records and len(records[DONE_AT]):
-            self.first_done_at = min(self.first_done_at, float(np.min(records[DONE_AT])))
+            self._note_done_times(records)
         for i in range(len(records[P_SHARD])):
             url = str(records[P_SHARD][i])
             seqs = np.frombuffer(records[P_SEQS][i], dtype=np.int64)
+            self.rows_done += len(seqs)
             for c in busy_cols:
                 self.busy[c[len(BUSY_PREFIX):]] += float(records[c][i])
                 self.samples[c[len(BUSY_PREFIX):]] += len(seqs)
