@@ -2,13 +2,15 @@
 scored sample, where that time goes, and what it costs a job of 41, 500 and 5,000 samples against
 the same job's own steady-state rate.
 
-Each job is the demo's (``pipelines/tiny_cpu.yaml``: DBNet at 512 px, random-init tiny CLIP, a
-fresh local Ray cluster of 2 CPUs), run as a new process, as a user runs ``curate score``:
+Each job runs ``curate score`` with ``pipelines/tiny_cpu.yaml`` (random-init tiny CLIP, detection
+at 512 px, a fresh local Ray cluster of 2 CPUs) as a new process, as a user runs it:
 
-- 41 samples: the bundled sample shards (``tests/data/shards``, what ``make demo`` scores);
-- 500 and 5,000 samples: their real images shrunk to at most 512 px and re-encoded as JPEG, with
-  their real captions, cycled with fresh uids, in shards of 100 and 500
-  (``benchmarks/scale_bench.py``'s pool).
+- ``demo``: ``make demo``'s job, the 41 samples of the bundled sample shards
+  (``tests/data/shards``) with the default detector, CRAFT (about 2 samples/s on 2 cores);
+- 41, 500 and 5,000 samples with DBNet (``--detector dbnet``, about 17 samples/s, as
+  ``benchmarks/scale_bench.py``'s efficiency runs): the sample shards, then their real images
+  shrunk to at most 512 px and re-encoded as JPEG, with their real captions, cycled with fresh
+  uids, in shards of 100 and 500 (``scale_bench.py``'s pool).
 
 Per job: the seconds from launching the process to the first sample leaving the last stage, split
 into the interpreter and imports, curate's checks, ``ray.init``, building the plan, and the rest
@@ -19,8 +21,8 @@ the rows after the first batch over the seconds from the first to the last); and
 wall to the wall the job would take at its steady-state rate with no start-up at all. Plus the
 driver's heaviest imports (``python -X importtime``).
 
-    .venv/bin/python benchmarks/startup_bench.py                  # 41, 500, 5,000 (about 10 minutes)
-    .venv/bin/python benchmarks/startup_bench.py --sizes 41       # the demo job only (under a minute)
+    .venv/bin/python benchmarks/startup_bench.py                  # demo, 41, 500, 5,000 (about 10 minutes)
+    .venv/bin/python benchmarks/startup_bench.py --jobs demo      # the demo job only (under a minute)
     .venv/bin/python benchmarks/startup_bench.py --out startup.json
 """
 
@@ -41,13 +43,14 @@ TINY = REPO / "pipelines" / "tiny_cpu.yaml"
 PER_SHARD = {500: 100, 5000: 500}
 
 
-def child(shards: list[str], out: str, report: str) -> None:
+def child(detector: str, shards: list[str], out: str, report: str) -> None:
     """Run ``curate score`` in this process as the CLI does, then write what Ray's task timeline
     says about the actors' construction and the summary's start-up figures to ``report``."""
     from curate.cli import STARTED_AT, main
 
     try:
-        main(["score", *shards, "--out", out, "--config", str(TINY), "--num-cpus", "2", "--no-progress"])
+        main(["score", *shards, "--out", out, "--config", str(TINY), "--num-cpus", "2", "--no-progress",
+              "--detector", detector])
     except SystemExit as e:
         if e.code:
             raise
@@ -62,11 +65,11 @@ def child(shards: list[str], out: str, report: str) -> None:
     Path(report).write_text(json.dumps({"started_at": STARTED_AT, "summary": summary, "actors": actors}))
 
 
-def run_job(shards: list[str], tmp: Path, label: str) -> dict:
+def run_job(shards: list[str], tmp: Path, label: str, detector: str) -> dict:
     """One job in a fresh process; the figures of the table."""
     out, report = tmp / f"index-{label}", tmp / f"report-{label}.json"
     launched = time.time()
-    proc = subprocess.run([sys.executable, __file__, "--child", str(out), str(report), *shards],
+    proc = subprocess.run([sys.executable, __file__, "--child", detector, str(out), str(report), *shards],
                           capture_output=True, text=True, cwd=REPO)
     ended = time.time()
     if proc.returncode != 0:
@@ -84,7 +87,7 @@ def run_job(shards: list[str], tmp: Path, label: str) -> dict:
     ready += r["started_at"] - launched
     wall = ended - launched
     return {
-        "samples": n, "shards": len(shards), "first_row_s": round(first_row, 2),
+        "job": label, "detector": detector, "samples": n, "shards": len(shards), "first_row_s": round(first_row, 2),
         "phases_s": {k: round(v, 2) for k, v in phases.items()},
         "stage_actors_ready_s": round(ready - run_start, 2),
         "actor_init_s": sorted(round(a["seconds"], 2) for a in stage_actors),
@@ -112,14 +115,15 @@ def heaviest_imports(top: int = 6) -> list[tuple[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[41, 500, 5000],
-                    help="jobs to run: 41 (the sample shards) or any size built from their images")
+    ap.add_argument("--jobs", nargs="+", default=["demo", "41", "500", "5000"],
+                    help="demo (make demo's job: CRAFT), or a number of samples scored with DBNet: 41 (the sample "
+                         "shards) or any size built from their images")
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        out, report, *shards = args.child
-        return child(shards, out, report)
+        detector, out, report, *shards = args.child
+        return child(detector, shards, out, report)
 
     sys.path.insert(0, str(Path(__file__).parent))
     from scale_bench import real_samples, write_pool
@@ -128,26 +132,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as tmp_name:
         tmp = Path(tmp_name)
         pool = None
-        for n in args.sizes:
+        for job in args.jobs:
+            n = 41 if job == "demo" else int(job)
             if n == 41:
                 shards = [str(p) for p in SHARDS]
             else:
                 pool = pool or real_samples()
                 shards = write_pool(tmp / f"pool-{n}", n, PER_SHARD.get(n, 500), pool)
-            results["jobs"].append(run_job(shards, tmp, str(n)))
+            results["jobs"].append(run_job(shards, tmp, job, "craft" if job == "demo" else "dbnet"))
             print(json.dumps(results["jobs"][-1]), flush=True)
 
     print("\ndriver's heaviest imports (python -X importtime, cumulative):")
     for name, sec in results["imports"]:
         print(f"  {name:<28} {sec:6.2f} s")
     names = ["before_call", "checks", "ray_init", "plan", "first_batch"]
-    print("\n| samples | first row | imports | checks | ray.init | plan | actors ready | first batch | wall | "
-          "steady samples/s | wall / (samples / steady rate) |")
-    print("|" + " --- |" * 11)
+    print("\n| job | detector | samples | first row | imports | checks | ray.init | plan | actors ready | "
+          "first batch | wall | steady samples/s | wall / (samples / steady rate) |")
+    print("|" + " --- |" * 13)
     for j in results["jobs"]:
         p = j["phases_s"]
         steps = " | ".join(f"{p.get(k, 0):.1f}" for k in names[:4])
-        print(f"| {j['samples']:,} | **{j['first_row_s']:.1f} s** | {steps}"
+        print(f"| {j['job']} | {j['detector']} | {j['samples']:,} | **{j['first_row_s']:.1f} s** | {steps}"
               f" | {j['stage_actors_ready_s']:.1f} | {p.get('first_batch', 0):.1f} | {j['wall_s']:.1f} s | "
               f"{j['steady_samples_per_s'] or float('nan'):.1f} | {j['wall_over_steady'] or float('nan'):.2f} |")
     if args.out:

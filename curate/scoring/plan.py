@@ -148,12 +148,15 @@ class Operator:
         retries: how many more times Ray runs a batch whose worker died (``limits.worker_retries``:
             Ray's ``max_retries`` for tasks, ``max_task_retries`` for actors, whose restarts
             are then unbounded since each is paid by a bounded retry).
+        blocks_cut: the plan's blocks are cut to its smallest batch (``build_dataset``), so a
+            CPU operator may take each block as its batch (``ray_args``).
     """
 
     specs: list[StageSpec]
     write_to: str | None = None
     guard: GuardSettings | None = None
     retries: int = 1
+    blocks_cut: bool = True
 
     @property
     def head(self) -> StageSpec:
@@ -169,7 +172,14 @@ class Operator:
         import ray
 
         head = self.head
-        args: dict[str, Any] = {"batch_size": head.batch_size, "batch_format": "numpy", "num_cpus": head.resources.cpus}
+        # An operator on CPUs takes each block as it comes (the read's blocks are cut to the
+        # plan's smallest batch, ``build_dataset``): bundling blocks up to a larger batch would
+        # hold the first samples back until the stage before had run that many (the demo's
+        # score waited for a second detect batch), and a CPU model's per-sample cost does not
+        # depend on the batch size (``benchmarks/startup_bench.py``). A GPU operator gathers
+        # its full batch (Ray Data requires a batch size with GPUs, and a GPU wants full ones).
+        batch = head.batch_size if head.resources.gpus or not self.blocks_cut else None
+        args: dict[str, Any] = {"batch_size": batch, "batch_format": "numpy", "num_cpus": head.resources.cpus}
         # Bounded retries (Ray Data's defaults retry a worker death forever, and a sample that
         # kills its worker kills every retry): see docs/architecture.md, "Worker deaths".
         if head.resources.actor:
@@ -493,13 +503,14 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
         ds = ds.flat_map(read_shard_records, fn_kwargs=read_kwargs(limits), num_cpus=read_cpus, max_retries=retries)
         cut = ds.repartition(target_num_rows_per_block=min(s.batch_size for s in specs))
+        blocks_cut = True
         try:  # its tasks take a read task's CPUs, not Ray's default 1 (a 2-CPU plan could never place one)
             cut._logical_plan.dag.ray_remote_args["num_cpus"] = read_cpus  # the op's own dict
             ds = cut
         except (AttributeError, TypeError):  # a Ray Data without this field: keep the read's blocks
-            pass
+            blocks_cut = False
         for op in ops:
-            op.guard, op.retries = GuardSettings.of(limits, faults), retries
+            op.guard, op.retries, op.blocks_cut = GuardSettings.of(limits, faults), retries, blocks_cut
             ds = ds.map_batches(**op.ray_args())
     return ds
 

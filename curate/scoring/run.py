@@ -194,7 +194,8 @@ def run_score(
                 results[url] = ShardResult(url, SHARD_FAILED, failure or "internal error: rows missing")
     if duplicates:
         log.warning("curate score: %d row(s) arrived twice (Ray task retries) and were written once", duplicates)
-    summary = ScoreSummary([results[u] for u in urls], time.perf_counter() - t0, weights, str(out_dir), duplicates,
+    wall = time.perf_counter() - t0 + (t0_wall - started_at)  # from the command's start
+    summary = ScoreSummary([results[u] for u in urls], wall, weights, str(out_dir), duplicates,
                            stage_stats, plan, startup, driver_cpu, isolation=isolation,
                            startup_phases=phases if startup else {}, steady_samples_per_s=steady)
     write_json_atomically(out_dir / "_summary.json", summary.to_dict(), indent=2, default=str)

@@ -52,7 +52,7 @@ class ScoreSummary:
 
     Attributes:
         shards: one ``ShardResult`` per shard, in the order given.
-        wall_s: seconds from the call to the summary.
+        wall_s: seconds from the command's start (``run_score``'s ``started_at``) to the summary.
         weights: the CLIP weights used.
         out_dir: the score-index folder.
         duplicates_dropped: rows Ray delivered twice (task retries), written once.

@@ -253,7 +253,9 @@ class DBNetDetector:
         if torch_threads:
             opts.intra_op_num_threads = int(torch_threads)
         providers = ["CPUExecutionProvider"]
-        if resolve_device(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        # Asked only where onnxruntime could use a GPU: resolve_device imports torch (1-2 s and
+        # about 200 MB that a CPU-only DBNet actor would never use, issue 31).
+        if "CUDAExecutionProvider" in ort.get_available_providers() and resolve_device(device).startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(model_path, sess_options=opts, providers=providers)
         self.input_name = self.session.get_inputs()[0].name

@@ -99,6 +99,10 @@ class Score(Stage):
         if precision == "auto":
             precision = "bf16" if self.device.startswith("cuda") else "fp32"
         self.precision = precision
+        # One forward pass on a blank image and a short caption, so that the first batch does not
+        # pay the one-time costs (kernel selection, CUDA context and cuBLAS handles on a GPU) after
+        # the actor is up: the actor loads while detection runs on the first batch (issue 31).
+        self.embed([np.zeros((self.input_size, self.input_size, 3), dtype=np.uint8)], ["a photo"])
 
     def _autocast(self):
         import contextlib

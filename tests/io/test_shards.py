@@ -552,3 +552,35 @@ def test_every_command_reads_a_literal_path_exactly_once(hostile_index, tmp_path
     # report reads the images back from each literal shard name.
     assert main(["report", "--index", str(out), "--out", str(tmp_path / "report")]) == 0
     capsys.readouterr()
+
+
+def test_the_key_rule_is_webdatasets_and_a_read_imports_no_torch():
+    """Members group into samples by webdataset's own rule (``base_plus_ext``), written out as
+    ``WDS_KEY_EXT`` so that reading a shard does not import webdataset, and with it torch, in
+    every read task's worker (issue 31)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from webdataset.tariterators import base_plus_ext
+
+    from curate.io.shards import WDS_KEY_EXT
+
+    def ours(name):
+        m = WDS_KEY_EXT.match(name)
+        return (m.group(1), m.group(2)) if m else (None, None)
+
+    names = ["a.jpg", "a.b.c", "dir/x.y.z", ".hidden", "dir.d/x", "x.", "./a.jpg", "a/b/c.seg.png", "noext",
+             "sub/.dot.txt", "000000001.JSON", "a..b", "dir/", "é/ü.tXt"]
+    for name in names:
+        assert ours(name) == base_plus_ext(name), name
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(st.text(alphabet="ab./_-\n é", max_size=12))
+    def same(name):
+        assert ours(name) == base_plus_ext(name)
+
+    same()
+    code = ("import sys; from curate.scoring.records import read_shard_records; "
+            f"rows = list(read_shard_records({{'url': {str(SHARDS[0])!r}}})); "
+            "assert rows, 'no rows'; print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -33,6 +33,21 @@ def test_summary_and_exit_code(scored, pool):
     assert (out / "_summary.json").exists()
 
 
+def test_the_summary_says_where_the_start_up_went(scored):
+    """Issue 31: the seconds to the first row, split by step, add up to the start-up; the
+    steady-state rate counts the rows after the first batch."""
+    out, _, summary = scored
+    phases = summary.startup_phases
+    assert list(phases) == ["before_call", "checks", "ray_init", "plan", "first_batch"]
+    assert all(v >= 0 for v in phases.values())
+    assert sum(phases.values()) == pytest.approx(summary.startup_s, abs=0.05)
+    assert 0 < summary.startup_s < summary.wall_s
+    assert summary.steady_samples_per_s and summary.steady_samples_per_s > 0
+    saved = json.loads((out / "_summary.json").read_text())
+    assert list(saved["startup_phases"]) == list(phases) and saved["steady_samples_per_s"] > 0
+    assert "start-up      imports " in summary.format()
+
+
 @pytest.mark.parametrize("shard", SHARDS, ids=lambda p: p.name)
 def test_rows_per_shard_equal_samples_per_shard(scored, pool, shard):
     out, _, _ = scored

@@ -9,7 +9,7 @@ from curate import schema as S
 from curate.models import resolve_pretrained
 from curate.runtime import ClusterResources
 from curate.scoring.config import PipelineConfig, config_from_dict, load_config
-from curate.scoring.plan import StageChain, check_resources, fit_to_cluster, stage_specs
+from curate.scoring.plan import StageChain, check_resources, fit_to_cluster, operators, stage_specs
 from tests.conftest import REPO, SHARDS
 
 TINY_W = resolve_pretrained("tiny", None)
@@ -173,3 +173,19 @@ def test_the_plan_checks_what_each_stage_reads_against_what_came_before():
         check_chain([*specs[:2], replace(specs[2], name="bogus", cls=ReadsNothingGiven), *specs[3:]])
     with pytest.raises(ValueError, match=r"stage late reads \['image'\]"):
         check_chain([*specs, replace(specs[-1], name="late", cls=ReadsTheDroppedImage)])
+
+
+def test_cpu_operators_take_each_block_and_gpu_operators_gather_their_batch():
+    """Issue 31: on CPUs an operator takes each block (cut to the plan's smallest batch) as it
+    comes, so the first samples are not held back until a larger batch fills; on a GPU the
+    operator gathers its own batch size (Ray Data requires one with GPUs)."""
+    cpu = operators(list(specs_for(load_config(REPO / "pipelines" / "tiny_cpu.yaml"),
+                                   ClusterResources(cpus=2, gpus=0)).values()))
+    assert [op.name for op in cpu] == ["language+decode+detect+mask", "score"]
+    assert all(op.ray_args()["batch_size"] is None for op in cpu)
+    cpu[0].blocks_cut = False  # a Ray Data that could not cut the read's blocks: batches as configured
+    assert cpu[0].ray_args()["batch_size"] == 8
+    gpu = operators(list(specs_for(PipelineConfig(), ClusterResources(cpus=32, gpus=2)).values()))
+    sizes = {op.name: op.ray_args()["batch_size"] for op in gpu}
+    assert sizes["score"] == PipelineConfig().score.batch_size and sizes["detect"] == PipelineConfig().detect.batch_size
+    assert sizes["decode"] is None  # a CPU task between GPU operators takes each block

@@ -206,3 +206,33 @@ def test_detect_stage_with_dbnet_extreme_aspect_ratio(images):
     batch = {"image": object_array([wide]), S.STATUS: np.array(["ok"], dtype=object),
              S.ERROR: np.array([""], dtype=object)}
     assert stage(batch)[S.NUM_TEXT_BOXES][0] > 0
+
+
+def test_a_cpu_dbnet_actor_imports_no_torch():
+    """Issue 31: the detect actor of a DBNet plan on CPUs (language, decode, detect and mask in
+    one worker) loads without importing torch (1-2 s of CPU and about 200 MB per actor)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from curate.models import resolve_pretrained
+from curate.runtime import ClusterResources
+from curate.scoring.config import load_config
+from curate.scoring.plan import fit_to_cluster, operators, stage_specs
+from curate.stages.language import detect_language
+cfg = load_config("pipelines/tiny_cpu.yaml")
+cfg.detect.detector = "dbnet"
+specs = stage_specs(fit_to_cluster(cfg, ClusterResources(2.0, 0.0)), resolve_pretrained("tiny", None))
+op = operators(specs)[0]
+assert op.name == "language+decode+detect+mask", op.name
+stages = [s.build() for s in op.specs]
+assert len(stages[2].detector([np.zeros((64, 64, 3), np.uint8)])) == 1
+detect_language("a photo of a dog")
+print(sorted(m for m in ("torch", "webdataset", "open_clip") if m in sys.modules))
+"""
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"
