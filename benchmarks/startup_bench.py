@@ -65,9 +65,9 @@ def child(detector: str, shards: list[str], out: str, report: str) -> None:
     Path(report).write_text(json.dumps({"started_at": STARTED_AT, "summary": summary, "actors": actors}))
 
 
-def run_job(shards: list[str], tmp: Path, label: str, detector: str) -> dict:
-    """One job in a fresh process; the figures of the table."""
-    out, report = tmp / f"index-{label}", tmp / f"report-{label}.json"
+def run_job(shards: list[str], tmp: Path, label: str, detector: str, run: int = 0) -> dict:
+    """One job in a fresh process, into a new index folder; the figures of the table."""
+    out, report = tmp / f"index-{run}-{label}", tmp / f"report-{run}-{label}.json"
     launched = time.time()
     proc = subprocess.run([sys.executable, __file__, "--child", detector, str(out), str(report), *shards],
                           capture_output=True, text=True, cwd=REPO)
@@ -132,14 +132,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as tmp_name:
         tmp = Path(tmp_name)
         pool = None
-        for job in args.jobs:
+        for i, job in enumerate(args.jobs):
             n = 41 if job == "demo" else int(job)
             if n == 41:
                 shards = [str(p) for p in SHARDS]
             else:
                 pool = pool or real_samples()
                 shards = write_pool(tmp / f"pool-{n}", n, PER_SHARD.get(n, 500), pool)
-            results["jobs"].append(run_job(shards, tmp, job, "craft" if job == "demo" else "dbnet"))
+            results["jobs"].append(run_job(shards, tmp, job, "craft" if job == "demo" else "dbnet", run=i))
             print(json.dumps(results["jobs"][-1]), flush=True)
 
     print("\ndriver's heaviest imports (python -X importtime, cumulative):")
