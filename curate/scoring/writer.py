@@ -271,18 +271,17 @@ class ShardTracker:
         self.first_done_at = float("inf")  # wall-clock time the first rows left the last stage
         self.first_rows = 0  # rows that left it then (the first batch)
         self.last_done_at = float("-inf")  # ... and the last rows
-        self.rows_done = 0  # rows of the part records taken so far, re-deliveries included
+        self.rows_done = 0  # rows that left it so far (re-deliveries included)
         self._remote = None
 
-    def _note_done_times(self, records: dict[str, np.ndarray]) -> None:
-        done = np.asarray(records[DONE_AT], dtype=np.float64)
-        rows = np.array([len(s) // 8 for s in records[P_SEQS]], dtype=np.int64)  # int64 positions
-        first = float(done.min())
-        if first < self.first_done_at:
-            self.first_done_at, self.first_rows = first, int(rows[done == first].sum())
-        elif first == self.first_done_at:
-            self.first_rows += int(rows[done == first].sum())
-        self.last_done_at = max(self.last_done_at, float(done.max()))
+    def _note_done(self, done_at: float, rows: int) -> None:
+        """Book ``rows`` rows that left the last stage at ``done_at`` (for ``steady_rate``)."""
+        self.rows_done += rows
+        if done_at < self.first_done_at:
+            self.first_done_at, self.first_rows = done_at, rows
+        elif done_at == self.first_done_at:
+            self.first_rows += rows
+        self.last_done_at = max(self.last_done_at, done_at)
 
     @property
     def steady_rate(self) -> float | None:
@@ -298,12 +297,12 @@ class ShardTracker:
         whose part could not be written fails by name. Returns the rows new to the books."""
         fresh_rows = 0
         busy_cols = [c for c in records if c.startswith(BUSY_PREFIX)]
-        if DONE_AT in records and len(records[DONE_AT]):
-            self._note_done_times(records)
+        done_at = records.get(DONE_AT)
         for i in range(len(records[P_SHARD])):
             url = str(records[P_SHARD][i])
             seqs = np.frombuffer(records[P_SEQS][i], dtype=np.int64)
-            self.rows_done += len(seqs)
+            if done_at is not None:
+                self._note_done(float(done_at[i]), len(seqs))
             for c in busy_cols:
                 self.busy[c[len(BUSY_PREFIX):]] += float(records[c][i])
                 self.samples[c[len(BUSY_PREFIX):]] += len(seqs)

@@ -46,6 +46,26 @@ def test_a_part_that_cannot_be_written_fails_its_shard_only(tmp_path):
     assert results[str(EDGE)].status == "failed" and "could not be written" in results[str(EDGE)].error
 
 
+def test_the_books_time_the_first_batch_and_the_steady_rate_after_it(tmp_path):
+    """Issue 31: the first rows out of the plan, and the rate of the rows after them, from the
+    ``_done_at`` each part record carries."""
+    from curate.scoring.plan import DONE_AT
+    from curate.scoring.records import records_to_batch, shard_record_list
+    from curate.scoring.writer import ShardTracker, write_parts
+
+    tracker = ShardTracker(tmp_path, {}, lambda r: None, finalize="local")
+    assert tracker.steady_rate is None
+    for shard, done_at in ((EDGE, 100.0), (SURR, 104.0)):
+        batch = records_to_batch(shard_record_list(str(shard)))
+        batch[DONE_AT] = np.full(len(batch["uid"]), done_at)
+        tracker.add(write_parts(batch, str(tmp_path)))
+        if shard == EDGE:
+            assert tracker.first_done_at == 100.0 and tracker.first_rows == len(batch["uid"])
+            assert tracker.steady_rate is None  # one batch: no rate after it yet
+    assert tracker.first_done_at == 100.0 and tracker.last_done_at == 104.0
+    assert tracker.steady_rate == pytest.approx(2 / 4.0)  # surr's 2 rows in the 4 s after the first batch
+
+
 @pytest.mark.slow
 def test_parts_delivered_twice_are_written_once(ray_cluster, tmp_path):
     """Part records Ray delivers twice (a re-executed task) are counted once; the index file
