@@ -2,8 +2,9 @@
 
 ::
 
-    from_items(shard URLs)                        one row per shard
-      .flat_map(read_shard_records)   tasks       one record per sample (bytes, caption, uid)
+    from_items(shard_items(URLs))                 one row per shard (the first shard: two ranges)
+      .map_batches(read_shard_batches) tasks      one record per sample (bytes, caption, uid),
+      .repartition(rows)                          cut to the smallest batch (fused with the read)
       for each StageSpec (one loop):
         .map_batches(stage)           tasks       language, decode, mask (fused by Ray Data)
                                       actors      detect, score (autoscaling pools, GPUs if any)
@@ -478,7 +479,10 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
     (``DataContext.max_errored_blocks = -1``): its samples are missing from the part records,
     and ``curate.scoring.isolate`` runs them alone afterwards. So that a task holds about one
     batch (what a death costs), the read's blocks are cut to the plan's smallest batch size
-    (``repartition(target_num_rows_per_block=...)``, a streaming split).
+    (``repartition(target_num_rows_per_block=...)``, a streaming split, which Ray Data fuses
+    with the read: a ``map_batches`` read, ``read_shard_batches``). The plan's first block is
+    the first sample of the first shard alone (``shard_items``), so that it passes every stage
+    as soon as the actors are ready.
 
     Returns:
         ``ray.data.Dataset``.
@@ -486,11 +490,12 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
     import ray
 
     from curate.limits import DEFAULT_LIMITS
-    from curate.scoring.records import read_shard_records
+    from curate.scoring.records import read_shard_batches, shard_items
 
     limits = limits or DEFAULT_LIMITS
     retries = int(limits.worker_retries)
-    ds = ray.data.from_items([{"url": u} for u in urls], override_num_blocks=max(1, len(urls)))
+    items = shard_items(urls)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if block_bytes is not None:
         ds.context.target_max_block_size = int(block_bytes)
     ds.context.max_errored_blocks = -1
@@ -501,8 +506,11 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
         # Ray 2.60 calls max_retries / max_restarts / max_task_retries "ray_remote_args" and warns
         # that they go in 2.64; they are still the only way to bound a map's retries.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        ds = ds.flat_map(read_shard_records, fn_kwargs=read_kwargs(limits), num_cpus=read_cpus, max_retries=retries)
-        cut = ds.repartition(target_num_rows_per_block=min(s.batch_size for s in specs))
+        rows = min(s.batch_size for s in specs)
+        ds = ds.map_batches(read_shard_batches, batch_size=1, batch_format="numpy",
+                            fn_kwargs={"rows_per_batch": rows, **read_kwargs(limits)}, num_cpus=read_cpus,
+                            max_retries=retries)
+        cut = ds.repartition(target_num_rows_per_block=rows)
         blocks_cut = True
         try:  # its tasks take a read task's CPUs, not Ray's default 1 (a 2-CPU plan could never place one)
             cut._logical_plan.dag.ray_remote_args["num_cpus"] = read_cpus  # the op's own dict

@@ -63,14 +63,30 @@ def read_shard_records(row: dict[str, Any], max_member_bytes: int = DEFAULT_LIMI
             ``DEFAULT_LIMITS.max_member_bytes`` (256 MiB). From a plan:
             ``ds.flat_map(read_shard_records, fn_kwargs={"max_member_bytes": ...})``.
         max_caption_chars: longest caption kept (``curate.io.samples.clean_caption``).
+
+    A row may also name a range of the shard's positions, ``start`` (default 0) and ``stop``
+    (default -1: to the end), so that one shard is read by two tasks (``shard_items``: the
+    plan's first block is the first sample of its first shard alone). A streamed shard of ``n``
+    samples yields the records at positions ``start <= _seq < stop``, and stops reading at
+    ``stop``; each range's last record carries how the shard ended as far as that range saw it
+    (a range that stops early saw it complete). Positions are the order samples are read in
+    (then the missing ones), the same for every range since each reads the same bytes; so the
+    ranges of one shard together yield exactly the records one whole read would. A shard that
+    cannot be streamed is read whole by the range that starts at 0 (the others yield nothing).
     """
-    url = row["url"]
+    url = str(row["url"])
+    start, stop = int(row.get("start", 0)), int(row.get("stop", -1))
     try:
         plan = plan_members(url, max_member_bytes=max_member_bytes)
     except Exception:
         plan = None
     if plan is not None and plan.keys:
-        yield from _streamed_records(url, plan, max_member_bytes, max_caption_chars)
+        n = len(plan.keys)
+        if start < n:
+            yield from _streamed_records(url, plan, max_member_bytes, max_caption_chars,
+                                         start, None if stop < 0 or stop >= n else stop)
+        return
+    if start > 0:
         return
     try:
         records = _shard_records(url, max_member_bytes, max_caption_chars)
@@ -79,6 +95,53 @@ def read_shard_records(row: dict[str, Any], max_member_bytes: int = DEFAULT_LIMI
             _shard_record(url, SHARD_UNREADABLE, f"internal error reading the shard: {type(e).__name__}: {e}", 0)
         ]
     yield from records
+
+
+# The plan's first block: this many samples of its first shard, read by a task of their own, so
+# that the first samples pass every stage while the rest of the pool is still being read (a
+# stage taking the usual batch of 8 first would hold the first row back by 8 samples' time;
+# CRAFT on 2 CPU cores: about 3 s, ``benchmarks/startup_bench.py``).
+FIRST_BLOCK_SAMPLES = 1
+
+
+def shard_items(urls: list[str], first_block_samples: int = FIRST_BLOCK_SAMPLES) -> list[dict[str, Any]]:
+    """The read's work items, one per shard (``{"url", "start": 0, "stop": -1}``), except that
+    the first shard is read as two ranges, its first ``first_block_samples`` samples and the
+    rest (``read_shard_records``), so that the plan's first block is that small."""
+    items = [{"url": str(u), "start": 0, "stop": -1} for u in urls]
+    if items and first_block_samples > 0:
+        first = items[0]["url"]
+        items[:1] = [{"url": first, "start": 0, "stop": int(first_block_samples)},
+                     {"url": first, "start": int(first_block_samples), "stop": -1}]
+    return items
+
+
+def read_shard_batches(items: dict[str, np.ndarray], rows_per_batch: int = 8,
+                       max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes,
+                       max_caption_chars: int = DEFAULT_LIMITS.max_caption_chars) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data ``map_batches`` function of the read: work items (``shard_items``) in, the
+    records of their shards out (``read_shard_records``), as numpy batches of
+    ``rows_per_batch`` records (the last of each item smaller; ``records_to_batch``) yielded as
+    they are read. A ``map_batches`` read, unlike a ``flat_map``, is fused by Ray Data with the
+    streaming cut into blocks that follows it (``build_dataset``): one task per item, and no
+    second copy of the image bytes through the object store.
+
+    Args:
+        items: columns ``url`` (str), ``start`` and ``stop`` (int64) of the work items.
+        rows_per_batch: records per yielded batch (>= 1).
+        max_member_bytes, max_caption_chars: as in ``read_shard_records``.
+    """
+    rows_per_batch = max(1, int(rows_per_batch))
+    for i in range(len(items["url"])):
+        row = {"url": str(items["url"][i]), "start": int(items["start"][i]), "stop": int(items["stop"][i])}
+        chunk: list[dict[str, Any]] = []
+        for rec in read_shard_records(row, max_member_bytes=max_member_bytes, max_caption_chars=max_caption_chars):
+            chunk.append(rec)
+            if len(chunk) == rows_per_batch:
+                yield records_to_batch(chunk)
+                chunk = []
+        if chunk:
+            yield records_to_batch(chunk)
 
 
 def shard_record_list(url: str, max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes) -> list[dict[str, Any]]:
@@ -92,29 +155,38 @@ def shard_record_list(url: str, max_member_bytes: int = DEFAULT_LIMITS.max_membe
     return records
 
 
-def _streamed_records(url: str, plan, max_member_bytes: int, max_caption_chars: int) -> Iterator[dict[str, Any]]:
+def _streamed_records(url: str, plan, max_member_bytes: int, max_caption_chars: int, start: int = 0,
+                      stop: int | None = None) -> Iterator[dict[str, Any]]:
+    """The records at positions ``start <= _seq < stop`` (``None``: to the end) of a streamed shard."""
     n = len(plan.keys)
     seen: set[str] = set()
     held: dict[str, Any] | None = None  # the last record waits for the end: it says how the shard ended
     status, error, ignored = SHARD_COMPLETE, "", 0
     gen = iter_shard(url, plan, max_member_bytes=max_member_bytes)
+    stopped = False
     while True:
+        if stop is not None and len(seen) >= stop:  # the rest of the shard is another range's
+            gen.close()
+            stopped = True
+            break
         try:
             sample = next(gen)
-        except StopIteration as stop:
-            status, error, ignored = stop.value.status, stop.value.error or "", stop.value.ignored_members
+        except StopIteration as finished:
+            status, error, ignored = finished.value.status, finished.value.error or "", finished.value.ignored_members
             break
         except Exception as e:  # an internal fault mid-shard: the rest of the shard is named below
             status, error = SHARD_TRUNCATED, f"internal error reading the shard: {type(e).__name__}: {e}"
             break
+        seen.add(sample["__key__"])
+        if len(seen) - 1 < start:  # an earlier range's sample: read (the positions count it), not yielded
+            continue
         if held is not None:
             yield held
-        seen.add(sample["__key__"])
         held = _finish_record(sample_to_record(sample, max_caption_chars), digest=True)
         held.update({SEQ: len(seen) - 1, SHARD_N: n, SHARD_STATUS: SHARD_COMPLETE, SHARD_ERROR: "", IGNORED: 0})
     # Fewer samples than the headers promised (the file changed or failed under us): each missing
     # sample still gets its row, so the shard adds up and nothing vanishes from the counts.
-    missing = [k for k in plan.keys if k not in seen]
+    missing = [] if stopped else [k for k in plan.keys if k not in seen]
     if missing and status == SHARD_COMPLETE:
         status, error = SHARD_TRUNCATED, error or "the shard ended before all its samples were read"
     error = S.cap_error(error)
@@ -123,6 +195,8 @@ def _streamed_records(url: str, plan, max_member_bytes: int, max_caption_chars: 
         held.update(ending)
         yield held
     for seq, key in enumerate(missing, start=len(seen)):
+        if seq < start or (stop is not None and seq >= stop):
+            continue
         yield {S.UID: stable_uid(url, key), S.KEY: key, S.SHARD: url, S.TEXT: "", S.IMAGE_BYTES: b"",
                S.STATUS: S.STATUS_TRUNCATED, S.ERROR: S.cap_error(f"not read: {error}"), FIXES: "", DIGEST: b"",
                SEQ: seq, SHARD_N: n, **ending}
