@@ -89,7 +89,7 @@ def run_job(shards: list[str], tmp: Path, label: str, detector: str, run: int = 
     return {
         "job": label, "detector": detector, "samples": n, "shards": len(shards), "first_row_s": round(first_row, 2),
         "phases_s": {k: round(v, 2) for k, v in phases.items()},
-        "stage_actors_ready_s": round(ready - run_start, 2),
+        "stage_actors_ready_s": round(ready - run_start, 2), "first_samples": s.get("first_samples"),
         "actor_init_s": sorted(round(a["seconds"], 2) for a in stage_actors),
         "ray_actors_started": len(r["actors"]),
         "wall_s": round(wall, 2), "steady_samples_per_s": steady,
@@ -147,13 +147,14 @@ def main() -> None:
         print(f"  {name:<28} {sec:6.2f} s")
     names = ["before_call", "checks", "ray_init", "plan", "first_batch"]
     print("\n| job | detector | samples | first row | imports | checks | ray.init | plan | actors ready | "
-          "first batch | wall | steady samples/s | wall / (samples / steady rate) |")
-    print("|" + " --- |" * 13)
+          "first batch | samples in it | wall | steady samples/s | wall / (samples / steady rate) |")
+    print("|" + " --- |" * 14)
     for j in results["jobs"]:
         p = j["phases_s"]
         steps = " | ".join(f"{p.get(k, 0):.1f}" for k in names[:4])
         print(f"| {j['job']} | {j['detector']} | {j['samples']:,} | **{j['first_row_s']:.1f} s** | {steps}"
-              f" | {j['stage_actors_ready_s']:.1f} | {p.get('first_batch', 0):.1f} | {j['wall_s']:.1f} s | "
+              f" | {j['stage_actors_ready_s']:.1f} | {p.get('first_batch', 0):.1f} | {j.get('first_samples') or '?'}"
+              f" | {j['wall_s']:.1f} s | "
               f"{j['steady_samples_per_s'] or float('nan'):.1f} | {j['wall_over_steady'] or float('nan'):.2f} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -106,7 +106,7 @@ def run_score(
     todo, skipped = plan_shards(urls, out_dir, metadata[S.META_CONFIG], overwrite=overwrite)
 
     results: dict[str, ShardResult] = {s.url: s for s in skipped}
-    duplicates, stage_stats, plan, startup, driver_cpu, steady = 0, {}, [], 0.0, 0.0, None
+    duplicates, stage_stats, plan, startup, driver_cpu, steady, first_samples = 0, {}, [], 0.0, 0.0, None, 0
     isolation = None
     if todo:
         t_ray = time.time()
@@ -184,7 +184,7 @@ def run_score(
             # Ray Data starts the actors (loading their models), the reads and the first
             # batches through every stage
             phases["first_batch"] = max(0.0, tracker.first_done_at - t_run)
-            steady = tracker.steady_rate
+            steady, first_samples = tracker.steady_rate, tracker.first_rows
         bar.close()
         results.update(tracker.results)
         duplicates = tracker.duplicates
@@ -197,7 +197,8 @@ def run_score(
     wall = time.perf_counter() - t0 + (t0_wall - started_at)  # from the command's start
     summary = ScoreSummary([results[u] for u in urls], wall, weights, str(out_dir), duplicates,
                            stage_stats, plan, startup, driver_cpu, isolation=isolation,
-                           startup_phases=phases if startup else {}, steady_samples_per_s=steady)
+                           startup_phases=phases if startup else {}, steady_samples_per_s=steady,
+                           first_samples=first_samples)
     write_json_atomically(out_dir / "_summary.json", summary.to_dict(), indent=2, default=str)
     return summary
 

@@ -71,6 +71,9 @@ class ScoreSummary:
         steady_samples_per_s: samples/s after start-up: the rows that left the last stage after
             the first batch, over the seconds between the first and the last batch (``None``
             with fewer than two batches).
+        first_samples: samples in that first batch (the plan's first block: the first shard's
+            first sample alone when it can be streamed, ``curate.scoring.records.shard_items``;
+            0 when no sample was scored).
         driver_cpu_s: CPU seconds the driver process used while the plan ran (its share of the
             machine: ``driver_cpu_s / wall_s``).
         isolation: ``curate.scoring.isolate.IsolationResult`` (``None`` when no worker died):
@@ -89,6 +92,7 @@ class ScoreSummary:
     isolation: Any = None
     startup_phases: dict[str, float] = field(default_factory=dict)
     steady_samples_per_s: float | None = None
+    first_samples: int = 0
 
     @property
     def processed(self) -> list[ShardResult]:
@@ -129,6 +133,7 @@ class ScoreSummary:
             "startup_s": round(self.startup_s, 3),
             "startup_phases": {k: round(v, 3) for k, v in self.startup_phases.items()},
             "steady_samples_per_s": round(self.steady_samples_per_s, 3) if self.steady_samples_per_s else None,
+            "first_samples": self.first_samples,
             "driver_cpu_s": round(self.driver_cpu_s, 3),
             "samples_per_s_processed": round(self.samples_per_s, 3),
             "duplicates_dropped": self.duplicates_dropped,
@@ -160,8 +165,10 @@ class ScoreSummary:
             + (f"; first samples scored after {self.startup_s:.1f} s" if self.startup_s else "") + ")",
         ]
         if self.startup_phases:
+            first = (f"models + first batch ({self.first_samples} sample{'' if self.first_samples == 1 else 's'})"
+                     if self.first_samples else "models + first batch")
             names = {"before_call": "imports", "checks": "checks", "ray_init": "Ray start", "plan": "plan",
-                     "first_batch": "models + first batch"}
+                     "first_batch": first}
             lines.append("  start-up      " + ", ".join(f"{names.get(k, k)} {v:.1f} s"
                                                       for k, v in self.startup_phases.items())
                          + (f"; then {self.steady_samples_per_s:.1f} samples/s" if self.steady_samples_per_s else ""))

@@ -301,7 +301,7 @@ class ShardTracker:
         for i in range(len(records[P_SHARD])):
             url = str(records[P_SHARD][i])
             seqs = np.frombuffer(records[P_SEQS][i], dtype=np.int64)
-            if done_at is not None:
+            if done_at is not None and len(seqs):  # a shard record (empty, unreadable shard) is no sample
                 self._note_done(float(done_at[i]), len(seqs))
             for c in busy_cols:
                 self.busy[c[len(BUSY_PREFIX):]] += float(records[c][i])

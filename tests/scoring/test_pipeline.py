@@ -14,6 +14,7 @@ from curate.cli import main
 from curate.io.index import index_path, read_index, read_index_metadata
 from curate.scoring import IndexConfigMismatch, run_score
 from curate.scoring.config import PipelineConfig, load_config
+from curate.scoring.records import FIRST_BLOCK_SAMPLES
 from tests.conftest import NEMO_SHARD, SHARDS, samples_per_shard
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +46,9 @@ def test_the_summary_says_where_the_start_up_went(scored):
     assert summary.steady_samples_per_s and summary.steady_samples_per_s > 0
     saved = json.loads((out / "_summary.json").read_text())
     assert list(saved["startup_phases"]) == list(phases) and saved["steady_samples_per_s"] > 0
+    # Shard records (the empty and the unreadable shard) are not samples: they never count as
+    # the first batch.
+    assert saved["first_samples"] == summary.first_samples >= 1
     assert "start-up      imports " in summary.format()
 
 
@@ -204,6 +208,9 @@ def test_dbnet_end_to_end(ray_cluster, tmp_path):
     cfg.detect.ocr = True
     summary = run_score([str(SHARDS[1])], tmp_path / "idx", cfg, progress=False)
     assert summary.exit_code == 0 and summary.num_samples == 10
+    # Issue 31: the plan's first block is the shard's first sample alone (its own read task), so
+    # the first batch through every stage is that one sample, not a batch of 8.
+    assert summary.first_samples == FIRST_BLOCK_SAMPLES == 1
     path = index_path(tmp_path / "idx", str(SHARDS[1]))
     assert "PP-OCRv4" in read_index_metadata(path)[S.META_DETECTOR]
     assert "PP-OCRv4" in read_index_metadata(path)[S.META_RECOGNIZER]
