@@ -512,8 +512,11 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
                             max_retries=retries)
         cut = ds.repartition(target_num_rows_per_block=rows)
         blocks_cut = True
-        try:  # its tasks take a read task's CPUs, not Ray's default 1 (a 2-CPU plan could never place one)
-            cut._logical_plan.dag.ray_remote_args["num_cpus"] = read_cpus  # the op's own dict
+        try:
+            # The read's own remote arguments: its tasks take a read task's CPUs, not Ray's
+            # default 1 (a 2-CPU plan could never place one), and with the same arguments Ray
+            # Data fuses the cut into the read's tasks (``are_op_remote_args_compatible``).
+            cut._logical_plan.dag.ray_remote_args.update(num_cpus=read_cpus, max_retries=retries)  # the op's own dict
             ds = cut
         except (AttributeError, TypeError):  # a Ray Data without this field: keep the read's blocks
             blocks_cut = False

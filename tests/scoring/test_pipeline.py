@@ -366,3 +366,20 @@ def test_a_lone_surrogate_never_stops_the_job(hostile_index):
     assert all(r[S.STATUS] == S.STATUS_OK for r in rows if r[S.KEY] == "s01_plain")
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["shards_by_status"] == {"complete": 4} and summary["num_samples"] == 14 + 2 + 2 + 1
+
+
+def test_the_read_is_fused_with_the_cut_into_blocks(ray_cluster, tmp_path, capsys):
+    """Issue 31: Ray Data fuses the cut into batch-sized blocks into the read's tasks (the same
+    remote arguments), so no task of its own copies every image once more through the object
+    store; the first shard is two work items (its first sample alone, then the rest)."""
+    from curate.models import resolve_pretrained
+    from curate.runtime import ClusterResources
+    from curate.scoring.plan import build_dataset, fit_to_cluster, stage_specs
+
+    cfg = fit_to_cluster(load_config(TINY), ClusterResources(cpus=2, gpus=0))
+    ds = build_dataset([str(s) for s in SHARDS], stage_specs(cfg, resolve_pretrained("tiny", None)),
+                       cfg.read.num_cpus, out_dir=str(tmp_path / "idx"))
+    ds.explain()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]
+    assert "MapBatches(read_shard_batches)->StreamingRepartition" in physical, physical
+    assert physical.count("StreamingRepartition") == 1, physical
