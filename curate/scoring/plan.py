@@ -480,22 +480,18 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
     and ``curate.scoring.isolate`` runs them alone afterwards. So that a task holds about one
     batch (what a death costs), the read's blocks are cut to the plan's smallest batch size
     (``repartition(target_num_rows_per_block=...)``, a streaming split, which Ray Data fuses
-    with the read: a ``map_batches`` read, ``read_shard_batches``). The plan's first block is
-    the first sample of the first shard alone (``shard_items``), so that it passes every stage
-    as soon as the actors are ready.
+    with the read: ``read_dataset``). The first shard's first sample is a block of its own
+    (``shard_items``), so that, arriving first, it passes every stage as soon as the actors are
+    ready.
 
     Returns:
         ``ray.data.Dataset``.
     """
-    import ray
-
     from curate.limits import DEFAULT_LIMITS
-    from curate.scoring.records import read_shard_batches, shard_items
 
     limits = limits or DEFAULT_LIMITS
     retries = int(limits.worker_retries)
-    items = shard_items(urls)
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds, blocks_cut = read_dataset(urls, read_cpus, min(s.batch_size for s in specs), limits)
     if block_bytes is not None:
         ds.context.target_max_block_size = int(block_bytes)
     ds.context.max_errored_blocks = -1
@@ -506,24 +502,54 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
         # Ray 2.60 calls max_retries / max_restarts / max_task_retries "ray_remote_args" and warns
         # that they go in 2.64; they are still the only way to bound a map's retries.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        rows = min(s.batch_size for s in specs)
-        ds = ds.map_batches(read_shard_batches, batch_size=1, batch_format="numpy",
-                            fn_kwargs={"rows_per_batch": rows, **read_kwargs(limits)}, num_cpus=read_cpus,
-                            max_retries=retries)
-        cut = ds.repartition(target_num_rows_per_block=rows)
-        blocks_cut = True
-        try:
-            # The read's own remote arguments: its tasks take a read task's CPUs, not Ray's
-            # default 1 (a 2-CPU plan could never place one), and with the same arguments Ray
-            # Data fuses the cut into the read's tasks (``are_op_remote_args_compatible``).
-            cut._logical_plan.dag.ray_remote_args.update(num_cpus=read_cpus, max_retries=retries)  # the op's own dict
-            ds = cut
-        except (AttributeError, TypeError):  # a Ray Data without this field: keep the read's blocks
-            blocks_cut = False
         for op in ops:
             op.guard, op.retries, op.blocks_cut = GuardSettings.of(limits, faults), retries, blocks_cut
             ds = ds.map_batches(**op.ray_args())
     return ds
+
+
+def read_dataset(urls: list[str], read_cpus: float, rows: int, limits=None):
+    """The read of the score plan: the shards' records in blocks of ``rows`` records.
+
+    ``from_items(shard_items(urls))``, read by ``read_shard_batches`` and cut into blocks of
+    ``rows`` (``repartition(target_num_rows_per_block=rows)``, a streaming split that Ray Data
+    fuses into the read's tasks since it takes the same remote arguments). The first shard's
+    first sample is a work item of its own, so it travels in a block of its own.
+
+    Args:
+        urls: shard URLs.
+        read_cpus: CPUs per read task.
+        rows: records per block (the plan's smallest batch size).
+        limits: ``curate.limits.Limits`` (``None``: the defaults): the member and caption limits,
+            the retries.
+
+    Returns:
+        ``(ray.data.Dataset, blocks_cut)``; ``blocks_cut`` is false when this Ray Data could not
+        cut the blocks (then they are the read's).
+    """
+    import ray
+
+    from curate.limits import DEFAULT_LIMITS
+    from curate.scoring.records import read_shard_batches, shard_items
+
+    limits = limits or DEFAULT_LIMITS
+    retries = int(limits.worker_retries)
+    items = shard_items(urls)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        ds = ds.map_batches(read_shard_batches, batch_size=1, batch_format="numpy",
+                            fn_kwargs={"rows_per_batch": rows, **read_kwargs(limits)}, num_cpus=read_cpus,
+                            max_retries=retries)
+    cut = ds.repartition(target_num_rows_per_block=rows)
+    try:
+        # The read's own remote arguments: its tasks take a read task's CPUs, not Ray's default
+        # 1 (a 2-CPU plan could never place one), and with the same arguments Ray Data fuses the
+        # cut into the read's tasks (``are_op_remote_args_compatible``).
+        cut._logical_plan.dag.ray_remote_args.update(num_cpus=read_cpus, max_retries=retries)  # the op's own dict
+        return cut, True
+    except (AttributeError, TypeError):  # a Ray Data without this field: keep the read's blocks
+        return ds, False
 
 
 class StageChain:
