@@ -18,6 +18,7 @@ streams blocks through the operators with back-pressure, so CPU decoding overlap
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -498,14 +499,20 @@ def build_dataset(urls: list[str], specs: list[StageSpec], read_cpus: float, out
     ops = operators(specs)
     if out_dir is not None:
         ops[-1].write_to = str(out_dir)
-    with warnings.catch_warnings():
-        # Ray 2.60 calls max_retries / max_restarts / max_task_retries "ray_remote_args" and warns
-        # that they go in 2.64; they are still the only way to bound a map's retries.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+    with _retry_args_allowed():
         for op in ops:
             op.guard, op.retries, op.blocks_cut = GuardSettings.of(limits, faults), retries, blocks_cut
             ds = ds.map_batches(**op.ray_args())
     return ds
+
+
+@contextlib.contextmanager
+def _retry_args_allowed():
+    """Ray 2.60 calls max_retries / max_restarts / max_task_retries "ray_remote_args" of a map and
+    warns that they go in 2.64; they are still the only way to bound a map's retries."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        yield
 
 
 def read_dataset(urls: list[str], read_cpus: float, rows: int, limits=None):
@@ -536,8 +543,7 @@ def read_dataset(urls: list[str], read_cpus: float, rows: int, limits=None):
     retries = int(limits.worker_retries)
     items = shard_items(urls)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+    with _retry_args_allowed():
         ds = ds.map_batches(read_shard_batches, batch_size=1, batch_format="numpy",
                             fn_kwargs={"rows_per_batch": rows, **read_kwargs(limits)}, num_cpus=read_cpus,
                             max_retries=retries)

@@ -37,7 +37,8 @@ DIGEST = "_digest"
 
 def read_shard_records(row: dict[str, Any], max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes,
                        max_caption_chars: int = DEFAULT_LIMITS.max_caption_chars) -> Iterator[dict[str, Any]]:
-    """Ray ``flat_map`` function: one shard URL in, one record per sample out; never raises.
+    """One shard URL in, one record per sample out (the plan reads through
+    ``read_shard_batches``); never raises.
 
     Every record also carries ``_seq`` (position in the shard), ``_shard_n`` (samples in the
     shard), ``_shard_status``, ``_shard_error``, ``_caption_fixes`` (the caption repairs of
@@ -60,8 +61,8 @@ def read_shard_records(row: dict[str, Any], max_member_bytes: int = DEFAULT_LIMI
         row: ``{"url": shard URL}``.
         max_member_bytes: a tar member larger than this (from its header) is never read and its
             sample is ``too_large`` (``curate.io.shards.read_shard``); default
-            ``DEFAULT_LIMITS.max_member_bytes`` (256 MiB). From a plan:
-            ``ds.flat_map(read_shard_records, fn_kwargs={"max_member_bytes": ...})``.
+            ``DEFAULT_LIMITS.max_member_bytes`` (256 MiB); the plan passes
+            ``limits.max_member_bytes`` (``curate.scoring.plan.read_kwargs``).
         max_caption_chars: longest caption kept (``curate.io.samples.clean_caption``).
 
     A row may also name a range of the shard's positions, ``start`` (default 0) and ``stop``
@@ -102,6 +103,10 @@ def read_shard_records(row: dict[str, Any], max_member_bytes: int = DEFAULT_LIMI
 # stage taking the usual batch of 8 first would hold the first row back by 8 samples' time;
 # CRAFT on 2 CPU cores: about 3 s, ``benchmarks/startup_bench.py``).
 FIRST_BLOCK_SAMPLES = 1
+# A batch of the read is yielded once its image bytes reach this, before it has its rows, so that
+# large samples (up to limits.max_member_bytes each) are not held eight at a time twice over:
+# Ray Data's cut that follows holds up to a block of rows anyway.
+MAX_BATCH_BYTES = 64 * 2**20
 
 
 def shard_items(urls: list[str], first_block_samples: int = FIRST_BLOCK_SAMPLES) -> list[dict[str, Any]]:
@@ -118,28 +123,33 @@ def shard_items(urls: list[str], first_block_samples: int = FIRST_BLOCK_SAMPLES)
 
 def read_shard_batches(items: dict[str, np.ndarray], rows_per_batch: int = 8,
                        max_member_bytes: int = DEFAULT_LIMITS.max_member_bytes,
-                       max_caption_chars: int = DEFAULT_LIMITS.max_caption_chars) -> Iterator[dict[str, np.ndarray]]:
+                       max_caption_chars: int = DEFAULT_LIMITS.max_caption_chars,
+                       max_batch_bytes: int = MAX_BATCH_BYTES) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data ``map_batches`` function of the read: work items (``shard_items``) in, the
     records of their shards out (``read_shard_records``), as numpy batches of
-    ``rows_per_batch`` records (the last of each item smaller; ``records_to_batch``) yielded as
-    they are read. A ``map_batches`` read, unlike a ``flat_map``, is fused by Ray Data with the
-    streaming cut into blocks that follows it (``build_dataset``): one task per item, and no
-    second copy of the image bytes through the object store.
+    ``rows_per_batch`` records (fewer at the end of an item, or once their image bytes reach
+    ``max_batch_bytes``; ``records_to_batch``) yielded as they are read. A ``map_batches`` read,
+    unlike a ``flat_map``, is fused by Ray Data with the streaming cut into blocks that follows
+    it (``curate.scoring.plan.read_dataset``): one task per item, and no second copy of the image
+    bytes through the object store.
 
     Args:
         items: columns ``url`` (str), ``start`` and ``stop`` (int64) of the work items.
         rows_per_batch: records per yielded batch (>= 1).
         max_member_bytes, max_caption_chars: as in ``read_shard_records``.
+        max_batch_bytes: image bytes after which a batch is yielded short.
     """
     rows_per_batch = max(1, int(rows_per_batch))
     for i in range(len(items["url"])):
         row = {"url": str(items["url"][i]), "start": int(items["start"][i]), "stop": int(items["stop"][i])}
         chunk: list[dict[str, Any]] = []
+        held = 0
         for rec in read_shard_records(row, max_member_bytes=max_member_bytes, max_caption_chars=max_caption_chars):
             chunk.append(rec)
-            if len(chunk) == rows_per_batch:
+            held += len(rec[S.IMAGE_BYTES])
+            if len(chunk) == rows_per_batch or held >= max_batch_bytes:
                 yield records_to_batch(chunk)
-                chunk = []
+                chunk, held = [], 0
         if chunk:
             yield records_to_batch(chunk)
 

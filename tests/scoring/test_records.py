@@ -137,3 +137,15 @@ def test_the_batched_read_yields_the_records_in_batches_of_the_cut(tmp_path):
     assert len(batches[0][SEQ]) == 1  # the first item is the first shard's first sample alone
     assert all(b[SEQ].dtype == np.int64 and b[S.IMAGE_BYTES].dtype == object for b in batches)
     assert all(len(set(b[S.SHARD])) == 1 for b in batches)
+
+
+def test_a_batch_of_the_read_is_yielded_short_once_its_images_reach_the_byte_bound():
+    """Large samples are not held a batch at a time before the cut takes them: with a bound of
+    one byte every record with an image is its own batch; the records are the same."""
+    url = str(SHARDS[0])
+    cols = {"url": np.array([url], dtype=object), "start": np.array([0]), "stop": np.array([-1])}
+    small = list(read_shard_batches(cols, rows_per_batch=8, max_batch_bytes=1))
+    whole = list(read_shard_records({"url": url}))
+    assert [len(b[SEQ]) for b in small] == [1] * len(whole)
+    assert [int(b[SEQ][0]) for b in small] == [r[SEQ] for r in whole]
+    assert [len(b[SEQ]) for b in read_shard_batches(cols, rows_per_batch=8)][0] == 8
